@@ -1,0 +1,5 @@
+//! Mapping sets: their files, loading, validation and diagnostics.
+
+pub mod diagnostic;
+pub mod model;
+pub mod node;

@@ -1,0 +1,4 @@
+//! The pure interpreter: a decoded payload in, a plan out. No I/O here.
+
+pub mod filters;
+pub mod template;

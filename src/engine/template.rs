@@ -1,0 +1,524 @@
+//! Templates and conditions, compiled once per mapping set.
+//!
+//! A string in a mapping is one of three things, decided at load time:
+//! - plain text (no `{{`/`{%`): a literal;
+//! - exactly one `{{ expression }}`: evaluated to a typed value (a number
+//!   stays a number, a list a list), never rendered to text and parsed back;
+//! - text with templates in it: rendered to a string.
+//!
+//! Undefined names are errors (strict mode). At run time a value that is
+//! missing makes its field *omitted*, which is how `missing: skip` works.
+
+use super::filters;
+use minijinja::value::Value;
+use minijinja::{Environment, ErrorKind, Expression, State, Template, UndefinedBehavior};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+
+/// Index of a compiled template in its [`Templates`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TplId(usize);
+
+/// How a string of a mapping is evaluated.
+#[derive(Debug, Clone)]
+pub enum StrTpl {
+    /// No template syntax.
+    Literal(String),
+    /// `{{ a.b }}`: a plain lookup, answered without running the template engine.
+    Var(Vec<String>),
+    /// `{{ expr }}`: a typed value.
+    Expr(TplId),
+    /// Text with templates: a string.
+    Text(TplId),
+}
+
+/// What the compiler learnt about one template.
+#[derive(Debug, Clone)]
+pub struct TplInfo {
+    pub tpl: StrTpl,
+    /// Dotted names it reads (`params.first_name`, `phone`).
+    pub vars: BTreeSet<String>,
+    /// Filters it uses that do not exist.
+    pub unknown_filters: Vec<String>,
+    /// Tests (`is x`) it uses that do not exist.
+    pub unknown_tests: Vec<String>,
+}
+
+/// A template that does not compile.
+#[derive(Debug, Clone)]
+pub struct TplError {
+    pub message: String,
+    /// Character offset of the problem inside the string, when known.
+    pub offset: Option<usize>,
+}
+
+enum Source {
+    Expr(String),
+    Text(String),
+}
+
+/// Collects and checks templates, then freezes them into [`Templates`].
+pub struct TemplateBuilder {
+    env: Environment<'static>,
+    sources: Vec<Source>,
+    probes: Mutex<HashMap<String, bool>>,
+}
+
+impl Default for TemplateBuilder {
+    fn default() -> Self {
+        Self::new(Value::from(()))
+    }
+}
+
+/// The environment every template runs in: strict undefined, no auto-escaping,
+/// our filters, and `lookup()`.
+pub fn environment(defaults: Value) -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    filters::register(&mut env);
+    env.add_function("lookup", lookup);
+    env.add_global("defaults", defaults);
+    env
+}
+
+/// `lookup("custom_field", "loyalty_points")`: the id of a named thing on the
+/// target. Known ids (from the cache, or a test's `known:`) are returned;
+/// otherwise a `${lookup:kind:key}` placeholder that the executor resolves.
+fn lookup(state: &State, kind: String, key: String) -> Value {
+    if let Some(known) = state.lookup("known")
+        && let Ok(of_kind) = known.get_attr(&kind)
+        && let Ok(id) = of_kind.get_item(&Value::from(key.as_str()))
+        && !id.is_undefined()
+    {
+        return id;
+    }
+    Value::from(placeholder(&format!("lookup:{kind}:{key}")))
+}
+
+/// The text that stands for a value only known at delivery time.
+pub fn placeholder(what: &str) -> String {
+    format!("${{{what}}}")
+}
+
+impl TemplateBuilder {
+    /// A builder whose templates see `defaults` (the project settings).
+    pub fn new(defaults: Value) -> Self {
+        Self {
+            env: environment(defaults),
+            sources: Vec::new(),
+            probes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Classifies and compiles one mapping string.
+    pub fn add(&mut self, text: &str) -> Result<TplInfo, TplError> {
+        if !text.contains("{{") && !text.contains("{%") {
+            return Ok(TplInfo {
+                tpl: StrTpl::Literal(text.to_string()),
+                vars: BTreeSet::new(),
+                unknown_filters: vec![],
+                unknown_tests: vec![],
+            });
+        }
+        if let Some(inner) = sole_expression(text) {
+            return self.add_expression(inner).map(|mut info| {
+                if let Some(path) = plain_path(inner) {
+                    info.tpl = StrTpl::Var(path);
+                    // keep the id unused; the fast path needs no engine
+                }
+                info
+            });
+        }
+        let tmpl = self.env.template_from_str(text).map_err(|e| to_error(&e, text, 0))?;
+        let vars = tmpl.undeclared_variables(true).into_iter().collect();
+        let (unknown_filters, unknown_tests) = self.unknown_names(text, true);
+        let id = TplId(self.sources.len());
+        self.sources.push(Source::Text(text.to_string()));
+        Ok(TplInfo {
+            tpl: StrTpl::Text(id),
+            vars,
+            unknown_filters,
+            unknown_tests,
+        })
+    }
+
+    /// Compiles a condition or `{{ }}`-less expression.
+    pub fn add_expression(&mut self, expr: &str) -> Result<TplInfo, TplError> {
+        let compiled = self.env.compile_expression(expr).map_err(|e| to_error(&e, expr, 0))?;
+        let vars = compiled.undeclared_variables(true).into_iter().collect();
+        let (unknown_filters, unknown_tests) = self.unknown_names(expr, false);
+        let id = TplId(self.sources.len());
+        self.sources.push(Source::Expr(expr.to_string()));
+        Ok(TplInfo {
+            tpl: StrTpl::Expr(id),
+            vars,
+            unknown_filters,
+            unknown_tests,
+        })
+    }
+
+    /// True when `name` is a global or function of the environment (`lookup`, `range`, `defaults`).
+    pub fn is_global(&self, name: &str) -> bool {
+        self.probe(&format!("g:{name}"), || {
+            self.env
+                .render_str(&format!("{{{{ {name} is defined }}}}"), ())
+                .map(|s| s.eq_ignore_ascii_case("true"))
+                .unwrap_or(false)
+        })
+    }
+
+    fn probe(&self, key: &str, run: impl FnOnce() -> bool) -> bool {
+        if let Ok(cache) = self.probes.lock()
+            && let Some(known) = cache.get(key)
+        {
+            return *known;
+        }
+        let answer = run();
+        if let Ok(mut cache) = self.probes.lock() {
+            cache.insert(key.to_string(), answer);
+        }
+        answer
+    }
+
+    fn filter_exists(&self, name: &str) -> bool {
+        self.probe(&format!("f:{name}"), || {
+            !matches!(
+                self.env.render_str(&format!("{{{{ 1 | {name} }}}}"), ()),
+                Err(e) if e.kind() == ErrorKind::UnknownFilter
+            )
+        })
+    }
+
+    fn test_exists(&self, name: &str) -> bool {
+        self.probe(&format!("t:{name}"), || {
+            !matches!(
+                self.env.render_str(&format!("{{{{ 1 is {name} }}}}"), ()),
+                Err(e) if e.kind() == ErrorKind::UnknownTest
+            )
+        })
+    }
+
+    /// minijinja only notices an unknown filter when it runs; we look for them at load.
+    fn unknown_names(&self, text: &str, delimited: bool) -> (Vec<String>, Vec<String>) {
+        let mut filters_missing = Vec::new();
+        let mut tests_missing = Vec::new();
+        for (kind, name) in scan_filters_and_tests(text, delimited) {
+            match kind {
+                '|' if !self.filter_exists(&name) => filters_missing.push(name),
+                'i' if !self.test_exists(&name) => tests_missing.push(name),
+                _ => {}
+            }
+        }
+        (filters_missing, tests_missing)
+    }
+
+    /// Freezes the collected templates.
+    pub fn finish(self) -> Result<Templates, TplError> {
+        let sources = self.sources;
+        let mut env = self.env;
+        for (i, source) in sources.iter().enumerate() {
+            if let Source::Text(s) = source {
+                env.add_template_owned(format!("t{i}"), s.clone())
+                    .map_err(|e| to_error(&e, s, 0))?;
+            }
+        }
+        let cell = Cell::try_new(env, |env| {
+            let mut out = Vec::with_capacity(sources.len());
+            for source in sources {
+                out.push(match source {
+                    Source::Expr(s) => Piece::Expr(
+                        env.compile_expression_owned(s.clone())
+                            .map_err(|e| to_error(&e, &s, 0))?,
+                    ),
+                    Source::Text(s) => Piece::Text(
+                        env.get_template(&format!("t{}", out.len()))
+                            .map_err(|e| to_error(&e, &s, 0))?,
+                    ),
+                });
+            }
+            Ok::<_, TplError>(out)
+        })?;
+        Ok(Templates { cell })
+    }
+}
+
+enum Piece<'env> {
+    Expr(Expression<'env, 'static>),
+    Text(Template<'env, 'env>),
+}
+
+type Pieces<'env> = Vec<Piece<'env>>;
+
+self_cell::self_cell!(
+    struct Cell {
+        owner: Environment<'static>,
+        #[covariant]
+        dependent: Pieces,
+    }
+);
+
+/// The frozen templates of a mapping set.
+pub struct Templates {
+    cell: Cell,
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Templates({})", self.cell.borrow_dependent().len())
+    }
+}
+
+/// Why a template failed at run time.
+#[derive(Debug, Clone)]
+pub enum EvalError {
+    /// It read a value that is not there: the field is omitted.
+    Missing(String),
+    /// Anything else: the record fails with this message.
+    Failed(String),
+}
+
+impl Templates {
+    /// Evaluates a compiled string against a context.
+    pub fn eval(&self, tpl: &StrTpl, ctx: &Value) -> Result<Value, EvalError> {
+        match tpl {
+            StrTpl::Literal(s) => Ok(Value::from(s.as_str())),
+            StrTpl::Var(path) => {
+                let mut cur = ctx.clone();
+                for part in path {
+                    cur = cur.get_attr(part).unwrap_or(Value::UNDEFINED);
+                    if cur.is_undefined() {
+                        return Err(EvalError::Missing(path.join(".")));
+                    }
+                }
+                if cur.is_none() {
+                    return Err(EvalError::Missing(path.join(".")));
+                }
+                Ok(cur)
+            }
+            StrTpl::Expr(id) => {
+                let pieces = self.cell.borrow_dependent();
+                let Some(Piece::Expr(expr)) = pieces.get(id.0) else {
+                    return Err(EvalError::Failed("internal: template id out of range".into()));
+                };
+                let v = expr.eval(ctx.clone()).map_err(classify)?;
+                if v.is_undefined() {
+                    return Err(EvalError::Missing(expr_source(expr)));
+                }
+                Ok(v)
+            }
+            StrTpl::Text(id) => {
+                let pieces = self.cell.borrow_dependent();
+                let Some(Piece::Text(tmpl)) = pieces.get(id.0) else {
+                    return Err(EvalError::Failed("internal: template id out of range".into()));
+                };
+                tmpl.render(ctx.clone())
+                    .map(Value::from)
+                    .map_err(classify)
+            }
+        }
+    }
+
+    /// Evaluates a condition: true, false, or why it could not be decided.
+    pub fn truthy(&self, tpl: &StrTpl, ctx: &Value) -> Result<bool, EvalError> {
+        match self.eval(tpl, ctx) {
+            Ok(v) => Ok(v.is_true()),
+            Err(EvalError::Missing(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn expr_source(expr: &Expression<'_, '_>) -> String {
+    format!("{expr:?}")
+}
+
+fn classify(e: minijinja::Error) -> EvalError {
+    if e.kind() == ErrorKind::UndefinedError {
+        EvalError::Missing(e.detail().unwrap_or("undefined value").to_string())
+    } else {
+        let mut msg = e.kind().to_string();
+        if let Some(d) = e.detail() {
+            msg.push_str(": ");
+            msg.push_str(d);
+        }
+        EvalError::Failed(msg)
+    }
+}
+
+fn to_error(e: &minijinja::Error, text: &str, base: usize) -> TplError {
+    let offset = e
+        .range()
+        .map(|r| base + text.get(..r.start.min(text.len())).map_or(0, |s| s.chars().count()));
+    let mut message = e.kind().to_string();
+    if let Some(d) = e.detail() {
+        message.push_str(": ");
+        message.push_str(d);
+    }
+    TplError { message, offset }
+}
+
+/// `"{{ x | e164 }}"` → `Some("x | e164")` when the string is exactly one expression.
+fn sole_expression(text: &str) -> Option<&str> {
+    let t = text.trim();
+    let inner = t.strip_prefix("{{")?.strip_suffix("}}")?;
+    if inner.contains("{{") || inner.contains("}}") || inner.contains("{%") {
+        return None;
+    }
+    let inner = inner.strip_prefix('-').unwrap_or(inner);
+    let inner = inner.strip_suffix('-').unwrap_or(inner);
+    Some(inner.trim())
+}
+
+/// `a.b.c` → `["a","b","c"]` when the expression is only a dotted name.
+fn plain_path(expr: &str) -> Option<Vec<String>> {
+    let parts: Vec<&str> = expr.split('.').collect();
+    let ok = parts.iter().all(|p| {
+        let mut chars = p.chars();
+        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    });
+    let reserved = ["true", "false", "none", "True", "False", "None"];
+    if ok && !reserved.contains(&expr) {
+        Some(parts.into_iter().map(str::to_string).collect())
+    } else {
+        None
+    }
+}
+
+/// Finds `| name` (filters) and `is [not] name` (tests) outside string literals.
+/// `delimited` restricts the scan to `{{ }}` / `{% %}` blocks.
+fn scan_filters_and_tests(text: &str, delimited: bool) -> Vec<(char, String)> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut inside = !delimited;
+    let mut quote: Option<char> = None;
+    let ident = |start: usize| -> (String, usize) {
+        let mut j = start;
+        while j < chars.len() && chars[j].is_whitespace() {
+            j += 1;
+        }
+        let s = j;
+        while j < chars.len() && (chars[j].is_ascii_alphanumeric() || chars[j] == '_') {
+            j += 1;
+        }
+        (chars[s..j].iter().collect(), j)
+    };
+    while i < chars.len() {
+        let c = chars[i];
+        if delimited && !inside {
+            if c == '{' && matches!(chars.get(i + 1), Some('{') | Some('%')) {
+                inside = true;
+                i += 2;
+                continue;
+            }
+            i += 1;
+            continue;
+        }
+        if let Some(q) = quote {
+            if c == '\\' {
+                i += 2;
+                continue;
+            }
+            if c == q {
+                quote = None;
+            }
+            i += 1;
+            continue;
+        }
+        match c {
+            '\'' | '"' => quote = Some(c),
+            '}' | '%' if delimited && chars.get(i + 1) == Some(&'}') => {
+                inside = false;
+                i += 2;
+                continue;
+            }
+            '|' => {
+                let (name, next) = ident(i + 1);
+                if !name.is_empty() {
+                    out.push(('|', name));
+                }
+                i = next;
+                continue;
+            }
+            'i' if chars.get(i + 1) == Some(&'s')
+                && (i == 0 || !(chars[i - 1].is_ascii_alphanumeric() || chars[i - 1] == '_'))
+                && chars.get(i + 2).is_some_and(|c| c.is_whitespace()) =>
+            {
+                let (mut name, mut next) = ident(i + 2);
+                if name == "not" {
+                    (name, next) = ident(next);
+                }
+                if !name.is_empty() {
+                    out.push(('i', name));
+                }
+                i = next;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use minijinja::context;
+
+    #[test]
+    fn classifies_strings() {
+        let mut b = TemplateBuilder::default();
+        assert!(matches!(b.add("Card Holder").unwrap().tpl, StrTpl::Literal(_)));
+        assert!(matches!(b.add("{{ phone }}").unwrap().tpl, StrTpl::Var(_)));
+        assert!(matches!(b.add("{{ phone | e164 }}").unwrap().tpl, StrTpl::Expr(_)));
+        assert!(matches!(b.add("Feedback: {{ comment }}").unwrap().tpl, StrTpl::Text(_)));
+    }
+
+    #[test]
+    fn keeps_types_and_reports_missing() {
+        let mut b = TemplateBuilder::default();
+        let n = b.add("{{ balance | number }}").unwrap();
+        let t = b.add("Rated {{ rating }}/5").unwrap();
+        let m = b.add("{{ nothing_here | lower }}").unwrap();
+        let d = b.add("{{ nothing_here | default('x') }}").unwrap();
+        let ts = b.finish().unwrap();
+        let ctx = Value::from(minijinja::value::Serde(serde_json::json!({"balance": "12", "rating": 5})));
+        assert_eq!(ts.eval(&n.tpl, &ctx).unwrap(), Value::from(12));
+        assert_eq!(ts.eval(&t.tpl, &ctx).unwrap(), Value::from("Rated 5/5"));
+        assert!(matches!(ts.eval(&m.tpl, &ctx), Err(EvalError::Missing(_))));
+        assert_eq!(ts.eval(&d.tpl, &ctx).unwrap(), Value::from("x"));
+    }
+
+    #[test]
+    fn finds_unknown_filters_and_names() {
+        let mut b = TemplateBuilder::default();
+        let info = b.add("{{ phone | e164 | nosuch }} and {{ 'a|b' | upper }}").unwrap();
+        assert_eq!(info.unknown_filters, vec!["nosuch".to_string()]);
+        let info = b.add_expression("reward is defined and x is not fancy").unwrap();
+        assert_eq!(info.unknown_tests, vec!["fancy".to_string()]);
+        assert!(info.vars.contains("reward"));
+        assert!(b.is_global("lookup"));
+        assert!(!b.is_global("phone"));
+    }
+
+    #[test]
+    fn syntax_errors_have_offsets() {
+        let mut b = TemplateBuilder::default();
+        let e = b.add("{{ phone | }}").unwrap_err();
+        assert!(e.message.contains("syntax"), "{e:?}");
+    }
+
+    #[test]
+    fn lookup_uses_known_ids_or_placeholders() {
+        let mut b = TemplateBuilder::default();
+        let l = b.add("{{ lookup('custom_field', 'loyalty_points') }}").unwrap();
+        let ts = b.finish().unwrap();
+        let none = context!();
+        assert_eq!(ts.eval(&l.tpl, &none).unwrap(), Value::from("${lookup:custom_field:loyalty_points}"));
+        let known = context!(known => context!(custom_field => context!(loyalty_points => "cf_9")));
+        assert_eq!(ts.eval(&l.tpl, &known).unwrap(), Value::from("cf_9"));
+    }
+}

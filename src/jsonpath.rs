@@ -1,0 +1,251 @@
+//! Our one door to JSONPath (RFC 9535).
+//!
+//! We use `serde_json_path` because it passes the whole RFC 9535 compliance
+//! suite (703/703, see README "Why these crates"); nothing else in the crate
+//! names it, so replacing it touches only this file.
+//!
+//! Besides compiling and querying, this module keeps a coarse segment list of
+//! each path so `mapper check` can walk a payload's JSON Schema and tell
+//! whether a selector can ever match.
+
+use serde_json::Value;
+use std::fmt;
+
+/// One step of a path, as far as schema checking cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// `.name` or `['name']`
+    Name(String),
+    /// `[3]`
+    Index,
+    /// `[*]`, `.*`, slices, filters, unions: any child.
+    AnyChild,
+    /// `..`: anything below; schema checking stops here.
+    Descendant,
+}
+
+/// A compiled JSONPath selector.
+#[derive(Clone)]
+pub struct Selector {
+    source: String,
+    compiled: serde_json_path::JsonPath,
+    steps: Vec<Step>,
+    singular: bool,
+}
+
+/// Why a path did not compile: message and the character offset in the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathError {
+    pub message: String,
+    pub position: usize,
+}
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (at character {})", self.message, self.position + 1)
+    }
+}
+
+impl Selector {
+    /// Compiles `path`; done once at load time, never per event.
+    pub fn parse(path: &str) -> Result<Self, PathError> {
+        let compiled = serde_json_path::JsonPath::parse(path).map_err(|e| PathError {
+            message: e.message().to_string(),
+            position: e.position(),
+        })?;
+        let steps = coarse_steps(path);
+        let singular = steps
+            .iter()
+            .all(|s| matches!(s, Step::Name(_) | Step::Index));
+        Ok(Self {
+            source: path.to_string(),
+            compiled,
+            steps,
+            singular,
+        })
+    }
+
+    /// The path as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Steps for schema checking.
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    /// True when the path can select at most one node (names and indexes only).
+    pub fn is_singular(&self) -> bool {
+        self.singular
+    }
+
+    /// All nodes the path selects, in document order.
+    pub fn query<'a>(&self, doc: &'a Value) -> Vec<&'a Value> {
+        self.compiled.query(doc).all()
+    }
+
+    /// The value a mapping sees: `None` when nothing (or only `null`) matched;
+    /// the node itself for a singular path; an array of the non-null nodes otherwise.
+    pub fn select(&self, doc: &Value) -> Option<Value> {
+        let nodes = self.compiled.query(doc);
+        if self.singular {
+            return nodes.first().filter(|v| !v.is_null()).cloned();
+        }
+        let found: Vec<Value> = nodes
+            .all()
+            .into_iter()
+            .filter(|v| !v.is_null())
+            .cloned()
+            .collect();
+        if found.is_empty() {
+            None
+        } else {
+            Some(Value::Array(found))
+        }
+    }
+}
+
+impl fmt::Debug for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Selector({})", self.source)
+    }
+}
+
+/// Splits an already valid path into coarse steps. Anything that is not a
+/// plain name or index becomes `AnyChild`, which is what a schema walk needs.
+fn coarse_steps(path: &str) -> Vec<Step> {
+    let chars: Vec<char> = path.chars().collect();
+    let mut steps = Vec::new();
+    let mut i = 1; // skip '$'
+    while i < chars.len() {
+        match chars[i] {
+            '.' if chars.get(i + 1) == Some(&'.') => {
+                steps.push(Step::Descendant);
+                // what follows `..` is irrelevant to the walk
+                return steps;
+            }
+            '.' => {
+                i += 1;
+                if chars.get(i) == Some(&'*') {
+                    steps.push(Step::AnyChild);
+                    i += 1;
+                } else {
+                    let start = i;
+                    while i < chars.len() && chars[i] != '.' && chars[i] != '[' {
+                        i += 1;
+                    }
+                    steps.push(Step::Name(chars[start..i].iter().collect()));
+                }
+            }
+            '[' => {
+                let (step, next) = bracket_step(&chars, i);
+                steps.push(step);
+                i = next;
+            }
+            ' ' | '\t' | '\n' | '\r' => i += 1,
+            _ => return steps,
+        }
+    }
+    steps
+}
+
+/// Reads one `[...]` segment starting at `open`, returns the step and the index after `]`.
+fn bracket_step(chars: &[char], open: usize) -> (Step, usize) {
+    let mut i = open + 1;
+    let mut depth = 1;
+    let mut quote: Option<char> = None;
+    let mut body = String::new();
+    while i < chars.len() {
+        let c = chars[i];
+        if let Some(q) = quote {
+            if c == '\\' {
+                if let Some(n) = chars.get(i + 1) {
+                    body.push(match n {
+                        'n' => '\n',
+                        't' => '\t',
+                        other => *other,
+                    });
+                }
+                i += 2;
+                continue;
+            }
+            if c == q {
+                quote = None;
+            } else {
+                body.push(c);
+            }
+            i += 1;
+            continue;
+        }
+        match c {
+            '\'' | '"' => {
+                quote = Some(c);
+                body.push('\u{0}');
+            }
+            '[' => depth += 1,
+            ']' => {
+                depth -= 1;
+                if depth == 0 {
+                    break;
+                }
+            }
+            _ => body.push(c),
+        }
+        i += 1;
+    }
+    let trimmed = body.trim();
+    let step = if let Some(name) = trimmed.strip_prefix('\u{0}') {
+        if name.contains('\u{0}') || name.contains(',') {
+            Step::AnyChild
+        } else {
+            Step::Name(name.to_string())
+        }
+    } else if !trimmed.is_empty() && trimmed.trim_start_matches('-').chars().all(|c| c.is_ascii_digit()) {
+        Step::Index
+    } else {
+        Step::AnyChild
+    };
+    (step, i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn steps_of_common_shapes() {
+        let s = Selector::parse("$.card.balance").unwrap();
+        assert_eq!(s.steps(), &[Step::Name("card".into()), Step::Name("balance".into())]);
+        assert!(s.is_singular());
+        let s = Selector::parse("$['Loyalty Member'][0].x").unwrap();
+        assert_eq!(
+            s.steps(),
+            &[Step::Name("Loyalty Member".into()), Step::Index, Step::Name("x".into())]
+        );
+        let s = Selector::parse("$.Fields[?@.Name == 'a'].Value").unwrap();
+        assert_eq!(
+            s.steps(),
+            &[Step::Name("Fields".into()), Step::AnyChild, Step::Name("Value".into())]
+        );
+        assert!(!s.is_singular());
+        let s = Selector::parse("$..id").unwrap();
+        assert_eq!(s.steps(), &[Step::Descendant]);
+    }
+
+    #[test]
+    fn select_treats_null_as_missing() {
+        let doc = json!({"a": null, "b": 2, "l": [1, null, 3]});
+        assert_eq!(Selector::parse("$.a").unwrap().select(&doc), None);
+        assert_eq!(Selector::parse("$.zz").unwrap().select(&doc), None);
+        assert_eq!(Selector::parse("$.b").unwrap().select(&doc), Some(json!(2)));
+        assert_eq!(Selector::parse("$.l[*]").unwrap().select(&doc), Some(json!([1, 3])));
+    }
+
+    #[test]
+    fn parse_error_has_position() {
+        let e = Selector::parse("$.a[").unwrap_err();
+        assert!(e.position >= 3, "{e:?}");
+    }
+}

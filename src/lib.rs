@@ -1,0 +1,9 @@
+//! `mapper`: keeps loyalty platforms and GoHighLevel in sync, driven by YAML.
+//!
+//! - [`config`]: the mapping files, their loading and `mapper check`'s diagnostics.
+//! - [`engine`]: the pure interpreter, payload in, plan out.
+//! - [`jsonpath`]: our one door to JSONPath.
+
+pub mod config;
+pub mod engine;
+pub mod jsonpath;
