@@ -1,5 +1,8 @@
 //! Mapping sets: their files, loading, validation and diagnostics.
 
+pub mod compile;
 pub mod diagnostic;
+pub mod load;
+pub mod payload_schema;
 pub mod model;
 pub mod node;

@@ -1,0 +1,1104 @@
+//! Checks a loaded mapping set as a whole and compiles it into a [`Program`].
+//!
+//! Every problem found becomes a diagnostic; compilation goes on after an
+//! error so one run of `mapper check` reports all of them.
+
+use super::diagnostic::{Code, Diagnostic, Pos};
+use super::load::{Loaded, Parsed};
+use super::model::{self, OneOrMany, ParamKind, SelectSpec, Settings};
+use super::node::{Node, NodeKind};
+use super::payload_schema::{self, SchemaSet};
+use crate::engine::program::{self as prog, Program, ValueTpl};
+use crate::engine::template::{StrTpl, TemplateBuilder, TplInfo};
+use crate::jsonpath::Selector;
+use indexmap::IndexMap;
+use serde_json::Value;
+use serde_saphyr::Spanned;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// Result of compiling a mapping folder.
+#[derive(Debug)]
+pub struct Compiled {
+    /// `None` when there were errors.
+    pub program: Option<Program>,
+    /// Mapping test cases found in the folder, with their files.
+    pub tests: Vec<(PathBuf, model::TestCase)>,
+    pub diagnostics: Vec<Diagnostic>,
+    pub texts: BTreeMap<PathBuf, String>,
+}
+
+impl Compiled {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Loads and compiles the mapping folder at `root`.
+pub fn compile_dir(root: &Path) -> Compiled {
+    compile(super::load::load_dir(root))
+}
+
+/// Names a template may read, and what `env.`/`params.` may name.
+struct Scope<'a> {
+    roots: Vec<String>,
+    env: Option<&'a IndexMap<String, model::EnvVar>>,
+    params: Option<&'a IndexMap<String, model::Param>>,
+}
+
+impl<'a> Scope<'a> {
+    fn new(roots: &[&str]) -> Self {
+        Self {
+            roots: roots.iter().map(|s| s.to_string()).collect(),
+            env: None,
+            params: None,
+        }
+    }
+    fn with(mut self, extra: &str) -> Self {
+        self.roots.push(extra.to_string());
+        self
+    }
+}
+
+const MAPPING_ROOTS: &[&str] = &["event", "previous", "known"];
+const REQUEST_ROOTS: &[&str] = &["params", "customer", "env", "known", "event"];
+
+struct Ctx {
+    diags: Vec<Diagnostic>,
+    texts: BTreeMap<PathBuf, String>,
+    tb: TemplateBuilder,
+}
+
+fn pos_of<T>(s: &Spanned<T>) -> Pos {
+    Pos::of(&s.referenced)
+}
+
+impl Ctx {
+    fn err(&mut self, code: Code, file: &Path, pos: Pos, msg: impl Into<String>) -> &mut Diagnostic {
+        self.diags.push(Diagnostic::error(code, file, pos, msg));
+        let last = self.diags.len() - 1;
+        &mut self.diags[last]
+    }
+
+    /// Position of character `offset` inside the scalar starting at `pos` (skipping an opening quote).
+    fn inner(&self, file: &Path, pos: Pos, offset: usize) -> Pos {
+        let quoted = self
+            .texts
+            .get(file)
+            .and_then(|t| t.lines().nth(pos.line.saturating_sub(1) as usize))
+            .and_then(|l| l.chars().nth(pos.col.saturating_sub(1) as usize))
+            .is_some_and(|c| c == '"' || c == '\'');
+        pos.offset(offset + usize::from(quoted))
+    }
+
+    fn selector(&mut self, file: &Path, pos: Pos, path: &str) -> Option<Selector> {
+        match Selector::parse(path) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                let at = self.inner(file, pos, e.position);
+                let hint = if !path.starts_with('$') {
+                    "a selector starts with `$` (the payload root), e.g. `$.customer.email`; `@name` uses a field of the source profile".to_string()
+                } else {
+                    "see RFC 9535: `$.a.b`, `$['key with spaces']`, `$.list[0]`, `$.list[?@.type == 'x']`".to_string()
+                };
+                self.err(Code::M003, file, at, format!("invalid JSONPath `{path}`: {}", e.message))
+                    .hint = Some(hint);
+                None
+            }
+        }
+    }
+
+    fn check_info(&mut self, file: &Path, pos: Pos, info: &TplInfo, scope: &Scope) {
+        for f in &info.unknown_filters {
+            let mut known: Vec<&str> = crate::engine::filters::FILTERS.to_vec();
+            known.extend(["lower", "upper", "trim", "default", "join", "split", "int", "float", "first", "last", "length", "replace", "map", "select", "items"]);
+            let near = nearest(f, known.iter().copied());
+            let d = self.err(Code::M006, file, pos, format!("unknown filter `{f}`"));
+            d.hint = Some(match near {
+                Some(n) => format!("did you mean `{n}`? (README lists every filter)"),
+                None => "README's mapping reference lists every filter".into(),
+            });
+        }
+        for t in &info.unknown_tests {
+            self.err(Code::M006, file, pos, format!("unknown test `{t}`"))
+                .hint = Some("tests include: defined, undefined, none, number, string, eq, in".into());
+        }
+        for var in &info.vars {
+            let mut parts = var.split('.');
+            let root = parts.next().unwrap_or_default();
+            let second = parts.next();
+            if scope.roots.iter().any(|r| r == root) {
+                if root == "env"
+                    && let (Some(env), Some(name)) = (scope.env, second)
+                    && !env.contains_key(name)
+                {
+                    let near = nearest(name, env.keys().map(String::as_str));
+                    self.err(Code::M014, file, pos, format!("environment variable `{name}` is not declared by this profile"))
+                        .hint = Some(match near {
+                        Some(n) => format!("did you mean `{n}`? Otherwise declare it under `env:`"),
+                        None => "declare it under the profile's `env:` with a description".into(),
+                    });
+                }
+                if root == "params"
+                    && let (Some(params), Some(name)) = (scope.params, second)
+                    && !params.contains_key(name)
+                {
+                    self.err(Code::M005, file, pos, format!("`params.{name}` is not a parameter of this operation"))
+                        .hint = Some(format!("declared parameters: {}", params.keys().cloned().collect::<Vec<_>>().join(", ")));
+                }
+                continue;
+            }
+            if self.tb.is_global(root) {
+                continue;
+            }
+            let near = nearest(root, scope.roots.iter().map(String::as_str));
+            self.err(Code::M005, file, pos, format!("unknown name `{root}` in template"))
+                .hint = Some(match near {
+                Some(n) => format!("did you mean `{n}`? Names known here: {}", scope.roots.join(", ")),
+                None => format!("names known here: {} (declare a value under `select:` to use it)", scope.roots.join(", ")),
+            });
+        }
+    }
+
+    fn tpl(&mut self, file: &Path, pos: Pos, text: &str, scope: &Scope) -> Option<StrTpl> {
+        match self.tb.add(text) {
+            Ok(info) => {
+                self.check_info(file, pos, &info, scope);
+                Some(info.tpl)
+            }
+            Err(e) => {
+                let at = self.inner(file, pos, e.offset.unwrap_or(0));
+                self.err(Code::M004, file, at, format!("template does not compile: {}", e.message))
+                    .hint = Some("templates use minijinja syntax: `{{ name | filter }}`; quote YAML strings that start with `{`".into());
+                None
+            }
+        }
+    }
+
+    fn condition(&mut self, file: &Path, pos: Pos, text: &str, scope: &Scope) -> Option<StrTpl> {
+        let expr = text.trim();
+        let expr = expr
+            .strip_prefix("{{")
+            .and_then(|e| e.strip_suffix("}}"))
+            .unwrap_or(expr);
+        match self.tb.add_expression(expr) {
+            Ok(info) => {
+                self.check_info(file, pos, &info, scope);
+                Some(info.tpl)
+            }
+            Err(e) => {
+                let at = self.inner(file, pos, e.offset.unwrap_or(0));
+                self.err(Code::M004, file, at, format!("condition does not compile: {}", e.message))
+                    .hint = Some("a condition is an expression such as `type == 'debit' and reward is defined`".into());
+                None
+            }
+        }
+    }
+
+    fn value(&mut self, file: &Path, node: &Node, scope: &Scope) -> Option<ValueTpl> {
+        Some(match &node.kind {
+            NodeKind::Null => ValueTpl::Lit(Value::Null),
+            NodeKind::Bool(b) => ValueTpl::Lit(Value::Bool(*b)),
+            NodeKind::Int(_) | NodeKind::Float(_) => ValueTpl::Lit(node.to_json()),
+            NodeKind::Str(s) => match self.tpl(file, node.pos, s, scope)? {
+                StrTpl::Literal(l) => ValueTpl::Lit(Value::String(l)),
+                t => ValueTpl::Str(t),
+            },
+            NodeKind::Seq(items) => {
+                let mut out = Vec::new();
+                for item in items {
+                    out.push(self.value(file, item, scope)?);
+                }
+                ValueTpl::List(out)
+            }
+            NodeKind::Map(entries) => {
+                if let Some(over) = node.get("$each") {
+                    let Some(emit) = node.get("$emit") else {
+                        self.err(Code::M002, file, node.pos, "`$each` needs `$emit` beside it")
+                            .hint = Some("`$emit` is the value produced for each `item`".into());
+                        return None;
+                    };
+                    let NodeKind::Str(over_text) = &over.kind else {
+                        self.err(Code::M002, file, over.pos, "`$each` takes a template such as \"{{ params.custom_fields | items }}\"");
+                        return None;
+                    };
+                    let over_tpl = self.tpl(file, over.pos, over_text, scope)?;
+                    let inner_scope = Scope {
+                        roots: scope.roots.iter().cloned().chain(["item".to_string()]).collect(),
+                        env: scope.env,
+                        params: scope.params,
+                    };
+                    let emit = self.value(file, emit, &inner_scope)?;
+                    return Some(ValueTpl::Each { over: over_tpl, emit: Box::new(emit) });
+                }
+                let mut out = Vec::new();
+                let mut ok = true;
+                for (k, v) in entries {
+                    match self.value(file, v, scope) {
+                        Some(t) => out.push((k.name.clone(), t)),
+                        None => ok = false,
+                    }
+                }
+                if !ok {
+                    return None;
+                }
+                ValueTpl::Map(out)
+            }
+        })
+    }
+
+    fn request(&mut self, file: &Path, spec: &model::RequestSpec, scope: &Scope) -> Option<prog::Request> {
+        let method = spec.method.value.to_ascii_uppercase();
+        if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
+            self.err(Code::M020, file, pos_of(&spec.method), format!("unknown HTTP method `{}`", spec.method.value))
+                .hint = Some("use GET, POST, PUT, PATCH or DELETE".into());
+        }
+        let path = self.tpl(file, pos_of(&spec.path), &spec.path.value, scope);
+        let query = spec.query.as_ref().map(|q| self.value(file, q, scope));
+        let body = spec.body.as_ref().map(|b| self.value(file, b, scope));
+        Some(prog::Request {
+            method,
+            path: path?,
+            query: query.map(|q| q.ok_or(())).transpose().ok()?,
+            body: body.map(|b| b.ok_or(())).transpose().ok()?,
+        })
+    }
+}
+
+fn nearest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (strsim::damerau_levenshtein(word, c), c))
+        .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+struct SourceProfile<'a> {
+    file: PathBuf,
+    spec: &'a model::SourceFile,
+}
+
+struct TargetProfile<'a> {
+    file: PathBuf,
+    spec: &'a model::TargetFile,
+}
+
+/// Picks the active profile of each name.
+fn choose<'a, T>(
+    ctx: &mut Ctx,
+    kind: &str,
+    all: &BTreeMap<String, Vec<(String, Pos, T)>>,
+    selected: &IndexMap<String, String>,
+    project_file: Option<&Path>,
+) -> BTreeMap<String, usize>
+where
+    T: AsFile,
+{
+    let mut chosen = BTreeMap::new();
+    for (name, profiles) in all {
+        for (i, (p, pos, t)) in profiles.iter().enumerate() {
+            if profiles[..i].iter().any(|(q, _, _)| q == p) {
+                ctx.err(Code::M016, t.file(), *pos, format!("{kind} `{name}` has two profiles named `{p}`"));
+            }
+        }
+        let pick = match selected.get(name) {
+            Some(want) => match profiles.iter().position(|(p, _, _)| p == want) {
+                Some(i) => Some(i),
+                None => {
+                    let fallback = ctx_root_placeholder();
+                    let file = project_file.unwrap_or(&fallback);
+                    let names: Vec<&str> = profiles.iter().map(|(p, _, _)| p.as_str()).collect();
+                    ctx.err(Code::M009, file, Pos::UNKNOWN, format!("{kind} `{name}` has no profile `{want}`"))
+                        .hint = Some(format!("profiles of `{name}`: {}", names.join(", ")));
+                    None
+                }
+            },
+            None if profiles.len() == 1 => Some(0),
+            None => profiles.iter().position(|(p, _, _)| p == "default").or_else(|| {
+                let names: Vec<&str> = profiles.iter().map(|(p, _, _)| p.as_str()).collect();
+                ctx.err(
+                    Code::M009,
+                    profiles[0].2.file(),
+                    profiles[0].1,
+                    format!("{kind} `{name}` has several profiles and none is selected"),
+                )
+                .hint = Some(format!("add `profiles: {{ {name}: {} }}` to mapper.yaml", names.join(" | ")));
+                None
+            }),
+        };
+        if let Some(i) = pick {
+            chosen.insert(name.clone(), i);
+        }
+    }
+    chosen
+}
+
+fn ctx_root_placeholder() -> PathBuf {
+    PathBuf::from("mapper.yaml")
+}
+
+trait AsFile {
+    fn file(&self) -> &Path;
+}
+impl AsFile for SourceProfile<'_> {
+    fn file(&self) -> &Path {
+        &self.file
+    }
+}
+impl AsFile for TargetProfile<'_> {
+    fn file(&self) -> &Path {
+        &self.file
+    }
+}
+
+/// Compiles everything that was loaded.
+pub fn compile(loaded: Loaded) -> Compiled {
+    let Loaded {
+        root,
+        files,
+        texts,
+        diagnostics,
+    } = loaded;
+
+    let mut test_files = Vec::new();
+    let mut files_kept = Vec::new();
+    for (path, parsed) in files {
+        match parsed {
+            Parsed::Tests(t) => test_files.push((path, t)),
+            other => files_kept.push((path, other)),
+        }
+    }
+    let files = files_kept;
+    let mut project: Option<(&PathBuf, &model::ProjectFile)> = None;
+    let mut sources: BTreeMap<String, Vec<(String, Pos, SourceProfile)>> = BTreeMap::new();
+    let mut targets: BTreeMap<String, Vec<(String, Pos, TargetProfile)>> = BTreeMap::new();
+    let mut mapping_files = Vec::new();
+    let mut diags = diagnostics;
+
+    for (path, parsed) in &files {
+        match parsed {
+            Parsed::Project(p) => {
+                if let Some((first, _)) = project {
+                    diags.push(
+                        Diagnostic::error(Code::M016, path, Pos::new(1, 1), "a second project file (`settings:`)")
+                            .with_hint(format!("keep one; the first is {}", first.display())),
+                    );
+                } else {
+                    project = Some((path, p));
+                }
+            }
+            Parsed::Source(s) => sources.entry(s.source.value.clone()).or_default().push((
+                s.profile.value.clone(),
+                pos_of(&s.source),
+                SourceProfile { file: path.clone(), spec: s },
+            )),
+            Parsed::Target(t) => targets.entry(t.target.value.clone()).or_default().push((
+                t.profile.value.clone(),
+                pos_of(&t.target),
+                TargetProfile { file: path.clone(), spec: t },
+            )),
+            Parsed::Mappings(m) => mapping_files.push((path.clone(), m)),
+            Parsed::Tests(_) => {}
+        }
+    }
+
+    let default_settings = Settings {
+        phone_region: "US".into(),
+        time_zone: "UTC".into(),
+    };
+    let settings = project.map(|(_, p)| &p.settings).unwrap_or(&default_settings);
+    let empty_profiles = IndexMap::new();
+    let selected = project.map(|(_, p)| &p.profiles).unwrap_or(&empty_profiles);
+    let defaults = minijinja::Value::from(minijinja::value::Serde(serde_json::json!({
+        "phone_region": settings.phone_region,
+        "time_zone": settings.time_zone,
+    })));
+    let mut ctx = Ctx {
+        diags: std::mem::take(&mut diags),
+        texts,
+        tb: TemplateBuilder::new(defaults),
+    };
+    if let Some((file, p)) = project {
+        if crate::engine::filters::normalize_phone("2015550123", &p.settings.phone_region).is_none()
+            && p.settings.phone_region.parse::<phonenumber::country::Id>().is_err()
+        {
+            ctx.err(Code::M020, file, Pos::UNKNOWN, format!("`phone_region: {}` is not an ISO 3166 country code", p.settings.phone_region))
+                .hint = Some("use a two-letter code such as US, GB, DE".into());
+        }
+        if p.settings.time_zone.parse::<chrono_tz::Tz>().is_err() && p.settings.time_zone != "UTC" {
+            ctx.err(Code::M020, file, Pos::UNKNOWN, format!("`time_zone: {}` is not an IANA time zone", p.settings.time_zone))
+                .hint = Some("use a name such as UTC, America/Los_Angeles, Europe/Berlin".into());
+        }
+        for name in p.profiles.keys() {
+            if !sources.contains_key(name) && !targets.contains_key(name) {
+                ctx.err(Code::M009, file, Pos::UNKNOWN, format!("`profiles:` names `{name}`, which is neither a source nor a target"));
+            }
+        }
+    }
+    let project_file = project.map(|(f, _)| f.as_path());
+
+    // ---- sources
+    let source_pick = choose(&mut ctx, "source", &sources, selected, project_file);
+    let mut compiled_sources = IndexMap::new();
+    let mut schemas: HashMap<String, SchemaSet> = HashMap::new();
+    let mut source_fields: HashMap<String, IndexMap<String, (Pos, PathBuf, Vec<Selector>)>> = HashMap::new();
+    for (name, profiles) in &sources {
+        for (i, (_, _, sp)) in profiles.iter().enumerate() {
+            let active = source_pick.get(name) == Some(&i);
+            if let Some((src, set, fields)) = compile_source(&mut ctx, sp) {
+                if active {
+                    schemas.insert(name.clone(), set);
+                    source_fields.insert(name.clone(), fields);
+                    compiled_sources.insert(name.clone(), src);
+                }
+            }
+        }
+    }
+
+    // ---- targets
+    let target_pick = choose(&mut ctx, "target", &targets, selected, project_file);
+    let mut compiled_targets = IndexMap::new();
+    let mut target_specs: HashMap<String, &model::TargetFile> = HashMap::new();
+    for (name, profiles) in &targets {
+        for (i, (_, _, tp)) in profiles.iter().enumerate() {
+            let active = target_pick.get(name) == Some(&i);
+            if let Some(t) = compile_target(&mut ctx, tp) {
+                if active {
+                    compiled_targets.insert(name.clone(), t);
+                    target_specs.insert(name.clone(), tp.spec);
+                }
+            }
+        }
+    }
+
+    let provision: IndexMap<String, IndexMap<String, IndexMap<String, Value>>> = project
+        .map(|(_, p)| {
+            p.provision
+                .iter()
+                .map(|(t, lk)| {
+                    (
+                        t.clone(),
+                        lk.iter()
+                            .map(|(l, items)| (l.clone(), items.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()))
+                            .collect(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some((file, p)) = project {
+        for (t, lookups) in &p.provision {
+            match target_specs.get(t) {
+                None => {
+                    ctx.err(Code::M009, file, Pos::UNKNOWN, format!("`provision:` names target `{t}`, which is not defined"));
+                }
+                Some(spec) => {
+                    for (l, items) in lookups {
+                        match spec.lookups.get(l) {
+                            None => {
+                                ctx.err(Code::M010, file, Pos::UNKNOWN, format!("`provision.{t}.{l}`: target `{t}` has no lookup `{l}`"))
+                                    .hint = Some(format!("lookups of `{t}`: {}", spec.lookups.keys().cloned().collect::<Vec<_>>().join(", ")));
+                            }
+                            Some(lk) if lk.create.is_none() => {
+                                ctx.err(Code::M015, file, Pos::UNKNOWN, format!("lookup `{t}.{l}` cannot create items, so nothing can be provisioned"));
+                            }
+                            Some(_) => {
+                                for (key, decl) in items {
+                                    if decl.as_map().is_none() {
+                                        ctx.err(Code::M002, file, decl.pos, format!("`{key}` must be a map of the item's fields (e.g. name, data_type)"));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- mappings
+    let mut mappings = Vec::new();
+    let mut names: HashMap<String, (PathBuf, Pos)> = HashMap::new();
+    for (file, mf) in &mapping_files {
+        for m in &mf.mappings {
+            if let Some((first_file, first_pos)) = names.get(&m.name.value) {
+                ctx.err(Code::M016, file, pos_of(&m.name), format!("mapping name `{}` is used twice", m.name.value))
+                    .hint = Some(format!("the first is at {}:{}:{}", first_file.display(), first_pos.line, first_pos.col));
+            } else {
+                names.insert(m.name.value.clone(), (file.clone(), pos_of(&m.name)));
+            }
+            if let Some(c) = compile_mapping(
+                &mut ctx,
+                file,
+                m,
+                &compiled_sources,
+                &schemas,
+                &source_fields,
+                &compiled_targets,
+                &target_specs,
+                &provision,
+            ) {
+                mappings.push((pos_of(&m.name), c));
+            }
+        }
+    }
+
+    // ---- order and collisions
+    let mut groups: BTreeMap<(String, String, String), Vec<usize>> = BTreeMap::new();
+    for (i, (_, m)) in mappings.iter().enumerate() {
+        for e in &m.events {
+            groups.entry((m.source.clone(), e.clone(), m.target.clone())).or_default().push(i);
+        }
+    }
+    for ((source, event, target), idx) in &groups {
+        let unordered: Vec<usize> = idx.iter().copied().filter(|i| mappings[*i].1.order.is_none()).collect();
+        if idx.len() > 1 && !unordered.is_empty() {
+            let (pos, m) = &mappings[unordered[unordered.len() - 1]];
+            let others: Vec<&str> = idx.iter().map(|i| mappings[*i].1.name.as_str()).filter(|n| *n != m.name).collect();
+            ctx.err(Code::M013, &m.file, *pos, format!(
+                "mappings {} and `{}` all fire on {source} {event} → {target} but `{}` has no `order:`",
+                others.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "), m.name, m.name
+            ))
+            .hint = Some("give each of them `order: N` (lower runs first) so their sequence is explicit".into());
+        }
+    }
+    let mut mappings: Vec<prog::Mapping> = mappings.into_iter().map(|(_, m)| m).collect();
+    mappings.sort_by(|a, b| (a.order.unwrap_or(0), &a.name).cmp(&(b.order.unwrap_or(0), &b.name)));
+    let mut by_event: HashMap<(String, String), Vec<usize>> = HashMap::new();
+    for (i, m) in mappings.iter().enumerate() {
+        for e in &m.events {
+            by_event.entry((m.source.clone(), e.clone())).or_default().push(i);
+        }
+    }
+
+    // ---- tests are collected here and run by `mapper test`
+    let mut test_cases = Vec::new();
+    for (path, tf) in test_files {
+        for t in tf.tests {
+            if !sources.contains_key(&t.source.value) {
+                ctx.err(Code::M007, &path, pos_of(&t.source), format!("test names unknown source `{}`", t.source.value));
+            }
+            test_cases.push((path.clone(), t));
+        }
+    }
+
+    let Ctx { mut diags, texts, tb } = ctx;
+    let has_errors = diags.iter().any(Diagnostic::is_error);
+    let program = if has_errors {
+        None
+    } else {
+        match tb.finish() {
+            Ok(templates) => Some(Program {
+                root,
+                settings: Settings {
+                    phone_region: settings.phone_region.clone(),
+                    time_zone: settings.time_zone.clone(),
+                },
+                sources: compiled_sources,
+                targets: compiled_targets,
+                mappings,
+                by_event,
+                provision,
+                templates,
+            }),
+            Err(e) => {
+                diags.push(Diagnostic::error(Code::M004, Path::new("<templates>"), Pos::UNKNOWN, e.message));
+                None
+            }
+        }
+    };
+    super::diagnostic::sort(&mut diags);
+    Compiled {
+        program,
+        tests: test_cases,
+        diagnostics: diags,
+        texts,
+    }
+}
+
+type Fields = IndexMap<String, (Pos, PathBuf, Vec<Selector>)>;
+
+fn compile_source(ctx: &mut Ctx, sp: &SourceProfile) -> Option<(prog::Source, SchemaSet, Fields)> {
+    let file = &sp.file;
+    let s = sp.spec;
+    let dir = file.parent().unwrap_or(Path::new(".")).join(&s.schemas.value);
+    let set = match SchemaSet::load(&dir) {
+        Ok(set) => {
+            if set.events.is_empty() {
+                ctx.err(Code::M021, file, pos_of(&s.schemas), format!("no `<Event>.schema.json` files in {}", dir.display()));
+            }
+            set
+        }
+        Err(e) => {
+            ctx.err(Code::M021, file, pos_of(&s.schemas), format!("cannot read payload schemas: {e}"))
+                .hint = Some("`schemas:` is a folder relative to this file".into());
+            SchemaSet::default()
+        }
+    };
+    let event_type = ctx.selector(file, pos_of(&s.event.type_path), &s.event.type_path.value);
+    let event_id = s.event.id.as_ref().map(|p| ctx.selector(file, pos_of(p), &p.value));
+    let time = s.event.time.as_ref().map(|p| ctx.selector(file, pos_of(p), &p.value));
+    let dedup: Vec<Option<Selector>> = s.event.dedup.iter().map(|p| ctx.selector(file, pos_of(p), &p.value)).collect();
+    if let Some(tz) = &s.event.time_zone
+        && tz != "UTC"
+        && tz.parse::<chrono_tz::Tz>().is_err()
+    {
+        ctx.err(Code::M020, file, Pos::UNKNOWN, format!("`time_zone: {tz}` is not an IANA time zone"));
+    }
+    if s.body.format == model::BodyFormat::Form && s.body.field.is_none() {
+        ctx.err(Code::M011, file, Pos::UNKNOWN, "`body.format: form` needs `body.field`, the form field holding the JSON")
+            .hint = Some("SlickText's legacy webhooks use `field: data`".into());
+    }
+    check_verify(ctx, file, &s.verify);
+    let mut fields = IndexMap::new();
+    for (name, paths) in &s.fields {
+        let mut sels = Vec::new();
+        for p in paths.value.to_vec() {
+            if let Some(sel) = ctx.selector(file, pos_of(paths), &p) {
+                sels.push(sel);
+            }
+        }
+        fields.insert(name.clone(), (pos_of(paths), file.clone(), sels));
+    }
+    let src = prog::Source {
+        name: s.source.value.clone(),
+        profile: s.profile.value.clone(),
+        file: file.clone(),
+        body: s.body.clone(),
+        event_type: event_type?,
+        event_names: s.event.names.clone(),
+        event_id: event_id.flatten(),
+        dedup: dedup.into_iter().flatten().collect(),
+        time: time.flatten(),
+        time_zone: s.event.time_zone.clone(),
+        attempt_field: s.event.attempt.clone(),
+        verify: s.verify.clone(),
+        events: set.events.keys().cloned().collect(),
+    };
+    Some((src, set, fields))
+}
+
+fn check_verify(ctx: &mut Ctx, file: &Path, v: &model::VerifySpec) {
+    use model::VerifyMethod as M;
+    let need = |ctx: &mut Ctx, what: &str, present: bool, hint: &str| {
+        if !present {
+            ctx.err(Code::M011, file, Pos::UNKNOWN, format!("`verify.method: {:?}` needs `{what}`", v.method).to_lowercase())
+                .hint = Some(hint.into());
+        }
+    };
+    match v.method {
+        M::None => {}
+        M::Token => {
+            need(ctx, "secret_env", v.secret_env.is_some(), "name the environment variable holding the token");
+            need(ctx, "header or query", v.header.is_some() || v.query.is_some(), "say where the token is: `header: X-Webhook-Token` and/or `query: token`");
+        }
+        M::Hmac => {
+            need(ctx, "secret_env", v.secret_env.is_some(), "name the environment variable holding the HMAC key");
+            need(ctx, "header", v.header.is_some(), "name the header carrying the signature");
+            need(ctx, "algorithm", v.algorithm.is_some(), "sha256 or md5");
+        }
+        M::StandardWebhooks => need(ctx, "secret_env", v.secret_env.is_some(), "name the environment variable holding the `whsec_…` secret"),
+        M::Ghl => {}
+    }
+}
+
+fn compile_target(ctx: &mut Ctx, tp: &TargetProfile) -> Option<prog::Target> {
+    let file = &tp.file;
+    let t = tp.spec;
+    let env = &t.env;
+    let mut base = Scope::new(&["env", "known"]);
+    base.env = Some(env);
+    let base_url = ctx.tpl(file, pos_of(&t.base_url), &t.base_url.value, &base);
+    let mut headers = Vec::new();
+    for (name, value) in &t.headers {
+        if let Some(v) = ctx.tpl(file, pos_of(value), &value.value, &base) {
+            headers.push((name.clone(), v));
+        }
+    }
+    let error_message = t.error_message.as_ref().and_then(|p| ctx.selector(file, pos_of(p), &p.value));
+    let customer = t.customer.as_ref().and_then(|c| {
+        let mut find = IndexMap::new();
+        let mut scope = Scope::new(&["env", "known", "value", "keys"]);
+        scope.env = Some(env);
+        for (key, f) in &c.find {
+            let req = ctx.request(file, &f.request, &scope);
+            let id = ctx.selector(file, pos_of(&f.id), &f.id.value);
+            if let (Some(r), Some(i)) = (req, id) {
+                find.insert(key.clone(), (r, i));
+            }
+        }
+        let create = c.create.as_ref().and_then(|cr| compile_create(ctx, file, cr, &scope));
+        Some(prog::CustomerCapability {
+            link: c.link.clone(),
+            find,
+            create,
+        })
+    });
+    let mut lookups = IndexMap::new();
+    for (name, l) in &t.lookups {
+        let mut scope = Scope::new(&["env", "known"]);
+        scope.env = Some(env);
+        let list = ctx.request(file, &l.list, &scope);
+        let items = ctx.selector(file, pos_of(&l.items), &l.items.value);
+        let item_scope = Scope { roots: vec!["item".into(), "env".into()], env: Some(env), params: None };
+        let key = ctx.tpl(file, pos_of(&l.key), &l.key.value, &item_scope);
+        let id = ctx.tpl(file, pos_of(&l.id), &l.id.value, &item_scope);
+        let create = l.create.as_ref().and_then(|cr| compile_create(ctx, file, cr, &item_scope));
+        if let (Some(list), Some(items), Some(key), Some(id)) = (list, items, key, id) {
+            lookups.insert(name.clone(), prog::Lookup { list, items, key, id, create });
+        }
+    }
+    let mut operations = IndexMap::new();
+    for (name, op) in &t.operations {
+        if name == "http" {
+            ctx.err(Code::M016, file, Pos::UNKNOWN, "`http` is built in (a raw request on this target); name the operation otherwise");
+        }
+        let scope = Scope {
+            roots: REQUEST_ROOTS.iter().map(|s| s.to_string()).collect(),
+            env: Some(env),
+            params: Some(&op.params),
+        };
+        if let Some(request) = ctx.request(file, &op.request, &scope) {
+            operations.insert(
+                name.clone(),
+                prog::Operation {
+                    needs_customer: op.needs_customer,
+                    params: op.params.clone(),
+                    request,
+                },
+            );
+        }
+        for p in op.params.values() {
+            if let Some(l) = &p.keys_from
+                && !t.lookups.contains_key(l)
+            {
+                ctx.err(Code::M010, file, Pos::UNKNOWN, format!("operation `{name}`: `keys_from: {l}` names no lookup of this target"));
+            }
+        }
+    }
+    for name in t.unsupported.keys() {
+        if t.operations.contains_key(name) {
+            ctx.err(Code::M016, file, Pos::UNKNOWN, format!("`{name}` is both an operation and unsupported"));
+        }
+    }
+    Some(prog::Target {
+        name: t.target.value.clone(),
+        profile: t.profile.value.clone(),
+        file: file.clone(),
+        base_url: base_url?,
+        env: env.clone(),
+        headers,
+        rate_limit: t.rate_limit.clone(),
+        error_message,
+        customer,
+        lookups,
+        operations,
+    })
+}
+
+fn compile_create(ctx: &mut Ctx, file: &Path, cr: &model::CreateSpec, scope: &Scope) -> Option<prog::Create> {
+    let request = ctx.request(file, &cr.request, scope);
+    let id = ctx.selector(file, pos_of(&cr.id), &cr.id.value);
+    let dup = cr.duplicate_id.as_ref().map(|d| ctx.selector(file, pos_of(d), &d.value));
+    Some(prog::Create {
+        request: request?,
+        id: id?,
+        duplicate_id: dup.flatten(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compile_mapping(
+    ctx: &mut Ctx,
+    file: &Path,
+    m: &model::Mapping,
+    sources: &IndexMap<String, prog::Source>,
+    schemas: &HashMap<String, SchemaSet>,
+    fields: &HashMap<String, Fields>,
+    targets: &IndexMap<String, prog::Target>,
+    target_specs: &HashMap<String, &model::TargetFile>,
+    provision: &IndexMap<String, IndexMap<String, IndexMap<String, Value>>>,
+) -> Option<prog::Mapping> {
+    let source_name = &m.source.value;
+    let Some(source) = sources.get(source_name) else {
+        let near = nearest(source_name, sources.keys().map(String::as_str));
+        ctx.err(Code::M007, file, pos_of(&m.source), format!("unknown source `{source_name}`"))
+            .hint = Some(match near {
+            Some(n) => format!("did you mean `{n}`?"),
+            None => format!("defined sources: {}", sources.keys().cloned().collect::<Vec<_>>().join(", ")),
+        });
+        return None;
+    };
+    let events = m.event.value.to_vec();
+    let schema_set = schemas.get(source_name);
+    let mut ok = true;
+    for e in &events {
+        if !source.events.contains(e) {
+            ok = false;
+            let near = nearest(e, source.events.iter().map(String::as_str));
+            ctx.err(Code::M008, file, pos_of(&m.event), format!("source `{source_name}` (profile {}) has no event `{e}`", source.profile))
+                .hint = Some(match near {
+                Some(n) => format!("did you mean `{n}`?"),
+                None => format!("its events: {}", source.events.join(", ")),
+            });
+        }
+    }
+    let target_name = &m.target.value;
+    let target = targets.get(target_name);
+    if target.is_none() {
+        ok = false;
+        let near = nearest(target_name, targets.keys().map(String::as_str));
+        ctx.err(Code::M009, file, pos_of(&m.target), format!("unknown target `{target_name}`"))
+            .hint = Some(match near {
+            Some(n) => format!("did you mean `{n}`?"),
+            None => format!("defined targets: {}", targets.keys().cloned().collect::<Vec<_>>().join(", ")),
+        });
+    }
+
+    // selects
+    let mut selects = Vec::new();
+    let src_fields = fields.get(source_name);
+    for (name, spec) in &m.select {
+        let pos = pos_of(spec);
+        let (from, missing, default) = match &spec.value {
+            SelectSpec::Path(p) => (p.to_vec(), model::Missing::Skip, None),
+            SelectSpec::Full(f) => (f.from.to_vec(), f.missing, f.default.clone()),
+        };
+        if MAPPING_ROOTS.contains(&name.as_str()) {
+            ctx.err(Code::M016, file, pos, format!("`{name}` is a reserved name in templates; call the value otherwise"));
+        }
+        let mut paths = Vec::new();
+        for p in from {
+            if let Some(alias) = p.strip_prefix('@') {
+                match src_fields.and_then(|f| f.get(alias)) {
+                    Some((_, _, sels)) => {
+                        let mut fits_any = false;
+                        let mut last_err = None;
+                        for sel in sels {
+                            match check_against_events(schema_set, &events, sel) {
+                                Ok(()) => fits_any = true,
+                                Err(e) => last_err = Some(e),
+                            }
+                            paths.push(sel.clone());
+                        }
+                        if !fits_any && let Some((event, nm)) = last_err {
+                            ctx.err(Code::M012, file, pos, format!(
+                                "`@{alias}` (= {}) can never match event `{event}`: `{}` has no `{}`",
+                                sels.iter().map(Selector::as_str).collect::<Vec<_>>().join(" | "), nm.valid_prefix, nm.step
+                            ))
+                            .hint = Some(match nm.nearest {
+                                Some(n) => format!("the nearest declared path is `{n}`"),
+                                None => "check the event's payload schema under schemas/events/".into(),
+                            });
+                        }
+                    }
+                    None => {
+                        let near = src_fields.and_then(|f| nearest(alias, f.keys().map(String::as_str)));
+                        ctx.err(Code::M017, file, pos, format!("`@{alias}` is not a field of source `{source_name}`"))
+                            .hint = Some(match near {
+                            Some(n) => format!("did you mean `@{n}`?"),
+                            None => format!(
+                                "fields of `{source_name}`: {}",
+                                src_fields.map(|f| f.keys().map(|k| format!("@{k}")).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+                            ),
+                        });
+                    }
+                }
+            } else if let Some(sel) = ctx.selector(file, pos, &p) {
+                if let Err((event, nm)) = check_against_events(schema_set, &events, &sel) {
+                    ctx.err(Code::M012, file, ctx.inner(file, pos, 0), format!(
+                        "`{p}` can never match event `{event}`: `{}` has no `{}`", nm.valid_prefix, nm.step
+                    ))
+                    .hint = Some(match nm.nearest {
+                        Some(n) => format!("did you mean `{n}`?"),
+                        None => "check the event's payload schema under schemas/events/".into(),
+                    });
+                }
+                paths.push(sel);
+            }
+        }
+        selects.push(prog::Select { name: name.clone(), paths, missing, default });
+    }
+
+    let mut roots: Vec<String> = MAPPING_ROOTS.iter().map(|s| s.to_string()).collect();
+    roots.extend(m.select.keys().cloned());
+    let scope = Scope { roots, env: None, params: None };
+
+    let when = m.when.as_ref().and_then(|w| ctx.condition(file, pos_of(w), &w.value, &scope));
+
+    let customer = m.customer.as_ref().map(|c| {
+        let link = c.link.as_ref().and_then(|l| ctx.tpl(file, pos_of(l), &l.value, &scope));
+        let mut keys = Vec::new();
+        for entry in &c.match_keys {
+            if entry.len() != 1 {
+                ctx.err(Code::M002, file, entry.values().next().map(pos_of).unwrap_or_default(),
+                    "each `match:` entry is one `key: template` pair, e.g. `- phone: \"{{ phone | e164 }}\"`");
+                continue;
+            }
+            for (key, value) in entry {
+                if let Some(t) = target.and_then(|t| t.customer.as_ref())
+                    && !t.find.contains_key(key)
+                {
+                    ctx.err(Code::M010, file, pos_of(value), format!("target `{target_name}` cannot find a customer by `{key}`"))
+                        .hint = Some(format!("keys it can search: {}", t.find.keys().cloned().collect::<Vec<_>>().join(", ")));
+                }
+                if let Some(tpl) = ctx.tpl(file, pos_of(value), &value.value, &scope) {
+                    keys.push((key.clone(), tpl));
+                }
+            }
+        }
+        if let Some(t) = target
+            && t.customer.is_none()
+        {
+            ctx.err(Code::M015, file, Pos::UNKNOWN, format!("target `{target_name}` declares no `customer:` capability, so `customer:` cannot be used"));
+        }
+        prog::CustomerMatch { link, keys, when_unmatched: c.when_unmatched }
+    });
+
+    let mut actions = Vec::new();
+    for a in &m.actions {
+        let op_name = &a.op.value;
+        let op_pos = pos_of(&a.op);
+        let Some(t) = target else { continue };
+        let spec = target_specs.get(target_name);
+        let when = a.when.as_ref().and_then(|w| ctx.condition(file, pos_of(w), &w.value, &scope));
+        let params_pos = a.params.as_ref().map(|p| p.pos).unwrap_or(op_pos);
+        if let Some(p) = &a.params
+            && p.as_map().is_none()
+        {
+            ctx.err(Code::M002, file, p.pos, format!("`with:` must be a map of parameters, found {}", p.kind_name()));
+            continue;
+        }
+        let empty = Node { pos: params_pos, kind: NodeKind::Map(vec![]) };
+        let params_node = a.params.as_ref().unwrap_or(&empty);
+        if op_name == "http" {
+            for required in ["method", "path"] {
+                if params_node.get(required).is_none() {
+                    ctx.err(Code::M011, file, params_pos, format!("`http` needs `{required}`"))
+                        .hint = Some("`with: { method: POST, path: /v1/x, query: {...}, body: {...} }`".into());
+                }
+            }
+            if let Some(v) = ctx.value(file, params_node, &scope) {
+                actions.push(prog::Action { op: op_name.clone(), when, params: v, raw_http: true });
+            }
+            continue;
+        }
+        if let Some(reason) = spec.and_then(|s| s.unsupported.get(op_name)) {
+            let msg = format!("target `{target_name}` (profile {}) cannot `{op_name}`: {reason}", t.profile);
+            if a.if_supported {
+                ctx.diags.push(Diagnostic::warning(Code::M015, file, op_pos, format!("{msg}; the action is dropped (if_supported)")));
+            } else {
+                ctx.err(Code::M015, file, op_pos, msg)
+                    .hint = Some("remove the action, or add `if_supported: true` to drop it under this profile".into());
+            }
+            continue;
+        }
+        let Some(op) = t.operations.get(op_name) else {
+            let near = nearest(op_name, t.operations.keys().map(String::as_str));
+            ctx.err(Code::M010, file, op_pos, format!("target `{target_name}` (profile {}) has no operation `{op_name}`", t.profile))
+                .hint = Some(match near {
+                Some(n) => format!("did you mean `{n}`?"),
+                None => format!("operations: {}, http", t.operations.keys().cloned().collect::<Vec<_>>().join(", ")),
+            });
+            continue;
+        };
+        let unsupported_params = spec.and_then(|s| s.operations.get(op_name)).map(|o| &o.unsupported_params);
+        let entries = params_node.as_map().unwrap_or(&[]);
+        for (k, v) in entries {
+            if let Some(reason) = unsupported_params.and_then(|u| u.get(&k.name)) {
+                ctx.err(Code::M015, file, k.pos, format!("`{op_name}` on `{target_name}` cannot take `{}`: {reason}", k.name));
+                continue;
+            }
+            let Some(param) = op.params.get(&k.name) else {
+                let near = nearest(&k.name, op.params.keys().map(String::as_str));
+                ctx.err(Code::M011, file, k.pos, format!("`{op_name}` has no parameter `{}`", k.name))
+                    .hint = Some(match near {
+                    Some(n) => format!("did you mean `{n}`?"),
+                    None => format!("parameters: {}", op.params.keys().cloned().collect::<Vec<_>>().join(", ")),
+                });
+                continue;
+            };
+            check_literal(ctx, file, op_name, &k.name, param, v);
+            if let Some(lookup) = &param.keys_from
+                && let Some(map) = v.as_map()
+            {
+                let declared = provision.get(target_name).and_then(|p| p.get(lookup));
+                for (key, _) in map {
+                    if !declared.is_some_and(|d| d.contains_key(&key.name)) {
+                        ctx.err(Code::M018, file, key.pos, format!("`{}` is not declared under `provision.{target_name}.{lookup}` in mapper.yaml", key.name))
+                            .hint = Some(format!("declare it so it can be created on first use, e.g. `{}: {{ name: …, data_type: TEXT }}`", key.name));
+                    }
+                }
+            }
+        }
+        for (name, p) in &op.params {
+            if p.required && !entries.iter().any(|(k, _)| &k.name == name) {
+                ctx.err(Code::M011, file, params_pos, format!("`{op_name}` needs parameter `{name}`"))
+                    .hint = p.description.clone();
+            }
+        }
+        if let Some(v) = ctx.value(file, params_node, &scope) {
+            actions.push(prog::Action { op: op_name.clone(), when, params: v, raw_http: false });
+        }
+    }
+    if !ok {
+        return None;
+    }
+    Some(prog::Mapping {
+        name: m.name.value.clone(),
+        file: file.to_path_buf(),
+        source: source_name.clone(),
+        events,
+        when,
+        order: m.order,
+        target: target_name.clone(),
+        selects,
+        customer,
+        actions,
+    })
+}
+
+fn check_against_events(
+    set: Option<&SchemaSet>,
+    events: &[String],
+    sel: &Selector,
+) -> Result<(), (String, payload_schema::NoMatch)> {
+    let Some(set) = set else { return Ok(()) };
+    for e in events {
+        if let Some(schema) = set.events.get(e) {
+            payload_schema::check(schema, sel.steps(), sel.as_str()).map_err(|nm| (e.clone(), nm))?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks a literal parameter value against its declared type and allowed values.
+fn check_literal(ctx: &mut Ctx, file: &Path, op: &str, name: &str, param: &model::Param, v: &Node) {
+    let is_template = matches!(&v.kind, NodeKind::Str(s) if s.contains("{{") || s.contains("{%"));
+    if is_template {
+        return;
+    }
+    let fits = match param.kind {
+        ParamKind::Any => true,
+        ParamKind::String => matches!(v.kind, NodeKind::Str(_)),
+        ParamKind::Number => matches!(v.kind, NodeKind::Int(_) | NodeKind::Float(_)),
+        ParamKind::Integer => matches!(v.kind, NodeKind::Int(_)),
+        ParamKind::Boolean => matches!(v.kind, NodeKind::Bool(_)),
+        ParamKind::List => matches!(v.kind, NodeKind::Seq(_)),
+        ParamKind::Map => matches!(v.kind, NodeKind::Map(_)),
+    };
+    if !fits {
+        ctx.err(Code::M020, file, v.pos, format!("`{op}.{name}` takes {:?}, found {}", param.kind, v.kind_name()).to_lowercase());
+    }
+    if let Some(allowed) = &param.one_of
+        && !allowed.contains(&v.to_json())
+    {
+        ctx.err(Code::M020, file, v.pos, format!("`{op}.{name}` must be one of {}", serde_json::to_string(allowed).unwrap_or_default()))
+            .hint = Some(format!("found {}", v.to_json()));
+    }
+}
+
+#[allow(dead_code)]
+fn one_or_many_len(o: &OneOrMany) -> usize {
+    o.to_vec().len()
+}

@@ -1,0 +1,171 @@
+//! Finding and parsing the files of a mapping folder.
+
+use super::diagnostic::{Code, Diagnostic, Pos};
+use super::model::{MappingFile, ProjectFile, SourceFile, TargetFile, TestFile};
+use super::node::Node;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A parsed file of a mapping folder.
+#[derive(Debug)]
+pub enum Parsed {
+    Project(ProjectFile),
+    Source(SourceFile),
+    Target(TargetFile),
+    Mappings(MappingFile),
+    Tests(TestFile),
+}
+
+/// Everything read from a mapping folder, good or bad.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub root: PathBuf,
+    pub files: Vec<(PathBuf, Parsed)>,
+    /// File texts, for rendering diagnostics with the offending line.
+    pub texts: BTreeMap<PathBuf, String>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Editor droppings and hidden files are not part of the set.
+fn is_mapping_file(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    if name.starts_with('.') || name.starts_with('#') || name.ends_with('~') {
+        return false;
+    }
+    name.ends_with(".yaml") || name.ends_with(".yml")
+}
+
+/// All YAML files under `root`, sorted so every run sees them in the same order.
+pub fn discover(root: &Path) -> Result<Vec<PathBuf>, std::io::Error> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            let hidden = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
+            if entry.file_type()?.is_dir() {
+                if !hidden {
+                    stack.push(path);
+                }
+            } else if is_mapping_file(&path) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Reads every file of a mapping folder.
+pub fn load_dir(root: &Path) -> Loaded {
+    let mut loaded = Loaded {
+        root: root.to_path_buf(),
+        ..Default::default()
+    };
+    let paths = match discover(root) {
+        Ok(p) => p,
+        Err(e) => {
+            loaded.diagnostics.push(
+                Diagnostic::error(Code::M021, root, Pos::UNKNOWN, format!("cannot read the mapping folder: {e}"))
+                    .with_hint("pass the folder that holds mapper.yaml, e.g. `mapper check mappings`"),
+            );
+            return loaded;
+        }
+    };
+    for path in paths {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                if let Some(parsed) = parse_file(&path, &text, &mut loaded.diagnostics) {
+                    loaded.files.push((path.clone(), parsed));
+                }
+                loaded.texts.insert(path, text);
+            }
+            Err(e) => loaded.diagnostics.push(Diagnostic::error(
+                Code::M021,
+                &path,
+                Pos::UNKNOWN,
+                format!("cannot read file: {e}"),
+            )),
+        }
+    }
+    loaded
+}
+
+/// Parses one file, telling its kind from its first key.
+pub fn parse_file(path: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Option<Parsed> {
+    let node: Node = match serde_saphyr::from_str(text) {
+        Ok(n) => n,
+        Err(e) => {
+            diags.push(yaml_error(Code::M001, path, &e));
+            return None;
+        }
+    };
+    let Some(entries) = node.as_map() else {
+        diags.push(
+            Diagnostic::error(Code::M002, path, node.pos, format!("a mapping file must be a map, found {}", node.kind_name()))
+                .with_hint("start the file with one of: settings:, source:, target:, mappings:, tests:"),
+        );
+        return None;
+    };
+    let has = |k: &str| entries.iter().any(|(key, _)| key.name == k);
+    let result = if has("settings") {
+        typed::<ProjectFile>(text).map(Parsed::Project)
+    } else if has("source") {
+        typed::<SourceFile>(text).map(Parsed::Source)
+    } else if has("target") {
+        typed::<TargetFile>(text).map(Parsed::Target)
+    } else if has("mappings") {
+        typed::<MappingFile>(text).map(Parsed::Mappings)
+    } else if has("tests") {
+        typed::<TestFile>(text).map(Parsed::Tests)
+    } else {
+        let first = entries.first().map(|(k, _)| (k.name.clone(), k.pos));
+        let (name, pos) = first.unwrap_or_default();
+        diags.push(
+            Diagnostic::error(Code::M002, path, pos, format!("unknown kind of file (first key `{name}`)"))
+                .with_hint("a mapping file has one of these top-level keys: settings (mapper.yaml), source, target, mappings, tests"),
+        );
+        return None;
+    };
+    match result {
+        Ok(parsed) => Some(parsed),
+        Err(e) => {
+            diags.push(yaml_error(Code::M002, path, &e));
+            None
+        }
+    }
+}
+
+fn typed<T: DeserializeOwned>(text: &str) -> Result<T, serde_saphyr::Error> {
+    serde_saphyr::from_str(text)
+}
+
+/// A serde-saphyr error as a diagnostic, message without its own snippet.
+fn yaml_error(code: Code, path: &Path, e: &serde_saphyr::Error) -> Diagnostic {
+    let pos = e.location().map(|l| Pos::of(&l)).unwrap_or(Pos::UNKNOWN);
+    let mut message = e.without_snippet().to_string();
+    if let Some(idx) = message.rfind(" at line ") {
+        message.truncate(idx);
+    }
+    let hint = if message.contains("unknown field") {
+        Some("remove the key or fix its spelling; `mapper schema` prints every allowed key")
+    } else if message.contains("missing field") {
+        Some("add the missing key")
+    } else if code == Code::M001 {
+        Some("check indentation and quoting; strings holding `{{` or `:` need quotes")
+    } else {
+        None
+    };
+    let d = Diagnostic::error(code, path, pos, message);
+    match hint {
+        Some(h) => d.with_hint(h),
+        None => d,
+    }
+}

@@ -1,0 +1,187 @@
+//! Payload JSON Schemas, used to tell whether a selector can ever match.
+//!
+//! A selector is checked against the properties a schema *declares*; an object
+//! schema that declares none (a free-form map) accepts any name. Extra fields
+//! that platforms add are still read at run time, but a selector naming a field
+//! the schema does not know is most often a typo, so `check` reports it with
+//! the nearest declared path.
+
+use crate::jsonpath::Step;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The schemas of one source profile, by event name.
+#[derive(Debug, Default)]
+pub struct SchemaSet {
+    pub events: BTreeMap<String, Value>,
+}
+
+impl SchemaSet {
+    /// Reads `<Event>.schema.json` files from a folder.
+    pub fn load(dir: &Path) -> Result<Self, String> {
+        let mut events = BTreeMap::new();
+        let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some(event) = name.strip_suffix(".schema.json") else {
+                continue;
+            };
+            let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let schema: Value =
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            events.insert(event.to_string(), schema);
+        }
+        Ok(Self { events })
+    }
+}
+
+/// Why a selector cannot match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoMatch {
+    /// The part of the path that is fine (`$.card`).
+    pub valid_prefix: String,
+    /// The step that cannot match (`balanse`).
+    pub step: String,
+    /// The declared path closest to what was written, if any is close.
+    pub nearest: Option<String>,
+}
+
+fn types_of(schema: &Value) -> Vec<&str> {
+    match schema.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    }
+}
+
+fn allows(schema: &Value, ty: &str) -> bool {
+    let ts = types_of(schema);
+    ts.is_empty() || ts.contains(&ty)
+}
+
+/// Checks `steps` against `schema`. `written` is the selector as written, for hints.
+pub fn check(schema: &Value, steps: &[crate::jsonpath::Step], written: &str) -> Result<(), NoMatch> {
+    let mut node = schema;
+    let mut prefix = String::from("$");
+    for step in steps {
+        match step {
+            Step::Descendant => return Ok(()),
+            Step::Name(name) => {
+                if !allows(node, "object") {
+                    return Err(no_match(schema, &prefix, name, written));
+                }
+                let props = node.get("properties").and_then(Value::as_object);
+                match props.and_then(|p| p.get(name)) {
+                    Some(child) => node = child,
+                    None => {
+                        let declares_none = props.is_none_or(|p| p.is_empty());
+                        match node.get("additionalProperties") {
+                            Some(extra @ Value::Object(_)) if declares_none => node = extra,
+                            Some(Value::Bool(false)) => return Err(no_match(schema, &prefix, name, written)),
+                            _ if declares_none => return Ok(()),
+                            _ => return Err(no_match(schema, &prefix, name, written)),
+                        }
+                    }
+                }
+                prefix.push('.');
+                prefix.push_str(name);
+            }
+            Step::Index | Step::AnyChild => {
+                if let Some(items) = node.get("items") {
+                    if !allows(node, "array") {
+                        return Err(no_match(schema, &prefix, "[…]", written));
+                    }
+                    node = items;
+                    prefix.push_str("[*]");
+                } else {
+                    // A wildcard over an object's members, or an untyped node: nothing to check below.
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn no_match(schema: &Value, prefix: &str, step: &str, written: &str) -> NoMatch {
+    let mut all = Vec::new();
+    collect_paths(schema, "$", 0, &mut all);
+    let nearest = all
+        .into_iter()
+        .map(|p| (strsim::damerau_levenshtein(&p, written), p))
+        .filter(|(d, p)| *d <= (p.len().max(written.len()) / 3).max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, p)| p);
+    NoMatch {
+        valid_prefix: prefix.to_string(),
+        step: step.to_string(),
+        nearest,
+    }
+}
+
+/// Every declared path of a schema, up to a sane depth.
+pub fn collect_paths(schema: &Value, prefix: &str, depth: usize, out: &mut Vec<String>) {
+    if depth > 8 {
+        return;
+    }
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        for (name, child) in props {
+            let path = if name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                format!("{prefix}.{name}")
+            } else {
+                format!("{prefix}['{name}']")
+            };
+            out.push(path.clone());
+            collect_paths(child, &path, depth + 1, out);
+        }
+    }
+    if let Some(items) = schema.get("items") {
+        collect_paths(items, &format!("{prefix}[*]"), depth + 1, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jsonpath::Selector;
+    use serde_json::json;
+
+    fn schema() -> Value {
+        json!({"type": "object", "additionalProperties": true, "properties": {
+            "card": {"type": ["object", "null"], "properties": {"balance": {"type": "number"}, "status": {"type": "string"}}},
+            "segments": {"type": "array", "items": {"type": "string"}},
+            "custom": {"type": "object", "additionalProperties": true},
+            "Fields": {"type": "array", "items": {"type": "object", "properties": {"Name": {}, "Value": {}}}}
+        }})
+    }
+
+    fn run(path: &str) -> Result<(), NoMatch> {
+        let s = Selector::parse(path).unwrap();
+        check(&schema(), s.steps(), path)
+    }
+
+    #[test]
+    fn accepts_declared_paths() {
+        assert!(run("$.card.balance").is_ok());
+        assert!(run("$.segments[0]").is_ok());
+        assert!(run("$.custom.anything").is_ok());
+        assert!(run("$.Fields[?@.Name == 'x'].Value").is_ok());
+        assert!(run("$..whatever").is_ok());
+    }
+
+    #[test]
+    fn rejects_typos_with_nearest_path() {
+        let e = run("$.card.balanse").unwrap_err();
+        assert_eq!(e.valid_prefix, "$.card");
+        assert_eq!(e.step, "balanse");
+        assert_eq!(e.nearest.as_deref(), Some("$.card.balance"));
+        let e = run("$.Fields[*].Valeu").unwrap_err();
+        assert_eq!(e.nearest.as_deref(), Some("$.Fields[*].Value"));
+        let e = run("$.card.balance.x").unwrap_err();
+        assert_eq!(e.valid_prefix, "$.card.balance");
+    }
+}

@@ -1,0 +1,643 @@
+//! Evaluating a program against one event: which mappings fire, how the
+//! customer is found, and the concrete requests each action sends.
+
+use super::program::{Action, Mapping, Program, Request, Source, Target, ValueTpl};
+use super::template::{EvalError, StrTpl, Templates, placeholder};
+use crate::config::model::{Missing, Unmatched};
+use minijinja::value::{Serde, Value as MjValue};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// What the engine needs besides the payload. All of it comes from the caller:
+/// the interpreter reads no environment, file or database itself.
+#[derive(Debug, Default, Clone)]
+pub struct PlanInput {
+    /// Environment variables visible to target templates (`env.X`).
+    pub env: BTreeMap<String, String>,
+    /// Show secret variables as `***` (plans printed for people).
+    pub mask_secrets: bool,
+    /// Ids already known to lookups and customers: `{custom_field: {key: id}}`.
+    pub known: Value,
+    /// Last-known values of the customer (the local mirror).
+    pub previous: Option<Value>,
+}
+
+/// Identity of an event.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EventInfo {
+    pub source: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Equal for redeliveries of the same event.
+    pub dedup_key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<String>,
+}
+
+/// The result of planning one event.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub event: EventInfo,
+    /// Mappings that fired, in execution order.
+    pub mappings: Vec<FiredMapping>,
+    /// Mappings for this event that did not fire, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<Skipped>,
+    /// Mappings that failed for this record (e.g. a `missing: fail` value absent).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<RecordError>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Skipped {
+    pub mapping: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordError {
+    pub mapping: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FiredMapping {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order: Option<i64>,
+    pub target: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer: Option<CustomerPlan>,
+    pub actions: Vec<ActionPlan>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_actions: Vec<Skipped>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CustomerPlan {
+    /// Source-side customer id; a stored link for it is tried first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link: Option<Value>,
+    /// Matching keys in priority order, normalised.
+    #[serde(rename = "match")]
+    pub keys: Vec<MatchKey>,
+    pub when_unmatched: Unmatched,
+    /// The searches the target would run, one per key, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub find: Vec<RequestPlan>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub create: Option<RequestPlan>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MatchKey {
+    pub key: String,
+    pub value: Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionPlan {
+    pub op: String,
+    pub request: RequestPlan,
+    /// Fields left out because the value they use is missing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub omitted: Vec<String>,
+}
+
+/// A concrete HTTP request; `${…}` marks values resolved at delivery time.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RequestPlan {
+    pub method: String,
+    pub url: String,
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+}
+
+/// Why an event could not be planned at all.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlanError {
+    UnknownSource(String),
+    NoEventType { source: String, path: String },
+}
+
+impl std::fmt::Display for PlanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PlanError::UnknownSource(s) => write!(f, "unknown source `{s}`"),
+            PlanError::NoEventType { source, path } => write!(
+                f,
+                "payload has no event type: `{path}` (from source `{source}`) found nothing"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PlanError {}
+
+fn to_mj(v: &Value) -> MjValue {
+    MjValue::from(Serde(v))
+}
+
+fn to_json(v: &MjValue) -> Result<Value, String> {
+    serde_json::to_value(v).map_err(|e| e.to_string())
+}
+
+fn scalar_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+impl Program {
+    /// Identifies an event: type, id, de-duplication key, occurrence time.
+    pub fn identify(&self, source: &str, payload: &Value) -> Result<EventInfo, PlanError> {
+        let src = self
+            .sources
+            .get(source)
+            .ok_or_else(|| PlanError::UnknownSource(source.to_string()))?;
+        identify(src, payload, &self.settings.time_zone)
+    }
+
+    /// Plans one decoded payload.
+    pub fn plan(&self, source: &str, payload: &Value, input: &PlanInput) -> Result<Plan, PlanError> {
+        let event = self.identify(source, payload)?;
+        let mut plan = Plan {
+            event,
+            mappings: vec![],
+            skipped: vec![],
+            errors: vec![],
+        };
+        let Some(indexes) = self
+            .by_event
+            .get(&(source.to_string(), plan.event.event_type.clone()))
+        else {
+            return Ok(plan);
+        };
+        let event_value = to_mj(&serde_json::to_value(&plan.event).unwrap_or(Value::Null));
+        let known = to_mj(&input.known);
+        for &i in indexes {
+            let m = &self.mappings[i];
+            match self.run_mapping(m, payload, input, &event_value, &known) {
+                Outcome::Fired(f) => plan.mappings.push(f),
+                Outcome::Skipped(reason) => plan.skipped.push(Skipped {
+                    mapping: m.name.clone(),
+                    reason,
+                }),
+                Outcome::Failed(error) => plan.errors.push(RecordError {
+                    mapping: m.name.clone(),
+                    error,
+                }),
+            }
+        }
+        Ok(plan)
+    }
+
+    fn run_mapping(
+        &self,
+        m: &Mapping,
+        payload: &Value,
+        input: &PlanInput,
+        event: &MjValue,
+        known: &MjValue,
+    ) -> Outcome {
+        let mut vars: BTreeMap<String, MjValue> = BTreeMap::new();
+        for s in &m.selects {
+            let found = s.paths.iter().find_map(|p| p.select(payload));
+            match (found, &s.default, s.missing) {
+                (Some(v), _, _) => {
+                    vars.insert(s.name.clone(), to_mj(&v));
+                }
+                (None, Some(d), _) => {
+                    vars.insert(s.name.clone(), to_mj(d));
+                }
+                (None, None, Missing::Fail) => {
+                    let paths: Vec<&str> = s.paths.iter().map(|p| p.as_str()).collect();
+                    return Outcome::Failed(format!(
+                        "required value `{}` is missing: {} found nothing in the payload",
+                        s.name,
+                        paths.join(" | ")
+                    ));
+                }
+                (None, None, Missing::Skip) => {}
+            }
+        }
+        vars.insert("event".into(), event.clone());
+        vars.insert("known".into(), known.clone());
+        if let Some(prev) = &input.previous {
+            vars.insert("previous".into(), to_mj(prev));
+        } else {
+            vars.insert("previous".into(), MjValue::from(BTreeMap::<String, MjValue>::new()));
+        }
+        let ctx = MjValue::from(vars);
+        let t = &self.templates;
+        if let Some(when) = &m.when {
+            match t.truthy(when, &ctx) {
+                Ok(true) => {}
+                Ok(false) => return Outcome::Skipped("condition `when` is false".into()),
+                Err(e) => return Outcome::Failed(format!("condition `when`: {}", describe(&e))),
+            }
+        }
+        let Some(target) = self.targets.get(&m.target) else {
+            return Outcome::Failed(format!("target `{}` is not loaded", m.target));
+        };
+        let env = self.env_value(target, input);
+        let customer = match &m.customer {
+            None => None,
+            Some(c) => {
+                let link = match &c.link {
+                    Some(l) => match t.eval(l, &ctx) {
+                        Ok(v) => to_json(&v).ok(),
+                        Err(EvalError::Missing(_)) => None,
+                        Err(e) => return Outcome::Failed(format!("customer link: {}", describe(&e))),
+                    },
+                    None => None,
+                };
+                let mut keys = Vec::new();
+                for (key, tpl) in &c.keys {
+                    match t.eval(tpl, &ctx) {
+                        Ok(v) => match to_json(&v) {
+                            Ok(Value::Null) => {}
+                            Ok(Value::String(s)) if s.trim().is_empty() => {}
+                            Ok(j) => keys.push(MatchKey { key: key.clone(), value: j }),
+                            Err(e) => return Outcome::Failed(e),
+                        },
+                        Err(EvalError::Missing(_)) => {}
+                        Err(e) => return Outcome::Failed(format!("match key `{key}`: {}", describe(&e))),
+                    }
+                }
+                if keys.is_empty() && link.is_none() {
+                    return Outcome::Skipped(
+                        "no matching key has a value (all of them are missing or invalid), so the customer cannot be found"
+                            .into(),
+                    );
+                }
+                let (find, create) = match self.customer_requests(target, &keys, &env, known) {
+                    Ok(r) => r,
+                    Err(e) => return Outcome::Failed(e),
+                };
+                Some(CustomerPlan {
+                    link,
+                    keys,
+                    when_unmatched: c.when_unmatched,
+                    find,
+                    create: if c.when_unmatched == Unmatched::Create { create } else { None },
+                })
+            }
+        };
+        let mut fired = FiredMapping {
+            name: m.name.clone(),
+            order: m.order,
+            target: m.target.clone(),
+            customer,
+            actions: vec![],
+            skipped_actions: vec![],
+        };
+        for a in &m.actions {
+            match self.run_action(a, target, &ctx, &env, known, event) {
+                Ok(Ok(plan)) => fired.actions.push(plan),
+                Ok(Err(reason)) => fired.skipped_actions.push(Skipped {
+                    mapping: a.op.clone(),
+                    reason,
+                }),
+                Err(e) => return Outcome::Failed(format!("action `{}`: {e}", a.op)),
+            }
+        }
+        Outcome::Fired(fired)
+    }
+
+    fn env_value(&self, target: &Target, input: &PlanInput) -> MjValue {
+        let mut env = BTreeMap::new();
+        for (name, decl) in &target.env {
+            let value = if decl.secret && input.mask_secrets {
+                "***".to_string()
+            } else {
+                input
+                    .env
+                    .get(name)
+                    .cloned()
+                    .or_else(|| decl.default.clone())
+                    .unwrap_or_else(|| placeholder(&format!("env.{name}")))
+            };
+            env.insert(name.clone(), MjValue::from(value));
+        }
+        MjValue::from(env)
+    }
+
+    fn customer_requests(
+        &self,
+        target: &Target,
+        keys: &[MatchKey],
+        env: &MjValue,
+        known: &MjValue,
+    ) -> Result<(Vec<RequestPlan>, Option<RequestPlan>), String> {
+        let Some(cap) = &target.customer else {
+            return Ok((vec![], None));
+        };
+        let keys_map: BTreeMap<String, MjValue> =
+            keys.iter().map(|k| (k.key.clone(), to_mj(&k.value))).collect();
+        let keys_value = MjValue::from(keys_map);
+        let mut find = Vec::new();
+        for k in keys {
+            if let Some((req, _)) = cap.find.get(&k.key) {
+                let ctx = MjValue::from(BTreeMap::from([
+                    ("value".to_string(), to_mj(&k.value)),
+                    ("keys".to_string(), keys_value.clone()),
+                    ("env".to_string(), env.clone()),
+                    ("known".to_string(), known.clone()),
+                ]));
+                find.push(self.render_request(target, req, &ctx)?.0);
+            }
+        }
+        let create = match &cap.create {
+            Some(c) => {
+                let ctx = MjValue::from(BTreeMap::from([
+                    ("keys".to_string(), keys_value.clone()),
+                    ("env".to_string(), env.clone()),
+                    ("known".to_string(), known.clone()),
+                ]));
+                Some(self.render_request(target, &c.request, &ctx)?.0)
+            }
+            None => None,
+        };
+        Ok((find, create))
+    }
+
+    /// `Ok(Ok(plan))` fired; `Ok(Err(reason))` skipped; `Err` failed the record.
+    fn run_action(
+        &self,
+        a: &Action,
+        target: &Target,
+        ctx: &MjValue,
+        env: &MjValue,
+        known: &MjValue,
+        event: &MjValue,
+    ) -> Result<Result<ActionPlan, String>, String> {
+        let t = &self.templates;
+        if let Some(when) = &a.when {
+            match t.truthy(when, ctx) {
+                Ok(true) => {}
+                Ok(false) => return Ok(Err("condition `when` is false".into())),
+                Err(e) => return Err(format!("condition `when`: {}", describe(&e))),
+            }
+        }
+        let mut omitted = Vec::new();
+        let params = eval_value(t, &a.params, ctx, "", &mut omitted)?.unwrap_or(Value::Object(Map::new()));
+        if a.raw_http {
+            let request = raw_request(t, target, &params, env)?;
+            return Ok(Ok(ActionPlan {
+                op: a.op.clone(),
+                request,
+                omitted,
+            }));
+        }
+        let Some(op) = target.operations.get(&a.op) else {
+            return Err(format!("operation `{}` is not defined by target `{}`", a.op, target.name));
+        };
+        for (name, p) in &op.params {
+            if p.required && params.get(name).is_none_or(Value::is_null) {
+                return Ok(Err(format!(
+                    "required parameter `{name}` has no value (its source value is missing)"
+                )));
+            }
+        }
+        let customer = MjValue::from(BTreeMap::from([
+            ("id".to_string(), MjValue::from(placeholder("customer.id"))),
+            ("card_id".to_string(), MjValue::from(placeholder("customer.card_id"))),
+        ]));
+        let req_ctx = MjValue::from(BTreeMap::from([
+            ("params".to_string(), to_mj(&params)),
+            ("customer".to_string(), customer),
+            ("env".to_string(), env.clone()),
+            ("known".to_string(), known.clone()),
+            ("event".to_string(), event.clone()),
+        ]));
+        let (request, mut req_omitted) = self.render_request(target, &op.request, &req_ctx)?;
+        omitted.append(&mut req_omitted);
+        Ok(Ok(ActionPlan {
+            op: a.op.clone(),
+            request,
+            omitted,
+        }))
+    }
+
+    fn render_request(
+        &self,
+        target: &Target,
+        req: &Request,
+        ctx: &MjValue,
+    ) -> Result<(RequestPlan, Vec<String>), String> {
+        let t = &self.templates;
+        let mut omitted = Vec::new();
+        let path = match t.eval(&req.path, ctx) {
+            Ok(v) => v.to_string(),
+            Err(e) => return Err(format!("request path: {}", describe(&e))),
+        };
+        let query = match &req.query {
+            Some(q) => eval_value(t, q, ctx, "query", &mut omitted)?,
+            None => None,
+        };
+        let body = match &req.body {
+            Some(b) => eval_value(t, b, ctx, "body", &mut omitted)?,
+            None => None,
+        };
+        let base = match t.eval(&target.base_url, ctx) {
+            Ok(v) => v.to_string(),
+            Err(e) => return Err(format!("base_url: {}", describe(&e))),
+        };
+        Ok((
+            RequestPlan {
+                method: req.method.clone(),
+                url: join_url(&base, &path),
+                path,
+                query,
+                body,
+            },
+            omitted,
+        ))
+    }
+}
+
+fn raw_request(t: &Templates, target: &Target, params: &Value, env: &MjValue) -> Result<RequestPlan, String> {
+    let method = params
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or("POST")
+        .to_ascii_uppercase();
+    let path = params
+        .get("path")
+        .and_then(Value::as_str)
+        .ok_or("`http` needs a `path` string")?
+        .to_string();
+    let ctx = MjValue::from(BTreeMap::from([("env".to_string(), env.clone())]));
+    let base = t
+        .eval(&target.base_url, &ctx)
+        .map(|v| v.to_string())
+        .map_err(|e| format!("base_url: {}", describe(&e)))?;
+    Ok(RequestPlan {
+        method,
+        url: join_url(&base, &path),
+        path,
+        query: params.get("query").cloned(),
+        body: params.get("body").cloned(),
+    })
+}
+
+fn join_url(base: &str, path: &str) -> String {
+    if path.starts_with("http://") || path.starts_with("https://") {
+        return path.to_string();
+    }
+    format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
+}
+
+enum Outcome {
+    Fired(FiredMapping),
+    Skipped(String),
+    Failed(String),
+}
+
+fn describe(e: &EvalError) -> String {
+    match e {
+        EvalError::Missing(what) => format!("missing value ({what})"),
+        EvalError::Failed(msg) => msg.clone(),
+    }
+}
+
+/// Evaluates a value tree. `Ok(None)` means "omitted" (a value it needs is missing).
+pub fn eval_value(
+    t: &Templates,
+    tpl: &ValueTpl,
+    ctx: &MjValue,
+    at: &str,
+    omitted: &mut Vec<String>,
+) -> Result<Option<Value>, String> {
+    Ok(match tpl {
+        ValueTpl::Lit(v) => Some(v.clone()),
+        ValueTpl::Str(s) => match t.eval(s, ctx) {
+            Ok(v) if v.is_none() => None,
+            Ok(v) => Some(to_json(&v)?),
+            Err(EvalError::Missing(_)) => {
+                omitted.push(at.to_string());
+                None
+            }
+            Err(EvalError::Failed(msg)) => return Err(format!("`{at}`: {msg}")),
+        },
+        ValueTpl::List(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                if let Some(v) = eval_value(t, item, ctx, &format!("{at}[{i}]"), omitted)? {
+                    out.push(v);
+                }
+            }
+            Some(Value::Array(out))
+        }
+        ValueTpl::Map(entries) => {
+            let mut out = Map::new();
+            for (k, v) in entries {
+                let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                if let Some(v) = eval_value(t, v, ctx, &path, omitted)? {
+                    out.insert(k.clone(), v);
+                }
+            }
+            Some(Value::Object(out))
+        }
+        ValueTpl::Each { over, emit } => {
+            let items = match t.eval(over, ctx) {
+                Ok(v) => v,
+                Err(EvalError::Missing(_)) => {
+                    omitted.push(at.to_string());
+                    return Ok(None);
+                }
+                Err(EvalError::Failed(msg)) => return Err(format!("`{at}`: {msg}")),
+            };
+            let iter = items
+                .try_iter()
+                .map_err(|e| format!("`{at}`: `$each` needs a list ({e})"))?;
+            let base: BTreeMap<String, MjValue> = ctx
+                .try_iter()
+                .map(|keys| {
+                    keys.filter_map(|k| {
+                        let name = k.as_str()?.to_string();
+                        ctx.get_attr(&name).ok().map(|v| (name, v))
+                    })
+                    .collect()
+                })
+                .unwrap_or_default();
+            let mut out = Vec::new();
+            for (i, item) in iter.enumerate() {
+                let mut scope = base.clone();
+                scope.insert("item".into(), item);
+                let scope = MjValue::from(scope);
+                if let Some(v) = eval_value(t, emit, &scope, &format!("{at}[{i}]"), omitted)? {
+                    out.push(v);
+                }
+            }
+            Some(Value::Array(out))
+        }
+    })
+}
+
+fn identify(src: &Source, payload: &Value, default_tz: &str) -> Result<EventInfo, PlanError> {
+    let raw_type = src
+        .event_type
+        .select(payload)
+        .as_ref()
+        .and_then(scalar_string)
+        .ok_or_else(|| PlanError::NoEventType {
+            source: src.name.clone(),
+            path: src.event_type.as_str().to_string(),
+        })?;
+    let event_type = src.event_names.get(&raw_type).cloned().unwrap_or(raw_type);
+    let id = src
+        .event_id
+        .as_ref()
+        .and_then(|p| p.select(payload))
+        .as_ref()
+        .and_then(scalar_string);
+    let tz = src.time_zone.as_deref().unwrap_or(default_tz);
+    let occurred_at = src.time.as_ref().and_then(|p| p.select(payload)).and_then(|v| {
+        super::filters::parse_timestamp(&to_mj(&v), tz)
+            .map(|dt| dt.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+    });
+    let dedup_key = match &id {
+        Some(id) => format!("{}:{}:{}", src.name, event_type, id),
+        None => {
+            let mut hasher = Sha256::new();
+            if src.dedup.is_empty() {
+                // No id and no declared key: the body itself, minus the attempt counter.
+                let mut body = payload.clone();
+                if let (Some(field), Some(obj)) = (&src.attempt_field, body.as_object_mut()) {
+                    obj.remove(field);
+                }
+                hasher.update(body.to_string().as_bytes());
+            } else {
+                for p in &src.dedup {
+                    let part = p.select(payload).map(|v| v.to_string()).unwrap_or_default();
+                    hasher.update(part.as_bytes());
+                    hasher.update([0u8]);
+                }
+            }
+            let digest = hasher.finalize();
+            format!("{}:{}:{}", src.name, event_type, hex::encode(&digest[..12]))
+        }
+    };
+    Ok(EventInfo {
+        source: src.name.clone(),
+        event_type,
+        id,
+        dedup_key,
+        occurred_at,
+    })
+}
+
+#[allow(dead_code)]
+fn unused(_: &StrTpl) {}

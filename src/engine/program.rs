@@ -1,0 +1,154 @@
+//! The compiled form of a mapping set: what the interpreter runs.
+//!
+//! Everything here was checked by `config::compile`; selectors and templates
+//! are compiled, `@field` aliases resolved, profiles chosen.
+
+use super::template::{StrTpl, Templates};
+use crate::config::model::{
+    BodySpec, EnvVar, Missing, Param, RateLimit, Settings, Unmatched, VerifySpec,
+};
+use crate::jsonpath::Selector;
+use indexmap::IndexMap;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// A value tree whose strings may be templates.
+#[derive(Debug, Clone)]
+pub enum ValueTpl {
+    Lit(Value),
+    Str(StrTpl),
+    List(Vec<ValueTpl>),
+    Map(Vec<(String, ValueTpl)>),
+    /// `{$each: "{{ list }}", $emit: …}`: one `$emit` per item, `item` bound to it.
+    Each { over: StrTpl, emit: Box<ValueTpl> },
+}
+
+/// A checked, compiled mapping set.
+#[derive(Debug)]
+pub struct Program {
+    pub root: PathBuf,
+    pub settings: Settings,
+    pub sources: IndexMap<String, Source>,
+    pub targets: IndexMap<String, Target>,
+    /// In execution order: by `order`, then by name.
+    pub mappings: Vec<Mapping>,
+    /// (source, event) → indexes into `mappings`, in execution order.
+    pub by_event: HashMap<(String, String), Vec<usize>>,
+    /// Declared things to create on first use: target → lookup → key → declaration.
+    pub provision: IndexMap<String, IndexMap<String, IndexMap<String, Value>>>,
+    pub templates: Templates,
+}
+
+/// The active profile of a source.
+#[derive(Debug)]
+pub struct Source {
+    pub name: String,
+    pub profile: String,
+    pub file: PathBuf,
+    pub body: BodySpec,
+    pub event_type: Selector,
+    pub event_names: IndexMap<String, String>,
+    pub event_id: Option<Selector>,
+    pub dedup: Vec<Selector>,
+    pub time: Option<Selector>,
+    pub time_zone: Option<String>,
+    pub attempt_field: Option<String>,
+    pub verify: VerifySpec,
+    /// Events that have a payload schema.
+    pub events: Vec<String>,
+}
+
+/// The active profile of a target.
+#[derive(Debug)]
+pub struct Target {
+    pub name: String,
+    pub profile: String,
+    pub file: PathBuf,
+    pub base_url: StrTpl,
+    pub env: IndexMap<String, EnvVar>,
+    pub headers: Vec<(String, StrTpl)>,
+    pub rate_limit: Option<RateLimit>,
+    pub error_message: Option<Selector>,
+    pub customer: Option<CustomerCapability>,
+    pub lookups: IndexMap<String, Lookup>,
+    pub operations: IndexMap<String, Operation>,
+}
+
+#[derive(Debug)]
+pub struct Request {
+    pub method: String,
+    pub path: StrTpl,
+    pub query: Option<ValueTpl>,
+    pub body: Option<ValueTpl>,
+}
+
+#[derive(Debug)]
+pub struct CustomerCapability {
+    pub link: String,
+    pub find: IndexMap<String, (Request, Selector)>,
+    pub create: Option<Create>,
+}
+
+#[derive(Debug)]
+pub struct Create {
+    pub request: Request,
+    pub id: Selector,
+    pub duplicate_id: Option<Selector>,
+}
+
+#[derive(Debug)]
+pub struct Lookup {
+    pub list: Request,
+    pub items: Selector,
+    pub key: StrTpl,
+    pub id: StrTpl,
+    pub create: Option<Create>,
+}
+
+#[derive(Debug)]
+pub struct Operation {
+    pub needs_customer: bool,
+    pub params: IndexMap<String, Param>,
+    pub request: Request,
+}
+
+/// One compiled mapping.
+#[derive(Debug)]
+pub struct Mapping {
+    pub name: String,
+    pub file: PathBuf,
+    pub source: String,
+    pub events: Vec<String>,
+    pub when: Option<StrTpl>,
+    pub order: Option<i64>,
+    pub target: String,
+    pub selects: Vec<Select>,
+    pub customer: Option<CustomerMatch>,
+    pub actions: Vec<Action>,
+}
+
+#[derive(Debug)]
+pub struct Select {
+    pub name: String,
+    /// Tried in order; the first that finds something wins.
+    pub paths: Vec<Selector>,
+    pub missing: Missing,
+    pub default: Option<Value>,
+}
+
+#[derive(Debug)]
+pub struct CustomerMatch {
+    pub link: Option<StrTpl>,
+    pub keys: Vec<(String, StrTpl)>,
+    pub when_unmatched: Unmatched,
+}
+
+#[derive(Debug)]
+pub struct Action {
+    pub op: String,
+    pub when: Option<StrTpl>,
+    pub params: ValueTpl,
+    /// `http` actions carry their own request; others use the target operation's.
+    pub raw_http: bool,
+}
