@@ -7,3 +7,5 @@
 pub mod config;
 pub mod engine;
 pub mod jsonpath;
+pub mod cli;
+pub mod schema;

@@ -288,7 +288,7 @@ fn choose<'a, T>(
     ctx: &mut Ctx,
     kind: &str,
     all: &BTreeMap<String, Vec<(String, Pos, T)>>,
-    selected: &IndexMap<String, String>,
+    selected: &IndexMap<String, Spanned<String>>,
     project_file: Option<&Path>,
 ) -> BTreeMap<String, usize>
 where
@@ -302,13 +302,14 @@ where
             }
         }
         let pick = match selected.get(name) {
-            Some(want) => match profiles.iter().position(|(p, _, _)| p == want) {
+            Some(spanned) => match profiles.iter().position(|(p, _, _)| *p == spanned.value) {
                 Some(i) => Some(i),
                 None => {
                     let fallback = ctx_root_placeholder();
                     let file = project_file.unwrap_or(&fallback);
                     let names: Vec<&str> = profiles.iter().map(|(p, _, _)| p.as_str()).collect();
-                    ctx.err(Code::M009, file, Pos::UNKNOWN, format!("{kind} `{name}` has no profile `{want}`"))
+                    let want = &spanned.value;
+                    ctx.err(Code::M009, file, pos_of(spanned), format!("{kind} `{name}` has no profile `{want}`"))
                         .hint = Some(format!("profiles of `{name}`: {}", names.join(", ")));
                     None
                 }
@@ -429,9 +430,9 @@ pub fn compile(loaded: Loaded) -> Compiled {
             ctx.err(Code::M020, file, Pos::UNKNOWN, format!("`time_zone: {}` is not an IANA time zone", p.settings.time_zone))
                 .hint = Some("use a name such as UTC, America/Los_Angeles, Europe/Berlin".into());
         }
-        for name in p.profiles.keys() {
+        for (name, value) in &p.profiles {
             if !sources.contains_key(name) && !targets.contains_key(name) {
-                ctx.err(Code::M009, file, Pos::UNKNOWN, format!("`profiles:` names `{name}`, which is neither a source nor a target"));
+                ctx.err(Code::M009, file, pos_of(value), format!("`profiles:` names `{name}`, which is neither a source nor a target"));
             }
         }
     }
@@ -667,6 +668,7 @@ fn compile_source(ctx: &mut Ctx, sp: &SourceProfile) -> Option<(prog::Source, Sc
         body: s.body.clone(),
         event_type: event_type?,
         event_names: s.event.names.clone(),
+        default_event: s.event.default.clone(),
         event_id: event_id.flatten(),
         dedup: dedup.into_iter().flatten().collect(),
         time: time.flatten(),

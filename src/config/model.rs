@@ -40,7 +40,8 @@ pub struct ProjectFile {
     /// The active profile of each source and target (`name: profile`).
     /// Switching a platform's API or payload shape is this one line.
     #[serde(default)]
-    pub profiles: IndexMap<String, String>,
+    #[schemars(with = "IndexMap<String, String>")]
+    pub profiles: IndexMap<String, Spanned<String>>,
     /// Named things the engine creates on first use, per target and lookup:
     /// `ghl: { custom_field: { loyalty_points: { name: Loyalty Points, data_type: NUMERICAL } } }`.
     #[serde(default)]
@@ -136,6 +137,9 @@ pub struct EventSpec {
     #[serde(rename = "type")]
     #[schemars(with = "String")]
     pub type_path: Spanned<String>,
+    /// Event type used when the `type` selector finds nothing (GHL workflow webhooks carry none).
+    #[serde(default)]
+    pub default: Option<String>,
     /// Renames raw type values (e.g. SignalMind's `T` → `Transaction`).
     #[serde(default)]
     pub names: IndexMap<String, String>,
@@ -422,6 +426,9 @@ pub enum ParamKind {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MappingFile {
+    /// A place for YAML anchors (`&name`) reused by the mappings below; not read otherwise.
+    #[serde(default)]
+    pub shared: Option<Node>,
     pub mappings: Vec<Mapping>,
 }
 
@@ -538,6 +545,9 @@ pub struct Action {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestFile {
+    /// A place for YAML anchors reused by the tests below; not read otherwise.
+    #[serde(default)]
+    pub shared: Option<Node>,
     pub tests: Vec<TestCase>,
 }
 

@@ -421,8 +421,9 @@ impl Program {
             ("known".to_string(), known.clone()),
             ("event".to_string(), event.clone()),
         ]));
-        let (request, mut req_omitted) = self.render_request(target, &op.request, &req_ctx)?;
-        omitted.append(&mut req_omitted);
+        // Optional parameters the mapping did not give drop out of the request
+        // silently; only values the mapping asked for and could not get are reported.
+        let (request, _) = self.render_request(target, &op.request, &req_ctx)?;
         Ok(Ok(ActionPlan {
             op: a.op.clone(),
             request,
@@ -592,6 +593,7 @@ fn identify(src: &Source, payload: &Value, default_tz: &str) -> Result<EventInfo
         .select(payload)
         .as_ref()
         .and_then(scalar_string)
+        .or_else(|| src.default_event.clone())
         .ok_or_else(|| PlanError::NoEventType {
             source: src.name.clone(),
             path: src.event_type.as_str().to_string(),

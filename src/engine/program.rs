@@ -49,6 +49,7 @@ pub struct Source {
     pub body: BodySpec,
     pub event_type: Selector,
     pub event_names: IndexMap<String, String>,
+    pub default_event: Option<String>,
     pub event_id: Option<Selector>,
     pub dedup: Vec<Selector>,
     pub time: Option<Selector>,

@@ -1,0 +1,97 @@
+//! The `mapper` command line.
+
+mod check;
+mod plan;
+mod test;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Keeps loyalty platforms and GoHighLevel in sync, driven by YAML mappings.
+#[derive(Parser)]
+#[command(name = "mapper", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate mapping folders (or files inside one); exit 0 valid, 1 invalid, 2 usage.
+    Check {
+        /// Mapping folders or files [default: mappings]
+        paths: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Show, as JSON, what one payload would do: mappings fired, customer keys, requests.
+    Plan {
+        /// Source the payload comes from (e.g. stickycards)
+        #[arg(long)]
+        source: String,
+        /// Payload file (the raw webhook body), or - for standard input
+        payload: PathBuf,
+        /// Mapping folder
+        #[arg(long, env = "MAPPER_MAPPINGS", default_value = "mappings")]
+        mappings: PathBuf,
+    },
+    /// Run the mapping tests (`tests:` files) of mapping folders.
+    Test {
+        /// Mapping folders, or test files inside one [default: mappings]
+        paths: Vec<PathBuf>,
+        /// Print the actual plan of failing cases
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Print the JSON Schema of mapping files (schemas/mapping.schema.json).
+    Schema,
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { paths, format } => check::run(&default_paths(paths), format),
+        Command::Plan {
+            source,
+            payload,
+            mappings,
+        } => plan::run(&mappings, &source, &payload),
+        Command::Test { paths, verbose } => test::run(&default_paths(paths), verbose),
+        Command::Schema => {
+            print!("{}", crate::schema::schema_json());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn default_paths(paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    if paths.is_empty() {
+        vec![PathBuf::from("mappings")]
+    } else {
+        paths
+    }
+}
+
+/// The mapping folder a path belongs to: the path itself when it is a folder,
+/// else the nearest ancestor holding `mapper.yaml`, else the file's folder.
+pub(crate) fn set_root(path: &std::path::Path) -> PathBuf {
+    if path.is_dir() {
+        return path.to_path_buf();
+    }
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        if d.join("mapper.yaml").is_file() {
+            return d.to_path_buf();
+        }
+        dir = d.parent();
+    }
+    path.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+}
