@@ -290,7 +290,12 @@ impl Program {
                     keys,
                     when_unmatched: c.when_unmatched,
                     find,
-                    create: if c.when_unmatched == Unmatched::Create { create } else { None },
+                    // Creating a contact needs something to create it with: a link alone only finds.
+                    create: if c.when_unmatched == Unmatched::Create && !keys.is_empty() {
+                        create
+                    } else {
+                        None
+                    },
                 })
             }
         };
