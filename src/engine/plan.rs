@@ -285,13 +285,14 @@ impl Program {
                     Ok(r) => r,
                     Err(e) => return Outcome::Failed(e),
                 };
+                let can_create = c.when_unmatched == Unmatched::Create && !keys.is_empty();
                 Some(CustomerPlan {
                     link,
                     keys,
                     when_unmatched: c.when_unmatched,
                     find,
                     // Creating a contact needs something to create it with: a link alone only finds.
-                    create: if c.when_unmatched == Unmatched::Create && !keys.is_empty() {
+                    create: if can_create {
                         create
                     } else {
                         None
