@@ -553,14 +553,21 @@ pub fn compile(loaded: Loaded) -> Compiled {
     }
     for ((source, event, target), idx) in &groups {
         let unordered: Vec<usize> = idx.iter().copied().filter(|i| mappings[*i].1.order.is_none()).collect();
-        if idx.len() > 1 && !unordered.is_empty() {
-            let (pos, m) = &mappings[unordered[unordered.len() - 1]];
-            let others: Vec<&str> = idx.iter().map(|i| mappings[*i].1.name.as_str()).filter(|n| *n != m.name).collect();
-            ctx.err(Code::M013, &m.file, *pos, format!(
-                "mappings {} and `{}` all fire on {source} {event} → {target} but `{}` has no `order:`",
-                others.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "), m.name, m.name
-            ))
-            .hint = Some("give each of them `order: N` (lower runs first) so their sequence is explicit".into());
+        if idx.len() > 1 {
+            for &u in &unordered {
+                let (pos, m) = &mappings[u];
+                let others: Vec<String> = idx
+                    .iter()
+                    .map(|i| &mappings[*i].1.name)
+                    .filter(|n| **n != m.name)
+                    .map(|n| format!("`{n}`"))
+                    .collect();
+                ctx.err(Code::M013, &m.file, *pos, format!(
+                    "`{}` and {} fire on {source} {event} → {target}, and `{}` has no `order:`",
+                    m.name, others.join(", "), m.name
+                ))
+                .hint = Some("give each of them `order: N` (lower runs first) so their sequence is explicit".into());
+            }
         }
     }
     let mut mappings: Vec<prog::Mapping> = mappings.into_iter().map(|(_, m)| m).collect();

@@ -122,7 +122,14 @@ impl TemplateBuilder {
             });
         }
         if let Some(inner) = sole_expression(text) {
-            return self.add_expression(inner).map(|mut info| {
+            let base = text.find(inner).map_or(0, |i| text[..i].chars().count());
+            return self
+                .add_expression(inner)
+                .map_err(|mut e| {
+                    e.offset = Some(base + e.offset.unwrap_or(0));
+                    e
+                })
+                .map(|mut info| {
                 if let Some(path) = plain_path(inner) {
                     info.tpl = StrTpl::Var(path);
                     // keep the id unused; the fast path needs no engine

@@ -1,0 +1,218 @@
+//! `mapper check` diagnostics: one broken file per class, asserting code, line and column.
+
+use mapper::config::compile::compile_dir;
+use mapper::config::diagnostic::Diagnostic;
+use std::path::{Path, PathBuf};
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}
+
+/// The minimal valid set plus `extra` files; returns the diagnostics.
+fn check_with(extra: &[(&str, &str)]) -> (tempfile::TempDir, Vec<Diagnostic>) {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(Path::new("tests/fixtures/minimal"), dir.path());
+    for (name, text) in extra {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let compiled = compile_dir(dir.path());
+    (dir, compiled.diagnostics)
+}
+
+/// Asserts exactly one error with `code`, in `file`, at `line:col`; returns it.
+fn expect_one(extra: &[(&str, &str)], code: &str, file: &str, line: u32, col: u32) -> Diagnostic {
+    let (_dir, diags) = check_with(extra);
+    let matching: Vec<&Diagnostic> = diags.iter().filter(|d| d.code.as_str() == code).collect();
+    assert_eq!(matching.len(), 1, "want one {code}, got: {diags:#?}");
+    let d = matching[0].clone();
+    assert!(d.file.ends_with(file), "{d:?}");
+    assert_eq!((d.line, d.col), (line, col), "position of {d:?}");
+    d
+}
+
+const HEAD: &str = "mappings:\n  - name: m1\n    source: shop\n    event: Order\n    order: 5\n    target: crm\n";
+
+fn mapping(rest: &str) -> String {
+    format!("{HEAD}{rest}")
+}
+
+#[test]
+fn minimal_fixture_is_valid() {
+    let (_dir, diags) = check_with(&[]);
+    assert!(diags.is_empty(), "{diags:#?}");
+}
+
+#[test]
+fn m001_yaml_syntax() {
+    let d = expect_one(&[("bad.yaml", "mappings:\n  - name: x\n    source: \"shop\n")], "M001", "bad.yaml", 3, 13);
+    assert!(d.hint.is_some());
+}
+
+#[test]
+fn m002_unknown_key_points_at_the_key() {
+    let text = "mappings:\n  - name: m1\n    sourse: shop\n    event: Order\n    target: crm\n    actions: []\n";
+    let d = expect_one(&[("bad.yaml", text)], "M002", "bad.yaml", 3, 5);
+    assert!(d.message.contains("unknown field `sourse`"), "{d:?}");
+}
+
+#[test]
+fn m003_invalid_jsonpath_points_inside_the_path() {
+    let text = mapping("    select:\n      b: \"$.card[\"\n    actions: []\n");
+    let d = expect_one(&[("bad.yaml", &text)], "M003", "bad.yaml", 8, 17);
+    assert!(d.message.contains("$.card["), "{d:?}");
+}
+
+#[test]
+fn m004_template_syntax() {
+    let text = mapping("    actions:\n      - op: update\n        with: { balance: \"{{ 1 + }}\" }\n");
+    let d = expect_one(&[("bad.yaml", &text)], "M004", "bad.yaml", 9, 32);
+    assert!(d.message.contains("syntax error"), "{d:?}");
+}
+
+#[test]
+fn m005_unknown_name_suggests_the_selected_one() {
+    let text = mapping("    select:\n      balance: $.card.balance\n    actions:\n      - op: update\n        with: { balance: \"{{ balanse }}\" }\n");
+    let d = expect_one(&[("bad.yaml", &text)], "M005", "bad.yaml", 11, 26);
+    assert!(d.hint.unwrap().contains("did you mean `balance`"));
+}
+
+#[test]
+fn m006_unknown_filter_suggests_a_close_one() {
+    let text = mapping("    select:\n      phone: \"@phone\"\n    customer:\n      match:\n        - phone: \"{{ phone | e165 }}\"\n    actions: []\n");
+    let d = expect_one(&[("bad.yaml", &text)], "M006", "bad.yaml", 11, 18);
+    assert!(d.hint.unwrap().contains("e164"));
+}
+
+#[test]
+fn m007_unknown_source() {
+    let text = "mappings:\n  - name: m1\n    source: shopp\n    event: Order\n    target: crm\n    actions: []\n";
+    let d = expect_one(&[("bad.yaml", text)], "M007", "bad.yaml", 3, 13);
+    assert!(d.hint.unwrap().contains("`shop`"));
+}
+
+#[test]
+fn m008_unknown_event() {
+    let text = "mappings:\n  - name: m1\n    source: shop\n    event: Ordr\n    target: crm\n    actions: []\n";
+    let d = expect_one(&[("bad.yaml", text)], "M008", "bad.yaml", 4, 12);
+    assert!(d.hint.unwrap().contains("`Order`"));
+}
+
+#[test]
+fn m009_unknown_target() {
+    let text = "mappings:\n  - name: m1\n    source: shop\n    event: Order\n    target: cmr\n    actions: []\n";
+    expect_one(&[("bad.yaml", text)], "M009", "bad.yaml", 5, 13);
+}
+
+#[test]
+fn m010_unknown_operation() {
+    let text = mapping("    actions:\n      - op: updat\n");
+    let d = expect_one(&[("bad.yaml", &text)], "M010", "bad.yaml", 8, 13);
+    assert!(d.hint.unwrap().contains("`update`"));
+}
+
+#[test]
+fn m011_unknown_and_missing_parameters() {
+    let text = mapping("    actions:\n      - op: update\n        with: { balanse: 1 }\n");
+    let d = expect_one(&[("bad.yaml", &text)], "M011", "bad.yaml", 9, 17);
+    assert!(d.hint.unwrap().contains("`balance`"));
+    let text = mapping("    actions:\n      - op: tag\n        with: {}\n");
+    let d = expect_one(&[("bad.yaml", &text)], "M011", "bad.yaml", 9, 15);
+    assert!(d.message.contains("needs parameter `tags`"), "{d:?}");
+}
+
+#[test]
+fn m012_selector_that_can_never_match_gets_the_nearest_path() {
+    let text = mapping("    select:\n      b: $.card.balanse\n    actions: []\n");
+    let d = expect_one(&[("bad.yaml", &text)], "M012", "bad.yaml", 8, 10);
+    assert!(d.message.contains("`$.card` has no `balanse`"), "{d:?}");
+    assert_eq!(d.hint.as_deref(), Some("did you mean `$.card.balance`?"));
+}
+
+#[test]
+fn m013_colliding_mappings_need_an_order() {
+    let text = format!("mappings:\n  - name: m1\n    source: shop\n    event: Order\n    target: crm\n    actions: []\n  - name: m2\n    source: shop\n    event: Order\n    target: crm\n    actions: []\n");
+    let (_dir, diags) = check_with(&[("bad.yaml", &text)]);
+    let at: Vec<(u32, u32)> = diags.iter().filter(|d| d.code.as_str() == "M013").map(|d| (d.line, d.col)).collect();
+    assert_eq!(at, vec![(2, 11), (7, 11)], "every unordered mapping of the group is reported: {diags:#?}");
+    assert!(diags[0].hint.as_deref().unwrap_or("").contains("order"));
+    let ordered = format!("{HEAD}    actions: []\n  - name: m2\n    source: shop\n    event: Order\n    order: 2\n    target: crm\n    actions: []\n");
+    let (_dir, diags) = check_with(&[("bad.yaml", &ordered)]);
+    assert!(diags.is_empty(), "{diags:#?}");
+}
+
+#[test]
+fn m014_undeclared_environment_variable() {
+    let target = "target: other\nbase_url: \"{{ env.OTHER_URL }}\"\nenv:\n  OTHER_URLS: {}\n";
+    let d = expect_one(&[("targets/other.yaml", target)], "M014", "other.yaml", 2, 11);
+    assert!(d.hint.unwrap().contains("OTHER_URLS"));
+}
+
+#[test]
+fn m015_unsupported_operation_cites_the_reason() {
+    let text = mapping("    actions:\n      - op: teleport\n");
+    let d = expect_one(&[("bad.yaml", &text)], "M015", "bad.yaml", 8, 13);
+    assert!(d.message.contains("the CRM cannot teleport customers"), "{d:?}");
+    let optional = mapping("    actions:\n      - op: teleport\n        if_supported: true\n");
+    let (_dir, diags) = check_with(&[("bad.yaml", &optional)]);
+    let m015: Vec<&Diagnostic> = diags.iter().filter(|d| d.code.as_str() == "M015").collect();
+    assert_eq!(m015.len(), 1);
+    assert!(!m015[0].is_error(), "if_supported turns it into a warning");
+}
+
+#[test]
+fn m016_duplicate_mapping_name() {
+    let text = "mappings:\n  - name: order-balance\n    source: shop\n    event: Order\n    order: 1\n    target: crm\n    actions: []\n";
+    // Files are read in name order, so the second use is the one in ok.yaml.
+    let d = expect_one(&[("bad.yaml", text)], "M016", "ok.yaml", 2, 11);
+    assert!(d.hint.unwrap().contains("bad.yaml:2:11"));
+}
+
+#[test]
+fn m017_unknown_field_alias() {
+    let text = mapping("    select:\n      e: \"@emial\"\n    actions: []\n");
+    let d = expect_one(&[("bad.yaml", &text)], "M017", "bad.yaml", 8, 10);
+    assert!(d.message.contains("@emial"));
+}
+
+#[test]
+fn m018_custom_field_not_provisioned() {
+    let text = mapping("    actions:\n      - op: update\n        with:\n          fields: { pionts: 1 }\n");
+    let d = expect_one(&[("bad.yaml", &text)], "M018", "bad.yaml", 10, 21);
+    assert!(d.message.contains("provision.crm.field"), "{d:?}");
+}
+
+#[test]
+fn m020_value_not_allowed() {
+    let text = mapping("    actions:\n      - op: update\n        with: { status: pending }\n");
+    let d = expect_one(&[("bad.yaml", &text)], "M020", "bad.yaml", 9, 25);
+    assert!(d.message.contains("[\"open\",\"closed\"]"), "{d:?}");
+}
+
+#[test]
+fn all_errors_are_reported_in_one_run() {
+    let text = mapping("    select:\n      b: $.card.balanse\n    actions:\n      - op: updat\n      - op: teleport\n");
+    let (_dir, diags) = check_with(&[("bad.yaml", &text)]);
+    let codes: Vec<&str> = diags.iter().map(|d| d.code.as_str()).collect();
+    assert_eq!(codes, vec!["M012", "M010", "M015"], "{diags:#?}");
+}
+
+#[test]
+fn rendered_diagnostic_has_caret_under_the_column() {
+    let text = mapping("    select:\n      b: $.card.balanse\n    actions: []\n");
+    let (dir, diags) = check_with(&[("bad.yaml", &text)]);
+    let path: PathBuf = dir.path().join("bad.yaml");
+    let rendered = diags[0].render(Some(&std::fs::read_to_string(path).unwrap()));
+    assert!(rendered.contains(":8:10: error[M012]"), "{rendered}");
+    assert!(rendered.contains("8 |       b: $.card.balanse\n  |          ^"), "{rendered}");
+}
