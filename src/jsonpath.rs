@@ -201,7 +201,12 @@ fn bracket_step(chars: &[char], open: usize) -> (Step, usize) {
         } else {
             Step::Name(name.to_string())
         }
-    } else if !trimmed.is_empty() && trimmed.trim_start_matches('-').chars().all(|c| c.is_ascii_digit()) {
+    } else if !trimmed.is_empty()
+        && trimmed
+            .trim_start_matches('-')
+            .chars()
+            .all(|c| c.is_ascii_digit())
+    {
         Step::Index
     } else {
         Step::AnyChild
@@ -217,17 +222,28 @@ mod tests {
     #[test]
     fn steps_of_common_shapes() {
         let s = Selector::parse("$.card.balance").unwrap();
-        assert_eq!(s.steps(), &[Step::Name("card".into()), Step::Name("balance".into())]);
+        assert_eq!(
+            s.steps(),
+            &[Step::Name("card".into()), Step::Name("balance".into())]
+        );
         assert!(s.is_singular());
         let s = Selector::parse("$['Loyalty Member'][0].x").unwrap();
         assert_eq!(
             s.steps(),
-            &[Step::Name("Loyalty Member".into()), Step::Index, Step::Name("x".into())]
+            &[
+                Step::Name("Loyalty Member".into()),
+                Step::Index,
+                Step::Name("x".into())
+            ]
         );
         let s = Selector::parse("$.Fields[?@.Name == 'a'].Value").unwrap();
         assert_eq!(
             s.steps(),
-            &[Step::Name("Fields".into()), Step::AnyChild, Step::Name("Value".into())]
+            &[
+                Step::Name("Fields".into()),
+                Step::AnyChild,
+                Step::Name("Value".into())
+            ]
         );
         assert!(!s.is_singular());
         let s = Selector::parse("$..id").unwrap();
@@ -240,7 +256,10 @@ mod tests {
         assert_eq!(Selector::parse("$.a").unwrap().select(&doc), None);
         assert_eq!(Selector::parse("$.zz").unwrap().select(&doc), None);
         assert_eq!(Selector::parse("$.b").unwrap().select(&doc), Some(json!(2)));
-        assert_eq!(Selector::parse("$.l[*]").unwrap().select(&doc), Some(json!([1, 3])));
+        assert_eq!(
+            Selector::parse("$.l[*]").unwrap().select(&doc),
+            Some(json!([1, 3]))
+        );
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! - [`engine`]: the pure interpreter, payload in, plan out.
 //! - [`jsonpath`]: our one door to JSONPath.
 
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod jsonpath;
-pub mod cli;
 pub mod schema;

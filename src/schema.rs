@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 /// Any file of a mapping folder; told apart by the first key.
 #[derive(JsonSchema)]
 #[serde(untagged)]
-#[allow(dead_code)]
+#[allow(dead_code, clippy::large_enum_variant)]
 enum MappingFolderFile {
     Mappings(MappingFile),
     Tests(TestFile),

@@ -41,7 +41,8 @@ fn expect_one(extra: &[(&str, &str)], code: &str, file: &str, line: u32, col: u3
     d
 }
 
-const HEAD: &str = "mappings:\n  - name: m1\n    source: shop\n    event: Order\n    order: 5\n    target: crm\n";
+const HEAD: &str =
+    "mappings:\n  - name: m1\n    source: shop\n    event: Order\n    order: 5\n    target: crm\n";
 
 fn mapping(rest: &str) -> String {
     format!("{HEAD}{rest}")
@@ -55,7 +56,13 @@ fn minimal_fixture_is_valid() {
 
 #[test]
 fn m001_yaml_syntax() {
-    let d = expect_one(&[("bad.yaml", "mappings:\n  - name: x\n    source: \"shop\n")], "M001", "bad.yaml", 3, 13);
+    let d = expect_one(
+        &[("bad.yaml", "mappings:\n  - name: x\n    source: \"shop\n")],
+        "M001",
+        "bad.yaml",
+        3,
+        13,
+    );
     assert!(d.hint.is_some());
 }
 
@@ -75,21 +82,26 @@ fn m003_invalid_jsonpath_points_inside_the_path() {
 
 #[test]
 fn m004_template_syntax() {
-    let text = mapping("    actions:\n      - op: update\n        with: { balance: \"{{ 1 + }}\" }\n");
+    let text =
+        mapping("    actions:\n      - op: update\n        with: { balance: \"{{ 1 + }}\" }\n");
     let d = expect_one(&[("bad.yaml", &text)], "M004", "bad.yaml", 9, 32);
     assert!(d.message.contains("syntax error"), "{d:?}");
 }
 
 #[test]
 fn m005_unknown_name_suggests_the_selected_one() {
-    let text = mapping("    select:\n      balance: $.card.balance\n    actions:\n      - op: update\n        with: { balance: \"{{ balanse }}\" }\n");
+    let text = mapping(
+        "    select:\n      balance: $.card.balance\n    actions:\n      - op: update\n        with: { balance: \"{{ balanse }}\" }\n",
+    );
     let d = expect_one(&[("bad.yaml", &text)], "M005", "bad.yaml", 11, 26);
     assert!(d.hint.unwrap().contains("did you mean `balance`"));
 }
 
 #[test]
 fn m006_unknown_filter_suggests_a_close_one() {
-    let text = mapping("    select:\n      phone: \"@phone\"\n    customer:\n      match:\n        - phone: \"{{ phone | e165 }}\"\n    actions: []\n");
+    let text = mapping(
+        "    select:\n      phone: \"@phone\"\n    customer:\n      match:\n        - phone: \"{{ phone | e165 }}\"\n    actions: []\n",
+    );
     let d = expect_one(&[("bad.yaml", &text)], "M006", "bad.yaml", 11, 18);
     assert!(d.hint.unwrap().contains("e164"));
 }
@@ -141,12 +153,22 @@ fn m012_selector_that_can_never_match_gets_the_nearest_path() {
 
 #[test]
 fn m013_colliding_mappings_need_an_order() {
-    let text = format!("mappings:\n  - name: m1\n    source: shop\n    event: Order\n    target: crm\n    actions: []\n  - name: m2\n    source: shop\n    event: Order\n    target: crm\n    actions: []\n");
+    let text = "mappings:\n  - name: m1\n    source: shop\n    event: Order\n    target: crm\n    actions: []\n  - name: m2\n    source: shop\n    event: Order\n    target: crm\n    actions: []\n".to_string();
     let (_dir, diags) = check_with(&[("bad.yaml", &text)]);
-    let at: Vec<(u32, u32)> = diags.iter().filter(|d| d.code.as_str() == "M013").map(|d| (d.line, d.col)).collect();
-    assert_eq!(at, vec![(2, 11), (7, 11)], "every unordered mapping of the group is reported: {diags:#?}");
+    let at: Vec<(u32, u32)> = diags
+        .iter()
+        .filter(|d| d.code.as_str() == "M013")
+        .map(|d| (d.line, d.col))
+        .collect();
+    assert_eq!(
+        at,
+        vec![(2, 11), (7, 11)],
+        "every unordered mapping of the group is reported: {diags:#?}"
+    );
     assert!(diags[0].hint.as_deref().unwrap_or("").contains("order"));
-    let ordered = format!("{HEAD}    actions: []\n  - name: m2\n    source: shop\n    event: Order\n    order: 2\n    target: crm\n    actions: []\n");
+    let ordered = format!(
+        "{HEAD}    actions: []\n  - name: m2\n    source: shop\n    event: Order\n    order: 2\n    target: crm\n    actions: []\n"
+    );
     let (_dir, diags) = check_with(&[("bad.yaml", &ordered)]);
     assert!(diags.is_empty(), "{diags:#?}");
 }
@@ -154,7 +176,13 @@ fn m013_colliding_mappings_need_an_order() {
 #[test]
 fn m014_undeclared_environment_variable() {
     let target = "target: other\nbase_url: \"{{ env.OTHER_URL }}\"\nenv:\n  OTHER_URLS: {}\n";
-    let d = expect_one(&[("targets/other.yaml", target)], "M014", "other.yaml", 2, 11);
+    let d = expect_one(
+        &[("targets/other.yaml", target)],
+        "M014",
+        "other.yaml",
+        2,
+        11,
+    );
     assert!(d.hint.unwrap().contains("OTHER_URLS"));
 }
 
@@ -162,7 +190,10 @@ fn m014_undeclared_environment_variable() {
 fn m015_unsupported_operation_cites_the_reason() {
     let text = mapping("    actions:\n      - op: teleport\n");
     let d = expect_one(&[("bad.yaml", &text)], "M015", "bad.yaml", 8, 13);
-    assert!(d.message.contains("the CRM cannot teleport customers"), "{d:?}");
+    assert!(
+        d.message.contains("the CRM cannot teleport customers"),
+        "{d:?}"
+    );
     let optional = mapping("    actions:\n      - op: teleport\n        if_supported: true\n");
     let (_dir, diags) = check_with(&[("bad.yaml", &optional)]);
     let m015: Vec<&Diagnostic> = diags.iter().filter(|d| d.code.as_str() == "M015").collect();
@@ -187,7 +218,9 @@ fn m017_unknown_field_alias() {
 
 #[test]
 fn m018_custom_field_not_provisioned() {
-    let text = mapping("    actions:\n      - op: update\n        with:\n          fields: { pionts: 1 }\n");
+    let text = mapping(
+        "    actions:\n      - op: update\n        with:\n          fields: { pionts: 1 }\n",
+    );
     let d = expect_one(&[("bad.yaml", &text)], "M018", "bad.yaml", 10, 21);
     assert!(d.message.contains("provision.crm.field"), "{d:?}");
 }
@@ -201,7 +234,9 @@ fn m020_value_not_allowed() {
 
 #[test]
 fn all_errors_are_reported_in_one_run() {
-    let text = mapping("    select:\n      b: $.card.balanse\n    actions:\n      - op: updat\n      - op: teleport\n");
+    let text = mapping(
+        "    select:\n      b: $.card.balanse\n    actions:\n      - op: updat\n      - op: teleport\n",
+    );
     let (_dir, diags) = check_with(&[("bad.yaml", &text)]);
     let codes: Vec<&str> = diags.iter().map(|d| d.code.as_str()).collect();
     assert_eq!(codes, vec!["M012", "M010", "M015"], "{diags:#?}");
@@ -214,5 +249,8 @@ fn rendered_diagnostic_has_caret_under_the_column() {
     let path: PathBuf = dir.path().join("bad.yaml");
     let rendered = diags[0].render(Some(&std::fs::read_to_string(path).unwrap()));
     assert!(rendered.contains(":8:10: error[M012]"), "{rendered}");
-    assert!(rendered.contains("8 |       b: $.card.balanse\n  |          ^"), "{rendered}");
+    assert!(
+        rendered.contains("8 |       b: $.card.balanse\n  |          ^"),
+        "{rendered}"
+    );
 }

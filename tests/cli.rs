@@ -11,7 +11,11 @@ fn mapper(args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 #[test]
@@ -29,18 +33,33 @@ fn shipped_mapping_tests_pass() {
     let last = t.lines().rev().find(|l| l.contains("passed")).unwrap_or("");
     assert!(last.ends_with(", 0 failed"), "{last}");
     let passed: usize = last.split(' ').next().unwrap_or("0").parse().unwrap_or(0);
-    assert!(passed >= 20, "expected the shipped set to carry many tests, ran {passed}");
+    assert!(
+        passed >= 20,
+        "expected the shipped set to carry many tests, ran {passed}"
+    );
 }
 
 #[test]
 fn check_exit_codes_and_json_format() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("mapper.yaml"), "settings: { phone_region: US }\n").unwrap();
-    std::fs::write(dir.path().join("bad.yaml"), "mappings:\n  - name: x\n    sourse: y\n").unwrap();
+    std::fs::write(
+        dir.path().join("mapper.yaml"),
+        "settings: { phone_region: US }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "mappings:\n  - name: x\n    sourse: y\n",
+    )
+    .unwrap();
     let root = dir.path().to_str().unwrap();
     let out = mapper(&["check", root]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("bad.yaml:3:5: error[M002]"), "{}", text(&out));
+    assert!(
+        text(&out).contains("bad.yaml:3:5: error[M002]"),
+        "{}",
+        text(&out)
+    );
 
     let out = mapper(&["check", "--format", "json", root]);
     assert_eq!(out.status.code(), Some(1));
@@ -81,7 +100,12 @@ fn plan_reads_a_file_or_stdin() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(&std::fs::read(file).unwrap()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&std::fs::read(file).unwrap())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let from_stdin: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(from_file, from_stdin);
@@ -95,10 +119,18 @@ fn plan_reads_a_file_or_stdin() {
 fn plan_reports_malformed_json_with_its_position() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.json");
-    std::fs::write(&bad, "{\n  \"event_type\": \"CardInstalledEvent\",\n  oops\n}").unwrap();
+    std::fs::write(
+        &bad,
+        "{\n  \"event_type\": \"CardInstalledEvent\",\n  oops\n}",
+    )
+    .unwrap();
     let out = mapper(&["plan", "--source", "stickycards", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("malformed JSON at line 3, column 3"), "{}", text(&out));
+    assert!(
+        text(&out).contains("malformed JSON at line 3, column 3"),
+        "{}",
+        text(&out)
+    );
 }
 
 /// Source of each example folder (the folder name, or its source for profile folders).
@@ -122,7 +154,13 @@ fn every_example_payload_plans_without_error() {
         for entry in std::fs::read_dir(Path::new("examples/payloads").join(&dir)).unwrap() {
             let path = entry.unwrap().path();
             let out = mapper(&["plan", "--source", &source, path.to_str().unwrap()]);
-            assert_eq!(out.status.code(), Some(0), "{}: {}", path.display(), text(&out));
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{}: {}",
+                path.display(),
+                text(&out)
+            );
         }
     }
 }
@@ -152,23 +190,53 @@ fn switching_the_stickycards_profile_is_a_yaml_change() {
     let project = dir.path().join("mappings/mapper.yaml");
     let text_before = std::fs::read_to_string(&project).unwrap();
     let switched = text_before.replace("stickycards: seed", "stickycards: boomerangme");
-    assert_ne!(text_before, switched, "mapper.yaml selects the stickycards profile");
+    assert_ne!(
+        text_before, switched,
+        "mapper.yaml selects the stickycards profile"
+    );
     std::fs::write(&project, switched).unwrap();
     let set = dir.path().join("mappings");
     let out = mapper(&["check", set.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
     let fired = |root: &Path, payload: &Path| -> Vec<String> {
-        let out = mapper(&["plan", "--mappings", root.to_str().unwrap(), "--source", "stickycards", payload.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(0), "{}: {}", payload.display(), text(&out));
+        let out = mapper(&[
+            "plan",
+            "--mappings",
+            root.to_str().unwrap(),
+            "--source",
+            "stickycards",
+            payload.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}",
+            payload.display(),
+            text(&out)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["mappings"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_string()).collect()
+        v["mappings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_string())
+            .collect()
     };
     for entry in std::fs::read_dir("examples/payloads/stickycards-boomerangme").unwrap() {
         let real = entry.unwrap().path();
         let seed = Path::new("examples/payloads/stickycards").join(real.file_name().unwrap());
         let with_real_shape = fired(&set, &real);
-        assert!(!with_real_shape.is_empty(), "{}: nothing fired", real.display());
-        assert_eq!(with_real_shape, fired(Path::new("mappings"), &seed), "{}", real.display());
+        assert!(
+            !with_real_shape.is_empty(),
+            "{}: nothing fired",
+            real.display()
+        );
+        assert_eq!(
+            with_real_shape,
+            fired(Path::new("mappings"), &seed),
+            "{}",
+            real.display()
+        );
     }
 }

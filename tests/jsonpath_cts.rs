@@ -10,7 +10,10 @@ use std::path::Path;
 fn suite() -> Value {
     let path = Path::new("../shared/reference/jsonpath-cts/cts.json");
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| {
-        panic!("{}: {e} (the compliance suite is expected in shared/ beside the checkout)", path.display())
+        panic!(
+            "{}: {e} (the compliance suite is expected in shared/ beside the checkout)",
+            path.display()
+        )
     });
     serde_json::from_str(&text).unwrap()
 }
@@ -46,5 +49,10 @@ fn rfc9535_compliance_suite_passes_entirely() {
             failures.push(format!("{name}: `{selector}` gave {got}"));
         }
     }
-    assert!(failures.is_empty(), "{} of 703 failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of 703 failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

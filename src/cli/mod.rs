@@ -93,5 +93,7 @@ pub(crate) fn set_root(path: &std::path::Path) -> PathBuf {
         }
         dir = d.parent();
     }
-    path.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+    path.parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
 }

@@ -11,15 +11,26 @@ pub fn run(mappings: &Path, source: &str, payload: &Path) -> ExitCode {
     let compiled = compile_dir(mappings);
     let Some(program) = compiled.program else {
         for d in &compiled.diagnostics {
-            eprint!("{}", d.render(compiled.texts.get(&d.file).map(String::as_str)));
+            eprint!(
+                "{}",
+                d.render(compiled.texts.get(&d.file).map(String::as_str))
+            );
         }
-        eprintln!("the mapping folder {} has errors; fix them first (`mapper check`)", mappings.display());
+        eprintln!(
+            "the mapping folder {} has errors; fix them first (`mapper check`)",
+            mappings.display()
+        );
         return ExitCode::from(1);
     };
     let Some(src) = program.sources.get(source) else {
         eprintln!(
             "error: unknown source `{source}`; sources: {}",
-            program.sources.keys().cloned().collect::<Vec<_>>().join(", ")
+            program
+                .sources
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         return ExitCode::from(2);
     };
@@ -59,7 +70,10 @@ pub fn run(mappings: &Path, source: &str, payload: &Path) -> ExitCode {
     }
     match program.plan(source, &value, &input) {
         Ok(plan) => {
-            println!("{}", serde_json::to_string_pretty(&plan).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&plan).unwrap_or_default()
+            );
             if plan.errors.is_empty() {
                 ExitCode::SUCCESS
             } else {

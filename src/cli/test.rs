@@ -23,9 +23,15 @@ pub fn run(paths: &[PathBuf], verbose: bool) -> ExitCode {
         let compiled = compile_dir(&root);
         let Some(program) = &compiled.program else {
             for d in compiled.diagnostics.iter().filter(|d| d.is_error()) {
-                eprint!("{}", d.render(compiled.texts.get(&d.file).map(String::as_str)));
+                eprint!(
+                    "{}",
+                    d.render(compiled.texts.get(&d.file).map(String::as_str))
+                );
             }
-            eprintln!("{}: the mapping folder has errors; no test can run", root.display());
+            eprintln!(
+                "{}: the mapping folder has errors; no test can run",
+                root.display()
+            );
             failed += 1;
             continue;
         };
@@ -34,7 +40,11 @@ pub fn run(paths: &[PathBuf], verbose: bool) -> ExitCode {
             if only.as_ref().is_some_and(|f| !same(file, f)) {
                 continue;
             }
-            let shown = file.strip_prefix(&root).unwrap_or(file).display().to_string();
+            let shown = file
+                .strip_prefix(&root)
+                .unwrap_or(file)
+                .display()
+                .to_string();
             match run_case(program, file, case) {
                 Ok(()) => {
                     passed += 1;
@@ -48,7 +58,10 @@ pub fn run(paths: &[PathBuf], verbose: bool) -> ExitCode {
                         case.name.value
                     );
                     if verbose && let Some(a) = actual {
-                        println!("      actual plan: {}", serde_json::to_string_pretty(&a).unwrap_or_default());
+                        println!(
+                            "      actual plan: {}",
+                            serde_json::to_string_pretty(&a).unwrap_or_default()
+                        );
                     }
                 }
             }
@@ -82,18 +95,34 @@ pub fn run_case(program: &Program, file: &Path, case: &TestCase) -> Result<(), C
         (Some(p), None) => p.to_json(),
         (None, Some(f)) => {
             let path = file.parent().unwrap_or(Path::new(".")).join(&f.value);
-            let body = std::fs::read(&path).map_err(|e| (format!("cannot read payload file {}: {e}", path.display()), None))?;
+            let body = std::fs::read(&path).map_err(|e| {
+                (
+                    format!("cannot read payload file {}: {e}", path.display()),
+                    None,
+                )
+            })?;
             decode(&body, &src.body).map_err(|e| (format!("{}: {e}", path.display()), None))?
         }
-        _ => return Err(("give exactly one of `payload` or `payload_file`".into(), None)),
+        _ => {
+            return Err((
+                "give exactly one of `payload` or `payload_file`".into(),
+                None,
+            ));
+        }
     };
     let input = PlanInput {
-        env: case.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        env: case
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         mask_secrets: true,
         known: serde_json::to_value(&case.known).unwrap_or(Value::Null),
         previous: case.previous.clone(),
     };
-    let plan = program.plan(source, &payload, &input).map_err(|e| (e.to_string(), None))?;
+    let plan = program
+        .plan(source, &payload, &input)
+        .map_err(|e| (e.to_string(), None))?;
     let actual = serde_json::to_value(&plan).map_err(|e| (e.to_string(), None))?;
     let expected = case.expect.to_json();
     let outcome = if case.exact {
@@ -125,7 +154,11 @@ pub fn run_case(program: &Program, file: &Path, case: &TestCase) -> Result<(), C
 /// Where `actual` departs from `expected` (subset semantics unless `exact`):
 /// objects need the expected keys; lists need the same length, item by item.
 pub fn first_difference(expected: &Value, actual: &Value, at: &str, exact: bool) -> Option<String> {
-    let here = if at.is_empty() { "plan".to_string() } else { at.to_string() };
+    let here = if at.is_empty() {
+        "plan".to_string()
+    } else {
+        at.to_string()
+    };
     match (expected, actual) {
         (Value::Object(e), Value::Object(a)) => {
             for (k, ev) in e {
@@ -168,7 +201,10 @@ pub fn first_difference(expected: &Value, actual: &Value, at: &str, exact: bool)
 fn summarize(v: &Value) -> String {
     let s = v.to_string();
     if s.len() > 300 {
-        format!("{}…", &s[..s.char_indices().nth(300).map_or(s.len(), |(i, _)| i)])
+        format!(
+            "{}…",
+            &s[..s.char_indices().nth(300).map_or(s.len(), |(i, _)| i)]
+        )
     } else {
         s
     }
@@ -182,11 +218,29 @@ mod tests {
     #[test]
     fn subset_semantics() {
         let actual = json!({"a": 1, "b": [{"x": 1, "y": 2}], "c": "z"});
-        assert_eq!(first_difference(&json!({"b": [{"x": 1}]}), &actual, "", false), None);
-        assert!(first_difference(&json!({"b": []}), &actual, "", false).unwrap().contains("expected 0 item"));
-        assert!(first_difference(&json!({"a": 2}), &actual, "", false).unwrap().contains("plan.a: expected 2, found 1"));
-        assert!(first_difference(&json!({"q": 1}), &actual, "", false).unwrap().contains("absent"));
+        assert_eq!(
+            first_difference(&json!({"b": [{"x": 1}]}), &actual, "", false),
+            None
+        );
+        assert!(
+            first_difference(&json!({"b": []}), &actual, "", false)
+                .unwrap()
+                .contains("expected 0 item")
+        );
+        assert!(
+            first_difference(&json!({"a": 2}), &actual, "", false)
+                .unwrap()
+                .contains("plan.a: expected 2, found 1")
+        );
+        assert!(
+            first_difference(&json!({"q": 1}), &actual, "", false)
+                .unwrap()
+                .contains("absent")
+        );
         assert!(first_difference(&json!({"a": 1}), &actual, "", true).is_some());
-        assert_eq!(first_difference(&json!({"a": 1.0}), &actual, "", false), None);
+        assert_eq!(
+            first_difference(&json!({"a": 1.0}), &actual, "", false),
+            None
+        );
     }
 }

@@ -54,10 +54,6 @@ impl<'a> Scope<'a> {
             params: None,
         }
     }
-    fn with(mut self, extra: &str) -> Self {
-        self.roots.push(extra.to_string());
-        self
-    }
 }
 
 const MAPPING_ROOTS: &[&str] = &["event", "previous", "known"];
@@ -74,7 +70,13 @@ fn pos_of<T>(s: &Spanned<T>) -> Pos {
 }
 
 impl Ctx {
-    fn err(&mut self, code: Code, file: &Path, pos: Pos, msg: impl Into<String>) -> &mut Diagnostic {
+    fn err(
+        &mut self,
+        code: Code,
+        file: &Path,
+        pos: Pos,
+        msg: impl Into<String>,
+    ) -> &mut Diagnostic {
         self.diags.push(Diagnostic::error(code, file, pos, msg));
         let last = self.diags.len() - 1;
         &mut self.diags[last]
@@ -101,8 +103,13 @@ impl Ctx {
                 } else {
                     "see RFC 9535: `$.a.b`, `$['key with spaces']`, `$.list[0]`, `$.list[?@.type == 'x']`".to_string()
                 };
-                self.err(Code::M003, file, at, format!("invalid JSONPath `{path}`: {}", e.message))
-                    .hint = Some(hint);
+                self.err(
+                    Code::M003,
+                    file,
+                    at,
+                    format!("invalid JSONPath `{path}`: {}", e.message),
+                )
+                .hint = Some(hint);
                 None
             }
         }
@@ -111,7 +118,10 @@ impl Ctx {
     fn check_info(&mut self, file: &Path, pos: Pos, info: &TplInfo, scope: &Scope) {
         for f in &info.unknown_filters {
             let mut known: Vec<&str> = crate::engine::filters::FILTERS.to_vec();
-            known.extend(["lower", "upper", "trim", "default", "join", "split", "int", "float", "first", "last", "length", "replace", "map", "select", "items"]);
+            known.extend([
+                "lower", "upper", "trim", "default", "join", "split", "int", "float", "first",
+                "last", "length", "replace", "map", "select", "items",
+            ]);
             let near = nearest(f, known.iter().copied());
             let d = self.err(Code::M006, file, pos, format!("unknown filter `{f}`"));
             d.hint = Some(match near {
@@ -121,7 +131,8 @@ impl Ctx {
         }
         for t in &info.unknown_tests {
             self.err(Code::M006, file, pos, format!("unknown test `{t}`"))
-                .hint = Some("tests include: defined, undefined, none, number, string, eq, in".into());
+                .hint =
+                Some("tests include: defined, undefined, none, number, string, eq, in".into());
         }
         for var in &info.vars {
             let mut parts = var.split('.');
@@ -133,8 +144,13 @@ impl Ctx {
                     && !env.contains_key(name)
                 {
                     let near = nearest(name, env.keys().map(String::as_str));
-                    self.err(Code::M014, file, pos, format!("environment variable `{name}` is not declared by this profile"))
-                        .hint = Some(match near {
+                    self.err(
+                        Code::M014,
+                        file,
+                        pos,
+                        format!("environment variable `{name}` is not declared by this profile"),
+                    )
+                    .hint = Some(match near {
                         Some(n) => format!("did you mean `{n}`? Otherwise declare it under `env:`"),
                         None => "declare it under the profile's `env:` with a description".into(),
                     });
@@ -143,8 +159,16 @@ impl Ctx {
                     && let (Some(params), Some(name)) = (scope.params, second)
                     && !params.contains_key(name)
                 {
-                    self.err(Code::M005, file, pos, format!("`params.{name}` is not a parameter of this operation"))
-                        .hint = Some(format!("declared parameters: {}", params.keys().cloned().collect::<Vec<_>>().join(", ")));
+                    self.err(
+                        Code::M005,
+                        file,
+                        pos,
+                        format!("`params.{name}` is not a parameter of this operation"),
+                    )
+                    .hint = Some(format!(
+                        "declared parameters: {}",
+                        params.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ));
                 }
                 continue;
             }
@@ -152,10 +176,21 @@ impl Ctx {
                 continue;
             }
             let near = nearest(root, scope.roots.iter().map(String::as_str));
-            self.err(Code::M005, file, pos, format!("unknown name `{root}` in template"))
-                .hint = Some(match near {
-                Some(n) => format!("did you mean `{n}`? Names known here: {}", scope.roots.join(", ")),
-                None => format!("names known here: {} (declare a value under `select:` to use it)", scope.roots.join(", ")),
+            self.err(
+                Code::M005,
+                file,
+                pos,
+                format!("unknown name `{root}` in template"),
+            )
+            .hint = Some(match near {
+                Some(n) => format!(
+                    "did you mean `{n}`? Names known here: {}",
+                    scope.roots.join(", ")
+                ),
+                None => format!(
+                    "names known here: {} (declare a value under `select:` to use it)",
+                    scope.roots.join(", ")
+                ),
             });
         }
     }
@@ -188,8 +223,16 @@ impl Ctx {
             }
             Err(e) => {
                 let at = self.inner(file, pos, e.offset.unwrap_or(0));
-                self.err(Code::M004, file, at, format!("condition does not compile: {}", e.message))
-                    .hint = Some("a condition is an expression such as `type == 'debit' and reward is defined`".into());
+                self.err(
+                    Code::M004,
+                    file,
+                    at,
+                    format!("condition does not compile: {}", e.message),
+                )
+                .hint = Some(
+                    "a condition is an expression such as `type == 'debit' and reward is defined`"
+                        .into(),
+                );
                 None
             }
         }
@@ -214,8 +257,13 @@ impl Ctx {
             NodeKind::Map(entries) => {
                 if let Some(over) = node.get("$each") {
                     let Some(emit) = node.get("$emit") else {
-                        self.err(Code::M002, file, node.pos, "`$each` needs `$emit` beside it")
-                            .hint = Some("`$emit` is the value produced for each `item`".into());
+                        self.err(
+                            Code::M002,
+                            file,
+                            node.pos,
+                            "`$each` needs `$emit` beside it",
+                        )
+                        .hint = Some("`$emit` is the value produced for each `item`".into());
                         return None;
                     };
                     let NodeKind::Str(over_text) = &over.kind else {
@@ -224,12 +272,20 @@ impl Ctx {
                     };
                     let over_tpl = self.tpl(file, over.pos, over_text, scope)?;
                     let inner_scope = Scope {
-                        roots: scope.roots.iter().cloned().chain(["item".to_string()]).collect(),
+                        roots: scope
+                            .roots
+                            .iter()
+                            .cloned()
+                            .chain(["item".to_string()])
+                            .collect(),
                         env: scope.env,
                         params: scope.params,
                     };
                     let emit = self.value(file, emit, &inner_scope)?;
-                    return Some(ValueTpl::Each { over: over_tpl, emit: Box::new(emit) });
+                    return Some(ValueTpl::Each {
+                        over: over_tpl,
+                        emit: Box::new(emit),
+                    });
                 }
                 let mut out = Vec::new();
                 let mut ok = true;
@@ -247,11 +303,21 @@ impl Ctx {
         })
     }
 
-    fn request(&mut self, file: &Path, spec: &model::RequestSpec, scope: &Scope) -> Option<prog::Request> {
+    fn request(
+        &mut self,
+        file: &Path,
+        spec: &model::RequestSpec,
+        scope: &Scope,
+    ) -> Option<prog::Request> {
         let method = spec.method.value.to_ascii_uppercase();
         if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
-            self.err(Code::M020, file, pos_of(&spec.method), format!("unknown HTTP method `{}`", spec.method.value))
-                .hint = Some("use GET, POST, PUT, PATCH or DELETE".into());
+            self.err(
+                Code::M020,
+                file,
+                pos_of(&spec.method),
+                format!("unknown HTTP method `{}`", spec.method.value),
+            )
+            .hint = Some("use GET, POST, PUT, PATCH or DELETE".into());
         }
         let path = self.tpl(file, pos_of(&spec.path), &spec.path.value, scope);
         let query = spec.query.as_ref().map(|q| self.value(file, q, scope));
@@ -284,7 +350,7 @@ struct TargetProfile<'a> {
 }
 
 /// Picks the active profile of each name.
-fn choose<'a, T>(
+fn choose<T>(
     ctx: &mut Ctx,
     kind: &str,
     all: &BTreeMap<String, Vec<(String, Pos, T)>>,
@@ -298,7 +364,12 @@ where
     for (name, profiles) in all {
         for (i, (p, pos, t)) in profiles.iter().enumerate() {
             if profiles[..i].iter().any(|(q, _, _)| q == p) {
-                ctx.err(Code::M016, t.file(), *pos, format!("{kind} `{name}` has two profiles named `{p}`"));
+                ctx.err(
+                    Code::M016,
+                    t.file(),
+                    *pos,
+                    format!("{kind} `{name}` has two profiles named `{p}`"),
+                );
             }
         }
         let pick = match selected.get(name) {
@@ -309,23 +380,34 @@ where
                     let file = project_file.unwrap_or(&fallback);
                     let names: Vec<&str> = profiles.iter().map(|(p, _, _)| p.as_str()).collect();
                     let want = &spanned.value;
-                    ctx.err(Code::M009, file, pos_of(spanned), format!("{kind} `{name}` has no profile `{want}`"))
-                        .hint = Some(format!("profiles of `{name}`: {}", names.join(", ")));
+                    ctx.err(
+                        Code::M009,
+                        file,
+                        pos_of(spanned),
+                        format!("{kind} `{name}` has no profile `{want}`"),
+                    )
+                    .hint = Some(format!("profiles of `{name}`: {}", names.join(", ")));
                     None
                 }
             },
             None if profiles.len() == 1 => Some(0),
-            None => profiles.iter().position(|(p, _, _)| p == "default").or_else(|| {
-                let names: Vec<&str> = profiles.iter().map(|(p, _, _)| p.as_str()).collect();
-                ctx.err(
-                    Code::M009,
-                    profiles[0].2.file(),
-                    profiles[0].1,
-                    format!("{kind} `{name}` has several profiles and none is selected"),
-                )
-                .hint = Some(format!("add `profiles: {{ {name}: {} }}` to mapper.yaml", names.join(" | ")));
-                None
-            }),
+            None => profiles
+                .iter()
+                .position(|(p, _, _)| p == "default")
+                .or_else(|| {
+                    let names: Vec<&str> = profiles.iter().map(|(p, _, _)| p.as_str()).collect();
+                    ctx.err(
+                        Code::M009,
+                        profiles[0].2.file(),
+                        profiles[0].1,
+                        format!("{kind} `{name}` has several profiles and none is selected"),
+                    )
+                    .hint = Some(format!(
+                        "add `profiles: {{ {name}: {} }}` to mapper.yaml",
+                        names.join(" | ")
+                    ));
+                    None
+                }),
         };
         if let Some(i) = pick {
             chosen.insert(name.clone(), i);
@@ -381,8 +463,13 @@ pub fn compile(loaded: Loaded) -> Compiled {
             Parsed::Project(p) => {
                 if let Some((first, _)) = project {
                     diags.push(
-                        Diagnostic::error(Code::M016, path, Pos::new(1, 1), "a second project file (`settings:`)")
-                            .with_hint(format!("keep one; the first is {}", first.display())),
+                        Diagnostic::error(
+                            Code::M016,
+                            path,
+                            Pos::new(1, 1),
+                            "a second project file (`settings:`)",
+                        )
+                        .with_hint(format!("keep one; the first is {}", first.display())),
                     );
                 } else {
                     project = Some((path, p));
@@ -391,12 +478,18 @@ pub fn compile(loaded: Loaded) -> Compiled {
             Parsed::Source(s) => sources.entry(s.source.value.clone()).or_default().push((
                 s.profile.value.clone(),
                 pos_of(&s.source),
-                SourceProfile { file: path.clone(), spec: s },
+                SourceProfile {
+                    file: path.clone(),
+                    spec: s,
+                },
             )),
             Parsed::Target(t) => targets.entry(t.target.value.clone()).or_default().push((
                 t.profile.value.clone(),
                 pos_of(&t.target),
-                TargetProfile { file: path.clone(), spec: t },
+                TargetProfile {
+                    file: path.clone(),
+                    spec: t,
+                },
             )),
             Parsed::Mappings(m) => mapping_files.push((path.clone(), m)),
             Parsed::Tests(_) => {}
@@ -407,7 +500,9 @@ pub fn compile(loaded: Loaded) -> Compiled {
         phone_region: "US".into(),
         time_zone: "UTC".into(),
     };
-    let settings = project.map(|(_, p)| &p.settings).unwrap_or(&default_settings);
+    let settings = project
+        .map(|(_, p)| &p.settings)
+        .unwrap_or(&default_settings);
     let empty_profiles = IndexMap::new();
     let selected = project.map(|(_, p)| &p.profiles).unwrap_or(&empty_profiles);
     let defaults = minijinja::Value::from(minijinja::value::Serde(serde_json::json!({
@@ -421,18 +516,42 @@ pub fn compile(loaded: Loaded) -> Compiled {
     };
     if let Some((file, p)) = project {
         if crate::engine::filters::normalize_phone("2015550123", &p.settings.phone_region).is_none()
-            && p.settings.phone_region.parse::<phonenumber::country::Id>().is_err()
+            && p.settings
+                .phone_region
+                .parse::<phonenumber::country::Id>()
+                .is_err()
         {
-            ctx.err(Code::M020, file, Pos::UNKNOWN, format!("`phone_region: {}` is not an ISO 3166 country code", p.settings.phone_region))
-                .hint = Some("use a two-letter code such as US, GB, DE".into());
+            ctx.err(
+                Code::M020,
+                file,
+                Pos::UNKNOWN,
+                format!(
+                    "`phone_region: {}` is not an ISO 3166 country code",
+                    p.settings.phone_region
+                ),
+            )
+            .hint = Some("use a two-letter code such as US, GB, DE".into());
         }
         if p.settings.time_zone.parse::<chrono_tz::Tz>().is_err() && p.settings.time_zone != "UTC" {
-            ctx.err(Code::M020, file, Pos::UNKNOWN, format!("`time_zone: {}` is not an IANA time zone", p.settings.time_zone))
-                .hint = Some("use a name such as UTC, America/Los_Angeles, Europe/Berlin".into());
+            ctx.err(
+                Code::M020,
+                file,
+                Pos::UNKNOWN,
+                format!(
+                    "`time_zone: {}` is not an IANA time zone",
+                    p.settings.time_zone
+                ),
+            )
+            .hint = Some("use a name such as UTC, America/Los_Angeles, Europe/Berlin".into());
         }
         for (name, value) in &p.profiles {
             if !sources.contains_key(name) && !targets.contains_key(name) {
-                ctx.err(Code::M009, file, pos_of(value), format!("`profiles:` names `{name}`, which is neither a source nor a target"));
+                ctx.err(
+                    Code::M009,
+                    file,
+                    pos_of(value),
+                    format!("`profiles:` names `{name}`, which is neither a source nor a target"),
+                );
             }
         }
     }
@@ -442,16 +561,16 @@ pub fn compile(loaded: Loaded) -> Compiled {
     let source_pick = choose(&mut ctx, "source", &sources, selected, project_file);
     let mut compiled_sources = IndexMap::new();
     let mut schemas: HashMap<String, SchemaSet> = HashMap::new();
-    let mut source_fields: HashMap<String, IndexMap<String, (Pos, PathBuf, Vec<Selector>)>> = HashMap::new();
+    let mut source_fields: HashMap<String, Fields> = HashMap::new();
     for (name, profiles) in &sources {
         for (i, (_, _, sp)) in profiles.iter().enumerate() {
             let active = source_pick.get(name) == Some(&i);
-            if let Some((src, set, fields)) = compile_source(&mut ctx, sp) {
-                if active {
-                    schemas.insert(name.clone(), set);
-                    source_fields.insert(name.clone(), fields);
-                    compiled_sources.insert(name.clone(), src);
-                }
+            if let Some((src, set, fields)) = compile_source(&mut ctx, sp)
+                && active
+            {
+                schemas.insert(name.clone(), set);
+                source_fields.insert(name.clone(), fields);
+                compiled_sources.insert(name.clone(), src);
             }
         }
     }
@@ -463,11 +582,11 @@ pub fn compile(loaded: Loaded) -> Compiled {
     for (name, profiles) in &targets {
         for (i, (_, _, tp)) in profiles.iter().enumerate() {
             let active = target_pick.get(name) == Some(&i);
-            if let Some(t) = compile_target(&mut ctx, tp) {
-                if active {
-                    compiled_targets.insert(name.clone(), t);
-                    target_specs.insert(name.clone(), tp.spec);
-                }
+            if let Some(t) = compile_target(&mut ctx, tp)
+                && active
+            {
+                compiled_targets.insert(name.clone(), t);
+                target_specs.insert(name.clone(), tp.spec);
             }
         }
     }
@@ -480,7 +599,15 @@ pub fn compile(loaded: Loaded) -> Compiled {
                     (
                         t.clone(),
                         lk.iter()
-                            .map(|(l, items)| (l.clone(), items.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()))
+                            .map(|(l, items)| {
+                                (
+                                    l.clone(),
+                                    items
+                                        .iter()
+                                        .map(|(k, v)| (k.clone(), v.to_json()))
+                                        .collect(),
+                                )
+                            })
                             .collect(),
                     )
                 })
@@ -491,14 +618,29 @@ pub fn compile(loaded: Loaded) -> Compiled {
         for (t, lookups) in &p.provision {
             match target_specs.get(t) {
                 None => {
-                    ctx.err(Code::M009, file, Pos::UNKNOWN, format!("`provision:` names target `{t}`, which is not defined"));
+                    ctx.err(
+                        Code::M009,
+                        file,
+                        Pos::UNKNOWN,
+                        format!("`provision:` names target `{t}`, which is not defined"),
+                    );
                 }
                 Some(spec) => {
                     for (l, items) in lookups {
                         match spec.lookups.get(l) {
                             None => {
-                                ctx.err(Code::M010, file, Pos::UNKNOWN, format!("`provision.{t}.{l}`: target `{t}` has no lookup `{l}`"))
-                                    .hint = Some(format!("lookups of `{t}`: {}", spec.lookups.keys().cloned().collect::<Vec<_>>().join(", ")));
+                                ctx.err(
+                                    Code::M010,
+                                    file,
+                                    Pos::UNKNOWN,
+                                    format!(
+                                        "`provision.{t}.{l}`: target `{t}` has no lookup `{l}`"
+                                    ),
+                                )
+                                .hint = Some(format!(
+                                    "lookups of `{t}`: {}",
+                                    spec.lookups.keys().cloned().collect::<Vec<_>>().join(", ")
+                                ));
                             }
                             Some(lk) if lk.create.is_none() => {
                                 ctx.err(Code::M015, file, Pos::UNKNOWN, format!("lookup `{t}.{l}` cannot create items, so nothing can be provisioned"));
@@ -523,8 +665,18 @@ pub fn compile(loaded: Loaded) -> Compiled {
     for (file, mf) in &mapping_files {
         for m in &mf.mappings {
             if let Some((first_file, first_pos)) = names.get(&m.name.value) {
-                ctx.err(Code::M016, file, pos_of(&m.name), format!("mapping name `{}` is used twice", m.name.value))
-                    .hint = Some(format!("the first is at {}:{}:{}", first_file.display(), first_pos.line, first_pos.col));
+                ctx.err(
+                    Code::M016,
+                    file,
+                    pos_of(&m.name),
+                    format!("mapping name `{}` is used twice", m.name.value),
+                )
+                .hint = Some(format!(
+                    "the first is at {}:{}:{}",
+                    first_file.display(),
+                    first_pos.line,
+                    first_pos.col
+                ));
             } else {
                 names.insert(m.name.value.clone(), (file.clone(), pos_of(&m.name)));
             }
@@ -548,11 +700,18 @@ pub fn compile(loaded: Loaded) -> Compiled {
     let mut groups: BTreeMap<(String, String, String), Vec<usize>> = BTreeMap::new();
     for (i, (_, m)) in mappings.iter().enumerate() {
         for e in &m.events {
-            groups.entry((m.source.clone(), e.clone(), m.target.clone())).or_default().push(i);
+            groups
+                .entry((m.source.clone(), e.clone(), m.target.clone()))
+                .or_default()
+                .push(i);
         }
     }
     for ((source, event, target), idx) in &groups {
-        let unordered: Vec<usize> = idx.iter().copied().filter(|i| mappings[*i].1.order.is_none()).collect();
+        let unordered: Vec<usize> = idx
+            .iter()
+            .copied()
+            .filter(|i| mappings[*i].1.order.is_none())
+            .collect();
         if idx.len() > 1 {
             for &u in &unordered {
                 let (pos, m) = &mappings[u];
@@ -562,11 +721,21 @@ pub fn compile(loaded: Loaded) -> Compiled {
                     .filter(|n| **n != m.name)
                     .map(|n| format!("`{n}`"))
                     .collect();
-                ctx.err(Code::M013, &m.file, *pos, format!(
-                    "`{}` and {} fire on {source} {event} → {target}, and `{}` has no `order:`",
-                    m.name, others.join(", "), m.name
-                ))
-                .hint = Some("give each of them `order: N` (lower runs first) so their sequence is explicit".into());
+                ctx.err(
+                    Code::M013,
+                    &m.file,
+                    *pos,
+                    format!(
+                        "`{}` and {} fire on {source} {event} → {target}, and `{}` has no `order:`",
+                        m.name,
+                        others.join(", "),
+                        m.name
+                    ),
+                )
+                .hint = Some(
+                    "give each of them `order: N` (lower runs first) so their sequence is explicit"
+                        .into(),
+                );
             }
         }
     }
@@ -575,7 +744,10 @@ pub fn compile(loaded: Loaded) -> Compiled {
     let mut by_event: HashMap<(String, String), Vec<usize>> = HashMap::new();
     for (i, m) in mappings.iter().enumerate() {
         for e in &m.events {
-            by_event.entry((m.source.clone(), e.clone())).or_default().push(i);
+            by_event
+                .entry((m.source.clone(), e.clone()))
+                .or_default()
+                .push(i);
         }
     }
 
@@ -584,13 +756,22 @@ pub fn compile(loaded: Loaded) -> Compiled {
     for (path, tf) in test_files {
         for t in tf.tests {
             if !sources.contains_key(&t.source.value) {
-                ctx.err(Code::M007, &path, pos_of(&t.source), format!("test names unknown source `{}`", t.source.value));
+                ctx.err(
+                    Code::M007,
+                    &path,
+                    pos_of(&t.source),
+                    format!("test names unknown source `{}`", t.source.value),
+                );
             }
             test_cases.push((path.clone(), t));
         }
     }
 
-    let Ctx { mut diags, texts, tb } = ctx;
+    let Ctx {
+        mut diags,
+        texts,
+        tb,
+    } = ctx;
     let has_errors = diags.iter().any(Diagnostic::is_error);
     let program = if has_errors {
         None
@@ -610,7 +791,12 @@ pub fn compile(loaded: Loaded) -> Compiled {
                 templates,
             }),
             Err(e) => {
-                diags.push(Diagnostic::error(Code::M004, Path::new("<templates>"), Pos::UNKNOWN, e.message));
+                diags.push(Diagnostic::error(
+                    Code::M004,
+                    Path::new("<templates>"),
+                    Pos::UNKNOWN,
+                    e.message,
+                ));
                 None
             }
         }
@@ -629,33 +815,69 @@ type Fields = IndexMap<String, (Pos, PathBuf, Vec<Selector>)>;
 fn compile_source(ctx: &mut Ctx, sp: &SourceProfile) -> Option<(prog::Source, SchemaSet, Fields)> {
     let file = &sp.file;
     let s = sp.spec;
-    let dir = file.parent().unwrap_or(Path::new(".")).join(&s.schemas.value);
+    let dir = file
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(&s.schemas.value);
     let set = match SchemaSet::load(&dir) {
         Ok(set) => {
             if set.events.is_empty() {
-                ctx.err(Code::M021, file, pos_of(&s.schemas), format!("no `<Event>.schema.json` files in {}", dir.display()));
+                ctx.err(
+                    Code::M021,
+                    file,
+                    pos_of(&s.schemas),
+                    format!("no `<Event>.schema.json` files in {}", dir.display()),
+                );
             }
             set
         }
         Err(e) => {
-            ctx.err(Code::M021, file, pos_of(&s.schemas), format!("cannot read payload schemas: {e}"))
-                .hint = Some("`schemas:` is a folder relative to this file".into());
+            ctx.err(
+                Code::M021,
+                file,
+                pos_of(&s.schemas),
+                format!("cannot read payload schemas: {e}"),
+            )
+            .hint = Some("`schemas:` is a folder relative to this file".into());
             SchemaSet::default()
         }
     };
     let event_type = ctx.selector(file, pos_of(&s.event.type_path), &s.event.type_path.value);
-    let event_id = s.event.id.as_ref().map(|p| ctx.selector(file, pos_of(p), &p.value));
-    let time = s.event.time.as_ref().map(|p| ctx.selector(file, pos_of(p), &p.value));
-    let dedup: Vec<Option<Selector>> = s.event.dedup.iter().map(|p| ctx.selector(file, pos_of(p), &p.value)).collect();
+    let event_id = s
+        .event
+        .id
+        .as_ref()
+        .map(|p| ctx.selector(file, pos_of(p), &p.value));
+    let time = s
+        .event
+        .time
+        .as_ref()
+        .map(|p| ctx.selector(file, pos_of(p), &p.value));
+    let dedup: Vec<Option<Selector>> = s
+        .event
+        .dedup
+        .iter()
+        .map(|p| ctx.selector(file, pos_of(p), &p.value))
+        .collect();
     if let Some(tz) = &s.event.time_zone
         && tz != "UTC"
         && tz.parse::<chrono_tz::Tz>().is_err()
     {
-        ctx.err(Code::M020, file, Pos::UNKNOWN, format!("`time_zone: {tz}` is not an IANA time zone"));
+        ctx.err(
+            Code::M020,
+            file,
+            Pos::UNKNOWN,
+            format!("`time_zone: {tz}` is not an IANA time zone"),
+        );
     }
     if s.body.format == model::BodyFormat::Form && s.body.field.is_none() {
-        ctx.err(Code::M011, file, Pos::UNKNOWN, "`body.format: form` needs `body.field`, the form field holding the JSON")
-            .hint = Some("SlickText's legacy webhooks use `field: data`".into());
+        ctx.err(
+            Code::M011,
+            file,
+            Pos::UNKNOWN,
+            "`body.format: form` needs `body.field`, the form field holding the JSON",
+        )
+        .hint = Some("SlickText's legacy webhooks use `field: data`".into());
     }
     check_verify(ctx, file, &s.verify);
     let mut fields = IndexMap::new();
@@ -691,22 +913,52 @@ fn check_verify(ctx: &mut Ctx, file: &Path, v: &model::VerifySpec) {
     use model::VerifyMethod as M;
     let need = |ctx: &mut Ctx, what: &str, present: bool, hint: &str| {
         if !present {
-            ctx.err(Code::M011, file, Pos::UNKNOWN, format!("`verify.method: {:?}` needs `{what}`", v.method).to_lowercase())
-                .hint = Some(hint.into());
+            ctx.err(
+                Code::M011,
+                file,
+                Pos::UNKNOWN,
+                format!("`verify.method: {:?}` needs `{what}`", v.method).to_lowercase(),
+            )
+            .hint = Some(hint.into());
         }
     };
     match v.method {
         M::None => {}
         M::Token => {
-            need(ctx, "secret_env", v.secret_env.is_some(), "name the environment variable holding the token");
-            need(ctx, "header or query", v.header.is_some() || v.query.is_some(), "say where the token is: `header: X-Webhook-Token` and/or `query: token`");
+            need(
+                ctx,
+                "secret_env",
+                v.secret_env.is_some(),
+                "name the environment variable holding the token",
+            );
+            need(
+                ctx,
+                "header or query",
+                v.header.is_some() || v.query.is_some(),
+                "say where the token is: `header: X-Webhook-Token` and/or `query: token`",
+            );
         }
         M::Hmac => {
-            need(ctx, "secret_env", v.secret_env.is_some(), "name the environment variable holding the HMAC key");
-            need(ctx, "header", v.header.is_some(), "name the header carrying the signature");
+            need(
+                ctx,
+                "secret_env",
+                v.secret_env.is_some(),
+                "name the environment variable holding the HMAC key",
+            );
+            need(
+                ctx,
+                "header",
+                v.header.is_some(),
+                "name the header carrying the signature",
+            );
             need(ctx, "algorithm", v.algorithm.is_some(), "sha256 or md5");
         }
-        M::StandardWebhooks => need(ctx, "secret_env", v.secret_env.is_some(), "name the environment variable holding the `whsec_…` secret"),
+        M::StandardWebhooks => need(
+            ctx,
+            "secret_env",
+            v.secret_env.is_some(),
+            "name the environment variable holding the `whsec_…` secret",
+        ),
         M::Ghl => {}
     }
 }
@@ -724,8 +976,11 @@ fn compile_target(ctx: &mut Ctx, tp: &TargetProfile) -> Option<prog::Target> {
             headers.push((name.clone(), v));
         }
     }
-    let error_message = t.error_message.as_ref().and_then(|p| ctx.selector(file, pos_of(p), &p.value));
-    let customer = t.customer.as_ref().and_then(|c| {
+    let error_message = t
+        .error_message
+        .as_ref()
+        .and_then(|p| ctx.selector(file, pos_of(p), &p.value));
+    let customer = t.customer.as_ref().map(|c| {
         let mut find = IndexMap::new();
         let mut scope = Scope::new(&["env", "known", "value", "keys"]);
         scope.env = Some(env);
@@ -736,12 +991,15 @@ fn compile_target(ctx: &mut Ctx, tp: &TargetProfile) -> Option<prog::Target> {
                 find.insert(key.clone(), (r, i));
             }
         }
-        let create = c.create.as_ref().and_then(|cr| compile_create(ctx, file, cr, &scope));
-        Some(prog::CustomerCapability {
+        let create = c
+            .create
+            .as_ref()
+            .and_then(|cr| compile_create(ctx, file, cr, &scope));
+        prog::CustomerCapability {
             link: c.link.clone(),
             find,
             create,
-        })
+        }
     });
     let mut lookups = IndexMap::new();
     for (name, l) in &t.lookups {
@@ -749,18 +1007,39 @@ fn compile_target(ctx: &mut Ctx, tp: &TargetProfile) -> Option<prog::Target> {
         scope.env = Some(env);
         let list = ctx.request(file, &l.list, &scope);
         let items = ctx.selector(file, pos_of(&l.items), &l.items.value);
-        let item_scope = Scope { roots: vec!["item".into(), "env".into()], env: Some(env), params: None };
+        let item_scope = Scope {
+            roots: vec!["item".into(), "env".into()],
+            env: Some(env),
+            params: None,
+        };
         let key = ctx.tpl(file, pos_of(&l.key), &l.key.value, &item_scope);
         let id = ctx.tpl(file, pos_of(&l.id), &l.id.value, &item_scope);
-        let create = l.create.as_ref().and_then(|cr| compile_create(ctx, file, cr, &item_scope));
+        let create = l
+            .create
+            .as_ref()
+            .and_then(|cr| compile_create(ctx, file, cr, &item_scope));
         if let (Some(list), Some(items), Some(key), Some(id)) = (list, items, key, id) {
-            lookups.insert(name.clone(), prog::Lookup { list, items, key, id, create });
+            lookups.insert(
+                name.clone(),
+                prog::Lookup {
+                    list,
+                    items,
+                    key,
+                    id,
+                    create,
+                },
+            );
         }
     }
     let mut operations = IndexMap::new();
     for (name, op) in &t.operations {
         if name == "http" {
-            ctx.err(Code::M016, file, Pos::UNKNOWN, "`http` is built in (a raw request on this target); name the operation otherwise");
+            ctx.err(
+                Code::M016,
+                file,
+                Pos::UNKNOWN,
+                "`http` is built in (a raw request on this target); name the operation otherwise",
+            );
         }
         let scope = Scope {
             roots: REQUEST_ROOTS.iter().map(|s| s.to_string()).collect(),
@@ -781,13 +1060,23 @@ fn compile_target(ctx: &mut Ctx, tp: &TargetProfile) -> Option<prog::Target> {
             if let Some(l) = &p.keys_from
                 && !t.lookups.contains_key(l)
             {
-                ctx.err(Code::M010, file, Pos::UNKNOWN, format!("operation `{name}`: `keys_from: {l}` names no lookup of this target"));
+                ctx.err(
+                    Code::M010,
+                    file,
+                    Pos::UNKNOWN,
+                    format!("operation `{name}`: `keys_from: {l}` names no lookup of this target"),
+                );
             }
         }
     }
     for name in t.unsupported.keys() {
         if t.operations.contains_key(name) {
-            ctx.err(Code::M016, file, Pos::UNKNOWN, format!("`{name}` is both an operation and unsupported"));
+            ctx.err(
+                Code::M016,
+                file,
+                Pos::UNKNOWN,
+                format!("`{name}` is both an operation and unsupported"),
+            );
         }
     }
     Some(prog::Target {
@@ -805,10 +1094,18 @@ fn compile_target(ctx: &mut Ctx, tp: &TargetProfile) -> Option<prog::Target> {
     })
 }
 
-fn compile_create(ctx: &mut Ctx, file: &Path, cr: &model::CreateSpec, scope: &Scope) -> Option<prog::Create> {
+fn compile_create(
+    ctx: &mut Ctx,
+    file: &Path,
+    cr: &model::CreateSpec,
+    scope: &Scope,
+) -> Option<prog::Create> {
     let request = ctx.request(file, &cr.request, scope);
     let id = ctx.selector(file, pos_of(&cr.id), &cr.id.value);
-    let dup = cr.duplicate_id.as_ref().map(|d| ctx.selector(file, pos_of(d), &d.value));
+    let dup = cr
+        .duplicate_id
+        .as_ref()
+        .map(|d| ctx.selector(file, pos_of(d), &d.value));
     Some(prog::Create {
         request: request?,
         id: id?,
@@ -831,10 +1128,18 @@ fn compile_mapping(
     let source_name = &m.source.value;
     let Some(source) = sources.get(source_name) else {
         let near = nearest(source_name, sources.keys().map(String::as_str));
-        ctx.err(Code::M007, file, pos_of(&m.source), format!("unknown source `{source_name}`"))
-            .hint = Some(match near {
+        ctx.err(
+            Code::M007,
+            file,
+            pos_of(&m.source),
+            format!("unknown source `{source_name}`"),
+        )
+        .hint = Some(match near {
             Some(n) => format!("did you mean `{n}`?"),
-            None => format!("defined sources: {}", sources.keys().cloned().collect::<Vec<_>>().join(", ")),
+            None => format!(
+                "defined sources: {}",
+                sources.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
         });
         return None;
     };
@@ -845,8 +1150,16 @@ fn compile_mapping(
         if !source.events.contains(e) {
             ok = false;
             let near = nearest(e, source.events.iter().map(String::as_str));
-            ctx.err(Code::M008, file, pos_of(&m.event), format!("source `{source_name}` (profile {}) has no event `{e}`", source.profile))
-                .hint = Some(match near {
+            ctx.err(
+                Code::M008,
+                file,
+                pos_of(&m.event),
+                format!(
+                    "source `{source_name}` (profile {}) has no event `{e}`",
+                    source.profile
+                ),
+            )
+            .hint = Some(match near {
                 Some(n) => format!("did you mean `{n}`?"),
                 None => format!("its events: {}", source.events.join(", ")),
             });
@@ -857,10 +1170,18 @@ fn compile_mapping(
     if target.is_none() {
         ok = false;
         let near = nearest(target_name, targets.keys().map(String::as_str));
-        ctx.err(Code::M009, file, pos_of(&m.target), format!("unknown target `{target_name}`"))
-            .hint = Some(match near {
+        ctx.err(
+            Code::M009,
+            file,
+            pos_of(&m.target),
+            format!("unknown target `{target_name}`"),
+        )
+        .hint = Some(match near {
             Some(n) => format!("did you mean `{n}`?"),
-            None => format!("defined targets: {}", targets.keys().cloned().collect::<Vec<_>>().join(", ")),
+            None => format!(
+                "defined targets: {}",
+                targets.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
         });
     }
 
@@ -874,7 +1195,12 @@ fn compile_mapping(
             SelectSpec::Full(f) => (f.from.to_vec(), f.missing, f.default.clone()),
         };
         if MAPPING_ROOTS.contains(&name.as_str()) {
-            ctx.err(Code::M016, file, pos, format!("`{name}` is a reserved name in templates; call the value otherwise"));
+            ctx.err(
+                Code::M016,
+                file,
+                pos,
+                format!("`{name}` is a reserved name in templates; call the value otherwise"),
+            );
         }
         let mut paths = Vec::new();
         for p in from {
@@ -902,22 +1228,40 @@ fn compile_mapping(
                         }
                     }
                     None => {
-                        let near = src_fields.and_then(|f| nearest(alias, f.keys().map(String::as_str)));
-                        ctx.err(Code::M017, file, pos, format!("`@{alias}` is not a field of source `{source_name}`"))
-                            .hint = Some(match near {
+                        let near =
+                            src_fields.and_then(|f| nearest(alias, f.keys().map(String::as_str)));
+                        ctx.err(
+                            Code::M017,
+                            file,
+                            pos,
+                            format!("`@{alias}` is not a field of source `{source_name}`"),
+                        )
+                        .hint = Some(match near {
                             Some(n) => format!("did you mean `@{n}`?"),
                             None => format!(
                                 "fields of `{source_name}`: {}",
-                                src_fields.map(|f| f.keys().map(|k| format!("@{k}")).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+                                src_fields
+                                    .map(|f| f
+                                        .keys()
+                                        .map(|k| format!("@{k}"))
+                                        .collect::<Vec<_>>()
+                                        .join(", "))
+                                    .unwrap_or_default()
                             ),
                         });
                     }
                 }
             } else if let Some(sel) = ctx.selector(file, pos, &p) {
                 if let Err((event, nm)) = check_against_events(schema_set, &events, &sel) {
-                    ctx.err(Code::M012, file, ctx.inner(file, pos, 0), format!(
-                        "`{p}` can never match event `{event}`: `{}` has no `{}`", nm.valid_prefix, nm.step
-                    ))
+                    ctx.err(
+                        Code::M012,
+                        file,
+                        ctx.inner(file, pos, 0),
+                        format!(
+                            "`{p}` can never match event `{event}`: `{}` has no `{}`",
+                            nm.valid_prefix, nm.step
+                        ),
+                    )
                     .hint = Some(match nm.nearest {
                         Some(n) => format!("did you mean `{n}`?"),
                         None => "check the event's payload schema under schemas/events/".into(),
@@ -926,14 +1270,26 @@ fn compile_mapping(
                 paths.push(sel);
             }
         }
-        selects.push(prog::Select { name: name.clone(), paths, missing, default });
+        selects.push(prog::Select {
+            name: name.clone(),
+            paths,
+            missing,
+            default,
+        });
     }
 
     let mut roots: Vec<String> = MAPPING_ROOTS.iter().map(|s| s.to_string()).collect();
     roots.extend(m.select.keys().cloned());
-    let scope = Scope { roots, env: None, params: None };
+    let scope = Scope {
+        roots,
+        env: None,
+        params: None,
+    };
 
-    let when = m.when.as_ref().and_then(|w| ctx.condition(file, pos_of(w), &w.value, &scope));
+    let when = m
+        .when
+        .as_ref()
+        .and_then(|w| ctx.condition(file, pos_of(w), &w.value, &scope));
 
     let customer = m.customer.as_ref().map(|c| {
         let link = c.link.as_ref().and_then(|l| ctx.tpl(file, pos_of(l), &l.value, &scope));
@@ -970,60 +1326,125 @@ fn compile_mapping(
         let op_pos = pos_of(&a.op);
         let Some(t) = target else { continue };
         let spec = target_specs.get(target_name);
-        let when = a.when.as_ref().and_then(|w| ctx.condition(file, pos_of(w), &w.value, &scope));
+        let when = a
+            .when
+            .as_ref()
+            .and_then(|w| ctx.condition(file, pos_of(w), &w.value, &scope));
         let params_pos = a.params.as_ref().map(|p| p.pos).unwrap_or(op_pos);
         if let Some(p) = &a.params
             && p.as_map().is_none()
         {
-            ctx.err(Code::M002, file, p.pos, format!("`with:` must be a map of parameters, found {}", p.kind_name()));
+            ctx.err(
+                Code::M002,
+                file,
+                p.pos,
+                format!(
+                    "`with:` must be a map of parameters, found {}",
+                    p.kind_name()
+                ),
+            );
             continue;
         }
-        let empty = Node { pos: params_pos, kind: NodeKind::Map(vec![]) };
+        let empty = Node {
+            pos: params_pos,
+            kind: NodeKind::Map(vec![]),
+        };
         let params_node = a.params.as_ref().unwrap_or(&empty);
         if op_name == "http" {
             for required in ["method", "path"] {
                 if params_node.get(required).is_none() {
-                    ctx.err(Code::M011, file, params_pos, format!("`http` needs `{required}`"))
-                        .hint = Some("`with: { method: POST, path: /v1/x, query: {...}, body: {...} }`".into());
+                    ctx.err(
+                        Code::M011,
+                        file,
+                        params_pos,
+                        format!("`http` needs `{required}`"),
+                    )
+                    .hint = Some(
+                        "`with: { method: POST, path: /v1/x, query: {...}, body: {...} }`".into(),
+                    );
                 }
             }
             if let Some(v) = ctx.value(file, params_node, &scope) {
-                actions.push(prog::Action { op: op_name.clone(), when, params: v, raw_http: true });
+                actions.push(prog::Action {
+                    op: op_name.clone(),
+                    when,
+                    params: v,
+                    raw_http: true,
+                });
             }
             continue;
         }
         if let Some(reason) = spec.and_then(|s| s.unsupported.get(op_name)) {
-            let msg = format!("target `{target_name}` (profile {}) cannot `{op_name}`: {reason}", t.profile);
+            let msg = format!(
+                "target `{target_name}` (profile {}) cannot `{op_name}`: {reason}",
+                t.profile
+            );
             if a.if_supported {
-                ctx.diags.push(Diagnostic::warning(Code::M015, file, op_pos, format!("{msg}; the action is dropped (if_supported)")));
+                ctx.diags.push(Diagnostic::warning(
+                    Code::M015,
+                    file,
+                    op_pos,
+                    format!("{msg}; the action is dropped (if_supported)"),
+                ));
             } else {
-                ctx.err(Code::M015, file, op_pos, msg)
-                    .hint = Some("remove the action, or add `if_supported: true` to drop it under this profile".into());
+                ctx.err(Code::M015, file, op_pos, msg).hint = Some(
+                    "remove the action, or add `if_supported: true` to drop it under this profile"
+                        .into(),
+                );
             }
             continue;
         }
         let Some(op) = t.operations.get(op_name) else {
             let near = nearest(op_name, t.operations.keys().map(String::as_str));
-            ctx.err(Code::M010, file, op_pos, format!("target `{target_name}` (profile {}) has no operation `{op_name}`", t.profile))
-                .hint = Some(match near {
+            ctx.err(
+                Code::M010,
+                file,
+                op_pos,
+                format!(
+                    "target `{target_name}` (profile {}) has no operation `{op_name}`",
+                    t.profile
+                ),
+            )
+            .hint = Some(match near {
                 Some(n) => format!("did you mean `{n}`?"),
-                None => format!("operations: {}, http", t.operations.keys().cloned().collect::<Vec<_>>().join(", ")),
+                None => format!(
+                    "operations: {}, http",
+                    t.operations.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
             });
             continue;
         };
-        let unsupported_params = spec.and_then(|s| s.operations.get(op_name)).map(|o| &o.unsupported_params);
+        let unsupported_params = spec
+            .and_then(|s| s.operations.get(op_name))
+            .map(|o| &o.unsupported_params);
         let entries = params_node.as_map().unwrap_or(&[]);
         for (k, v) in entries {
             if let Some(reason) = unsupported_params.and_then(|u| u.get(&k.name)) {
-                ctx.err(Code::M015, file, k.pos, format!("`{op_name}` on `{target_name}` cannot take `{}`: {reason}", k.name));
+                ctx.err(
+                    Code::M015,
+                    file,
+                    k.pos,
+                    format!(
+                        "`{op_name}` on `{target_name}` cannot take `{}`: {reason}",
+                        k.name
+                    ),
+                );
                 continue;
             }
             let Some(param) = op.params.get(&k.name) else {
                 let near = nearest(&k.name, op.params.keys().map(String::as_str));
-                ctx.err(Code::M011, file, k.pos, format!("`{op_name}` has no parameter `{}`", k.name))
-                    .hint = Some(match near {
+                ctx.err(
+                    Code::M011,
+                    file,
+                    k.pos,
+                    format!("`{op_name}` has no parameter `{}`", k.name),
+                )
+                .hint = Some(match near {
                     Some(n) => format!("did you mean `{n}`?"),
-                    None => format!("parameters: {}", op.params.keys().cloned().collect::<Vec<_>>().join(", ")),
+                    None => format!(
+                        "parameters: {}",
+                        op.params.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
                 });
                 continue;
             };
@@ -1042,12 +1463,22 @@ fn compile_mapping(
         }
         for (name, p) in &op.params {
             if p.required && !entries.iter().any(|(k, _)| &k.name == name) {
-                ctx.err(Code::M011, file, params_pos, format!("`{op_name}` needs parameter `{name}`"))
-                    .hint = p.description.clone();
+                ctx.err(
+                    Code::M011,
+                    file,
+                    params_pos,
+                    format!("`{op_name}` needs parameter `{name}`"),
+                )
+                .hint = p.description.clone();
             }
         }
         if let Some(v) = ctx.value(file, params_node, &scope) {
-            actions.push(prog::Action { op: op_name.clone(), when, params: v, raw_http: false });
+            actions.push(prog::Action {
+                op: op_name.clone(),
+                when,
+                params: v,
+                raw_http: false,
+            });
         }
     }
     if !ok {
@@ -1075,7 +1506,8 @@ fn check_against_events(
     let Some(set) = set else { return Ok(()) };
     for e in events {
         if let Some(schema) = set.events.get(e) {
-            payload_schema::check(schema, sel.steps(), sel.as_str()).map_err(|nm| (e.clone(), nm))?;
+            payload_schema::check(schema, sel.steps(), sel.as_str())
+                .map_err(|nm| (e.clone(), nm))?;
         }
     }
     Ok(())
@@ -1097,13 +1529,31 @@ fn check_literal(ctx: &mut Ctx, file: &Path, op: &str, name: &str, param: &model
         ParamKind::Map => matches!(v.kind, NodeKind::Map(_)),
     };
     if !fits {
-        ctx.err(Code::M020, file, v.pos, format!("`{op}.{name}` takes {:?}, found {}", param.kind, v.kind_name()).to_lowercase());
+        ctx.err(
+            Code::M020,
+            file,
+            v.pos,
+            format!(
+                "`{op}.{name}` takes {:?}, found {}",
+                param.kind,
+                v.kind_name()
+            )
+            .to_lowercase(),
+        );
     }
     if let Some(allowed) = &param.one_of
         && !allowed.contains(&v.to_json())
     {
-        ctx.err(Code::M020, file, v.pos, format!("`{op}.{name}` must be one of {}", serde_json::to_string(allowed).unwrap_or_default()))
-            .hint = Some(format!("found {}", v.to_json()));
+        ctx.err(
+            Code::M020,
+            file,
+            v.pos,
+            format!(
+                "`{op}.{name}` must be one of {}",
+                serde_json::to_string(allowed).unwrap_or_default()
+            ),
+        )
+        .hint = Some(format!("found {}", v.to_json()));
     }
 }
 

@@ -224,7 +224,10 @@ mod tests {
         let d = Diagnostic::error(Code::M003, Path::new("m.yaml"), Pos::new(2, 9), "bad path")
             .with_hint("close the bracket");
         let text = d.render(Some("a: 1\nselect: $.a[\n"));
-        assert!(text.starts_with("m.yaml:2:9: error[M003]: bad path\n"), "{text}");
+        assert!(
+            text.starts_with("m.yaml:2:9: error[M003]: bad path\n"),
+            "{text}"
+        );
         assert!(text.contains("2 | select: $.a["), "{text}");
         assert!(text.contains("  |         ^"), "{text}");
         assert!(text.contains("help: close the bracket"), "{text}");

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 /// A parsed file of a mapping folder.
 #[derive(Debug)]
 pub enum Parsed {
-    Project(ProjectFile),
-    Source(SourceFile),
-    Target(TargetFile),
-    Mappings(MappingFile),
-    Tests(TestFile),
+    Project(Box<ProjectFile>),
+    Source(Box<SourceFile>),
+    Target(Box<TargetFile>),
+    Mappings(Box<MappingFile>),
+    Tests(Box<TestFile>),
 }
 
 /// Everything read from a mapping folder, good or bad.
@@ -73,8 +73,13 @@ pub fn load_dir(root: &Path) -> Loaded {
         Ok(p) => p,
         Err(e) => {
             loaded.diagnostics.push(
-                Diagnostic::error(Code::M021, root, Pos::UNKNOWN, format!("cannot read the mapping folder: {e}"))
-                    .with_hint("pass the folder that holds mapper.yaml, e.g. `mapper check mappings`"),
+                Diagnostic::error(
+                    Code::M021,
+                    root,
+                    Pos::UNKNOWN,
+                    format!("cannot read the mapping folder: {e}"),
+                )
+                .with_hint("pass the folder that holds mapper.yaml, e.g. `mapper check mappings`"),
             );
             return loaded;
         }
@@ -109,22 +114,29 @@ pub fn parse_file(path: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Optio
     };
     let Some(entries) = node.as_map() else {
         diags.push(
-            Diagnostic::error(Code::M002, path, node.pos, format!("a mapping file must be a map, found {}", node.kind_name()))
-                .with_hint("start the file with one of: settings:, source:, target:, mappings:, tests:"),
+            Diagnostic::error(
+                Code::M002,
+                path,
+                node.pos,
+                format!("a mapping file must be a map, found {}", node.kind_name()),
+            )
+            .with_hint(
+                "start the file with one of: settings:, source:, target:, mappings:, tests:",
+            ),
         );
         return None;
     };
     let has = |k: &str| entries.iter().any(|(key, _)| key.name == k);
     let result = if has("settings") {
-        typed::<ProjectFile>(text).map(Parsed::Project)
+        typed::<ProjectFile>(text).map(|f| Parsed::Project(Box::new(f)))
     } else if has("source") {
-        typed::<SourceFile>(text).map(Parsed::Source)
+        typed::<SourceFile>(text).map(|f| Parsed::Source(Box::new(f)))
     } else if has("target") {
-        typed::<TargetFile>(text).map(Parsed::Target)
+        typed::<TargetFile>(text).map(|f| Parsed::Target(Box::new(f)))
     } else if has("mappings") {
-        typed::<MappingFile>(text).map(Parsed::Mappings)
+        typed::<MappingFile>(text).map(|f| Parsed::Mappings(Box::new(f)))
     } else if has("tests") {
-        typed::<TestFile>(text).map(Parsed::Tests)
+        typed::<TestFile>(text).map(|f| Parsed::Tests(Box::new(f)))
     } else {
         let first = entries.first().map(|(k, _)| (k.name.clone(), k.pos));
         let (name, pos) = first.unwrap_or_default();

@@ -3,6 +3,6 @@
 pub mod compile;
 pub mod diagnostic;
 pub mod load;
-pub mod payload_schema;
 pub mod model;
 pub mod node;
+pub mod payload_schema;

@@ -190,6 +190,9 @@ mod tests {
         assert_eq!((c.pos.line, c.pos.col), (3, 6));
         let entries = b.as_map().unwrap();
         assert_eq!((entries[1].0.pos.line, entries[1].0.pos.col), (4, 3));
-        assert_eq!(node.to_json(), serde_json::json!({"a":1,"b":{"c":"x {{ y }}","d":[1,"two"]}}));
+        assert_eq!(
+            node.to_json(),
+            serde_json::json!({"a":1,"b":{"c":"x {{ y }}","d":[1,"two"]}})
+        );
     }
 }

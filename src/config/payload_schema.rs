@@ -30,7 +30,8 @@ impl SchemaSet {
             let Some(event) = name.strip_suffix(".schema.json") else {
                 continue;
             };
-            let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let schema: Value =
                 serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
             events.insert(event.to_string(), schema);
@@ -64,7 +65,11 @@ fn allows(schema: &Value, ty: &str) -> bool {
 }
 
 /// Checks `steps` against `schema`. `written` is the selector as written, for hints.
-pub fn check(schema: &Value, steps: &[crate::jsonpath::Step], written: &str) -> Result<(), NoMatch> {
+pub fn check(
+    schema: &Value,
+    steps: &[crate::jsonpath::Step],
+    written: &str,
+) -> Result<(), NoMatch> {
     let mut node = schema;
     let mut prefix = String::from("$");
     for step in steps {
@@ -81,7 +86,9 @@ pub fn check(schema: &Value, steps: &[crate::jsonpath::Step], written: &str) -> 
                         let declares_none = props.is_none_or(|p| p.is_empty());
                         match node.get("additionalProperties") {
                             Some(extra @ Value::Object(_)) if declares_none => node = extra,
-                            Some(Value::Bool(false)) => return Err(no_match(schema, &prefix, name, written)),
+                            Some(Value::Bool(false)) => {
+                                return Err(no_match(schema, &prefix, name, written));
+                            }
                             _ if declares_none => return Ok(()),
                             _ => return Err(no_match(schema, &prefix, name, written)),
                         }

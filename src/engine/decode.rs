@@ -10,11 +10,20 @@ pub const DEFAULT_MAX_BYTES: u64 = 1024 * 1024;
 /// Why a body could not be decoded. Each says what is wrong and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
-    TooLarge { size: u64, limit: u64 },
+    TooLarge {
+        size: u64,
+        limit: u64,
+    },
     /// Malformed JSON, with the parser's 1-based line and column.
-    Json { line: usize, column: usize, message: String },
+    Json {
+        line: usize,
+        column: usize,
+        message: String,
+    },
     /// A form body without the field that holds the JSON.
-    MissingFormField { field: String },
+    MissingFormField {
+        field: String,
+    },
     NotUtf8,
 }
 
@@ -24,8 +33,15 @@ impl fmt::Display for DecodeError {
             DecodeError::TooLarge { size, limit } => {
                 write!(f, "body is {size} bytes, over the limit of {limit} bytes")
             }
-            DecodeError::Json { line, column, message } => {
-                write!(f, "malformed JSON at line {line}, column {column}: {message}")
+            DecodeError::Json {
+                line,
+                column,
+                message,
+            } => {
+                write!(
+                    f,
+                    "malformed JSON at line {line}, column {column}: {message}"
+                )
             }
             DecodeError::MissingFormField { field } => write!(
                 f,
@@ -66,12 +82,16 @@ pub fn decode(body: &[u8], spec: &BodySpec) -> Result<Value, DecodeError> {
 pub fn form_field(body: &str, field: &str) -> Option<String> {
     body.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (decode_component(k)? == field).then(|| decode_component(v)).flatten()
+        (decode_component(k)? == field)
+            .then(|| decode_component(v))
+            .flatten()
     })
 }
 
 fn decode_component(s: &str) -> Option<String> {
-    urlencoding::decode(&s.replace('+', " ")).ok().map(|c| c.into_owned())
+    urlencoding::decode(&s.replace('+', " "))
+        .ok()
+        .map(|c| c.into_owned())
 }
 
 fn parse_json(bytes: &[u8], lenient: bool) -> Result<Value, DecodeError> {
@@ -88,7 +108,12 @@ fn parse_json(bytes: &[u8], lenient: bool) -> Result<Value, DecodeError> {
             Err(DecodeError::Json {
                 line: e.line(),
                 column: e.column(),
-                message: e.to_string().split(" at line").next().unwrap_or("").to_string(),
+                message: e
+                    .to_string()
+                    .split(" at line")
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
             })
         }
     }
@@ -139,12 +164,25 @@ mod tests {
     fn json_errors_have_positions() {
         let spec = BodySpec::default();
         let e = decode(b"{\n  \"a\": 1,\n  oops\n}", &spec).unwrap_err();
-        assert!(matches!(e, DecodeError::Json { line: 3, column: 3, .. }), "{e:?}");
+        assert!(
+            matches!(
+                e,
+                DecodeError::Json {
+                    line: 3,
+                    column: 3,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
     }
 
     #[test]
     fn lenient_accepts_single_quotes() {
-        let spec = BodySpec { lenient: true, ..Default::default() };
+        let spec = BodySpec {
+            lenient: true,
+            ..Default::default()
+        };
         let v = decode(br#"{"Email": 'it''s@x.com', "b": "say 'hi'"}"#, &spec);
         assert!(v.is_err(), "adjacent quotes are not valid even leniently");
         let v = decode(br#"{"Email": 'test@test.com', "b": "say 'hi'"}"#, &spec).unwrap();
@@ -155,16 +193,35 @@ mod tests {
 
     #[test]
     fn form_field_holds_json() {
-        let spec = BodySpec { format: BodyFormat::Form, field: Some("data".into()), ..Default::default() };
-        let v = decode(b"data=%7B%22Event%22%3A%22LoyaltyEventCreated%22%2C%22n%22%3A+1%7D&x=1", &spec).unwrap();
+        let spec = BodySpec {
+            format: BodyFormat::Form,
+            field: Some("data".into()),
+            ..Default::default()
+        };
+        let v = decode(
+            b"data=%7B%22Event%22%3A%22LoyaltyEventCreated%22%2C%22n%22%3A+1%7D&x=1",
+            &spec,
+        )
+        .unwrap();
         assert_eq!(v, json!({"Event": "LoyaltyEventCreated", "n": 1}));
-        assert_eq!(decode(b"x=1", &spec), Err(DecodeError::MissingFormField { field: "data".into() }));
+        assert_eq!(
+            decode(b"x=1", &spec),
+            Err(DecodeError::MissingFormField {
+                field: "data".into()
+            })
+        );
         assert_eq!(decode(br#"{"a":1}"#, &spec).unwrap(), json!({"a": 1}));
     }
 
     #[test]
     fn size_limit() {
-        let spec = BodySpec { max_bytes: Some(4), ..Default::default() };
-        assert!(matches!(decode(b"[1,2,3]", &spec), Err(DecodeError::TooLarge { size: 7, limit: 4 })));
+        let spec = BodySpec {
+            max_bytes: Some(4),
+            ..Default::default()
+        };
+        assert!(matches!(
+            decode(b"[1,2,3]", &spec),
+            Err(DecodeError::TooLarge { size: 7, limit: 4 })
+        ));
     }
 }

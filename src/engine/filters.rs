@@ -12,8 +12,18 @@ use minijinja::{Environment, Error, ErrorKind, State};
 
 /// Names of the filters added here, for README and `mapper check`.
 pub const FILTERS: &[&str] = &[
-    "e164", "digits", "email", "datetime", "date", "unix", "format_date", "number", "compact",
-    "split_list", "pick", "abs_int",
+    "e164",
+    "digits",
+    "email",
+    "datetime",
+    "date",
+    "unix",
+    "format_date",
+    "number",
+    "compact",
+    "split_list",
+    "pick",
+    "abs_int",
 ];
 
 /// Registers our filters on an environment.
@@ -89,7 +99,11 @@ pub fn email(value: Value) -> Value {
 pub fn normalize_email(raw: &str) -> Option<String> {
     let s = raw.trim().to_lowercase();
     let (local, domain) = s.split_once('@')?;
-    if local.is_empty() || domain.is_empty() || !domain.contains('.') || s.contains(char::is_whitespace) {
+    if local.is_empty()
+        || domain.is_empty()
+        || !domain.contains('.')
+        || s.contains(char::is_whitespace)
+    {
         return None;
     }
     Some(s)
@@ -204,20 +218,30 @@ pub fn unix(state: &State, value: Value, kwargs: Kwargs) -> Result<Value, Error>
 }
 
 /// Timestamp → text in a strftime format, e.g. `format_date("%m/%d/%Y")`.
-pub fn format_date(state: &State, value: Value, fmt: String, kwargs: Kwargs) -> Result<Value, Error> {
+pub fn format_date(
+    state: &State,
+    value: Value,
+    fmt: String,
+    kwargs: Kwargs,
+) -> Result<Value, Error> {
     let tz = tz_of(state, &kwargs)?;
     kwargs.assert_all_used()?;
     let Some(dt) = parse_timestamp(&value, &tz) else {
         return Ok(Value::UNDEFINED);
     };
     let items: Vec<chrono::format::Item> = chrono::format::StrftimeItems::new(&fmt).collect();
-    if items.iter().any(|i| matches!(i, chrono::format::Item::Error)) {
+    if items
+        .iter()
+        .any(|i| matches!(i, chrono::format::Item::Error))
+    {
         return Err(Error::new(
             ErrorKind::InvalidOperation,
             format!("format_date: invalid format string {fmt:?}"),
         ));
     }
-    Ok(Value::from(dt.format_with_items(items.into_iter()).to_string()))
+    Ok(Value::from(
+        dt.format_with_items(items.into_iter()).to_string(),
+    ))
 }
 
 /// `"12"` → 12, `"12.5"` → 12.5, `" 7 "` → 7; numbers pass through; anything else is undefined.
@@ -260,7 +284,11 @@ pub fn compact(value: Value) -> Result<Value, Error> {
     let items = value.try_iter()?;
     Ok(Value::from(
         items
-            .filter(|v| !(v.is_undefined() || v.is_none() || v.as_str().is_some_and(|s| s.trim().is_empty())))
+            .filter(|v| {
+                !(v.is_undefined()
+                    || v.is_none()
+                    || v.as_str().is_some_and(|s| s.trim().is_empty()))
+            })
             .collect::<Vec<_>>(),
     ))
 }
@@ -327,38 +355,80 @@ mod tests {
     #[test]
     fn e164_normalises_and_rejects() {
         let ctx = context!(defaults => context!(phone_region => "US"));
-        assert_eq!(eval("'(415) 555-2671' | e164", ctx.clone()), Value::from("+14155552671"));
-        assert_eq!(eval("'+1-415-555-2671' | e164", ctx.clone()), Value::from("+14155552671"));
-        assert_eq!(eval("'14155552671' | e164", ctx.clone()), Value::from("+14155552671"));
-        assert_eq!(eval("'020 7946 0958' | e164('GB')", ctx.clone()), Value::from("+442079460958"));
+        assert_eq!(
+            eval("'(415) 555-2671' | e164", ctx.clone()),
+            Value::from("+14155552671")
+        );
+        assert_eq!(
+            eval("'+1-415-555-2671' | e164", ctx.clone()),
+            Value::from("+14155552671")
+        );
+        assert_eq!(
+            eval("'14155552671' | e164", ctx.clone()),
+            Value::from("+14155552671")
+        );
+        assert_eq!(
+            eval("'020 7946 0958' | e164('GB')", ctx.clone()),
+            Value::from("+442079460958")
+        );
         assert!(eval("'test phone' | e164", ctx.clone()).is_undefined());
         assert!(eval("'12345' | e164", ctx).is_undefined());
     }
 
     #[test]
     fn digits_and_email() {
-        assert_eq!(eval("'+1-555-1234' | digits", context!()), Value::from("15551234"));
-        assert_eq!(eval("' Ana.Lima@Example.COM ' | email", context!()), Value::from("ana.lima@example.com"));
+        assert_eq!(
+            eval("'+1-555-1234' | digits", context!()),
+            Value::from("15551234")
+        );
+        assert_eq!(
+            eval("' Ana.Lima@Example.COM ' | email", context!()),
+            Value::from("ana.lima@example.com")
+        );
         assert!(eval("'Email' | email", context!()).is_undefined());
     }
 
     #[test]
     fn dates_in_every_seed_shape() {
         let c = context!();
-        assert_eq!(eval("'2019-07-12 07:59:21' | datetime", c.clone()), Value::from("2019-07-12T07:59:21Z"));
         assert_eq!(
-            eval("'2019-07-12 07:59:21' | datetime(tz='America/Los_Angeles')", c.clone()),
+            eval("'2019-07-12 07:59:21' | datetime", c.clone()),
+            Value::from("2019-07-12T07:59:21Z")
+        );
+        assert_eq!(
+            eval(
+                "'2019-07-12 07:59:21' | datetime(tz='America/Los_Angeles')",
+                c.clone()
+            ),
             Value::from("2019-07-12T14:59:21Z")
         );
-        assert_eq!(eval("'2014-09-19T20:01:42.1566603Z' | date", c.clone()), Value::from("2014-09-19"));
+        assert_eq!(
+            eval("'2014-09-19T20:01:42.1566603Z' | date", c.clone()),
+            Value::from("2014-09-19")
+        );
         assert_eq!(
             eval("'2014-09-19T23:01:42.1756614+03:00' | datetime", c.clone()),
             Value::from("2014-09-19T20:01:42.175661400Z")
         );
-        assert_eq!(eval("1765579011 | datetime", c.clone()), Value::from("2025-12-12T22:36:51Z"));
-        assert_eq!(eval("'1765579011' | unix", c.clone()), Value::from(1765579011));
-        assert_eq!(eval("1765579011000 | date", c.clone()), Value::from("2025-12-12"));
-        assert_eq!(eval("'2014-10-01T11:20:40.2131887Z' | format_date('%m/%d/%Y')", c.clone()), Value::from("10/01/2014"));
+        assert_eq!(
+            eval("1765579011 | datetime", c.clone()),
+            Value::from("2025-12-12T22:36:51Z")
+        );
+        assert_eq!(
+            eval("'1765579011' | unix", c.clone()),
+            Value::from(1765579011)
+        );
+        assert_eq!(
+            eval("1765579011000 | date", c.clone()),
+            Value::from("2025-12-12")
+        );
+        assert_eq!(
+            eval(
+                "'2014-10-01T11:20:40.2131887Z' | format_date('%m/%d/%Y')",
+                c.clone()
+            ),
+            Value::from("10/01/2014")
+        );
         assert!(eval("'yesterday' | date", c).is_undefined());
     }
 
@@ -376,10 +446,19 @@ mod tests {
     #[test]
     fn lists() {
         let c = context!();
-        assert_eq!(eval("'vip, gold,,' | split_list", c.clone()), Value::from(vec!["vip", "gold"]));
-        assert_eq!(eval("['a', none, '', 'b'] | compact", c.clone()), Value::from(vec!["a", "b"]));
         assert_eq!(
-            eval("[{'id': 'x', 'value': 1}, {'id': 'y', 'value': 2}] | pick('id', 'y', 'value')", c.clone()),
+            eval("'vip, gold,,' | split_list", c.clone()),
+            Value::from(vec!["vip", "gold"])
+        );
+        assert_eq!(
+            eval("['a', none, '', 'b'] | compact", c.clone()),
+            Value::from(vec!["a", "b"])
+        );
+        assert_eq!(
+            eval(
+                "[{'id': 'x', 'value': 1}, {'id': 'y', 'value': 2}] | pick('id', 'y', 'value')",
+                c.clone()
+            ),
             Value::from(2)
         );
         assert_eq!(eval("['a', 'b'] | join(', ')", c), Value::from("a, b"));

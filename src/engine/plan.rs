@@ -2,7 +2,7 @@
 //! customer is found, and the concrete requests each action sends.
 
 use super::program::{Action, Mapping, Program, Request, Source, Target, ValueTpl};
-use super::template::{EvalError, StrTpl, Templates, placeholder};
+use super::template::{EvalError, Templates, placeholder};
 use crate::config::model::{Missing, Unmatched};
 use minijinja::value::{Serde, Value as MjValue};
 use serde::Serialize;
@@ -169,7 +169,12 @@ impl Program {
     }
 
     /// Plans one decoded payload.
-    pub fn plan(&self, source: &str, payload: &Value, input: &PlanInput) -> Result<Plan, PlanError> {
+    pub fn plan(
+        &self,
+        source: &str,
+        payload: &Value,
+        input: &PlanInput,
+    ) -> Result<Plan, PlanError> {
         let event = self.identify(source, payload)?;
         let mut plan = Plan {
             event,
@@ -188,7 +193,7 @@ impl Program {
         for &i in indexes {
             let m = &self.mappings[i];
             match self.run_mapping(m, payload, input, &event_value, &known) {
-                Outcome::Fired(f) => plan.mappings.push(f),
+                Outcome::Fired(f) => plan.mappings.push(*f),
                 Outcome::Skipped(reason) => plan.skipped.push(Skipped {
                     mapping: m.name.clone(),
                     reason,
@@ -236,7 +241,10 @@ impl Program {
         if let Some(prev) = &input.previous {
             vars.insert("previous".into(), to_mj(prev));
         } else {
-            vars.insert("previous".into(), MjValue::from(BTreeMap::<String, MjValue>::new()));
+            vars.insert(
+                "previous".into(),
+                MjValue::from(BTreeMap::<String, MjValue>::new()),
+            );
         }
         let ctx = MjValue::from(vars);
         let t = &self.templates;
@@ -258,7 +266,9 @@ impl Program {
                     Some(l) => match t.eval(l, &ctx) {
                         Ok(v) => to_json(&v).ok(),
                         Err(EvalError::Missing(_)) => None,
-                        Err(e) => return Outcome::Failed(format!("customer link: {}", describe(&e))),
+                        Err(e) => {
+                            return Outcome::Failed(format!("customer link: {}", describe(&e)));
+                        }
                     },
                     None => None,
                 };
@@ -268,11 +278,16 @@ impl Program {
                         Ok(v) => match to_json(&v) {
                             Ok(Value::Null) => {}
                             Ok(Value::String(s)) if s.trim().is_empty() => {}
-                            Ok(j) => keys.push(MatchKey { key: key.clone(), value: j }),
+                            Ok(j) => keys.push(MatchKey {
+                                key: key.clone(),
+                                value: j,
+                            }),
                             Err(e) => return Outcome::Failed(e),
                         },
                         Err(EvalError::Missing(_)) => {}
-                        Err(e) => return Outcome::Failed(format!("match key `{key}`: {}", describe(&e))),
+                        Err(e) => {
+                            return Outcome::Failed(format!("match key `{key}`: {}", describe(&e)));
+                        }
                     }
                 }
                 if keys.is_empty() && link.is_none() {
@@ -292,11 +307,7 @@ impl Program {
                     when_unmatched: c.when_unmatched,
                     find,
                     // Creating a contact needs something to create it with: a link alone only finds.
-                    create: if can_create {
-                        create
-                    } else {
-                        None
-                    },
+                    create: if can_create { create } else { None },
                 })
             }
         };
@@ -318,7 +329,7 @@ impl Program {
                 Err(e) => return Outcome::Failed(format!("action `{}`: {e}", a.op)),
             }
         }
-        Outcome::Fired(fired)
+        Outcome::Fired(Box::new(fired))
     }
 
     fn env_value(&self, target: &Target, input: &PlanInput) -> MjValue {
@@ -349,8 +360,10 @@ impl Program {
         let Some(cap) = &target.customer else {
             return Ok((vec![], None));
         };
-        let keys_map: BTreeMap<String, MjValue> =
-            keys.iter().map(|k| (k.key.clone(), to_mj(&k.value))).collect();
+        let keys_map: BTreeMap<String, MjValue> = keys
+            .iter()
+            .map(|k| (k.key.clone(), to_mj(&k.value)))
+            .collect();
         let keys_value = MjValue::from(keys_map);
         let mut find = Vec::new();
         for k in keys {
@@ -397,7 +410,8 @@ impl Program {
             }
         }
         let mut omitted = Vec::new();
-        let params = eval_value(t, &a.params, ctx, "", &mut omitted)?.unwrap_or(Value::Object(Map::new()));
+        let params =
+            eval_value(t, &a.params, ctx, "", &mut omitted)?.unwrap_or(Value::Object(Map::new()));
         if a.raw_http {
             let request = raw_request(t, target, &params, env)?;
             return Ok(Ok(ActionPlan {
@@ -407,7 +421,10 @@ impl Program {
             }));
         }
         let Some(op) = target.operations.get(&a.op) else {
-            return Err(format!("operation `{}` is not defined by target `{}`", a.op, target.name));
+            return Err(format!(
+                "operation `{}` is not defined by target `{}`",
+                a.op, target.name
+            ));
         };
         for (name, p) in &op.params {
             if p.required && params.get(name).is_none_or(Value::is_null) {
@@ -418,7 +435,10 @@ impl Program {
         }
         let customer = MjValue::from(BTreeMap::from([
             ("id".to_string(), MjValue::from(placeholder("customer.id"))),
-            ("card_id".to_string(), MjValue::from(placeholder("customer.card_id"))),
+            (
+                "card_id".to_string(),
+                MjValue::from(placeholder("customer.card_id")),
+            ),
         ]));
         let req_ctx = MjValue::from(BTreeMap::from([
             ("params".to_string(), to_mj(&params)),
@@ -474,7 +494,12 @@ impl Program {
     }
 }
 
-fn raw_request(t: &Templates, target: &Target, params: &Value, env: &MjValue) -> Result<RequestPlan, String> {
+fn raw_request(
+    t: &Templates,
+    target: &Target,
+    params: &Value,
+    env: &MjValue,
+) -> Result<RequestPlan, String> {
     let method = params
         .get("method")
         .and_then(Value::as_str)
@@ -503,11 +528,15 @@ fn join_url(base: &str, path: &str) -> String {
     if path.starts_with("http://") || path.starts_with("https://") {
         return path.to_string();
     }
-    format!("{}/{}", base.trim_end_matches('/'), path.trim_start_matches('/'))
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    )
 }
 
 enum Outcome {
-    Fired(FiredMapping),
+    Fired(Box<FiredMapping>),
     Skipped(String),
     Failed(String),
 }
@@ -550,7 +579,11 @@ pub fn eval_value(
         ValueTpl::Map(entries) => {
             let mut out = Map::new();
             for (k, v) in entries {
-                let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
                 if let Some(v) = eval_value(t, v, ctx, &path, omitted)? {
                     out.insert(k.clone(), v);
                 }
@@ -612,10 +645,14 @@ fn identify(src: &Source, payload: &Value, default_tz: &str) -> Result<EventInfo
         .as_ref()
         .and_then(scalar_string);
     let tz = src.time_zone.as_deref().unwrap_or(default_tz);
-    let occurred_at = src.time.as_ref().and_then(|p| p.select(payload)).and_then(|v| {
-        super::filters::parse_timestamp(&to_mj(&v), tz)
-            .map(|dt| dt.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-    });
+    let occurred_at = src
+        .time
+        .as_ref()
+        .and_then(|p| p.select(payload))
+        .and_then(|v| {
+            super::filters::parse_timestamp(&to_mj(&v), tz)
+                .map(|dt| dt.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        });
     let dedup_key = match &id {
         Some(id) => format!("{}:{}:{}", src.name, event_type, id),
         None => {
@@ -646,6 +683,3 @@ fn identify(src: &Source, payload: &Value, default_tz: &str) -> Result<EventInfo
         occurred_at,
     })
 }
-
-#[allow(dead_code)]
-fn unused(_: &StrTpl) {}

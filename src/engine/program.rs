@@ -21,7 +21,10 @@ pub enum ValueTpl {
     List(Vec<ValueTpl>),
     Map(Vec<(String, ValueTpl)>),
     /// `{$each: "{{ list }}", $emit: …}`: one `$emit` per item, `item` bound to it.
-    Each { over: StrTpl, emit: Box<ValueTpl> },
+    Each {
+        over: StrTpl,
+        emit: Box<ValueTpl>,
+    },
 }
 
 /// A checked, compiled mapping set.

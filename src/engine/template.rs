@@ -130,14 +130,17 @@ impl TemplateBuilder {
                     e
                 })
                 .map(|mut info| {
-                if let Some(path) = plain_path(inner) {
-                    info.tpl = StrTpl::Var(path);
-                    // keep the id unused; the fast path needs no engine
-                }
-                info
-            });
+                    if let Some(path) = plain_path(inner) {
+                        info.tpl = StrTpl::Var(path);
+                        // keep the id unused; the fast path needs no engine
+                    }
+                    info
+                });
         }
-        let tmpl = self.env.template_from_str(text).map_err(|e| to_error(&e, text, 0))?;
+        let tmpl = self
+            .env
+            .template_from_str(text)
+            .map_err(|e| to_error(&e, text, 0))?;
         let vars = tmpl.undeclared_variables(true).into_iter().collect();
         let (unknown_filters, unknown_tests) = self.unknown_names(text, true);
         let id = TplId(self.sources.len());
@@ -152,7 +155,10 @@ impl TemplateBuilder {
 
     /// Compiles a condition or `{{ }}`-less expression.
     pub fn add_expression(&mut self, expr: &str) -> Result<TplInfo, TplError> {
-        let compiled = self.env.compile_expression(expr).map_err(|e| to_error(&e, expr, 0))?;
+        let compiled = self
+            .env
+            .compile_expression(expr)
+            .map_err(|e| to_error(&e, expr, 0))?;
         let vars = compiled.undeclared_variables(true).into_iter().collect();
         let (unknown_filters, unknown_tests) = self.unknown_names(expr, false);
         let id = TplId(self.sources.len());
@@ -306,7 +312,9 @@ impl Templates {
             StrTpl::Expr(id) => {
                 let pieces = self.cell.borrow_dependent();
                 let Some(Piece::Expr(expr)) = pieces.get(id.0) else {
-                    return Err(EvalError::Failed("internal: template id out of range".into()));
+                    return Err(EvalError::Failed(
+                        "internal: template id out of range".into(),
+                    ));
                 };
                 let v = expr.eval(ctx.clone()).map_err(classify)?;
                 if v.is_undefined() {
@@ -317,11 +325,11 @@ impl Templates {
             StrTpl::Text(id) => {
                 let pieces = self.cell.borrow_dependent();
                 let Some(Piece::Text(tmpl)) = pieces.get(id.0) else {
-                    return Err(EvalError::Failed("internal: template id out of range".into()));
+                    return Err(EvalError::Failed(
+                        "internal: template id out of range".into(),
+                    ));
                 };
-                tmpl.render(ctx.clone())
-                    .map(Value::from)
-                    .map_err(classify)
+                tmpl.render(ctx.clone()).map(Value::from).map_err(classify)
             }
         }
     }
@@ -354,9 +362,11 @@ fn classify(e: minijinja::Error) -> EvalError {
 }
 
 fn to_error(e: &minijinja::Error, text: &str, base: usize) -> TplError {
-    let offset = e
-        .range()
-        .map(|r| base + text.get(..r.start.min(text.len())).map_or(0, |s| s.chars().count()));
+    let offset = e.range().map(|r| {
+        base + text
+            .get(..r.start.min(text.len()))
+            .map_or(0, |s| s.chars().count())
+    });
     let mut message = e.kind().to_string();
     if let Some(d) = e.detail() {
         message.push_str(": ");
@@ -478,10 +488,19 @@ mod tests {
     #[test]
     fn classifies_strings() {
         let mut b = TemplateBuilder::default();
-        assert!(matches!(b.add("Card Holder").unwrap().tpl, StrTpl::Literal(_)));
+        assert!(matches!(
+            b.add("Card Holder").unwrap().tpl,
+            StrTpl::Literal(_)
+        ));
         assert!(matches!(b.add("{{ phone }}").unwrap().tpl, StrTpl::Var(_)));
-        assert!(matches!(b.add("{{ phone | e164 }}").unwrap().tpl, StrTpl::Expr(_)));
-        assert!(matches!(b.add("Feedback: {{ comment }}").unwrap().tpl, StrTpl::Text(_)));
+        assert!(matches!(
+            b.add("{{ phone | e164 }}").unwrap().tpl,
+            StrTpl::Expr(_)
+        ));
+        assert!(matches!(
+            b.add("Feedback: {{ comment }}").unwrap().tpl,
+            StrTpl::Text(_)
+        ));
     }
 
     #[test]
@@ -492,7 +511,9 @@ mod tests {
         let m = b.add("{{ nothing_here | lower }}").unwrap();
         let d = b.add("{{ nothing_here | default('x') }}").unwrap();
         let ts = b.finish().unwrap();
-        let ctx = Value::from(minijinja::value::Serde(serde_json::json!({"balance": "12", "rating": 5})));
+        let ctx = Value::from(minijinja::value::Serde(
+            serde_json::json!({"balance": "12", "rating": 5}),
+        ));
         assert_eq!(ts.eval(&n.tpl, &ctx).unwrap(), Value::from(12));
         assert_eq!(ts.eval(&t.tpl, &ctx).unwrap(), Value::from("Rated 5/5"));
         assert!(matches!(ts.eval(&m.tpl, &ctx), Err(EvalError::Missing(_))));
@@ -502,9 +523,13 @@ mod tests {
     #[test]
     fn finds_unknown_filters_and_names() {
         let mut b = TemplateBuilder::default();
-        let info = b.add("{{ phone | e164 | nosuch }} and {{ 'a|b' | upper }}").unwrap();
+        let info = b
+            .add("{{ phone | e164 | nosuch }} and {{ 'a|b' | upper }}")
+            .unwrap();
         assert_eq!(info.unknown_filters, vec!["nosuch".to_string()]);
-        let info = b.add_expression("reward is defined and x is not fancy").unwrap();
+        let info = b
+            .add_expression("reward is defined and x is not fancy")
+            .unwrap();
         assert_eq!(info.unknown_tests, vec!["fancy".to_string()]);
         assert!(info.vars.contains("reward"));
         assert!(b.is_global("lookup"));
@@ -521,10 +546,15 @@ mod tests {
     #[test]
     fn lookup_uses_known_ids_or_placeholders() {
         let mut b = TemplateBuilder::default();
-        let l = b.add("{{ lookup('custom_field', 'loyalty_points') }}").unwrap();
+        let l = b
+            .add("{{ lookup('custom_field', 'loyalty_points') }}")
+            .unwrap();
         let ts = b.finish().unwrap();
         let none = context!();
-        assert_eq!(ts.eval(&l.tpl, &none).unwrap(), Value::from("${lookup:custom_field:loyalty_points}"));
+        assert_eq!(
+            ts.eval(&l.tpl, &none).unwrap(),
+            Value::from("${lookup:custom_field:loyalty_points}")
+        );
         let known = context!(known => context!(custom_field => context!(loyalty_points => "cf_9")));
         assert_eq!(ts.eval(&l.tpl, &known).unwrap(), Value::from("cf_9"));
     }
