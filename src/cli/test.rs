@@ -125,6 +125,11 @@ pub fn run_case(program: &Program, file: &Path, case: &TestCase) -> Result<(), C
         .map_err(|e| (e.to_string(), None))?;
     let actual = serde_json::to_value(&plan).map_err(|e| (e.to_string(), None))?;
     let expected = case.expect.to_json();
+    if expected.get("errors").is_none()
+        && let Some(errors) = actual.get("errors")
+    {
+        return Err((format!("unexpected record errors (add `errors:` to expect them): {errors}"), Some(actual)));
+    }
     let outcome = if case.exact {
         let mut want = expected.clone();
         // `exact` compares what was asked about; the event identity is implied.

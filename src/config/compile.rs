@@ -56,7 +56,7 @@ impl<'a> Scope<'a> {
     }
 }
 
-const MAPPING_ROOTS: &[&str] = &["event", "previous", "known"];
+const MAPPING_ROOTS: &[&str] = &["event", "previous", "known", "vars"];
 const REQUEST_ROOTS: &[&str] = &["params", "customer", "env", "known", "event"];
 
 struct Ctx {
@@ -556,6 +556,9 @@ pub fn compile(loaded: Loaded) -> Compiled {
         }
     }
     let project_file = project.map(|(f, _)| f.as_path());
+    let vars: Value = project
+        .map(|(_, p)| serde_json::to_value(&p.vars).unwrap_or(Value::Null))
+        .unwrap_or_else(|| Value::Object(Default::default()));
 
     // ---- sources
     let source_pick = choose(&mut ctx, "source", &sources, selected, project_file);
@@ -789,6 +792,8 @@ pub fn compile(loaded: Loaded) -> Compiled {
                 by_event,
                 provision,
                 templates,
+                vars_value: minijinja::Value::from(minijinja::value::Serde(&vars)),
+                vars,
             }),
             Err(e) => {
                 diags.push(Diagnostic::error(
@@ -1370,6 +1375,7 @@ fn compile_mapping(
                     when,
                     params: v,
                     raw_http: true,
+                    only_if_created: a.only_if_created,
                 });
             }
             continue;
@@ -1478,10 +1484,21 @@ fn compile_mapping(
                 when,
                 params: v,
                 raw_http: false,
+                only_if_created: a.only_if_created,
             });
         }
     }
     if !ok {
+        return None;
+    }
+    if !m.actions.is_empty() && actions.is_empty() && !ctx.diags.iter().any(|d| d.is_error() && d.file == file) {
+        // Every action was dropped by `if_supported`: the mapping would only look the customer up.
+        ctx.diags.push(Diagnostic::warning(
+            Code::M015,
+            file,
+            pos_of(&m.name),
+            format!("mapping `{}` has no action this target profile can do; it is disabled", m.name.value),
+        ));
         return None;
     }
     Some(prog::Mapping {

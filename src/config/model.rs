@@ -42,6 +42,9 @@ pub struct ProjectFile {
     #[serde(default)]
     #[schemars(with = "IndexMap<String, String>")]
     pub profiles: IndexMap<String, Spanned<String>>,
+    /// Constants the mappings read as `vars.<name>` (e.g. a card template id).
+    #[serde(default)]
+    pub vars: IndexMap<String, serde_json::Value>,
     /// Named things the engine creates on first use, per target and lookup:
     /// `ghl: { custom_field: { loyalty_points: { name: Loyalty Points, data_type: NUMERICAL } } }`.
     #[serde(default)]
@@ -537,6 +540,9 @@ pub struct Action {
     /// instead of failing `mapper check`.
     #[serde(default)]
     pub if_supported: bool,
+    /// Run only when this event created the customer on the target (e.g. issue a card to a new customer).
+    #[serde(default)]
+    pub only_if_created: bool,
 }
 
 // ---------------------------------------------------------------- tests
@@ -575,7 +581,11 @@ pub struct TestCase {
     /// Last-known values of the customer (the local mirror), as `previous` in templates.
     #[serde(default)]
     pub previous: Option<serde_json::Value>,
+    /// Raw webhook body as text, decoded as the source says (form or JSON).
+    #[serde(default)]
+    pub body: Option<String>,
     /// Expected plan (subset unless `exact`). `mappings: []` asserts nothing fires.
+    /// Record errors fail the case unless `errors:` is given.
     pub expect: Node,
     #[serde(default)]
     pub exact: bool,

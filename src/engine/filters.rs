@@ -65,16 +65,58 @@ pub fn e164(state: &State, value: Value, region: Option<String>) -> Result<Value
         .unwrap_or(Value::UNDEFINED))
 }
 
-/// Normalises a phone number to E.164, or `None` when it is not a valid number.
+/// Normalises a phone number to E.164, or `None` when it cannot be one.
+///
+/// A number is kept when libphonenumber finds it valid, or when its length is
+/// possible for its country: a number on an area code that is not assigned yet
+/// (SlickText's sample `+12222222222`) is still somebody's matching key.
+/// Results are memoised: parsing is regex-heavy and the same customers recur.
 pub fn normalize_phone(raw: &str, region: &str) -> Option<String> {
     let trimmed = raw.trim();
-    if trimmed.is_empty() {
+    if trimmed.is_empty() || !trimmed.chars().any(|c| c.is_ascii_digit()) {
         return None;
     }
+    let key = (trimmed.to_string(), region.to_string());
+    if let Ok(cache) = PHONE_CACHE.lock()
+        && let Some(hit) = cache.get(&key)
+    {
+        return hit.clone();
+    }
+    let result = parse_phone(trimmed, region);
+    if let Ok(mut cache) = PHONE_CACHE.lock() {
+        if cache.len() >= PHONE_CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(key, result.clone());
+    }
+    result
+}
+
+const PHONE_CACHE_LIMIT: usize = 50_000;
+
+static PHONE_CACHE: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<(String, String), Option<String>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+fn parse_phone(trimmed: &str, region: &str) -> Option<String> {
     let id: Option<phonenumber::country::Id> = region.to_ascii_uppercase().parse().ok();
     let parsed = phonenumber::parse(id, trimmed).ok()?;
     if !phonenumber::is_valid(&parsed) {
-        return None;
+        let national_digits = parsed.national().to_string().len() as u16;
+        // The country's first region carries the lengths of its fixed-line and mobile numbers.
+        let possible = phonenumber::metadata::DATABASE
+            .by_code(&parsed.code().value())
+            .and_then(|metas| metas.first().copied())
+            .is_some_and(|meta| {
+                let d = meta.descriptors();
+                [Some(d.general()), d.fixed_line(), d.mobile()]
+                    .into_iter()
+                    .flatten()
+                    .any(|desc| desc.possible_length().contains(&national_digits))
+            });
+        if !possible {
+            return None;
+        }
     }
     Some(parsed.format().mode(phonenumber::Mode::E164).to_string())
 }
@@ -372,6 +414,9 @@ mod tests {
             Value::from("+442079460958")
         );
         assert!(eval("'test phone' | e164", ctx.clone()).is_undefined());
+        // An unassigned area code is still a possible number (SlickText's sample).
+        assert_eq!(eval("'+12222222222' | e164", ctx.clone()), Value::from("+12222222222"));
+        assert!(eval("'+1222222222' | e164", ctx.clone()).is_undefined());
         assert!(eval("'12345' | e164", ctx).is_undefined());
     }
 

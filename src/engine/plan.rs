@@ -74,7 +74,16 @@ pub struct FiredMapping {
     pub customer: Option<CustomerPlan>,
     pub actions: Vec<ActionPlan>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub skipped_actions: Vec<Skipped>,
+    pub skipped_actions: Vec<SkippedAction>,
+}
+
+/// An action of a fired mapping that did not run, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedAction {
+    /// Position of the action in the mapping's `actions:` (0-based).
+    pub index: usize,
+    pub op: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -102,6 +111,9 @@ pub struct MatchKey {
 #[derive(Debug, Clone, Serialize)]
 pub struct ActionPlan {
     pub op: String,
+    /// Run only when this event created the customer on the target.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub only_if_created: bool,
     pub request: RequestPlan,
     /// Fields left out because the value they use is missing.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -238,6 +250,7 @@ impl Program {
         }
         vars.insert("event".into(), event.clone());
         vars.insert("known".into(), known.clone());
+        vars.insert("vars".into(), self.vars_value.clone());
         if let Some(prev) = &input.previous {
             vars.insert("previous".into(), to_mj(prev));
         } else {
@@ -319,11 +332,12 @@ impl Program {
             actions: vec![],
             skipped_actions: vec![],
         };
-        for a in &m.actions {
+        for (index, a) in m.actions.iter().enumerate() {
             match self.run_action(a, target, &ctx, &env, known, event) {
                 Ok(Ok(plan)) => fired.actions.push(plan),
-                Ok(Err(reason)) => fired.skipped_actions.push(Skipped {
-                    mapping: a.op.clone(),
+                Ok(Err(reason)) => fired.skipped_actions.push(SkippedAction {
+                    index,
+                    op: a.op.clone(),
                     reason,
                 }),
                 Err(e) => return Outcome::Failed(format!("action `{}`: {e}", a.op)),
@@ -411,11 +425,12 @@ impl Program {
         }
         let mut omitted = Vec::new();
         let params =
-            eval_value(t, &a.params, ctx, "", &mut omitted)?.unwrap_or(Value::Object(Map::new()));
+            eval_value(t, &a.params, ctx, &At::Root(""), &mut omitted)?.unwrap_or(Value::Object(Map::new()));
         if a.raw_http {
             let request = raw_request(t, target, &params, env)?;
             return Ok(Ok(ActionPlan {
                 op: a.op.clone(),
+                only_if_created: a.only_if_created,
                 request,
                 omitted,
             }));
@@ -452,6 +467,7 @@ impl Program {
         let (request, _) = self.render_request(target, &op.request, &req_ctx)?;
         Ok(Ok(ActionPlan {
             op: a.op.clone(),
+            only_if_created: a.only_if_created,
             request,
             omitted,
         }))
@@ -470,11 +486,11 @@ impl Program {
             Err(e) => return Err(format!("request path: {}", describe(&e))),
         };
         let query = match &req.query {
-            Some(q) => eval_value(t, q, ctx, "query", &mut omitted)?,
+            Some(q) => eval_value(t, q, ctx, &At::Root("query"), &mut omitted)?,
             None => None,
         };
         let body = match &req.body {
-            Some(b) => eval_value(t, b, ctx, "body", &mut omitted)?,
+            Some(b) => eval_value(t, b, ctx, &At::Root("body"), &mut omitted)?,
             None => None,
         };
         let base = match t.eval(&target.base_url, ctx) {
@@ -548,12 +564,54 @@ fn describe(e: &EvalError) -> String {
     }
 }
 
+/// Where a value sits in a tree; rendered only when something is omitted or fails.
+#[derive(Clone, Copy)]
+pub enum At<'a> {
+    Root(&'a str),
+    Key(&'a At<'a>, &'a str),
+    Index(&'a At<'a>, usize),
+}
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            At::Root(name) => f.write_str(name),
+            At::Key(parent, key) => {
+                let before = parent.to_string();
+                if before.is_empty() {
+                    f.write_str(key)
+                } else {
+                    write!(f, "{before}.{key}")
+                }
+            }
+            At::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
+}
+
+/// The scope of a `$each` item: `item` plus everything of the enclosing scope,
+/// without copying the enclosing scope.
+#[derive(Debug)]
+struct ItemScope {
+    parent: MjValue,
+    item: MjValue,
+}
+
+impl minijinja::value::Object for ItemScope {
+    fn get_value(self: &std::sync::Arc<Self>, key: &MjValue) -> Option<MjValue> {
+        if key.as_str() == Some("item") {
+            return Some(self.item.clone());
+        }
+        self.parent.get_item(key).ok().filter(|v| !v.is_undefined())
+    }
+}
+
 /// Evaluates a value tree. `Ok(None)` means "omitted" (a value it needs is missing).
 pub fn eval_value(
     t: &Templates,
     tpl: &ValueTpl,
     ctx: &MjValue,
-    at: &str,
+    at: &At<'_>,
     omitted: &mut Vec<String>,
 ) -> Result<Option<Value>, String> {
     Ok(match tpl {
@@ -570,7 +628,7 @@ pub fn eval_value(
         ValueTpl::List(items) => {
             let mut out = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
-                if let Some(v) = eval_value(t, item, ctx, &format!("{at}[{i}]"), omitted)? {
+                if let Some(v) = eval_value(t, item, ctx, &At::Index(at, i), omitted)? {
                     out.push(v);
                 }
             }
@@ -579,12 +637,7 @@ pub fn eval_value(
         ValueTpl::Map(entries) => {
             let mut out = Map::new();
             for (k, v) in entries {
-                let path = if at.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{at}.{k}")
-                };
-                if let Some(v) = eval_value(t, v, ctx, &path, omitted)? {
+                if let Some(v) = eval_value(t, v, ctx, &At::Key(at, k), omitted)? {
                     out.insert(k.clone(), v);
                 }
             }
@@ -602,22 +655,13 @@ pub fn eval_value(
             let iter = items
                 .try_iter()
                 .map_err(|e| format!("`{at}`: `$each` needs a list ({e})"))?;
-            let base: BTreeMap<String, MjValue> = ctx
-                .try_iter()
-                .map(|keys| {
-                    keys.filter_map(|k| {
-                        let name = k.as_str()?.to_string();
-                        ctx.get_attr(&name).ok().map(|v| (name, v))
-                    })
-                    .collect()
-                })
-                .unwrap_or_default();
             let mut out = Vec::new();
             for (i, item) in iter.enumerate() {
-                let mut scope = base.clone();
-                scope.insert("item".into(), item);
-                let scope = MjValue::from(scope);
-                if let Some(v) = eval_value(t, emit, &scope, &format!("{at}[{i}]"), omitted)? {
+                let scope = MjValue::from_object(ItemScope {
+                    parent: ctx.clone(),
+                    item,
+                });
+                if let Some(v) = eval_value(t, emit, &scope, &At::Index(at, i), omitted)? {
                     out.push(v);
                 }
             }

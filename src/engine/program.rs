@@ -41,6 +41,9 @@ pub struct Program {
     /// Declared things to create on first use: target → lookup → key → declaration.
     pub provision: IndexMap<String, IndexMap<String, IndexMap<String, Value>>>,
     pub templates: Templates,
+    /// Project `vars:`, seen by mapping templates as `vars`.
+    pub vars: Value,
+    pub(crate) vars_value: minijinja::Value,
 }
 
 /// The active profile of a source.
@@ -155,4 +158,6 @@ pub struct Action {
     pub params: ValueTpl,
     /// `http` actions carry their own request; others use the target operation's.
     pub raw_http: bool,
+    /// Run only when this event created the customer on the target.
+    pub only_if_created: bool,
 }

@@ -24,12 +24,35 @@ pub struct TplId(usize);
 pub enum StrTpl {
     /// No template syntax.
     Literal(String),
-    /// `{{ a.b }}`: a plain lookup, answered without running the template engine.
-    Var(Vec<String>),
+    /// `{{ a.b }}` or `{{ item[1] }}`: a plain lookup, answered without running the template engine.
+    Var(Vec<Step>),
+    /// `{{ lookup('kind', a.b) }}`: the id lookup of target templates, answered directly.
+    Lookup { kind: String, key: Vec<Step> },
     /// `{{ expr }}`: a typed value.
     Expr(TplId),
     /// Text with templates: a string.
     Text(TplId),
+}
+
+/// One step of a plain lookup path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Attr(String),
+    Index(usize),
+}
+
+fn walk(ctx: &Value, path: &[Step]) -> Option<Value> {
+    let mut cur = ctx.clone();
+    for step in path {
+        cur = match step {
+            Step::Attr(name) => cur.get_attr(name).ok()?,
+            Step::Index(i) => cur.get_item(&Value::from(*i)).ok()?,
+        };
+        if cur.is_undefined() {
+            return None;
+        }
+    }
+    (!cur.is_none()).then_some(cur)
 }
 
 /// What the compiler learnt about one template.
@@ -130,9 +153,11 @@ impl TemplateBuilder {
                     e
                 })
                 .map(|mut info| {
+                    // Fast paths: the compiled expression stays unused.
                     if let Some(path) = plain_path(inner) {
                         info.tpl = StrTpl::Var(path);
-                        // keep the id unused; the fast path needs no engine
+                    } else if let Some((kind, key)) = lookup_call(inner) {
+                        info.tpl = StrTpl::Lookup { kind, key };
                     }
                     info
                 });
@@ -296,18 +321,20 @@ impl Templates {
     pub fn eval(&self, tpl: &StrTpl, ctx: &Value) -> Result<Value, EvalError> {
         match tpl {
             StrTpl::Literal(s) => Ok(Value::from(s.as_str())),
-            StrTpl::Var(path) => {
-                let mut cur = ctx.clone();
-                for part in path {
-                    cur = cur.get_attr(part).unwrap_or(Value::UNDEFINED);
-                    if cur.is_undefined() {
-                        return Err(EvalError::Missing(path.join(".")));
-                    }
+            StrTpl::Var(path) => walk(ctx, path).ok_or_else(|| EvalError::Missing(describe_path(path))),
+            StrTpl::Lookup { kind, key } => {
+                let key = walk(ctx, key).ok_or_else(|| EvalError::Missing(describe_path(key)))?;
+                let key = key.as_str().map(str::to_string).unwrap_or_else(|| key.to_string());
+                if let Some(id) = ctx
+                    .get_attr("known")
+                    .ok()
+                    .and_then(|k| k.get_attr(kind).ok())
+                    .and_then(|k| k.get_item(&Value::from(key.as_str())).ok())
+                    .filter(|id| !id.is_undefined())
+                {
+                    return Ok(id);
                 }
-                if cur.is_none() {
-                    return Err(EvalError::Missing(path.join(".")));
-                }
-                Ok(cur)
+                Ok(Value::from(placeholder(&format!("lookup:{kind}:{key}"))))
             }
             StrTpl::Expr(id) => {
                 let pieces = self.cell.borrow_dependent();
@@ -387,20 +414,66 @@ fn sole_expression(text: &str) -> Option<&str> {
     Some(inner.trim())
 }
 
-/// `a.b.c` → `["a","b","c"]` when the expression is only a dotted name.
-fn plain_path(expr: &str) -> Option<Vec<String>> {
-    let parts: Vec<&str> = expr.split('.').collect();
-    let ok = parts.iter().all(|p| {
-        let mut chars = p.chars();
-        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-    });
-    let reserved = ["true", "false", "none", "True", "False", "None"];
-    if ok && !reserved.contains(&expr) {
-        Some(parts.into_iter().map(str::to_string).collect())
-    } else {
-        None
+fn describe_path(path: &[Step]) -> String {
+    let mut out = String::new();
+    for step in path {
+        match step {
+            Step::Attr(a) if out.is_empty() => out.push_str(a),
+            Step::Attr(a) => {
+                out.push('.');
+                out.push_str(a);
+            }
+            Step::Index(i) => out.push_str(&format!("[{i}]")),
+        }
     }
+    out
+}
+
+fn is_ident(p: &str) -> bool {
+    let mut chars = p.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `a.b[1].c` → steps, when the expression is only names, dots and integer indexes.
+fn plain_path(expr: &str) -> Option<Vec<Step>> {
+    let reserved = ["true", "false", "none", "True", "False", "None"];
+    if reserved.contains(&expr) {
+        return None;
+    }
+    let mut steps = Vec::new();
+    for part in expr.split('.') {
+        let (name, mut rest) = part.split_once('[').map_or((part, ""), |(n, r)| (n, r));
+        if !is_ident(name) {
+            return None;
+        }
+        steps.push(Step::Attr(name.to_string()));
+        while !rest.is_empty() {
+            let (index, after) = rest.split_once(']')?;
+            steps.push(Step::Index(index.trim().parse().ok()?));
+            rest = match after.strip_prefix('[') {
+                Some(next) => next,
+                None if after.is_empty() => "",
+                None => return None,
+            };
+        }
+    }
+    Some(steps)
+}
+
+/// `lookup('kind', a.b)` → ("kind", steps of a.b).
+fn lookup_call(expr: &str) -> Option<(String, Vec<Step>)> {
+    let args = expr.strip_prefix("lookup(")?.strip_suffix(')')?;
+    let (kind, key) = args.split_once(',')?;
+    let kind = kind.trim();
+    let kind = kind
+        .strip_prefix('\'')
+        .and_then(|k| k.strip_suffix('\''))
+        .or_else(|| kind.strip_prefix('"').and_then(|k| k.strip_suffix('"')))?;
+    if !is_ident(kind) {
+        return None;
+    }
+    Some((kind.to_string(), plain_path(key.trim())?))
 }
 
 /// Finds `| name` (filters) and `is [not] name` (tests) outside string literals.
@@ -541,6 +614,24 @@ mod tests {
         let mut b = TemplateBuilder::default();
         let e = b.add("{{ phone | }}").unwrap_err();
         assert!(e.message.contains("syntax"), "{e:?}");
+    }
+
+    #[test]
+    fn fast_paths_match_the_engine() {
+        assert_eq!(plain_path("item[1]"), Some(vec![Step::Attr("item".into()), Step::Index(1)]));
+        assert_eq!(plain_path("a.b[0][2].c").map(|p| p.len()), Some(5));
+        assert_eq!(plain_path("a.b + 1"), None);
+        assert_eq!(plain_path("a[x]"), None);
+        assert_eq!(lookup_call("lookup('custom_field', item[0])").map(|(k, _)| k), Some("custom_field".into()));
+        assert_eq!(lookup_call("lookup(kind, item[0])"), None);
+        let mut b = TemplateBuilder::default();
+        let by_var = b.add("{{ lookup('field', item[0]) }}").unwrap();
+        assert!(matches!(by_var.tpl, StrTpl::Lookup { .. }));
+        let ts = b.finish().unwrap();
+        let ctx = context!(item => vec!["points", "x"], known => context!(field => context!(points => "f1")));
+        assert_eq!(ts.eval(&by_var.tpl, &ctx).unwrap(), Value::from("f1"));
+        let ctx = context!(item => vec!["other"]);
+        assert_eq!(ts.eval(&by_var.tpl, &ctx).unwrap(), Value::from("${lookup:field:other}"));
     }
 
     #[test]
