@@ -17,13 +17,25 @@ fn bench(c: &mut Criterion) {
     };
     let input = PlanInput::default();
     let cases = [
-        ("stickycards", "examples/payloads/stickycards/CardInstalledEvent.json"),
-        ("stickycards", "examples/payloads/stickycards/PaymentCompletedSuccessfulEvent.json"),
-        ("slicktext", "examples/payloads/slicktext/LoyaltyEventCreated.debit-reward.json"),
+        (
+            "stickycards",
+            "examples/payloads/stickycards/CardInstalledEvent.json",
+        ),
+        (
+            "stickycards",
+            "examples/payloads/stickycards/PaymentCompletedSuccessfulEvent.json",
+        ),
+        (
+            "slicktext",
+            "examples/payloads/slicktext/LoyaltyEventCreated.debit-reward.json",
+        ),
     ];
     for (source, file) in cases {
         let body = std::fs::read(file).unwrap_or_else(|e| panic!("{file}: {e}"));
-        let name = Path::new(file).file_stem().and_then(|s| s.to_str()).unwrap_or(file);
+        let name = Path::new(file)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or(file);
         let mut group = c.benchmark_group(name);
         group.bench_function("baseline: serde_json parse", |b| {
             b.iter(|| black_box(serde_json::from_slice::<Value>(black_box(&body)).ok()))

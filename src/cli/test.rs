@@ -128,7 +128,10 @@ pub fn run_case(program: &Program, file: &Path, case: &TestCase) -> Result<(), C
     if expected.get("errors").is_none()
         && let Some(errors) = actual.get("errors")
     {
-        return Err((format!("unexpected record errors (add `errors:` to expect them): {errors}"), Some(actual)));
+        return Err((
+            format!("unexpected record errors (add `errors:` to expect them): {errors}"),
+            Some(actual),
+        ));
     }
     let outcome = if case.exact {
         let mut want = expected.clone();

@@ -1491,13 +1491,19 @@ fn compile_mapping(
     if !ok {
         return None;
     }
-    if !m.actions.is_empty() && actions.is_empty() && !ctx.diags.iter().any(|d| d.is_error() && d.file == file) {
+    if !m.actions.is_empty()
+        && actions.is_empty()
+        && !ctx.diags.iter().any(|d| d.is_error() && d.file == file)
+    {
         // Every action was dropped by `if_supported`: the mapping would only look the customer up.
         ctx.diags.push(Diagnostic::warning(
             Code::M015,
             file,
             pos_of(&m.name),
-            format!("mapping `{}` has no action this target profile can do; it is disabled", m.name.value),
+            format!(
+                "mapping `{}` has no action this target profile can do; it is disabled",
+                m.name.value
+            ),
         ));
         return None;
     }

@@ -415,7 +415,10 @@ mod tests {
         );
         assert!(eval("'test phone' | e164", ctx.clone()).is_undefined());
         // An unassigned area code is still a possible number (SlickText's sample).
-        assert_eq!(eval("'+12222222222' | e164", ctx.clone()), Value::from("+12222222222"));
+        assert_eq!(
+            eval("'+12222222222' | e164", ctx.clone()),
+            Value::from("+12222222222")
+        );
         assert!(eval("'+1222222222' | e164", ctx.clone()).is_undefined());
         assert!(eval("'12345' | e164", ctx).is_undefined());
     }

@@ -388,7 +388,7 @@ impl Program {
                     ("env".to_string(), env.clone()),
                     ("known".to_string(), known.clone()),
                 ]));
-                find.push(self.render_request(target, req, &ctx)?.0);
+                find.push(self.render_request(target, req, &ctx)?);
             }
         }
         let create = match &cap.create {
@@ -398,7 +398,7 @@ impl Program {
                     ("env".to_string(), env.clone()),
                     ("known".to_string(), known.clone()),
                 ]));
-                Some(self.render_request(target, &c.request, &ctx)?.0)
+                Some(self.render_request(target, &c.request, &ctx)?)
             }
             None => None,
         };
@@ -424,8 +424,8 @@ impl Program {
             }
         }
         let mut omitted = Vec::new();
-        let params =
-            eval_value(t, &a.params, ctx, &At::Root(""), &mut omitted)?.unwrap_or(Value::Object(Map::new()));
+        let params = eval_value(t, &a.params, ctx, &At::Root(""), &mut Some(&mut omitted))?
+            .unwrap_or(Value::Object(Map::new()));
         if a.raw_http {
             let request = raw_request(t, target, &params, env)?;
             return Ok(Ok(ActionPlan {
@@ -464,7 +464,7 @@ impl Program {
         ]));
         // Optional parameters the mapping did not give drop out of the request
         // silently; only values the mapping asked for and could not get are reported.
-        let (request, _) = self.render_request(target, &op.request, &req_ctx)?;
+        let request = self.render_request(target, &op.request, &req_ctx)?;
         Ok(Ok(ActionPlan {
             op: a.op.clone(),
             only_if_created: a.only_if_created,
@@ -478,35 +478,31 @@ impl Program {
         target: &Target,
         req: &Request,
         ctx: &MjValue,
-    ) -> Result<(RequestPlan, Vec<String>), String> {
+    ) -> Result<RequestPlan, String> {
         let t = &self.templates;
-        let mut omitted = Vec::new();
         let path = match t.eval(&req.path, ctx) {
             Ok(v) => v.to_string(),
             Err(e) => return Err(format!("request path: {}", describe(&e))),
         };
         let query = match &req.query {
-            Some(q) => eval_value(t, q, ctx, &At::Root("query"), &mut omitted)?,
+            Some(q) => eval_value(t, q, ctx, &At::Root("query"), &mut None)?,
             None => None,
         };
         let body = match &req.body {
-            Some(b) => eval_value(t, b, ctx, &At::Root("body"), &mut omitted)?,
+            Some(b) => eval_value(t, b, ctx, &At::Root("body"), &mut None)?,
             None => None,
         };
         let base = match t.eval(&target.base_url, ctx) {
             Ok(v) => v.to_string(),
             Err(e) => return Err(format!("base_url: {}", describe(&e))),
         };
-        Ok((
-            RequestPlan {
-                method: req.method.clone(),
-                url: join_url(&base, &path),
-                path,
-                query,
-                body,
-            },
-            omitted,
-        ))
+        Ok(RequestPlan {
+            method: req.method.clone(),
+            url: join_url(&base, &path),
+            path,
+            query,
+            body,
+        })
     }
 }
 
@@ -612,7 +608,7 @@ pub fn eval_value(
     tpl: &ValueTpl,
     ctx: &MjValue,
     at: &At<'_>,
-    omitted: &mut Vec<String>,
+    omitted: &mut Option<&mut Vec<String>>,
 ) -> Result<Option<Value>, String> {
     Ok(match tpl {
         ValueTpl::Lit(v) => Some(v.clone()),
@@ -620,7 +616,9 @@ pub fn eval_value(
             Ok(v) if v.is_none() => None,
             Ok(v) => Some(to_json(&v)?),
             Err(EvalError::Missing(_)) => {
-                omitted.push(at.to_string());
+                if let Some(list) = omitted {
+                    list.push(at.to_string());
+                }
                 None
             }
             Err(EvalError::Failed(msg)) => return Err(format!("`{at}`: {msg}")),
@@ -647,7 +645,9 @@ pub fn eval_value(
             let items = match t.eval(over, ctx) {
                 Ok(v) => v,
                 Err(EvalError::Missing(_)) => {
-                    omitted.push(at.to_string());
+                    if let Some(list) = omitted {
+                        list.push(at.to_string());
+                    }
                     return Ok(None);
                 }
                 Err(EvalError::Failed(msg)) => return Err(format!("`{at}`: {msg}")),

@@ -321,10 +321,14 @@ impl Templates {
     pub fn eval(&self, tpl: &StrTpl, ctx: &Value) -> Result<Value, EvalError> {
         match tpl {
             StrTpl::Literal(s) => Ok(Value::from(s.as_str())),
-            StrTpl::Var(path) => walk(ctx, path).ok_or_else(|| EvalError::Missing(describe_path(path))),
+            // Missing values are common and expected (optional fields): no message is built for them.
+            StrTpl::Var(path) => walk(ctx, path).ok_or(EvalError::Missing(String::new())),
             StrTpl::Lookup { kind, key } => {
-                let key = walk(ctx, key).ok_or_else(|| EvalError::Missing(describe_path(key)))?;
-                let key = key.as_str().map(str::to_string).unwrap_or_else(|| key.to_string());
+                let key = walk(ctx, key).ok_or(EvalError::Missing(String::new()))?;
+                let key = key
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| key.to_string());
                 if let Some(id) = ctx
                     .get_attr("known")
                     .ok()
@@ -412,21 +416,6 @@ fn sole_expression(text: &str) -> Option<&str> {
     let inner = inner.strip_prefix('-').unwrap_or(inner);
     let inner = inner.strip_suffix('-').unwrap_or(inner);
     Some(inner.trim())
-}
-
-fn describe_path(path: &[Step]) -> String {
-    let mut out = String::new();
-    for step in path {
-        match step {
-            Step::Attr(a) if out.is_empty() => out.push_str(a),
-            Step::Attr(a) => {
-                out.push('.');
-                out.push_str(a);
-            }
-            Step::Index(i) => out.push_str(&format!("[{i}]")),
-        }
-    }
-    out
 }
 
 fn is_ident(p: &str) -> bool {
@@ -618,11 +607,17 @@ mod tests {
 
     #[test]
     fn fast_paths_match_the_engine() {
-        assert_eq!(plain_path("item[1]"), Some(vec![Step::Attr("item".into()), Step::Index(1)]));
+        assert_eq!(
+            plain_path("item[1]"),
+            Some(vec![Step::Attr("item".into()), Step::Index(1)])
+        );
         assert_eq!(plain_path("a.b[0][2].c").map(|p| p.len()), Some(5));
         assert_eq!(plain_path("a.b + 1"), None);
         assert_eq!(plain_path("a[x]"), None);
-        assert_eq!(lookup_call("lookup('custom_field', item[0])").map(|(k, _)| k), Some("custom_field".into()));
+        assert_eq!(
+            lookup_call("lookup('custom_field', item[0])").map(|(k, _)| k),
+            Some("custom_field".into())
+        );
         assert_eq!(lookup_call("lookup(kind, item[0])"), None);
         let mut b = TemplateBuilder::default();
         let by_var = b.add("{{ lookup('field', item[0]) }}").unwrap();
@@ -631,7 +626,10 @@ mod tests {
         let ctx = context!(item => vec!["points", "x"], known => context!(field => context!(points => "f1")));
         assert_eq!(ts.eval(&by_var.tpl, &ctx).unwrap(), Value::from("f1"));
         let ctx = context!(item => vec!["other"]);
-        assert_eq!(ts.eval(&by_var.tpl, &ctx).unwrap(), Value::from("${lookup:field:other}"));
+        assert_eq!(
+            ts.eval(&by_var.tpl, &ctx).unwrap(),
+            Value::from("${lookup:field:other}")
+        );
     }
 
     #[test]
