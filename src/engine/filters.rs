@@ -94,9 +94,10 @@ pub fn normalize_phone(raw: &str, region: &str) -> Option<String> {
 
 const PHONE_CACHE_LIMIT: usize = 50_000;
 
-static PHONE_CACHE: std::sync::LazyLock<
-    std::sync::Mutex<std::collections::HashMap<(String, String), Option<String>>>,
-> = std::sync::LazyLock::new(Default::default);
+type PhoneCache = std::collections::HashMap<(String, String), Option<String>>;
+
+static PHONE_CACHE: std::sync::LazyLock<std::sync::Mutex<PhoneCache>> =
+    std::sync::LazyLock::new(Default::default);
 
 fn parse_phone(trimmed: &str, region: &str) -> Option<String> {
     let id: Option<phonenumber::country::Id> = region.to_ascii_uppercase().parse().ok();
