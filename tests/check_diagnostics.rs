@@ -197,8 +197,15 @@ fn m015_unsupported_operation_cites_the_reason() {
     let optional = mapping("    actions:\n      - op: teleport\n        if_supported: true\n");
     let (_dir, diags) = check_with(&[("bad.yaml", &optional)]);
     let m015: Vec<&Diagnostic> = diags.iter().filter(|d| d.code.as_str() == "M015").collect();
-    assert_eq!(m015.len(), 1);
-    assert!(!m015[0].is_error(), "if_supported turns it into a warning");
+    assert_eq!(m015.len(), 2, "{diags:#?}");
+    assert!(
+        m015.iter().all(|d| !d.is_error()),
+        "if_supported turns it into a warning"
+    );
+    assert!(
+        m015[1].message.contains("disabled"),
+        "a mapping left with no action is disabled: {diags:#?}"
+    );
 }
 
 #[test]
@@ -252,5 +259,33 @@ fn rendered_diagnostic_has_caret_under_the_column() {
     assert!(
         rendered.contains("8 |       b: $.card.balanse\n  |          ^"),
         "{rendered}"
+    );
+}
+
+#[test]
+fn m019_malformed_test_case() {
+    let text =
+        "tests:\n  - name: t1\n    source: shop\n    payload_file: nowhere.json\n    expect: {}\n";
+    let d = expect_one(&[("bad.test.yaml", text)], "M019", "bad.test.yaml", 4, 19);
+    assert!(d.message.contains("does not exist"), "{d:?}");
+    let text = "tests:\n  - name: t1\n    source: shop\n    expect: {}\n";
+    let d = expect_one(&[("bad.test.yaml", text)], "M019", "bad.test.yaml", 2, 11);
+    assert!(d.message.contains("exactly one"), "{d:?}");
+}
+
+#[test]
+fn a_broken_project_file_does_not_cascade() {
+    let (_dir, diags) = check_with(&[("mapper.yaml", "settings:\n  phone_region: [US\n")]);
+    let errors: Vec<&Diagnostic> = diags.iter().filter(|d| d.is_error()).collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "only the project file's own error: {diags:#?}"
+    );
+    assert!(errors[0].file.ends_with("mapper.yaml"));
+    assert!(
+        diags
+            .iter()
+            .any(|d| !d.is_error() && d.message.contains("did not run"))
     );
 }

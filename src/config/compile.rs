@@ -440,8 +440,29 @@ pub fn compile(loaded: Loaded) -> Compiled {
         root,
         files,
         texts,
-        diagnostics,
+        mut diagnostics,
+        foundation_failed,
     } = loaded;
+    if foundation_failed {
+        // Every mapping depends on the project, source and target files: report
+        // their own errors only, not the echoes they would cause downstream.
+        let first = diagnostics
+            .iter()
+            .find(|d| d.is_error())
+            .map(|d| d.file.clone())
+            .unwrap_or_default();
+        diagnostics.push(
+            Diagnostic::warning(Code::M021, &first, Pos::UNKNOWN, "the other checks did not run")
+                .with_hint("a project, source or target file does not parse; fix it and run `mapper check` again"),
+        );
+        super::diagnostic::sort(&mut diagnostics);
+        return Compiled {
+            program: None,
+            tests: vec![],
+            diagnostics,
+            texts,
+        };
+    }
 
     let mut test_files = Vec::new();
     let mut files_kept = Vec::new();
@@ -765,6 +786,30 @@ pub fn compile(loaded: Loaded) -> Compiled {
                     pos_of(&t.source),
                     format!("test names unknown source `{}`", t.source.value),
                 );
+            }
+            let given = usize::from(t.payload.is_some())
+                + usize::from(t.payload_file.is_some())
+                + usize::from(t.body.is_some());
+            if given != 1 {
+                ctx.err(
+                    Code::M019,
+                    &path,
+                    pos_of(&t.name),
+                    format!("test `{}` needs exactly one of `payload`, `payload_file` or `body` ({given} given)", t.name.value),
+                )
+                .hint = Some("`payload_file` reads a raw webhook body, `body` holds one inline, `payload` is already-decoded JSON".into());
+            }
+            if let Some(f) = &t.payload_file {
+                let file = path.parent().unwrap_or(Path::new(".")).join(&f.value);
+                if !file.is_file() {
+                    ctx.err(
+                        Code::M019,
+                        &path,
+                        pos_of(f),
+                        format!("payload file {} does not exist", file.display()),
+                    )
+                    .hint = Some("`payload_file` is relative to the test file".into());
+                }
             }
             test_cases.push((path.clone(), t));
         }

@@ -25,6 +25,9 @@ pub struct Loaded {
     /// File texts, for rendering diagnostics with the offending line.
     pub texts: BTreeMap<PathBuf, String>,
     pub diagnostics: Vec<Diagnostic>,
+    /// A project, source or target file failed to parse: everything else
+    /// depends on them, so semantic checks would only report echoes of it.
+    pub foundation_failed: bool,
 }
 
 /// Editor droppings and hidden files are not part of the set.
@@ -87,8 +90,9 @@ pub fn load_dir(root: &Path) -> Loaded {
     for path in paths {
         match std::fs::read_to_string(&path) {
             Ok(text) => {
-                if let Some(parsed) = parse_file(&path, &text, &mut loaded.diagnostics) {
-                    loaded.files.push((path.clone(), parsed));
+                match parse_file(&path, &text, &mut loaded.diagnostics) {
+                    Some(parsed) => loaded.files.push((path.clone(), parsed)),
+                    None => loaded.foundation_failed |= is_foundation(&path, &text),
                 }
                 loaded.texts.insert(path, text);
             }
@@ -101,6 +105,28 @@ pub fn load_dir(root: &Path) -> Loaded {
         }
     }
     loaded
+}
+
+/// Whether a file that failed to parse is one others depend on: judged by its
+/// top-level keys when they can be seen, else by its name and folder.
+fn is_foundation(path: &Path, text: &str) -> bool {
+    let top_level = text
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.starts_with('#') && !l.starts_with(' '))
+        .unwrap_or("");
+    if ["settings:", "source:", "target:"]
+        .iter()
+        .any(|k| top_level.starts_with(k))
+    {
+        return true;
+    }
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let parent = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    name == "mapper.yaml" || parent == "sources" || parent == "targets"
 }
 
 /// Parses one file, telling its kind from its first key.
