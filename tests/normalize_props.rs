@@ -60,3 +60,13 @@ proptest! {
         prop_assert_eq!(normalize_email(&text), None);
     }
 }
+
+#[test]
+fn leading_zero_numbers_do_not_change_on_a_second_pass() {
+    // Found by `e164_is_a_fixed_point`: a national part of zeros formatted to another number.
+    for raw in ["+43000010", "+390612345678", "+4930123456"] {
+        if let Some(once) = normalize_phone(raw, "US") {
+            assert_eq!(normalize_phone(&once, "GB"), Some(once.clone()), "{raw}");
+        }
+    }
+}

@@ -100,7 +100,14 @@ static PHONE_CACHE: std::sync::LazyLock<std::sync::Mutex<PhoneCache>> =
     std::sync::LazyLock::new(Default::default);
 
 fn parse_phone(trimmed: &str, region: &str) -> Option<String> {
-    let id: Option<phonenumber::country::Id> = region.to_ascii_uppercase().parse().ok();
+    // With a country code the default region must not be consulted: the
+    // phonenumber crate would strip the region's national prefix (GB's `0`)
+    // from an international number (+39 06… → +39 6…).
+    let id: Option<phonenumber::country::Id> = if trimmed.starts_with('+') {
+        None
+    } else {
+        region.to_ascii_uppercase().parse().ok()
+    };
     let parsed = phonenumber::parse(id, trimmed).ok()?;
     if !phonenumber::is_valid(&parsed) {
         let national_digits = parsed.national().to_string().len() as u16;
@@ -119,7 +126,11 @@ fn parse_phone(trimmed: &str, region: &str) -> Option<String> {
             return None;
         }
     }
-    Some(parsed.format().mode(phonenumber::Mode::E164).to_string())
+    let e164 = parsed.format().mode(phonenumber::Mode::E164).to_string();
+    // A match key must be a fixed point: odd numbers (leading zeros in the
+    // national part) can format to a string that parses as another number.
+    let again = phonenumber::parse(None, &e164).ok()?;
+    (again.format().mode(phonenumber::Mode::E164).to_string() == e164).then_some(e164)
 }
 
 /// Keeps the digits only (seed 000's rule; not used for matching, see README).
