@@ -526,10 +526,10 @@ pub fn compile(loaded: Loaded) -> Compiled {
         .unwrap_or(&default_settings);
     let empty_profiles = IndexMap::new();
     let selected = project.map(|(_, p)| &p.profiles).unwrap_or(&empty_profiles);
-    let defaults = minijinja::Value::from(minijinja::value::Serde(serde_json::json!({
-        "phone_region": settings.phone_region,
-        "time_zone": settings.time_zone,
-    })));
+    let defaults = crate::engine::native::Defaults {
+        phone_region: settings.phone_region.clone(),
+        time_zone: settings.time_zone.clone(),
+    };
     let mut ctx = Ctx {
         diags: std::mem::take(&mut diags),
         texts,

@@ -56,13 +56,18 @@ fn region_of(state: &State, region: Option<String>) -> String {
 /// `"(415) 555-2671" | e164` → `"+14155552671"`; `e164("GB")` sets the region
 /// for numbers without a country code. Invalid numbers give undefined.
 pub fn e164(state: &State, value: Value, region: Option<String>) -> Result<Value, Error> {
-    let Some(raw) = scalar_text(&value) else {
-        return Ok(Value::UNDEFINED);
-    };
     let region = region_of(state, region);
-    Ok(normalize_phone(&raw, &region)
+    Ok(e164_with(&value, &region))
+}
+
+/// [`e164`] with an explicit default region.
+pub fn e164_with(value: &Value, region: &str) -> Value {
+    let Some(raw) = scalar_text(value) else {
+        return Value::UNDEFINED;
+    };
+    normalize_phone(&raw, region)
         .map(Value::from)
-        .unwrap_or(Value::UNDEFINED))
+        .unwrap_or(Value::UNDEFINED)
 }
 
 /// Normalises a phone number to E.164, or `None` when it cannot be one.
@@ -248,27 +253,42 @@ fn tz_of(state: &State, kwargs: &Kwargs) -> Result<String, Error> {
 pub fn datetime(state: &State, value: Value, kwargs: Kwargs) -> Result<Value, Error> {
     let tz = tz_of(state, &kwargs)?;
     kwargs.assert_all_used()?;
-    Ok(parse_timestamp(&value, &tz)
+    Ok(datetime_with(&value, &tz))
+}
+
+/// [`datetime`] with an explicit zone.
+pub fn datetime_with(value: &Value, tz: &str) -> Value {
+    parse_timestamp(value, tz)
         .map(|dt| Value::from(dt.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)))
-        .unwrap_or(Value::UNDEFINED))
+        .unwrap_or(Value::UNDEFINED)
 }
 
 /// Timestamp → calendar date `YYYY-MM-DD` (GHL's DATE custom fields and `dateOfBirth`).
 pub fn date(state: &State, value: Value, kwargs: Kwargs) -> Result<Value, Error> {
     let tz = tz_of(state, &kwargs)?;
     kwargs.assert_all_used()?;
-    Ok(parse_timestamp(&value, &tz)
+    Ok(date_with(&value, &tz))
+}
+
+/// [`date`] with an explicit zone.
+pub fn date_with(value: &Value, tz: &str) -> Value {
+    parse_timestamp(value, tz)
         .map(|dt| Value::from(dt.format("%Y-%m-%d").to_string()))
-        .unwrap_or(Value::UNDEFINED))
+        .unwrap_or(Value::UNDEFINED)
 }
 
 /// Timestamp → unix seconds (a number).
 pub fn unix(state: &State, value: Value, kwargs: Kwargs) -> Result<Value, Error> {
     let tz = tz_of(state, &kwargs)?;
     kwargs.assert_all_used()?;
-    Ok(parse_timestamp(&value, &tz)
+    Ok(unix_with(&value, &tz))
+}
+
+/// [`unix`] with an explicit zone.
+pub fn unix_with(value: &Value, tz: &str) -> Value {
+    parse_timestamp(value, tz)
         .map(|dt| Value::from(dt.timestamp()))
-        .unwrap_or(Value::UNDEFINED))
+        .unwrap_or(Value::UNDEFINED)
 }
 
 /// Timestamp → text in a strftime format, e.g. `format_date("%m/%d/%Y")`.

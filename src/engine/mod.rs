@@ -2,6 +2,7 @@
 
 pub mod decode;
 pub mod filters;
+pub mod native;
 pub mod plan;
 pub mod program;
 pub mod template;

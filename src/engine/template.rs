@@ -10,6 +10,7 @@
 //! missing makes its field *omitted*, which is how `missing: skip` works.
 
 use super::filters;
+use super::native::{self, Call, Defaults, Outcome, Step, is_ident, plain_path, walk};
 use minijinja::value::Value;
 use minijinja::{Environment, ErrorKind, Expression, State, Template, UndefinedBehavior};
 use std::collections::{BTreeSet, HashMap};
@@ -28,31 +29,21 @@ pub enum StrTpl {
     Var(Vec<Step>),
     /// `{{ lookup('kind', a.b) }}`: the id lookup of target templates, answered directly.
     Lookup { kind: String, key: Vec<Step> },
+    /// `{{ a.b | trim | lower }}` with native filters; `fallback` when a value is unusual.
+    Pipe {
+        base: Vec<Step>,
+        calls: Vec<Call>,
+        fallback: TplId,
+    },
+    /// `"/contacts/{{ customer.id }}"`: text and plain lookups.
+    Concat {
+        pieces: Vec<native::Piece>,
+        fallback: TplId,
+    },
     /// `{{ expr }}`: a typed value.
     Expr(TplId),
     /// Text with templates: a string.
     Text(TplId),
-}
-
-/// One step of a plain lookup path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
-    Attr(String),
-    Index(usize),
-}
-
-fn walk(ctx: &Value, path: &[Step]) -> Option<Value> {
-    let mut cur = ctx.clone();
-    for step in path {
-        cur = match step {
-            Step::Attr(name) => cur.get_attr(name).ok()?,
-            Step::Index(i) => cur.get_item(&Value::from(*i)).ok()?,
-        };
-        if cur.is_undefined() {
-            return None;
-        }
-    }
-    (!cur.is_none()).then_some(cur)
 }
 
 /// What the compiler learnt about one template.
@@ -83,13 +74,17 @@ enum Source {
 /// Collects and checks templates, then freezes them into [`Templates`].
 pub struct TemplateBuilder {
     env: Environment<'static>,
+    defaults: Defaults,
     sources: Vec<Source>,
     probes: Mutex<HashMap<String, bool>>,
 }
 
 impl Default for TemplateBuilder {
     fn default() -> Self {
-        Self::new(Value::from(()))
+        Self::new(Defaults {
+            phone_region: "US".into(),
+            time_zone: "UTC".into(),
+        })
     }
 }
 
@@ -126,9 +121,14 @@ pub fn placeholder(what: &str) -> String {
 
 impl TemplateBuilder {
     /// A builder whose templates see `defaults` (the project settings).
-    pub fn new(defaults: Value) -> Self {
+    pub fn new(defaults: Defaults) -> Self {
+        let as_value = minijinja::context!(
+            phone_region => defaults.phone_region.clone(),
+            time_zone => defaults.time_zone.clone(),
+        );
         Self {
-            env: environment(defaults),
+            env: environment(as_value),
+            defaults,
             sources: Vec::new(),
             probes: Mutex::new(HashMap::new()),
         }
@@ -153,11 +153,19 @@ impl TemplateBuilder {
                     e
                 })
                 .map(|mut info| {
-                    // Fast paths: the compiled expression stays unused.
+                    // Fast paths: the compiled expression stays as the fallback.
                     if let Some(path) = plain_path(inner) {
                         info.tpl = StrTpl::Var(path);
                     } else if let Some((kind, key)) = lookup_call(inner) {
                         info.tpl = StrTpl::Lookup { kind, key };
+                    } else if let (Some((base, calls)), StrTpl::Expr(fallback)) =
+                        (native::parse_pipeline(inner), &info.tpl)
+                    {
+                        info.tpl = StrTpl::Pipe {
+                            base,
+                            calls,
+                            fallback: *fallback,
+                        };
                     }
                     info
                 });
@@ -170,8 +178,15 @@ impl TemplateBuilder {
         let (unknown_filters, unknown_tests) = self.unknown_names(text, true);
         let id = TplId(self.sources.len());
         self.sources.push(Source::Text(text.to_string()));
+        let tpl = match native::parse_interpolation(text) {
+            Some(pieces) => StrTpl::Concat {
+                pieces,
+                fallback: id,
+            },
+            None => StrTpl::Text(id),
+        };
         Ok(TplInfo {
-            tpl: StrTpl::Text(id),
+            tpl,
             vars,
             unknown_filters,
             unknown_tests,
@@ -277,7 +292,10 @@ impl TemplateBuilder {
             }
             Ok::<_, TplError>(out)
         })?;
-        Ok(Templates { cell })
+        Ok(Templates {
+            cell,
+            defaults: self.defaults,
+        })
     }
 }
 
@@ -299,6 +317,7 @@ self_cell::self_cell!(
 /// The frozen templates of a mapping set.
 pub struct Templates {
     cell: Cell,
+    defaults: Defaults,
 }
 
 impl std::fmt::Debug for Templates {
@@ -322,9 +341,13 @@ impl Templates {
         match tpl {
             StrTpl::Literal(s) => Ok(Value::from(s.as_str())),
             // Missing values are common and expected (optional fields): no message is built for them.
-            StrTpl::Var(path) => walk(ctx, path).ok_or(EvalError::Missing(String::new())),
+            StrTpl::Var(path) => walk(ctx, path)
+                .filter(|v| !v.is_none())
+                .ok_or(EvalError::Missing(String::new())),
             StrTpl::Lookup { kind, key } => {
-                let key = walk(ctx, key).ok_or(EvalError::Missing(String::new()))?;
+                let key = walk(ctx, key)
+                    .filter(|v| !v.is_none())
+                    .ok_or(EvalError::Missing(String::new()))?;
                 let key = key
                     .as_str()
                     .map(str::to_string)
@@ -340,6 +363,20 @@ impl Templates {
                 }
                 Ok(Value::from(placeholder(&format!("lookup:{kind}:{key}"))))
             }
+            StrTpl::Pipe {
+                base,
+                calls,
+                fallback,
+            } => match native::pipeline(ctx, base, calls, &self.defaults) {
+                Outcome::Value(v) => Ok(v),
+                Outcome::Missing => Err(EvalError::Missing(String::new())),
+                Outcome::Fallback => self.eval(&StrTpl::Expr(*fallback), ctx),
+            },
+            StrTpl::Concat { pieces, fallback } => match native::interpolate(ctx, pieces) {
+                Outcome::Value(v) => Ok(v),
+                Outcome::Missing => Err(EvalError::Missing(String::new())),
+                Outcome::Fallback => self.eval(&StrTpl::Text(*fallback), ctx),
+            },
             StrTpl::Expr(id) => {
                 let pieces = self.cell.borrow_dependent();
                 let Some(Piece::Expr(expr)) = pieces.get(id.0) else {
@@ -416,38 +453,6 @@ fn sole_expression(text: &str) -> Option<&str> {
     let inner = inner.strip_prefix('-').unwrap_or(inner);
     let inner = inner.strip_suffix('-').unwrap_or(inner);
     Some(inner.trim())
-}
-
-fn is_ident(p: &str) -> bool {
-    let mut chars = p.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// `a.b[1].c` → steps, when the expression is only names, dots and integer indexes.
-fn plain_path(expr: &str) -> Option<Vec<Step>> {
-    let reserved = ["true", "false", "none", "True", "False", "None"];
-    if reserved.contains(&expr) {
-        return None;
-    }
-    let mut steps = Vec::new();
-    for part in expr.split('.') {
-        let (name, mut rest) = part.split_once('[').map_or((part, ""), |(n, r)| (n, r));
-        if !is_ident(name) {
-            return None;
-        }
-        steps.push(Step::Attr(name.to_string()));
-        while !rest.is_empty() {
-            let (index, after) = rest.split_once(']')?;
-            steps.push(Step::Index(index.trim().parse().ok()?));
-            rest = match after.strip_prefix('[') {
-                Some(next) => next,
-                None if after.is_empty() => "",
-                None => return None,
-            };
-        }
-    }
-    Some(steps)
 }
 
 /// `lookup('kind', a.b)` → ("kind", steps of a.b).
@@ -557,10 +562,18 @@ mod tests {
         assert!(matches!(b.add("{{ phone }}").unwrap().tpl, StrTpl::Var(_)));
         assert!(matches!(
             b.add("{{ phone | e164 }}").unwrap().tpl,
+            StrTpl::Pipe { .. }
+        ));
+        assert!(matches!(
+            b.add("{{ balance + 1 }}").unwrap().tpl,
             StrTpl::Expr(_)
         ));
         assert!(matches!(
             b.add("Feedback: {{ comment }}").unwrap().tpl,
+            StrTpl::Concat { .. }
+        ));
+        assert!(matches!(
+            b.add("{% if a %}x{% endif %}").unwrap().tpl,
             StrTpl::Text(_)
         ));
     }
@@ -603,6 +616,76 @@ mod tests {
         let mut b = TemplateBuilder::default();
         let e = b.add("{{ phone | }}").unwrap_err();
         assert!(e.message.contains("syntax"), "{e:?}");
+    }
+
+    /// Native pipelines and interpolations must give what minijinja gives.
+    #[test]
+    fn native_paths_agree_with_minijinja() {
+        let templates = [
+            "{{ v | trim }}",
+            "{{ v | lower }}",
+            "{{ v | upper }}",
+            "{{ v | string }}",
+            "{{ v | number }}",
+            "{{ v | abs_int }}",
+            "{{ v | digits }}",
+            "{{ v | email }}",
+            "{{ v | e164 }}",
+            "{{ v | e164('GB') }}",
+            "{{ v | date }}",
+            "{{ v | datetime }}",
+            "{{ v | unix }}",
+            "{{ v | default('x') | lower }}",
+            "{{ missing | default(v) | string }}",
+            "{{ missing | default('D') }}",
+            "{{ v | trim | lower }}",
+            "id-{{ v }}/x",
+            "{{ v }}{{ v }}",
+            "{{ missing }}-x",
+            "{{ o.k }}!",
+        ];
+        let values = [
+            serde_json::json!(" Ana.Lima@Example.COM "),
+            serde_json::json!("(415) 555-2671"),
+            serde_json::json!(12),
+            serde_json::json!(-15.5),
+            serde_json::json!("12"),
+            serde_json::json!("2019-07-12 07:59:21"),
+            serde_json::json!(1765579011),
+            serde_json::json!(true),
+            serde_json::json!(null),
+            serde_json::json!([1, 2]),
+            serde_json::json!({"k": "v"}),
+            serde_json::json!("020 7946 0958"),
+            serde_json::json!(""),
+        ];
+        let mut b = TemplateBuilder::default();
+        let compiled: Vec<(String, StrTpl)> = templates
+            .iter()
+            .map(|t| (t.to_string(), b.add(t).unwrap().tpl))
+            .collect();
+        let ts = b.finish().unwrap();
+        let mut native_checked = 0;
+        for (text, tpl) in &compiled {
+            let reference = match tpl {
+                StrTpl::Pipe { fallback, .. } => StrTpl::Expr(*fallback),
+                StrTpl::Concat { fallback, .. } => StrTpl::Text(*fallback),
+                _ => continue,
+            };
+            for v in &values {
+                let ctx = Value::from(minijinja::value::Serde(serde_json::json!({"v": v, "o": v})));
+                let fast = ts.eval(tpl, &ctx);
+                let slow = ts.eval(&reference, &ctx);
+                match (&fast, &slow) {
+                    (Ok(a), Ok(b)) => assert_eq!(a, b, "{text} with {v}"),
+                    (Err(EvalError::Missing(_)), Err(EvalError::Missing(_))) => {}
+                    (Err(EvalError::Failed(_)), Err(EvalError::Failed(_))) => {}
+                    _ => panic!("{text} with {v}: native {fast:?} vs minijinja {slow:?}"),
+                }
+                native_checked += 1;
+            }
+        }
+        assert!(native_checked > 200, "{native_checked}");
     }
 
     #[test]
