@@ -16,8 +16,8 @@ use std::fmt;
 pub enum Step {
     /// `.name` or `['name']`
     Name(String),
-    /// `[3]`
-    Index,
+    /// `[3]`, `[-1]`
+    Index(i64),
     /// `[*]`, `.*`, slices, filters, unions: any child.
     AnyChild,
     /// `..`: anything below; schema checking stops here.
@@ -31,6 +31,8 @@ pub struct Selector {
     compiled: serde_json_path::JsonPath,
     steps: Vec<Step>,
     singular: bool,
+    /// The coarse steps are exact, so a singular query can be answered by walking them.
+    shortcut: bool,
 }
 
 /// Why a path did not compile: message and the character offset in the path.
@@ -56,12 +58,14 @@ impl Selector {
         let steps = coarse_steps(path);
         let singular = steps
             .iter()
-            .all(|s| matches!(s, Step::Name(_) | Step::Index));
+            .all(|s| matches!(s, Step::Name(_) | Step::Index(_)));
+        let shortcut = singular && walks_like(&compiled, &steps);
         Ok(Self {
             source: path.to_string(),
             compiled,
             steps,
             singular,
+            shortcut,
         })
     }
 
@@ -88,6 +92,9 @@ impl Selector {
     /// The value a mapping sees: `None` when nothing (or only `null`) matched;
     /// the node itself for a singular path; an array of the non-null nodes otherwise.
     pub fn select(&self, doc: &Value) -> Option<Value> {
+        if self.shortcut {
+            return self.singular_node(doc).filter(|v| !v.is_null()).cloned();
+        }
         let nodes = self.compiled.query(doc);
         if self.singular {
             return nodes.first().filter(|v| !v.is_null()).cloned();
@@ -106,10 +113,66 @@ impl Selector {
     }
 }
 
+impl Selector {
+    /// A singular query (names and indexes only) answered by walking the
+    /// document: the same node RFC 9535 selects, without building a node list.
+    fn singular_node<'a>(&self, doc: &'a Value) -> Option<&'a Value> {
+        let mut cur = doc;
+        for step in &self.steps {
+            cur = match (step, cur) {
+                (Step::Name(name), Value::Object(map)) => map.get(name)?,
+                (Step::Index(i), Value::Array(items)) => {
+                    let len = items.len() as i64;
+                    let at = if *i < 0 { len + i } else { *i };
+                    if at < 0 {
+                        return None;
+                    }
+                    items.get(at as usize)?
+                }
+                _ => return None,
+            };
+        }
+        Some(cur)
+    }
+}
+
 impl fmt::Debug for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Selector({})", self.source)
     }
+}
+
+/// Checks, once at compile time, that walking `steps` finds what the compiled
+/// query finds: a document holding a marker exactly at the steps' position
+/// must give the marker. A name the coarse tokenizer misread (escapes) fails
+/// this and keeps the full query.
+fn walks_like(compiled: &serde_json_path::JsonPath, steps: &[Step]) -> bool {
+    let marker = Value::String("\u{0}mapper-marker".into());
+    let mut doc = marker.clone();
+    for step in steps.iter().rev() {
+        doc = match step {
+            Step::Name(name) => {
+                let mut map = serde_json::Map::new();
+                map.insert(name.clone(), doc);
+                Value::Object(map)
+            }
+            Step::Index(i) => {
+                let (len, at) = if *i < 0 {
+                    ((-i) as usize, 0)
+                } else {
+                    (*i as usize + 1, *i as usize)
+                };
+                if len > 10_000 {
+                    return false;
+                }
+                let mut items = vec![Value::Null; len];
+                items[at] = doc;
+                Value::Array(items)
+            }
+            _ => return false,
+        };
+    }
+    compiled.query(&doc).first() == Some(&marker)
 }
 
 /// Splits an already valid path into coarse steps. Anything that is not a
@@ -201,13 +264,8 @@ fn bracket_step(chars: &[char], open: usize) -> (Step, usize) {
         } else {
             Step::Name(name.to_string())
         }
-    } else if !trimmed.is_empty()
-        && trimmed
-            .trim_start_matches('-')
-            .chars()
-            .all(|c| c.is_ascii_digit())
-    {
-        Step::Index
+    } else if let Ok(i) = trimmed.parse::<i64>() {
+        Step::Index(i)
     } else {
         Step::AnyChild
     };
@@ -232,7 +290,7 @@ mod tests {
             s.steps(),
             &[
                 Step::Name("Loyalty Member".into()),
-                Step::Index,
+                Step::Index(0),
                 Step::Name("x".into())
             ]
         );

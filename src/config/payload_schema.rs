@@ -97,7 +97,7 @@ pub fn check(
                 prefix.push('.');
                 prefix.push_str(name);
             }
-            Step::Index | Step::AnyChild => {
+            Step::Index(_) | Step::AnyChild => {
                 if let Some(items) = node.get("items") {
                     if !allows(node, "array") {
                         return Err(no_match(schema, &prefix, "[…]", written));

@@ -200,11 +200,25 @@ impl Program {
         else {
             return Ok(plan);
         };
-        let event_value = to_mj(&serde_json::to_value(&plan.event).unwrap_or(Value::Null));
-        let known = to_mj(&input.known);
+        let shared = Shared {
+            event: to_mj(&serde_json::to_value(&plan.event).unwrap_or(Value::Null)),
+            known: to_mj(&input.known),
+            env: self
+                .targets
+                .values()
+                .map(|t| (t.name.clone(), self.env_value(t, input)))
+                .collect(),
+            customer: MjValue::from(BTreeMap::from([
+                ("id".to_string(), MjValue::from(placeholder("customer.id"))),
+                (
+                    "card_id".to_string(),
+                    MjValue::from(placeholder("customer.card_id")),
+                ),
+            ])),
+        };
         for &i in indexes {
             let m = &self.mappings[i];
-            match self.run_mapping(m, payload, input, &event_value, &known) {
+            match self.run_mapping(m, payload, input, &shared) {
                 Outcome::Fired(f) => plan.mappings.push(*f),
                 Outcome::Skipped(reason) => plan.skipped.push(Skipped {
                     mapping: m.name.clone(),
@@ -224,9 +238,9 @@ impl Program {
         m: &Mapping,
         payload: &Value,
         input: &PlanInput,
-        event: &MjValue,
-        known: &MjValue,
+        shared: &Shared,
     ) -> Outcome {
+        let (event, known) = (&shared.event, &shared.known);
         let mut vars: BTreeMap<String, MjValue> = BTreeMap::new();
         for s in &m.selects {
             let found = s.paths.iter().find_map(|p| p.select(payload));
@@ -271,7 +285,9 @@ impl Program {
         let Some(target) = self.targets.get(&m.target) else {
             return Outcome::Failed(format!("target `{}` is not loaded", m.target));
         };
-        let env = self.env_value(target, input);
+        let Some(env) = shared.env.get(&target.name) else {
+            return Outcome::Failed(format!("target `{}` is not loaded", m.target));
+        };
         let customer = match &m.customer {
             None => None,
             Some(c) => {
@@ -309,7 +325,7 @@ impl Program {
                             .into(),
                     );
                 }
-                let (find, create) = match self.customer_requests(target, &keys, &env, known) {
+                let (find, create) = match self.customer_requests(target, &keys, env, known) {
                     Ok(r) => r,
                     Err(e) => return Outcome::Failed(e),
                 };
@@ -333,7 +349,7 @@ impl Program {
             skipped_actions: vec![],
         };
         for (index, a) in m.actions.iter().enumerate() {
-            match self.run_action(a, target, &ctx, &env, known, event) {
+            match self.run_action(a, target, &ctx, shared) {
                 Ok(Ok(plan)) => fired.actions.push(plan),
                 Ok(Err(reason)) => fired.skipped_actions.push(SkippedAction {
                     index,
@@ -411,11 +427,13 @@ impl Program {
         a: &Action,
         target: &Target,
         ctx: &MjValue,
-        env: &MjValue,
-        known: &MjValue,
-        event: &MjValue,
+        shared: &Shared,
     ) -> Result<Result<ActionPlan, String>, String> {
         let t = &self.templates;
+        let env = shared
+            .env
+            .get(&target.name)
+            .ok_or_else(|| format!("target `{}` is not loaded", target.name))?;
         if let Some(when) = &a.when {
             match t.truthy(when, ctx) {
                 Ok(true) => {}
@@ -448,19 +466,12 @@ impl Program {
                 )));
             }
         }
-        let customer = MjValue::from(BTreeMap::from([
-            ("id".to_string(), MjValue::from(placeholder("customer.id"))),
-            (
-                "card_id".to_string(),
-                MjValue::from(placeholder("customer.card_id")),
-            ),
-        ]));
         let req_ctx = MjValue::from(BTreeMap::from([
             ("params".to_string(), to_mj(&params)),
-            ("customer".to_string(), customer),
+            ("customer".to_string(), shared.customer.clone()),
             ("env".to_string(), env.clone()),
-            ("known".to_string(), known.clone()),
-            ("event".to_string(), event.clone()),
+            ("known".to_string(), shared.known.clone()),
+            ("event".to_string(), shared.event.clone()),
         ]));
         // Optional parameters the mapping did not give drop out of the request
         // silently; only values the mapping asked for and could not get are reported.
@@ -545,6 +556,16 @@ fn join_url(base: &str, path: &str) -> String {
         base.trim_end_matches('/'),
         path.trim_start_matches('/')
     )
+}
+
+/// What every mapping of one plan shares, computed once.
+struct Shared {
+    event: MjValue,
+    known: MjValue,
+    /// `env` of each target, by target name.
+    env: std::collections::HashMap<String, MjValue>,
+    /// `customer` in operation templates: placeholders resolved at delivery.
+    customer: MjValue,
 }
 
 enum Outcome {
