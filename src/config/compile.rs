@@ -837,7 +837,6 @@ pub fn compile(loaded: Loaded) -> Compiled {
                 by_event,
                 provision,
                 templates,
-                vars_value: minijinja::Value::from(minijinja::value::Serde(&vars)),
                 vars,
             }),
             Err(e) => {

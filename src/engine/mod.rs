@@ -5,4 +5,5 @@ pub mod filters;
 pub mod native;
 pub mod plan;
 pub mod program;
+pub mod scope;
 pub mod template;

@@ -39,6 +39,7 @@ pub enum Kind {
     Datetime,
     Unix,
     Default,
+    Items,
 }
 
 /// A filter call of a pipeline.
@@ -79,15 +80,25 @@ pub fn walk(ctx: &Value, path: &[Step]) -> Option<Value> {
     Some(cur)
 }
 
-/// Evaluates `base | f1 | f2(args)`.
+/// Evaluates `base | f1 | f2(args)` over a minijinja context.
 pub fn pipeline(ctx: &Value, base: &[Step], calls: &[Call], defaults: &Defaults) -> Outcome {
-    let mut cur = walk(ctx, base);
+    pipeline_with(&|p: &[Step]| walk(ctx, p), base, calls, defaults)
+}
+
+/// Evaluates `base | f1 | f2(args)`, reading paths through `resolve`.
+pub fn pipeline_with(
+    resolve: &dyn Fn(&[Step]) -> Option<Value>,
+    base: &[Step],
+    calls: &[Call],
+    defaults: &Defaults,
+) -> Outcome {
+    let mut cur = resolve(base);
     for call in calls {
         if call.kind == Kind::Default {
             if cur.is_none() {
                 cur = match call.args.first() {
                     Some(Arg::Lit(v)) => Some(v.clone()),
-                    Some(Arg::Path(p)) => walk(ctx, p),
+                    Some(Arg::Path(p)) => resolve(p),
                     None => return Outcome::Fallback,
                 };
             }
@@ -96,7 +107,7 @@ pub fn pipeline(ctx: &Value, base: &[Step], calls: &[Call], defaults: &Defaults)
         let Some(value) = cur.take() else {
             return Outcome::Missing;
         };
-        cur = match apply(call, value, ctx, defaults) {
+        cur = match apply(call, value, resolve, defaults) {
             Applied::Value(v) if v.is_undefined() => return Outcome::Missing,
             Applied::Value(v) => Some(v),
             Applied::Fallback => return Outcome::Fallback,
@@ -114,15 +125,20 @@ enum Applied {
     Fallback,
 }
 
-fn str_arg(call: &Call, ctx: &Value) -> Option<Option<String>> {
+fn str_arg(call: &Call, resolve: &dyn Fn(&[Step]) -> Option<Value>) -> Option<Option<String>> {
     match call.args.first() {
         None => Some(None),
         Some(Arg::Lit(v)) => v.as_str().map(|s| Some(s.to_string())),
-        Some(Arg::Path(p)) => walk(ctx, p).and_then(|v| v.as_str().map(|s| Some(s.to_string()))),
+        Some(Arg::Path(p)) => resolve(p).and_then(|v| v.as_str().map(|s| Some(s.to_string()))),
     }
 }
 
-fn apply(call: &Call, value: Value, ctx: &Value, d: &Defaults) -> Applied {
+fn apply(
+    call: &Call,
+    value: Value,
+    resolve: &dyn Fn(&[Step]) -> Option<Value>,
+    d: &Defaults,
+) -> Applied {
     use Applied::{Fallback, Value as V};
     let is_str = value.kind() == ValueKind::String;
     match call.kind {
@@ -139,7 +155,7 @@ fn apply(call: &Call, value: Value, ctx: &Value, d: &Defaults) -> Applied {
         Kind::AbsInt => V(filters::abs_int(value)),
         Kind::Digits => V(filters::digits(value)),
         Kind::Email => V(filters::email(value)),
-        Kind::E164 => match str_arg(call, ctx) {
+        Kind::E164 => match str_arg(call, resolve) {
             Some(region) => V(filters::e164_with(
                 &value,
                 region.as_deref().unwrap_or(&d.phone_region),
@@ -150,7 +166,19 @@ fn apply(call: &Call, value: Value, ctx: &Value, d: &Defaults) -> Applied {
         Kind::Date => V(filters::date_with(&value, &d.time_zone)),
         Kind::Datetime => V(filters::datetime_with(&value, &d.time_zone)),
         Kind::Unix => V(filters::unix_with(&value, &d.time_zone)),
-        Kind::Default => Fallback,
+        Kind::Items if value.kind() == ValueKind::Map && call.args.is_empty() => {
+            let Ok(keys) = value.try_iter() else {
+                return Fallback;
+            };
+            V(Value::from(
+                keys.map(|k| {
+                    let v = value.get_item(&k).unwrap_or(Value::UNDEFINED);
+                    Value::from(vec![k, v])
+                })
+                .collect::<Vec<_>>(),
+            ))
+        }
+        Kind::Items | Kind::Default => Fallback,
     }
 }
 
@@ -181,6 +209,7 @@ pub fn parse_pipeline(expr: &str) -> Option<(Vec<Step>, Vec<Call>)> {
             "datetime" => Kind::Datetime,
             "unix" => Kind::Unix,
             "default" | "d" => Kind::Default,
+            "items" => Kind::Items,
             _ => return None,
         };
         let mut parsed_args = Vec::new();
@@ -315,11 +344,16 @@ pub fn parse_interpolation(text: &str) -> Option<Vec<Piece>> {
 
 /// Renders interpolation pieces; values render as minijinja prints them.
 pub fn interpolate(ctx: &Value, pieces: &[Piece]) -> Outcome {
+    interpolate_with(&|p: &[Step]| walk(ctx, p), pieces)
+}
+
+/// [`interpolate`], reading paths through `resolve`.
+pub fn interpolate_with(resolve: &dyn Fn(&[Step]) -> Option<Value>, pieces: &[Piece]) -> Outcome {
     let mut out = String::new();
     for piece in pieces {
         match piece {
             Piece::Text(t) => out.push_str(t),
-            Piece::Path(p) => match walk(ctx, p) {
+            Piece::Path(p) => match resolve(p) {
                 None => return Outcome::Missing,
                 Some(v) => match v.kind() {
                     ValueKind::String | ValueKind::Number | ValueKind::Bool => {

@@ -2,6 +2,7 @@
 //! customer is found, and the concrete requests each action sends.
 
 use super::program::{Action, Mapping, Program, Request, Source, Target, ValueTpl};
+use super::scope::Scope;
 use super::template::{EvalError, Templates, placeholder};
 use crate::config::model::{Missing, Unmatched};
 use minijinja::value::{Serde, Value as MjValue};
@@ -157,10 +158,6 @@ fn to_mj(v: &Value) -> MjValue {
     MjValue::from(Serde(v))
 }
 
-fn to_json(v: &MjValue) -> Result<Value, String> {
-    serde_json::to_value(v).map_err(|e| e.to_string())
-}
-
 fn scalar_string(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
@@ -201,20 +198,20 @@ impl Program {
             return Ok(plan);
         };
         let shared = Shared {
-            event: to_mj(&serde_json::to_value(&plan.event).unwrap_or(Value::Null)),
-            known: to_mj(&input.known),
+            event: serde_json::to_value(&plan.event).unwrap_or(Value::Null),
             env: self
                 .targets
                 .values()
                 .map(|t| (t.name.clone(), self.env_value(t, input)))
                 .collect(),
-            customer: MjValue::from(BTreeMap::from([
-                ("id".to_string(), MjValue::from(placeholder("customer.id"))),
-                (
-                    "card_id".to_string(),
-                    MjValue::from(placeholder("customer.card_id")),
-                ),
-            ])),
+            customer: serde_json::json!({
+                "id": placeholder("customer.id"),
+                "card_id": placeholder("customer.card_id"),
+            }),
+            previous: input
+                .previous
+                .clone()
+                .unwrap_or_else(|| Value::Object(Map::new())),
         };
         for &i in indexes {
             let m = &self.mappings[i];
@@ -240,17 +237,12 @@ impl Program {
         input: &PlanInput,
         shared: &Shared,
     ) -> Outcome {
-        let (event, known) = (&shared.event, &shared.known);
-        let mut vars: BTreeMap<String, MjValue> = BTreeMap::new();
+        let mut selected: Vec<(&str, Value)> = Vec::with_capacity(m.selects.len());
         for s in &m.selects {
             let found = s.paths.iter().find_map(|p| p.select(payload));
             match (found, &s.default, s.missing) {
-                (Some(v), _, _) => {
-                    vars.insert(s.name.clone(), to_mj(&v));
-                }
-                (None, Some(d), _) => {
-                    vars.insert(s.name.clone(), to_mj(d));
-                }
+                (Some(v), _, _) => selected.push((s.name.as_str(), v)),
+                (None, Some(d), _) => selected.push((s.name.as_str(), d.clone())),
                 (None, None, Missing::Fail) => {
                     let paths: Vec<&str> = s.paths.iter().map(|p| p.as_str()).collect();
                     return Outcome::Failed(format!(
@@ -262,38 +254,32 @@ impl Program {
                 (None, None, Missing::Skip) => {}
             }
         }
-        vars.insert("event".into(), event.clone());
-        vars.insert("known".into(), known.clone());
-        vars.insert("vars".into(), self.vars_value.clone());
-        if let Some(prev) = &input.previous {
-            vars.insert("previous".into(), to_mj(prev));
-        } else {
-            vars.insert(
-                "previous".into(),
-                MjValue::from(BTreeMap::<String, MjValue>::new()),
-            );
+        let mut scope = Scope::new();
+        scope.set("event", &shared.event);
+        scope.set("known", &input.known);
+        scope.set("vars", &self.vars);
+        scope.set("previous", &shared.previous);
+        for (name, value) in &selected {
+            scope.set(name, value);
         }
-        let ctx = MjValue::from(vars);
         let t = &self.templates;
         if let Some(when) = &m.when {
-            match t.truthy(when, &ctx) {
+            match t.truthy_scope(when, &scope) {
                 Ok(true) => {}
                 Ok(false) => return Outcome::Skipped("condition `when` is false".into()),
                 Err(e) => return Outcome::Failed(format!("condition `when`: {}", describe(&e))),
             }
         }
-        let Some(target) = self.targets.get(&m.target) else {
-            return Outcome::Failed(format!("target `{}` is not loaded", m.target));
-        };
-        let Some(env) = shared.env.get(&target.name) else {
+        let (Some(target), Some(env)) = (self.targets.get(&m.target), shared.env.get(&m.target))
+        else {
             return Outcome::Failed(format!("target `{}` is not loaded", m.target));
         };
         let customer = match &m.customer {
             None => None,
             Some(c) => {
                 let link = match &c.link {
-                    Some(l) => match t.eval(l, &ctx) {
-                        Ok(v) => to_json(&v).ok(),
+                    Some(l) => match t.eval_scope(l, &scope) {
+                        Ok(v) => Some(v),
                         Err(EvalError::Missing(_)) => None,
                         Err(e) => {
                             return Outcome::Failed(format!("customer link: {}", describe(&e)));
@@ -303,16 +289,13 @@ impl Program {
                 };
                 let mut keys = Vec::new();
                 for (key, tpl) in &c.keys {
-                    match t.eval(tpl, &ctx) {
-                        Ok(v) => match to_json(&v) {
-                            Ok(Value::Null) => {}
-                            Ok(Value::String(s)) if s.trim().is_empty() => {}
-                            Ok(j) => keys.push(MatchKey {
-                                key: key.clone(),
-                                value: j,
-                            }),
-                            Err(e) => return Outcome::Failed(e),
-                        },
+                    match t.eval_scope(tpl, &scope) {
+                        Ok(Value::Null) => {}
+                        Ok(Value::String(s)) if s.trim().is_empty() => {}
+                        Ok(j) => keys.push(MatchKey {
+                            key: key.clone(),
+                            value: j,
+                        }),
                         Err(EvalError::Missing(_)) => {}
                         Err(e) => {
                             return Outcome::Failed(format!("match key `{key}`: {}", describe(&e)));
@@ -325,7 +308,8 @@ impl Program {
                             .into(),
                     );
                 }
-                let (find, create) = match self.customer_requests(target, &keys, env, known) {
+                let (find, create) = match self.customer_requests(target, &keys, env, &input.known)
+                {
                     Ok(r) => r,
                     Err(e) => return Outcome::Failed(e),
                 };
@@ -349,7 +333,7 @@ impl Program {
             skipped_actions: vec![],
         };
         for (index, a) in m.actions.iter().enumerate() {
-            match self.run_action(a, target, &ctx, shared) {
+            match self.run_action(a, target, &scope, env, input, shared) {
                 Ok(Ok(plan)) => fired.actions.push(plan),
                 Ok(Err(reason)) => fired.skipped_actions.push(SkippedAction {
                     index,
@@ -362,8 +346,8 @@ impl Program {
         Outcome::Fired(Box::new(fired))
     }
 
-    fn env_value(&self, target: &Target, input: &PlanInput) -> MjValue {
-        let mut env = BTreeMap::new();
+    fn env_value(&self, target: &Target, input: &PlanInput) -> Value {
+        let mut env = Map::new();
         for (name, decl) in &target.env {
             let value = if decl.secret && input.mask_secrets {
                 "***".to_string()
@@ -375,47 +359,43 @@ impl Program {
                     .or_else(|| decl.default.clone())
                     .unwrap_or_else(|| placeholder(&format!("env.{name}")))
             };
-            env.insert(name.clone(), MjValue::from(value));
+            env.insert(name.clone(), Value::String(value));
         }
-        MjValue::from(env)
+        Value::Object(env)
     }
 
     fn customer_requests(
         &self,
         target: &Target,
         keys: &[MatchKey],
-        env: &MjValue,
-        known: &MjValue,
+        env: &Value,
+        known: &Value,
     ) -> Result<(Vec<RequestPlan>, Option<RequestPlan>), String> {
         let Some(cap) = &target.customer else {
             return Ok((vec![], None));
         };
-        let keys_map: BTreeMap<String, MjValue> = keys
-            .iter()
-            .map(|k| (k.key.clone(), to_mj(&k.value)))
-            .collect();
-        let keys_value = MjValue::from(keys_map);
+        // A key listed twice (new phone, then old phone) creates with its first value.
+        let mut keys_map = Map::new();
+        for k in keys {
+            keys_map
+                .entry(k.key.clone())
+                .or_insert_with(|| k.value.clone());
+        }
+        let keys_value = Value::Object(keys_map);
+        let mut base = Scope::new();
+        base.set("keys", &keys_value);
+        base.set("env", env);
+        base.set("known", known);
         let mut find = Vec::new();
         for k in keys {
             if let Some((req, _)) = cap.find.get(&k.key) {
-                let ctx = MjValue::from(BTreeMap::from([
-                    ("value".to_string(), to_mj(&k.value)),
-                    ("keys".to_string(), keys_value.clone()),
-                    ("env".to_string(), env.clone()),
-                    ("known".to_string(), known.clone()),
-                ]));
-                find.push(self.render_request(target, req, &ctx)?);
+                let mut scope = Scope::child(&base);
+                scope.set("value", &k.value);
+                find.push(self.render_request(target, req, &scope)?);
             }
         }
         let create = match &cap.create {
-            Some(c) => {
-                let ctx = MjValue::from(BTreeMap::from([
-                    ("keys".to_string(), keys_value.clone()),
-                    ("env".to_string(), env.clone()),
-                    ("known".to_string(), known.clone()),
-                ]));
-                Some(self.render_request(target, &c.request, &ctx)?)
-            }
+            Some(c) => Some(self.render_request(target, &c.request, &base)?),
             None => None,
         };
         Ok((find, create))
@@ -426,23 +406,21 @@ impl Program {
         &self,
         a: &Action,
         target: &Target,
-        ctx: &MjValue,
+        scope: &Scope,
+        env: &Value,
+        input: &PlanInput,
         shared: &Shared,
     ) -> Result<Result<ActionPlan, String>, String> {
         let t = &self.templates;
-        let env = shared
-            .env
-            .get(&target.name)
-            .ok_or_else(|| format!("target `{}` is not loaded", target.name))?;
         if let Some(when) = &a.when {
-            match t.truthy(when, ctx) {
+            match t.truthy_scope(when, scope) {
                 Ok(true) => {}
                 Ok(false) => return Ok(Err("condition `when` is false".into())),
                 Err(e) => return Err(format!("condition `when`: {}", describe(&e))),
             }
         }
         let mut omitted = Vec::new();
-        let params = eval_value(t, &a.params, ctx, &At::Root(""), &mut Some(&mut omitted))?
+        let params = eval_value(t, &a.params, scope, &At::Root(""), &mut Some(&mut omitted))?
             .unwrap_or(Value::Object(Map::new()));
         if a.raw_http {
             let request = raw_request(t, target, &params, env)?;
@@ -466,16 +444,15 @@ impl Program {
                 )));
             }
         }
-        let req_ctx = MjValue::from(BTreeMap::from([
-            ("params".to_string(), to_mj(&params)),
-            ("customer".to_string(), shared.customer.clone()),
-            ("env".to_string(), env.clone()),
-            ("known".to_string(), shared.known.clone()),
-            ("event".to_string(), shared.event.clone()),
-        ]));
+        let mut req_scope = Scope::new();
+        req_scope.set("params", &params);
+        req_scope.set("customer", &shared.customer);
+        req_scope.set("env", env);
+        req_scope.set("known", &input.known);
+        req_scope.set("event", &shared.event);
         // Optional parameters the mapping did not give drop out of the request
         // silently; only values the mapping asked for and could not get are reported.
-        let request = self.render_request(target, &op.request, &req_ctx)?;
+        let request = self.render_request(target, &op.request, &req_scope)?;
         Ok(Ok(ActionPlan {
             op: a.op.clone(),
             only_if_created: a.only_if_created,
@@ -488,25 +465,23 @@ impl Program {
         &self,
         target: &Target,
         req: &Request,
-        ctx: &MjValue,
+        scope: &Scope,
     ) -> Result<RequestPlan, String> {
         let t = &self.templates;
-        let path = match t.eval(&req.path, ctx) {
-            Ok(v) => v.to_string(),
+        let path = match t.eval_scope(&req.path, scope) {
+            Ok(Value::String(s)) => s,
+            Ok(other) => other.to_string(),
             Err(e) => return Err(format!("request path: {}", describe(&e))),
         };
         let query = match &req.query {
-            Some(q) => eval_value(t, q, ctx, &At::Root("query"), &mut None)?,
+            Some(q) => eval_value(t, q, scope, &At::Root("query"), &mut None)?,
             None => None,
         };
         let body = match &req.body {
-            Some(b) => eval_value(t, b, ctx, &At::Root("body"), &mut None)?,
+            Some(b) => eval_value(t, b, scope, &At::Root("body"), &mut None)?,
             None => None,
         };
-        let base = match t.eval(&target.base_url, ctx) {
-            Ok(v) => v.to_string(),
-            Err(e) => return Err(format!("base_url: {}", describe(&e))),
-        };
+        let base = self.base_url(target, scope)?;
         Ok(RequestPlan {
             method: req.method.clone(),
             url: join_url(&base, &path),
@@ -515,13 +490,21 @@ impl Program {
             body,
         })
     }
+
+    fn base_url(&self, target: &Target, scope: &Scope) -> Result<String, String> {
+        match self.templates.eval_scope(&target.base_url, scope) {
+            Ok(Value::String(s)) => Ok(s),
+            Ok(other) => Ok(other.to_string()),
+            Err(e) => Err(format!("base_url: {}", describe(&e))),
+        }
+    }
 }
 
 fn raw_request(
     t: &Templates,
     target: &Target,
     params: &Value,
-    env: &MjValue,
+    env: &Value,
 ) -> Result<RequestPlan, String> {
     let method = params
         .get("method")
@@ -533,11 +516,13 @@ fn raw_request(
         .and_then(Value::as_str)
         .ok_or("`http` needs a `path` string")?
         .to_string();
-    let ctx = MjValue::from(BTreeMap::from([("env".to_string(), env.clone())]));
-    let base = t
-        .eval(&target.base_url, &ctx)
-        .map(|v| v.to_string())
-        .map_err(|e| format!("base_url: {}", describe(&e)))?;
+    let mut scope = Scope::new();
+    scope.set("env", env);
+    let base = match t.eval_scope(&target.base_url, &scope) {
+        Ok(Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(e) => return Err(format!("base_url: {}", describe(&e))),
+    };
     Ok(RequestPlan {
         method,
         url: join_url(&base, &path),
@@ -551,21 +536,21 @@ fn join_url(base: &str, path: &str) -> String {
     if path.starts_with("http://") || path.starts_with("https://") {
         return path.to_string();
     }
-    format!(
-        "{}/{}",
-        base.trim_end_matches('/'),
-        path.trim_start_matches('/')
-    )
+    let mut url = String::with_capacity(base.len() + path.len() + 1);
+    url.push_str(base.trim_end_matches('/'));
+    url.push('/');
+    url.push_str(path.trim_start_matches('/'));
+    url
 }
 
 /// What every mapping of one plan shares, computed once.
 struct Shared {
-    event: MjValue,
-    known: MjValue,
+    event: Value,
     /// `env` of each target, by target name.
-    env: std::collections::HashMap<String, MjValue>,
+    env: std::collections::HashMap<String, Value>,
     /// `customer` in operation templates: placeholders resolved at delivery.
-    customer: MjValue,
+    customer: Value,
+    previous: Value,
 }
 
 enum Outcome {
@@ -576,6 +561,7 @@ enum Outcome {
 
 fn describe(e: &EvalError) -> String {
     match e {
+        EvalError::Missing(what) if what.is_empty() => "a value it needs is missing".to_string(),
         EvalError::Missing(what) => format!("missing value ({what})"),
         EvalError::Failed(msg) => msg.clone(),
     }
@@ -606,36 +592,19 @@ impl std::fmt::Display for At<'_> {
     }
 }
 
-/// The scope of a `$each` item: `item` plus everything of the enclosing scope,
-/// without copying the enclosing scope.
-#[derive(Debug)]
-struct ItemScope {
-    parent: MjValue,
-    item: MjValue,
-}
-
-impl minijinja::value::Object for ItemScope {
-    fn get_value(self: &std::sync::Arc<Self>, key: &MjValue) -> Option<MjValue> {
-        if key.as_str() == Some("item") {
-            return Some(self.item.clone());
-        }
-        self.parent.get_item(key).ok().filter(|v| !v.is_undefined())
-    }
-}
-
 /// Evaluates a value tree. `Ok(None)` means "omitted" (a value it needs is missing).
 pub fn eval_value(
     t: &Templates,
     tpl: &ValueTpl,
-    ctx: &MjValue,
+    scope: &Scope,
     at: &At<'_>,
     omitted: &mut Option<&mut Vec<String>>,
 ) -> Result<Option<Value>, String> {
     Ok(match tpl {
         ValueTpl::Lit(v) => Some(v.clone()),
-        ValueTpl::Str(s) => match t.eval(s, ctx) {
-            Ok(v) if v.is_none() => None,
-            Ok(v) => Some(to_json(&v)?),
+        ValueTpl::Str(s) => match t.eval_scope(s, scope) {
+            Ok(Value::Null) => None,
+            Ok(v) => Some(v),
             Err(EvalError::Missing(_)) => {
                 if let Some(list) = omitted {
                     list.push(at.to_string());
@@ -647,7 +616,7 @@ pub fn eval_value(
         ValueTpl::List(items) => {
             let mut out = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
-                if let Some(v) = eval_value(t, item, ctx, &At::Index(at, i), omitted)? {
+                if let Some(v) = eval_value(t, item, scope, &At::Index(at, i), omitted)? {
                     out.push(v);
                 }
             }
@@ -656,15 +625,16 @@ pub fn eval_value(
         ValueTpl::Map(entries) => {
             let mut out = Map::new();
             for (k, v) in entries {
-                if let Some(v) = eval_value(t, v, ctx, &At::Key(at, k), omitted)? {
+                if let Some(v) = eval_value(t, v, scope, &At::Key(at, k), omitted)? {
                     out.insert(k.clone(), v);
                 }
             }
             Some(Value::Object(out))
         }
         ValueTpl::Each { over, emit } => {
-            let items = match t.eval(over, ctx) {
-                Ok(v) => v,
+            let items = match t.eval_scope(over, scope) {
+                Ok(Value::Array(items)) => items,
+                Ok(other) => return Err(format!("`{at}`: `$each` needs a list, found {other}")),
                 Err(EvalError::Missing(_)) => {
                     if let Some(list) = omitted {
                         list.push(at.to_string());
@@ -673,16 +643,11 @@ pub fn eval_value(
                 }
                 Err(EvalError::Failed(msg)) => return Err(format!("`{at}`: {msg}")),
             };
-            let iter = items
-                .try_iter()
-                .map_err(|e| format!("`{at}`: `$each` needs a list ({e})"))?;
-            let mut out = Vec::new();
-            for (i, item) in iter.enumerate() {
-                let scope = MjValue::from_object(ItemScope {
-                    parent: ctx.clone(),
-                    item,
-                });
-                if let Some(v) = eval_value(t, emit, &scope, &At::Index(at, i), omitted)? {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let mut item_scope = Scope::child(scope);
+                item_scope.set("item", item);
+                if let Some(v) = eval_value(t, emit, &item_scope, &At::Index(at, i), omitted)? {
                     out.push(v);
                 }
             }

@@ -43,7 +43,6 @@ pub struct Program {
     pub templates: Templates,
     /// Project `vars:`, seen by mapping templates as `vars`.
     pub vars: Value,
-    pub(crate) vars_value: minijinja::Value,
 }
 
 /// The active profile of a source.

@@ -11,6 +11,8 @@
 
 use super::filters;
 use super::native::{self, Call, Defaults, Outcome, Step, is_ident, plain_path, walk};
+use super::scope::Scope;
+use minijinja::value::Serde;
 use minijinja::value::Value;
 use minijinja::{Environment, ErrorKind, Expression, State, Template, UndefinedBehavior};
 use std::collections::{BTreeSet, HashMap};
@@ -402,6 +404,68 @@ impl Templates {
         }
     }
 
+    /// Evaluates a compiled string in a JSON scope, giving JSON. Plain
+    /// lookups, native pipelines and interpolations never touch the template
+    /// engine; other templates see the scope converted once.
+    pub fn eval_scope(&self, tpl: &StrTpl, scope: &Scope) -> Result<serde_json::Value, EvalError> {
+        let resolve = |p: &[Step]| scope.walk(p).map(|v| Value::from(Serde(v)));
+        let engine_value = match tpl {
+            StrTpl::Literal(s) => return Ok(serde_json::Value::String(s.clone())),
+            StrTpl::Var(path) => {
+                return scope
+                    .walk(path)
+                    .filter(|v| !v.is_null())
+                    .cloned()
+                    .ok_or(EvalError::Missing(String::new()));
+            }
+            StrTpl::Lookup { kind, key } => {
+                let key = match scope.walk(key) {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(v) if !v.is_null() => Value::from(Serde(v)).to_string(),
+                    _ => return Err(EvalError::Missing(String::new())),
+                };
+                let known = scope
+                    .get("known")
+                    .and_then(|k| k.get(kind))
+                    .and_then(|of_kind| of_kind.get(&key))
+                    .filter(|id| !id.is_null());
+                return Ok(match known {
+                    Some(id) => id.clone(),
+                    None => serde_json::Value::String(placeholder(&format!("lookup:{kind}:{key}"))),
+                });
+            }
+            StrTpl::Pipe {
+                base,
+                calls,
+                fallback,
+            } => match native::pipeline_with(&resolve, base, calls, &self.defaults) {
+                Outcome::Value(v) => v,
+                Outcome::Missing => return Err(EvalError::Missing(String::new())),
+                Outcome::Fallback => self.eval(&StrTpl::Expr(*fallback), scope.engine_view())?,
+            },
+            StrTpl::Concat { pieces, fallback } => match native::interpolate_with(&resolve, pieces)
+            {
+                Outcome::Value(v) => v,
+                Outcome::Missing => return Err(EvalError::Missing(String::new())),
+                Outcome::Fallback => self.eval(&StrTpl::Text(*fallback), scope.engine_view())?,
+            },
+            StrTpl::Expr(_) | StrTpl::Text(_) => self.eval(tpl, scope.engine_view())?,
+        };
+        serde_json::to_value(&engine_value).map_err(|e| EvalError::Failed(e.to_string()))
+    }
+
+    /// [`Templates::truthy`] in a JSON scope.
+    pub fn truthy_scope(&self, tpl: &StrTpl, scope: &Scope) -> Result<bool, EvalError> {
+        match tpl {
+            StrTpl::Expr(_) | StrTpl::Text(_) => self.truthy(tpl, scope.engine_view()),
+            _ => match self.eval_scope(tpl, scope) {
+                Ok(v) => Ok(Value::from(Serde(&v)).is_true()),
+                Err(EvalError::Missing(_)) => Ok(false),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
     /// Evaluates a condition: true, false, or why it could not be decided.
     pub fn truthy(&self, tpl: &StrTpl, ctx: &Value) -> Result<bool, EvalError> {
         match self.eval(tpl, ctx) {
@@ -676,6 +740,21 @@ mod tests {
                 let ctx = Value::from(minijinja::value::Serde(serde_json::json!({"v": v, "o": v})));
                 let fast = ts.eval(tpl, &ctx);
                 let slow = ts.eval(&reference, &ctx);
+                let data = serde_json::json!({"v": v, "o": v});
+                let mut scope = Scope::new();
+                scope.set("v", &data["v"]);
+                scope.set("o", &data["o"]);
+                let from_scope = ts.eval_scope(tpl, &scope);
+                match (&from_scope, &slow) {
+                    (Ok(a), Ok(b)) => assert_eq!(
+                        Some(a),
+                        serde_json::to_value(b).ok().as_ref(),
+                        "scope: {text} with {v}"
+                    ),
+                    (Err(EvalError::Missing(_)), Err(EvalError::Missing(_))) => {}
+                    (Err(EvalError::Failed(_)), Err(EvalError::Failed(_))) => {}
+                    _ => panic!("{text} with {v}: scope {from_scope:?} vs minijinja {slow:?}"),
+                }
                 match (&fast, &slow) {
                     (Ok(a), Ok(b)) => assert_eq!(a, b, "{text} with {v}"),
                     (Err(EvalError::Missing(_)), Err(EvalError::Missing(_))) => {}
