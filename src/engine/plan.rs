@@ -197,13 +197,19 @@ impl Program {
         else {
             return Ok(plan);
         };
+        // Only the targets this event's mappings write to need their `env`.
+        let mut env = std::collections::HashMap::new();
+        for &i in indexes {
+            let target = &self.mappings[i].target;
+            if !env.contains_key(target)
+                && let Some(t) = self.targets.get(target)
+            {
+                env.insert(target.clone(), self.env_value(t, input));
+            }
+        }
         let shared = Shared {
             event: serde_json::to_value(&plan.event).unwrap_or(Value::Null),
-            env: self
-                .targets
-                .values()
-                .map(|t| (t.name.clone(), self.env_value(t, input)))
-                .collect(),
+            env,
             customer: serde_json::json!({
                 "id": placeholder("customer.id"),
                 "card_id": placeholder("customer.card_id"),

@@ -419,20 +419,31 @@ impl Templates {
                     .ok_or(EvalError::Missing(String::new()));
             }
             StrTpl::Lookup { kind, key } => {
-                let key = match scope.walk(key) {
-                    Some(serde_json::Value::String(s)) => s.clone(),
-                    Some(v) if !v.is_null() => Value::from(Serde(v)).to_string(),
+                let owned;
+                let key: &str = match scope.walk(key) {
+                    Some(serde_json::Value::String(s)) => s,
+                    Some(v) if !v.is_null() => {
+                        owned = Value::from(Serde(v)).to_string();
+                        &owned
+                    }
                     _ => return Err(EvalError::Missing(String::new())),
                 };
                 let known = scope
                     .get("known")
                     .and_then(|k| k.get(kind))
-                    .and_then(|of_kind| of_kind.get(&key))
+                    .and_then(|of_kind| of_kind.get(key))
                     .filter(|id| !id.is_null());
-                return Ok(match known {
-                    Some(id) => id.clone(),
-                    None => serde_json::Value::String(placeholder(&format!("lookup:{kind}:{key}"))),
-                });
+                if let Some(id) = known {
+                    return Ok(id.clone());
+                }
+                // `${lookup:kind:key}`, built without the formatting machinery (hot path).
+                let mut text = String::with_capacity(kind.len() + key.len() + 11);
+                text.push_str("${lookup:");
+                text.push_str(kind);
+                text.push(':');
+                text.push_str(key);
+                text.push('}');
+                return Ok(serde_json::Value::String(text));
             }
             StrTpl::Pipe {
                 base,
@@ -451,7 +462,9 @@ impl Templates {
             },
             StrTpl::Expr(_) | StrTpl::Text(_) => self.eval(tpl, scope.engine_view())?,
         };
-        serde_json::to_value(&engine_value).map_err(|e| EvalError::Failed(e.to_string()))
+        scalar_to_json(&engine_value).map(Ok).unwrap_or_else(|| {
+            serde_json::to_value(&engine_value).map_err(|e| EvalError::Failed(e.to_string()))
+        })
     }
 
     /// [`Templates::truthy`] in a JSON scope.
@@ -473,6 +486,17 @@ impl Templates {
             Err(EvalError::Missing(_)) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Strings and booleans converted without going through serde (numbers keep
+/// serde's path, which tells integers from floats exactly).
+fn scalar_to_json(v: &Value) -> Option<serde_json::Value> {
+    use minijinja::value::ValueKind;
+    match v.kind() {
+        ValueKind::String => v.as_str().map(|s| serde_json::Value::String(s.to_string())),
+        ValueKind::Bool => Some(serde_json::Value::Bool(v.is_true())),
+        _ => None,
     }
 }
 
