@@ -16,7 +16,13 @@ fn bench(c: &mut Criterion) {
         panic!("the shipped mapping set has errors: run `mapper check mappings`");
     };
     let input = PlanInput::default();
+    // A small and a large Sticky Cards mapping, two mappings on one event, a
+    // large SlickText payload, and a GHL contact webhook.
     let cases = [
+        (
+            "stickycards",
+            "examples/payloads/stickycards/CardScannedEvent.json",
+        ),
         (
             "stickycards",
             "examples/payloads/stickycards/CardInstalledEvent.json",
@@ -29,6 +35,7 @@ fn bench(c: &mut Criterion) {
             "slicktext",
             "examples/payloads/slicktext/LoyaltyEventCreated.debit-reward.json",
         ),
+        ("ghl", "examples/payloads/ghl/ContactTagUpdate.json"),
     ];
     for (source, file) in cases {
         let body = std::fs::read(file).unwrap_or_else(|e| panic!("{file}: {e}"));
