@@ -240,3 +240,26 @@ fn switching_the_stickycards_profile_is_a_yaml_change() {
         );
     }
 }
+
+/// Every shipped mapping is exercised by at least one mapping test that names it.
+#[test]
+fn every_shipped_mapping_has_a_test() {
+    let compiled = mapper::config::compile::compile_dir(Path::new("mappings"));
+    let program = compiled.program.expect("the shipped set compiles");
+    let mut tested = std::collections::BTreeSet::new();
+    for (_, case) in &compiled.tests {
+        let expect = case.expect.to_json();
+        for m in expect["mappings"].as_array().into_iter().flatten() {
+            if let Some(name) = m["name"].as_str() {
+                tested.insert(name.to_string());
+            }
+        }
+    }
+    let untested: Vec<&str> = program
+        .mappings
+        .iter()
+        .map(|m| m.name.as_str())
+        .filter(|n| !tested.contains(*n))
+        .collect();
+    assert!(untested.is_empty(), "mappings without a test: {untested:?}");
+}
