@@ -1,21 +1,11 @@
 //! `mapper check` diagnostics: one broken file per class, asserting code, line and column.
 
+mod common;
+use common::copy_dir;
+
 use mapper::config::compile::compile_dir;
 use mapper::config::diagnostic::Diagnostic;
 use std::path::{Path, PathBuf};
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), dest).unwrap();
-        }
-    }
-}
 
 /// The minimal valid set plus `extra` files; returns the diagnostics.
 fn check_with(extra: &[(&str, &str)]) -> (tempfile::TempDir, Vec<Diagnostic>) {

@@ -1,5 +1,8 @@
 //! The `mapper` binary as a user runs it: exit codes, output formats, and the shipped mapping set.
 
+mod common;
+use common::copy_dir;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -161,19 +164,6 @@ fn every_example_payload_plans_without_error() {
                 path.display(),
                 text(&out)
             );
-        }
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dest);
-        } else {
-            std::fs::copy(entry.path(), dest).unwrap();
         }
     }
 }

@@ -1,9 +1,9 @@
 //! `mapper check`.
 
-use super::{Format, set_root};
+use super::{Format, same_file, set_root};
 use crate::config::compile::compile_dir;
 use crate::config::diagnostic::{Code, Diagnostic, Pos};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 pub fn run(paths: &[PathBuf], format: Format) -> ExitCode {
@@ -70,12 +70,5 @@ pub fn run(paths: &[PathBuf], format: Format) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    }
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => a == b,
     }
 }

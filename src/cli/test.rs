@@ -1,6 +1,6 @@
 //! `mapper test`: mapping test cases, payload in → expected plan.
 
-use super::set_root;
+use super::{same_file, set_root};
 use crate::config::compile::compile_dir;
 use crate::config::model::TestCase;
 use crate::engine::decode::decode;
@@ -37,7 +37,7 @@ pub fn run(paths: &[PathBuf], verbose: bool) -> ExitCode {
         };
         let only = (!path.is_dir()).then(|| path.clone());
         for (file, case) in &compiled.tests {
-            if only.as_ref().is_some_and(|f| !same(file, f)) {
+            if only.as_ref().is_some_and(|f| !same_file(file, f)) {
                 continue;
             }
             let shown = file
@@ -72,13 +72,6 @@ pub fn run(paths: &[PathBuf], verbose: bool) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
-    }
-}
-
-fn same(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => a == b,
     }
 }
 
