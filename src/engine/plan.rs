@@ -43,6 +43,9 @@ pub struct EventInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub event: EventInfo,
+    /// No mapping is defined for this event (it is stored and can be replayed once one is).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unmapped: bool,
     /// Mappings that fired, in execution order.
     pub mappings: Vec<FiredMapping>,
     /// Mappings for this event that did not fire, and why.
@@ -187,6 +190,7 @@ impl Program {
         let event = self.identify(source, payload)?;
         let mut plan = Plan {
             event,
+            unmapped: false,
             mappings: vec![],
             skipped: vec![],
             errors: vec![],
@@ -195,6 +199,7 @@ impl Program {
             .by_event
             .get(&(source.to_string(), plan.event.event_type.clone()))
         else {
+            plan.unmapped = true;
             return Ok(plan);
         };
         // Only the targets this event's mappings write to need their `env`.
