@@ -8,5 +8,6 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod jsonpath;
-pub mod schema;
 pub mod sandbox;
+pub mod schema;
+pub mod store;

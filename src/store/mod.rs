@@ -1,0 +1,370 @@
+//! The local database: the durable inbox of webhooks, the sync log, run
+//! summaries and the customer mirror.
+//!
+//! One code path for SQLite (the embedded default) and PostgreSQL: sqlx
+//! runtime queries over `AnyPool`, `$n` placeholders, times as epoch
+//! milliseconds and JSON as text. Only the migrations differ by dialect.
+//! Every row is keyed by a *connection* (one GHL location with its source
+//! accounts); a single deployment uses `default`.
+
+use serde::Serialize;
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Row};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// The connection used when none is configured.
+pub const DEFAULT_CONNECTION: &str = "default";
+
+/// Where an event is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventState {
+    /// Stored, waiting for a worker.
+    Received,
+    /// Stored, but no mapping handles it; replayable once one does.
+    Unmapped,
+    /// Failed transiently; will be tried again.
+    Retrying,
+    Delivered,
+    /// Gave up after the last attempt, or failed permanently.
+    Dead,
+}
+
+impl EventState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventState::Received => "received",
+            EventState::Unmapped => "unmapped",
+            EventState::Retrying => "retrying",
+            EventState::Delivered => "delivered",
+            EventState::Dead => "dead",
+        }
+    }
+}
+
+/// A webhook to store.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub connection: String,
+    pub source: String,
+    pub event_type: String,
+    pub event_id: Option<String>,
+    pub dedup_key: String,
+    pub occurred_at: Option<i64>,
+    /// The request headers that matter, as a JSON object.
+    pub headers: serde_json::Value,
+    pub body: Vec<u8>,
+    pub state: EventState,
+}
+
+/// The outcome of storing a webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// Stored now, with this delivery id.
+    New(i64),
+    /// The same event (same de-duplication key) was stored before, with this id.
+    Duplicate(i64),
+}
+
+impl Inserted {
+    pub fn id(self) -> i64 {
+        match self {
+            Inserted::New(id) | Inserted::Duplicate(id) => id,
+        }
+    }
+}
+
+/// Counts of events by source, type and state.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Count {
+    pub source: String,
+    pub event_type: String,
+    pub state: String,
+    pub count: i64,
+}
+
+/// A database error, with what we were doing.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database {url}: {source}")]
+    Open { url: String, source: sqlx::Error },
+    #[error("cannot migrate the database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("the inbox writer has stopped")]
+    WriterGone,
+    #[error("unsupported database URL `{0}`: use sqlite://FILE or postgres://…")]
+    Url(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// The database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Store {
+    /// Opens (creating and migrating) the database at `url`:
+    /// `sqlite://mapper.db`, `sqlite::memory:` is refused (each pooled
+    /// connection would see its own database), `postgres://…`.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        install_default_drivers();
+        let (dialect, url) = normalize_url(url)?;
+        let mut options =
+            AnyPoolOptions::new().max_connections(if dialect == Dialect::Sqlite { 4 } else { 10 });
+        if dialect == Dialect::Sqlite {
+            options = options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL lets readers run beside the writer; FULL makes every commit durable.
+                    sqlx::query("PRAGMA journal_mode=WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA synchronous=FULL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout=5000")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&url)
+            .await
+            .map_err(|source| StoreError::Open {
+                url: redact(&url),
+                source,
+            })?;
+        migrator(dialect).run(&pool).await?;
+        Ok(Store { pool, dialect })
+    }
+
+    /// True when the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// Stores events in one transaction; a repeated de-duplication key gives
+    /// the id stored the first time.
+    pub async fn insert_events(&self, events: &[NewEvent]) -> Result<Vec<Inserted>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(events.len());
+        let now = now_ms();
+        for e in events {
+            let inserted = sqlx::query(
+                "INSERT INTO events (connection, source, event_type, event_id, dedup_key, received_at, \
+                 occurred_at, headers, body, state, attempts, next_attempt_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11) \
+                 ON CONFLICT (connection, source, dedup_key) DO NOTHING RETURNING id",
+            )
+            .bind(&e.connection)
+            .bind(&e.source)
+            .bind(&e.event_type)
+            .bind(e.event_id.as_deref())
+            .bind(&e.dedup_key)
+            .bind(now)
+            .bind(e.occurred_at)
+            .bind(e.headers.to_string())
+            .bind(&e.body)
+            .bind(e.state.as_str())
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let result = match inserted {
+                Some(row) => Inserted::New(row.try_get::<i64, _>(0)?),
+                None => {
+                    let row = sqlx::query(
+                        "SELECT id FROM events WHERE connection = $1 AND source = $2 AND dedup_key = $3",
+                    )
+                    .bind(&e.connection)
+                    .bind(&e.source)
+                    .bind(&e.dedup_key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    Inserted::Duplicate(row.try_get::<i64, _>(0)?)
+                }
+            };
+            out.push(result);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Counts events by source, type and state.
+    pub async fn counts(&self) -> Result<Vec<Count>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT source, event_type, state, COUNT(*) FROM events \
+             GROUP BY source, event_type, state ORDER BY source, event_type, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Count {
+                    source: r.try_get(0)?,
+                    event_type: r.try_get(1)?,
+                    state: r.try_get(2)?,
+                    count: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// The stored body and state of an event.
+    pub async fn event(&self, id: i64) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        let row = sqlx::query("SELECT state, body FROM events WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
+            None => None,
+        })
+    }
+
+    /// Whether this is the PostgreSQL backend.
+    pub fn is_postgres(&self) -> bool {
+        self.dialect == Dialect::Postgres
+    }
+}
+
+/// The migrations, embedded in the binary so it runs from any folder.
+fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
+    use sqlx::SqlSafeStr;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    let sql = match dialect {
+        Dialect::Sqlite => include_str!("../../migrations/sqlite/0001_inbox.sql"),
+        Dialect::Postgres => include_str!("../../migrations/postgres/0001_inbox.sql"),
+    };
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "inbox".into(),
+        MigrationType::Simple,
+        sql.into_sql_str(),
+        false,
+    )])
+}
+
+fn normalize_url(url: &str) -> Result<(Dialect, String), StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok((Dialect::Postgres, url.to_string()));
+    }
+    let Some(rest) = url.strip_prefix("sqlite:") else {
+        return Err(StoreError::Url(url.to_string()));
+    };
+    if rest.contains(":memory:") || rest.contains("mode=memory") {
+        return Err(StoreError::Url(url.to_string()));
+    }
+    // Create the file when it does not exist yet.
+    let with_mode = if rest.contains("mode=") {
+        url.to_string()
+    } else if rest.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    };
+    Ok((Dialect::Sqlite, with_mode))
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Groups concurrent inserts into one transaction, so durability costs one
+/// commit per batch instead of one per webhook.
+#[derive(Debug, Clone)]
+pub struct Inbox {
+    tx: mpsc::Sender<(NewEvent, oneshot::Sender<Result<Inserted, String>>)>,
+}
+
+impl Inbox {
+    /// Starts the writer task; at most `max_batch` events per transaction.
+    pub fn start(store: Store, max_batch: usize) -> Inbox {
+        let (tx, mut rx) =
+            mpsc::channel::<(NewEvent, oneshot::Sender<Result<Inserted, String>>)>(4096);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < max_batch {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let events: Vec<NewEvent> = batch.iter().map(|(e, _)| e.clone()).collect();
+                match store.insert_events(&events).await {
+                    Ok(results) => {
+                        for ((_, reply), result) in batch.into_iter().zip(results) {
+                            let _ = reply.send(Ok(result));
+                        }
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        for (_, reply) in batch {
+                            let _ = reply.send(Err(message.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Inbox { tx }
+    }
+
+    /// Stores one event; returns once it is committed.
+    pub async fn store(&self, event: NewEvent) -> Result<Inserted, String> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send((event, reply))
+            .await
+            .map_err(|_| StoreError::WriterGone.to_string())?;
+        answer
+            .await
+            .map_err(|_| StoreError::WriterGone.to_string())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            normalize_url("sqlite://x.db").unwrap().1,
+            "sqlite://x.db?mode=rwc"
+        );
+        assert_eq!(
+            normalize_url("sqlite://x.db?mode=ro").unwrap().1,
+            "sqlite://x.db?mode=ro"
+        );
+        assert!(normalize_url("sqlite::memory:").is_err());
+        assert!(normalize_url("mysql://x").is_err());
+        assert_eq!(
+            normalize_url("postgres://u:p@h/db").unwrap().0,
+            Dialect::Postgres
+        );
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://***@h/db");
+    }
+}
