@@ -10,4 +10,5 @@ pub mod engine;
 pub mod jsonpath;
 pub mod sandbox;
 pub mod schema;
+pub mod server;
 pub mod store;

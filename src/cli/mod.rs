@@ -2,6 +2,7 @@
 
 mod check;
 mod plan;
+mod serve;
 mod test;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -52,6 +53,25 @@ enum Command {
     },
     /// Print the JSON Schema of mapping files (schemas/mapping.schema.json).
     Schema,
+    /// Receive webhooks: verify, store durably in the inbox, acknowledge.
+    Serve {
+        /// Mapping folder
+        #[arg(long, env = "MAPPER_MAPPINGS", default_value = "mappings")]
+        mappings: PathBuf,
+        /// Address to listen on
+        #[arg(long, env = "MAPPER_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Database URL: sqlite://FILE (created) or postgres://…
+        #[arg(
+            long,
+            env = "MAPPER_DATABASE_URL",
+            default_value = "sqlite://mapper.db"
+        )]
+        database: String,
+        /// Log as JSON lines instead of text
+        #[arg(long)]
+        log_json: bool,
+    },
 }
 
 /// Runs the command line; returns the process exit code.
@@ -65,6 +85,17 @@ pub fn run() -> ExitCode {
             mappings,
         } => plan::run(&mappings, &source, &payload),
         Command::Test { paths, verbose } => test::run(&default_paths(paths), verbose),
+        Command::Serve {
+            mappings,
+            listen,
+            database,
+            log_json,
+        } => serve::run(serve::ServeOptions {
+            mappings: &mappings,
+            listen: &listen,
+            database: &database,
+            log_json,
+        }),
         Command::Schema => {
             print!("{}", crate::schema::schema_json());
             ExitCode::SUCCESS

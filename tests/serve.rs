@@ -1,0 +1,286 @@
+//! `mapper serve` over real HTTP on loopback with a real SQLite file.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Server {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+    db: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const SECRETS: [(&str, &str); 5] = [
+    ("STICKYCARDS_WEBHOOK_TOKEN", "sc-token"),
+    ("SIGNALMIND_WEBHOOK_TOKEN", "sm-token"),
+    ("SLICKTEXT_WEBHOOK_SECRET", "st-secret"),
+    ("GHL_WORKFLOW_WEBHOOK_TOKEN", "wf-token"),
+    ("MAPPER_TEST_UNUSED", ""),
+];
+
+fn start(with_secrets: bool) -> Result<Server, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let db = format!("sqlite://{}", dir.path().join("inbox.db").display());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapper"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--database",
+        &db,
+        "--mappings",
+        "mappings",
+    ])
+    .env("RUST_LOG", "info")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    for (k, v) in SECRETS {
+        if with_secrets {
+            cmd.env(k, v);
+        } else {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = String::new();
+    while let Some(Ok(line)) = lines.next() {
+        seen.push_str(&line);
+        seen.push('\n');
+        if let Some(at) = line.find("http://") {
+            let rest = &line[at + 7..];
+            let addr: String = rest
+                .chars()
+                .take_while(|c| *c != '/' && !c.is_whitespace())
+                .collect();
+            // Keep draining stderr so the server never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return Ok(Server {
+                child,
+                base: format!("http://{addr}"),
+                _dir: dir,
+                db,
+            });
+        }
+    }
+    let _ = child.wait();
+    Err(seen)
+}
+
+#[test]
+fn refuses_to_start_without_webhook_secrets_and_names_them() {
+    let err = start(false).err().expect("must not start");
+    for var in [
+        "STICKYCARDS_WEBHOOK_TOKEN",
+        "SIGNALMIND_WEBHOOK_TOKEN",
+        "SLICKTEXT_WEBHOOK_SECRET",
+        "GHL_WORKFLOW_WEBHOOK_TOKEN",
+    ] {
+        assert!(err.contains(var), "{var} not named in:\n{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stores_then_acknowledges_and_refuses_bad_requests_precisely() {
+    let server = start(true).expect("server starts");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = |path: &str| format!("{}{}", server.base, path);
+    let installed = std::fs::read("examples/payloads/stickycards/CardInstalledEvent.json").unwrap();
+
+    assert_eq!(
+        http.get(url("/healthz")).send().await.unwrap().status(),
+        200
+    );
+    let ready: serde_json::Value = http
+        .get(url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["ready"], true);
+
+    // Stored, then acknowledged with the delivery id; a redelivery gets the same id.
+    let send = |body: Vec<u8>, token: &'static str| {
+        http.post(url(&format!("/webhooks/stickycards?token={token}")))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let first = send(installed.clone(), "sc-token").await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: serde_json::Value = first.json().await.unwrap();
+    assert_eq!(first["status"], "accepted");
+    let again = send(installed.clone(), "sc-token").await.unwrap();
+    assert_eq!(again.status(), 200);
+    let again: serde_json::Value = again.json().await.unwrap();
+    assert_eq!(again["status"], "duplicate");
+    assert_eq!(again["delivery_id"], first["delivery_id"]);
+
+    // Refusals: each with its status and a message saying what is wrong.
+    let r = send(installed.clone(), "wrong").await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("token does not match"));
+    let r = http
+        .post(url("/webhooks/nosuch"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = send(
+        b"{\n  \"event_type\": \"CardInstalledEvent\",\n  oops\n}".to_vec(),
+        "sc-token",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("line 3, column 3"));
+    let r = send(vec![b' '; 2 * 1024 * 1024], "sc-token").await.unwrap();
+    assert_eq!(r.status(), 413);
+    let r = http
+        .post(url("/webhooks/stickycards?token=sc-token"))
+        .header("content-type", "application/xml")
+        .body(installed.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let r = send(br#"{"customer_id": "x"}"#.to_vec(), "sc-token")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("no event type"));
+
+    // An event no mapping handles is kept as unmapped.
+    let r = send(
+        br#"{"event_type": "CouponRedeemedEvent", "customer_id": "c1"}"#.to_vec(),
+        "sc-token",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["status"],
+        "unmapped"
+    );
+
+    // SlickText: form-encoded, HMAC-MD5 of the raw `data` field.
+    let form =
+        std::fs::read_to_string("examples/payloads/slicktext/LoyaltyEventCreated.joined.form")
+            .unwrap();
+    let data = form.trim().strip_prefix("data=").unwrap();
+    let data = urlencoding::decode(&data.replace('+', " "))
+        .unwrap()
+        .into_owned();
+    let signature = hex::encode(mapper::server::verify::hmac_md5(
+        b"st-secret",
+        data.as_bytes(),
+    ));
+    let r = http
+        .post(url("/webhooks/slicktext"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("X-Slicktext-Signature", &signature)
+        .body(form.trim().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
+    let r = http
+        .post(url("/webhooks/slicktext"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("X-Slicktext-Signature", "00")
+        .body(form.trim().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let metrics = http
+        .get(url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("mapper_webhooks_accepted_total{source=\"stickycards\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mapper_webhooks_duplicate_total{source=\"stickycards\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("reason=\"signature\""), "{metrics}");
+
+    // What was acknowledged is in the database file.
+    let store = mapper::store::Store::open(&server.db).await.unwrap();
+    let counts = store.counts().await.unwrap();
+    let total: i64 = counts.iter().map(|c| c.count).sum();
+    assert_eq!(total, 3, "{counts:?}");
+    assert!(
+        counts
+            .iter()
+            .any(|c| c.state == "unmapped" && c.event_type == "CouponRedeemedEvent")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_concurrent_webhooks_is_stored_once_each() {
+    let server = start(true).expect("server starts");
+    let http = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let http = http.clone();
+        let url = format!("{}/webhooks/stickycards", server.base);
+        tasks.push(tokio::spawn(async move {
+            let body = format!(
+                r#"{{"event_type":"CardScannedEvent","timestamp":"2025-03-05T10:00:{:02}Z","customer_id":"cus_{}","card_id":"c"}}"#,
+                i % 50,
+                i % 50
+            );
+            http.post(url)
+                .header("X-Webhook-Token", "sc-token")
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap().unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 202).count(),
+        50,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 50);
+    let store = mapper::store::Store::open(&server.db).await.unwrap();
+    assert_eq!(
+        store
+            .counts()
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.count)
+            .sum::<i64>(),
+        50
+    );
+}
