@@ -1,7 +1,7 @@
 //! The inbox on a real SQLite file and, when `MAPPER_TEST_POSTGRES_URL` is
 //! set (CI sets it), on PostgreSQL: same code path, same assertions.
 
-use mapper::store::{EventState, Inbox, Inserted, NewEvent, Store};
+use mapper::store::{EventState, Inbox, Inserted, NewEvent, ReplayFilter, Store};
 use sqlx::Connection;
 
 fn event(key: &str) -> NewEvent {
@@ -68,6 +68,41 @@ async fn exercise(store: Store) {
     );
     let counts = store.counts().await.unwrap();
     assert_eq!(counts.iter().map(|c| c.count).sum::<i64>(), 102);
+
+    // An unmapped event is replayed once a filter matches it, and only then.
+    let mut unmapped = event("u1");
+    unmapped.state = EventState::Unmapped;
+    unmapped.event_type = "CouponRedeemedEvent".into();
+    let id = store.insert_events(&[unmapped]).await.unwrap()[0].id();
+    let by = |source: Option<&str>, event_type: Option<&str>| ReplayFilter {
+        source: source.map(str::to_string),
+        event_type: event_type.map(str::to_string),
+        ..Default::default()
+    };
+    assert_eq!(store.replay(&by(Some("slicktext"), None)).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .replay(&by(None, Some("CardInstalledEvent")))
+            .await
+            .unwrap(),
+        0
+    );
+    let future = ReplayFilter {
+        since_ms: Some(i64::MAX),
+        ..Default::default()
+    };
+    assert_eq!(store.replay(&future).await.unwrap(), 0);
+    let exact = ReplayFilter {
+        id: Some(id),
+        ..Default::default()
+    };
+    assert_eq!(store.replay(&exact).await.unwrap(), 1);
+    assert_eq!(store.event(id).await.unwrap().unwrap().0, "received");
+    assert_eq!(
+        store.replay(&ReplayFilter::default()).await.unwrap(),
+        0,
+        "nothing dead or unmapped is left"
+    );
 }
 
 #[tokio::test]
@@ -78,16 +113,8 @@ async fn inbox_on_sqlite_file() {
     exercise(store).await;
     // Reopening runs no migration twice and keeps the rows.
     let again = Store::open(&url).await.unwrap();
-    assert_eq!(
-        again
-            .counts()
-            .await
-            .unwrap()
-            .iter()
-            .map(|c| c.count)
-            .sum::<i64>(),
-        102
-    );
+    let rows: i64 = again.counts().await.unwrap().iter().map(|c| c.count).sum();
+    assert_eq!(rows, 103);
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! The `mapper` command line.
 
 mod check;
+mod ops;
 mod plan;
 mod serve;
 mod test;
@@ -53,6 +54,43 @@ enum Command {
     },
     /// Print the JSON Schema of mapping files (schemas/mapping.schema.json).
     Schema,
+    /// Counts of stored events by state, per source and event, and the latest errors.
+    Status {
+        /// Database URL
+        #[arg(
+            long,
+            env = "MAPPER_DATABASE_URL",
+            default_value = "sqlite://mapper.db"
+        )]
+        database: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Re-queue dead or unmapped events (all, by id, by source/event, since a time).
+    Replay {
+        /// Database URL
+        #[arg(
+            long,
+            env = "MAPPER_DATABASE_URL",
+            default_value = "sqlite://mapper.db"
+        )]
+        database: String,
+        /// Only this delivery id
+        #[arg(long)]
+        id: Option<i64>,
+        /// Only this source
+        #[arg(long)]
+        source: Option<String>,
+        /// Only this event type
+        #[arg(long)]
+        event: Option<String>,
+        /// Only events received since this time (2025-03-01, RFC 3339 or unix seconds)
+        #[arg(long, value_parser = ops::parse_since)]
+        since: Option<i64>,
+        /// Only events in this state (dead or unmapped; default both)
+        #[arg(long, value_parser = ops::parse_state)]
+        state: Vec<crate::store::EventState>,
+    },
     /// Receive webhooks: verify, store durably in the inbox, acknowledge.
     Serve {
         /// Mapping folder
@@ -96,6 +134,24 @@ pub fn run() -> ExitCode {
             database: &database,
             log_json,
         }),
+        Command::Status { database, format } => ops::status(&database, format),
+        Command::Replay {
+            database,
+            id,
+            source,
+            event,
+            since,
+            state,
+        } => ops::replay(
+            &database,
+            crate::store::ReplayFilter {
+                states: state,
+                id,
+                source,
+                event_type: event,
+                since_ms: since,
+            },
+        ),
         Command::Schema => {
             print!("{}", crate::schema::schema_json());
             ExitCode::SUCCESS

@@ -84,6 +84,18 @@ pub struct Count {
     pub count: i64,
 }
 
+/// Which events `replay` re-queues.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayFilter {
+    /// States to re-queue (default: dead and unmapped).
+    pub states: Vec<EventState>,
+    pub id: Option<i64>,
+    pub source: Option<String>,
+    pub event_type: Option<String>,
+    /// Only events received at or after this time (epoch ms).
+    pub since_ms: Option<i64>,
+}
+
 /// A database error, with what we were doing.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -237,6 +249,63 @@ impl Store {
             Some(r) => Some((r.try_get(0)?, r.try_get(1)?)),
             None => None,
         })
+    }
+
+    /// The latest errors of events that are dead or retrying, newest first.
+    pub async fn last_errors(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, String, String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, source, event_type, state, last_error FROM events \
+             WHERE last_error IS NOT NULL AND state IN ('dead', 'retrying') ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                    r.try_get(4)?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Puts dead or unmapped events back in the queue; returns how many.
+    pub async fn replay(&self, filter: &ReplayFilter) -> Result<u64, StoreError> {
+        let states: Vec<&str> = if filter.states.is_empty() {
+            vec!["dead", "unmapped"]
+        } else {
+            filter.states.iter().map(|s| s.as_str()).collect()
+        };
+        let mut total = 0;
+        for state in states {
+            let result = sqlx::query(
+                "UPDATE events SET state = 'received', attempts = 0, next_attempt_at = $1, last_error = NULL \
+                 WHERE state = $2 \
+                 AND ($3 = 0 OR id = $4) \
+                 AND ($5 = '' OR source = $5) \
+                 AND ($6 = '' OR event_type = $6) \
+                 AND received_at >= $7",
+            )
+            .bind(now_ms())
+            .bind(state)
+            .bind(i64::from(filter.id.is_some()))
+            .bind(filter.id.unwrap_or(0))
+            .bind(filter.source.as_deref().unwrap_or(""))
+            .bind(filter.event_type.as_deref().unwrap_or(""))
+            .bind(filter.since_ms.unwrap_or(0))
+            .execute(&self.pool)
+            .await?;
+            total += result.rows_affected();
+        }
+        Ok(total)
     }
 
     /// Whether this is the PostgreSQL backend.

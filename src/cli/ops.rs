@@ -1,0 +1,118 @@
+//! `mapper status` and `mapper replay`: operating the inbox.
+
+use super::Format;
+use crate::store::{EventState, ReplayFilter, Store};
+use std::process::ExitCode;
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+/// Prints counts by state, per source and event, and the latest errors.
+pub fn status(database: &str, format: Format) -> ExitCode {
+    let Some(rt) = runtime() else {
+        return ExitCode::from(1);
+    };
+    rt.block_on(async {
+        let store = match Store::open(database).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let (counts, errors) = match (store.counts().await, store.last_errors(10).await) {
+            (Ok(c), Ok(e)) => (c, e),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let states = ["received", "retrying", "delivered", "dead", "unmapped"];
+        let total = |state: &str| counts.iter().filter(|c| c.state == state).map(|c| c.count).sum::<i64>();
+        match format {
+            Format::Json => {
+                let out = serde_json::json!({
+                    "totals": states.iter().map(|s| (s.to_string(), serde_json::Value::from(total(s)))).collect::<serde_json::Map<_, _>>(),
+                    "by_event": counts,
+                    "last_errors": errors.iter().map(|(id, source, event, state, error)| serde_json::json!({
+                        "id": id, "source": source, "event": event, "state": state, "error": error
+                    })).collect::<Vec<_>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            }
+            Format::Text => {
+                println!(
+                    "{}",
+                    states.iter().map(|s| format!("{s}: {}", total(s))).collect::<Vec<_>>().join("  ")
+                );
+                if !counts.is_empty() {
+                    println!("\n{:<14} {:<40} {:<10} {:>8}", "SOURCE", "EVENT", "STATE", "COUNT");
+                    for c in &counts {
+                        println!("{:<14} {:<40} {:<10} {:>8}", c.source, c.event_type, c.state, c.count);
+                    }
+                }
+                if !errors.is_empty() {
+                    println!("\nlast errors:");
+                    for (id, source, event, state, error) in &errors {
+                        println!("  #{id} {source} {event} ({state}): {error}");
+                    }
+                }
+            }
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+/// Re-queues dead or unmapped events and says how many.
+pub fn replay(database: &str, filter: ReplayFilter) -> ExitCode {
+    let Some(rt) = runtime() else {
+        return ExitCode::from(1);
+    };
+    rt.block_on(async {
+        let store = match Store::open(database).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        match store.replay(&filter).await {
+            Ok(n) => {
+                println!("re-queued {n} event(s)");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+/// Parses `--state` values.
+pub fn parse_state(s: &str) -> Result<EventState, String> {
+    match s {
+        "dead" => Ok(EventState::Dead),
+        "unmapped" => Ok(EventState::Unmapped),
+        other => Err(format!("`{other}`: replay takes dead or unmapped")),
+    }
+}
+
+/// Parses `--since`: RFC 3339, a date, or unix seconds.
+pub fn parse_since(s: &str) -> Result<i64, String> {
+    crate::engine::filters::parse_timestamp_str(s, "UTC")
+        .map(|t| t.timestamp_millis())
+        .ok_or_else(|| {
+            format!("`{s}` is not a time (use 2025-03-01, 2025-03-01T10:00:00Z or unix seconds)")
+        })
+}
