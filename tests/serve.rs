@@ -237,6 +237,41 @@ async fn stores_then_acknowledges_and_refuses_bad_requests_precisely() {
             .iter()
             .any(|c| c.state == "unmapped" && c.event_type == "CouponRedeemedEvent")
     );
+
+    // Operators see it, and can re-queue it once a mapping exists.
+    let status = Command::new(env!("CARGO_BIN_EXE_mapper"))
+        .args(["status", "--database", &server.db, "--format", "json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["totals"]["unmapped"], 1, "{status}");
+    let replay = Command::new(env!("CARGO_BIN_EXE_mapper"))
+        .args([
+            "replay",
+            "--database",
+            &server.db,
+            "--state",
+            "unmapped",
+            "--source",
+            "stickycards",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&replay.stdout).trim(),
+        "re-queued 1 event(s)"
+    );
+    let bad = Command::new(env!("CARGO_BIN_EXE_mapper"))
+        .args([
+            "replay",
+            "--database",
+            &server.db,
+            "--since",
+            "yesterday-ish",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "a usage error");
 }
 
 #[tokio::test(flavor = "multi_thread")]
