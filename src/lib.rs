@@ -12,3 +12,5 @@ pub mod sandbox;
 pub mod schema;
 pub mod server;
 pub mod store;
+pub mod targets;
+pub mod worker;

@@ -88,8 +88,32 @@ async fn serve(opts: ServeOptions<'_>) -> ExitCode {
         .local_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| opts.listen.to_string());
+    let program = Arc::new(program);
+    let mut target_env = std::collections::BTreeMap::new();
+    for target in program.targets.values() {
+        for name in target.env.keys() {
+            if let Ok(v) = std::env::var(name) {
+                target_env.insert(name.clone(), v);
+            }
+        }
+    }
+    let executor = Arc::new(crate::targets::Executor::new(
+        program.clone(),
+        store.clone(),
+        target_env,
+    ));
+    for missing in executor.unset_variables() {
+        tracing::warn!("{missing} is not set: deliveries to that target will fail until it is");
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(crate::worker::run(
+        store.clone(),
+        executor,
+        crate::worker::WorkerConfig::default(),
+        stopped,
+    ));
     let state = Arc::new(AppState {
-        program: Arc::new(program),
+        program,
         inbox: Inbox::start(store.clone(), 256),
         store,
         verifiers,
@@ -104,6 +128,16 @@ async fn serve(opts: ServeOptions<'_>) -> ExitCode {
     {
         eprintln!("error: the server stopped: {e}");
         return ExitCode::from(1);
+    }
+    // The worker finishes the event in hand; the rest stays stored for the next start.
+    let _ = stop.send(true);
+    if tokio::time::timeout(std::time::Duration::from_secs(30), worker)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the worker did not finish within 30 s; its event will be retried on the next start"
+        );
     }
     tracing::info!("stopped; stored events stay in the database for the next start");
     ExitCode::SUCCESS

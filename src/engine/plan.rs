@@ -125,7 +125,7 @@ pub struct ActionPlan {
 }
 
 /// A concrete HTTP request; `${…}` marks values resolved at delivery time.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct RequestPlan {
     pub method: String,
     pub url: String,

@@ -84,6 +84,34 @@ pub struct Count {
     pub count: i64,
 }
 
+/// An event a worker has claimed.
+#[derive(Debug, Clone)]
+pub struct ClaimedEvent {
+    pub id: i64,
+    pub connection: String,
+    pub source: String,
+    pub event_type: String,
+    pub body: Vec<u8>,
+    /// Attempts so far, this one included.
+    pub attempts: i64,
+}
+
+/// One attempt of one action, as seed 000's `SyncLog` describes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncLogEntry {
+    pub connection: String,
+    pub event_row: i64,
+    pub mapping: String,
+    pub action: String,
+    pub target: String,
+    pub customer: Option<String>,
+    /// `METHOD url` and the body, secrets excluded.
+    pub request: String,
+    pub status: Option<i64>,
+    pub error: Option<String>,
+    pub attempt: i64,
+}
+
 /// Which events `replay` re-queues.
 #[derive(Debug, Clone, Default)]
 pub struct ReplayFilter {
@@ -306,6 +334,197 @@ impl Store {
             total += result.rows_affected();
         }
         Ok(total)
+    }
+
+    /// Claims up to `limit` events that are due, marking them `processing`.
+    /// PostgreSQL skips rows another worker holds; SQLite has one writer, so
+    /// the single `UPDATE … RETURNING` is already atomic.
+    pub async fn claim_due(&self, limit: i64) -> Result<Vec<ClaimedEvent>, StoreError> {
+        let sql = match self.dialect {
+            Dialect::Postgres => {
+                "UPDATE events SET state = 'processing', attempts = attempts + 1 WHERE id IN \
+                 (SELECT id FROM events WHERE state IN ('received', 'retrying') AND next_attempt_at <= $1 \
+                 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 RETURNING id, connection, source, event_type, body, attempts"
+            }
+            Dialect::Sqlite => {
+                "UPDATE events SET state = 'processing', attempts = attempts + 1 WHERE id IN \
+                 (SELECT id FROM events WHERE state IN ('received', 'retrying') AND next_attempt_at <= $1 \
+                 ORDER BY id LIMIT $2) \
+                 RETURNING id, connection, source, event_type, body, attempts"
+            }
+        };
+        let rows = sqlx::query(sql)
+            .bind(now_ms())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out: Vec<ClaimedEvent> = rows
+            .iter()
+            .map(|r| {
+                Ok(ClaimedEvent {
+                    id: r.try_get(0)?,
+                    connection: r.try_get(1)?,
+                    source: r.try_get(2)?,
+                    event_type: r.try_get(3)?,
+                    body: r.try_get(4)?,
+                    attempts: r.try_get(5)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        // RETURNING gives no order guarantee; events of one customer must apply in order.
+        out.sort_by_key(|e| e.id);
+        Ok(out)
+    }
+
+    /// Events left `processing` by a process that stopped are due again.
+    pub async fn recover_processing(&self) -> Result<u64, StoreError> {
+        let r = sqlx::query("UPDATE events SET state = 'received' WHERE state = 'processing'")
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Records the outcome of processing an event.
+    pub async fn finish(
+        &self,
+        id: i64,
+        state: EventState,
+        next_attempt_at: i64,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE events SET state = $1, next_attempt_at = $2, last_error = $3 WHERE id = $4",
+        )
+        .bind(state.as_str())
+        .bind(next_attempt_at)
+        .bind(error)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Writes one attempt to the sync log.
+    pub async fn log_attempt(&self, entry: &SyncLogEntry) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sync_log (connection, event_row, mapping, action, target, customer, request, status, error, attempt, at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&entry.connection)
+        .bind(entry.event_row)
+        .bind(&entry.mapping)
+        .bind(&entry.action)
+        .bind(&entry.target)
+        .bind(entry.customer.as_deref())
+        .bind(&entry.request)
+        .bind(entry.status)
+        .bind(entry.error.as_deref())
+        .bind(entry.attempt)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The sync log of one event, oldest first.
+    pub async fn sync_log(&self, event_row: i64) -> Result<Vec<SyncLogEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT connection, event_row, mapping, action, target, customer, request, status, error, attempt \
+             FROM sync_log WHERE event_row = $1 ORDER BY id",
+        )
+        .bind(event_row)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SyncLogEntry {
+                    connection: r.try_get(0)?,
+                    event_row: r.try_get(1)?,
+                    mapping: r.try_get(2)?,
+                    action: r.try_get(3)?,
+                    target: r.try_get(4)?,
+                    customer: r.try_get(5)?,
+                    request: r.try_get(6)?,
+                    status: r.try_get(7)?,
+                    error: r.try_get(8)?,
+                    attempt: r.try_get(9)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// The target id linked to a source customer, if any.
+    pub async fn link(
+        &self,
+        connection: &str,
+        source: &str,
+        source_id: &str,
+        target: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT target_id FROM customers WHERE connection = $1 AND source = $2 AND source_id = $3 AND target = $4",
+        )
+        .bind(connection)
+        .bind(source)
+        .bind(source_id)
+        .bind(target)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => r.try_get(0)?,
+            None => None,
+        })
+    }
+
+    /// Stores (or moves) a link between a source customer and a target record.
+    pub async fn put_link(
+        &self,
+        connection: &str,
+        source: &str,
+        source_id: &str,
+        target: &str,
+        target_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO customers (connection, source, source_id, target, target_id, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (connection, source, source_id, target) DO UPDATE SET target_id = $5, updated_at = $6",
+        )
+        .bind(connection)
+        .bind(source)
+        .bind(source_id)
+        .bind(target)
+        .bind(target_id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Writes a worker batch summary (seed 000's `SyncRunSummary`).
+    pub async fn record_run(
+        &self,
+        connection: &str,
+        started_at: i64,
+        processed: i64,
+        delivered: i64,
+        failed: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO run_summaries (connection, started_at, finished_at, processed, delivered, failed, status) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(connection)
+        .bind(started_at)
+        .bind(now_ms())
+        .bind(processed)
+        .bind(delivered)
+        .bind(failed)
+        .bind(if failed == 0 { "succeeded" } else { "partial" })
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Whether this is the PostgreSQL backend.

@@ -1,0 +1,668 @@
+//! Delivery: turning a plan into calls on the target APIs.
+//!
+//! The plan says everything that can be known without calling anything; what
+//! is left are `${…}` placeholders. This module resolves them with the few
+//! capabilities target profiles declare — find-or-create of the customer with
+//! a stored link, ids by name from a cached listing, and creation of missing
+//! items from `provision:` — then sends each request and classifies the answer.
+
+use crate::engine::plan::{FiredMapping, PlanInput, RequestPlan};
+use crate::engine::program::{Program, Target};
+use crate::engine::scope::Scope;
+use crate::store::{Store, SyncLogEntry};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// How one event's delivery ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Delivered,
+    /// Worth trying again (timeout, 5xx, 429), after `retry_after` when the target said so.
+    Transient {
+        error: String,
+        retry_after: Option<Duration>,
+    },
+    /// Trying again would fail the same way (4xx with a reason, missing data).
+    Permanent(String),
+}
+
+/// The answer of one call.
+enum Answer {
+    Ok(Value),
+    Failed {
+        status: Option<u16>,
+        error: String,
+        transient: bool,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// Sends plans to the targets.
+pub struct Executor {
+    program: Arc<Program>,
+    http: reqwest::Client,
+    env: BTreeMap<String, String>,
+    store: Store,
+    /// (target, lookup) → key → id, listed once.
+    lookups: Mutex<HashMap<(String, String), HashMap<String, String>>>,
+    /// Serialises work on one customer so two events never create it twice.
+    customer_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+impl Executor {
+    /// The declared target variables that are unset (deliveries to those targets fail until they are set).
+    pub fn unset_variables(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for target in self.program.targets.values() {
+            for (name, decl) in &target.env {
+                if decl.default.is_none() && self.env.get(name).is_none_or(|v| v.is_empty()) {
+                    out.push(format!("{name} (target `{}`)", target.name));
+                }
+            }
+        }
+        out
+    }
+
+    /// An executor reading the target profiles' environment variables from `env`.
+    pub fn new(program: Arc<Program>, store: Store, env: BTreeMap<String, String>) -> Executor {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(16)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Executor {
+            program,
+            http,
+            env,
+            store,
+            lookups: Mutex::new(HashMap::new()),
+            customer_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Delivers one stored event: plan it, then run each fired mapping.
+    pub async fn deliver(
+        &self,
+        row: i64,
+        connection: &str,
+        source: &str,
+        body: &[u8],
+        attempt: i64,
+    ) -> Outcome {
+        let Some(src) = self.program.sources.get(source) else {
+            return Outcome::Permanent(format!("source `{source}` is no longer defined"));
+        };
+        let payload = match crate::engine::decode::decode(body, &src.body) {
+            Ok(p) => p,
+            Err(e) => return Outcome::Permanent(e.to_string()),
+        };
+        let known = self.known_ids().await;
+        let input = PlanInput {
+            env: self.env.clone(),
+            mask_secrets: false,
+            known,
+            previous: None,
+        };
+        let plan = match self.program.plan(source, &payload, &input) {
+            Ok(p) => p,
+            Err(e) => return Outcome::Permanent(e.to_string()),
+        };
+        if let Some(err) = plan.errors.first() {
+            return Outcome::Permanent(format!("mapping `{}`: {}", err.mapping, err.error));
+        }
+        for fired in &plan.mappings {
+            let outcome = self
+                .run_mapping(row, connection, source, fired, attempt)
+                .await;
+            if outcome != Outcome::Delivered {
+                return outcome;
+            }
+        }
+        Outcome::Delivered
+    }
+
+    async fn run_mapping(
+        &self,
+        row: i64,
+        connection: &str,
+        source: &str,
+        fired: &FiredMapping,
+        attempt: i64,
+    ) -> Outcome {
+        let Some(target) = self.program.targets.get(&fired.target) else {
+            return Outcome::Permanent(format!("target `{}` is not defined", fired.target));
+        };
+        let unset: Vec<&String> = target
+            .env
+            .iter()
+            .filter(|(name, decl)| {
+                decl.default.is_none() && self.env.get(*name).is_none_or(|v| v.is_empty())
+            })
+            .map(|(name, _)| name)
+            .collect();
+        if !unset.is_empty() {
+            return Outcome::Permanent(format!(
+                "target `{}` needs {} (unset); set it, restart, and `mapper replay` the dead events",
+                fired.target,
+                unset
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let log = |action: &str,
+                   customer: Option<&str>,
+                   request: String,
+                   status: Option<u16>,
+                   error: Option<String>| SyncLogEntry {
+            connection: connection.to_string(),
+            event_row: row,
+            mapping: fired.name.clone(),
+            action: action.to_string(),
+            target: fired.target.clone(),
+            customer: customer.map(str::to_string),
+            request,
+            status: status.map(i64::from),
+            error,
+            attempt,
+        };
+        let (customer_id, created) = match &fired.customer {
+            None => (None, false),
+            Some(c) => {
+                let lock_key = format!(
+                    "{}|{}",
+                    fired.target,
+                    c.link
+                        .as_ref()
+                        .map(|l| l.to_string())
+                        .or_else(|| c.keys.first().map(|k| k.value.to_string()))
+                        .unwrap_or_default()
+                );
+                let lock = {
+                    let mut locks = self.customer_locks.lock().await;
+                    locks.entry(lock_key).or_default().clone()
+                };
+                let _held = lock.lock().await;
+                let link = c.link.as_ref().map(|l| match l {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                });
+                if let Some(link) = &link
+                    && let Ok(Some(id)) = self
+                        .store
+                        .link(connection, source, link, &fired.target)
+                        .await
+                {
+                    (Some(id), false)
+                } else {
+                    let mut found = None;
+                    for (request, key) in c.find.iter().zip(&c.keys) {
+                        let Some(cap) = &target.customer else { break };
+                        let Some((_, id_path)) = cap.find.get(&key.key) else {
+                            continue;
+                        };
+                        match self.send(target, request).await {
+                            Answer::Ok(answer) => {
+                                if let Some(id) = id_path.select(&answer).and_then(|v| scalar(&v)) {
+                                    found = Some(id);
+                                    break;
+                                }
+                            }
+                            Answer::Failed {
+                                status,
+                                error,
+                                transient,
+                                retry_after,
+                            } => {
+                                let _ = self
+                                    .store
+                                    .log_attempt(&log(
+                                        "find_customer",
+                                        None,
+                                        describe(request),
+                                        status,
+                                        Some(error.clone()),
+                                    ))
+                                    .await;
+                                return failed(error, transient, retry_after);
+                            }
+                        }
+                    }
+                    let mut created = false;
+                    if found.is_none()
+                        && let (Some(create), Some(cap)) = (
+                            &c.create,
+                            target.customer.as_ref().and_then(|t| t.create.as_ref()),
+                        )
+                    {
+                        match self.send(target, create).await {
+                            Answer::Ok(answer) => {
+                                found = cap.id.select(&answer).and_then(|v| scalar(&v));
+                                created = found.is_some();
+                            }
+                            Answer::Failed {
+                                status: Some(400),
+                                error,
+                                ..
+                            } if cap.duplicate_id.is_some() => {
+                                // "This location does not allow duplicated contacts": the answer names it.
+                                found = self.last_error_body_id(&error, cap);
+                                if found.is_none() {
+                                    return Outcome::Permanent(error);
+                                }
+                            }
+                            Answer::Failed {
+                                status,
+                                error,
+                                transient,
+                                retry_after,
+                            } => {
+                                let _ = self
+                                    .store
+                                    .log_attempt(&log(
+                                        "create_customer",
+                                        None,
+                                        describe(create),
+                                        status,
+                                        Some(error.clone()),
+                                    ))
+                                    .await;
+                                return failed(error, transient, retry_after);
+                            }
+                        }
+                    }
+                    let Some(id) = found else {
+                        return Outcome::Delivered; // nothing matched and nothing may be created: skipped by design
+                    };
+                    if let Some(link) = &link {
+                        let _ = self
+                            .store
+                            .put_link(connection, source, link, &fired.target, &id)
+                            .await;
+                    }
+                    (Some(id), created)
+                }
+            }
+        };
+        for action in &fired.actions {
+            if action.only_if_created && !created {
+                continue;
+            }
+            let request = match self
+                .resolve(target, &action.request, customer_id.as_deref())
+                .await
+            {
+                Ok(r) => r,
+                Err(outcome) => return outcome,
+            };
+            match self.send(target, &request).await {
+                Answer::Ok(_) => {
+                    let _ = self
+                        .store
+                        .log_attempt(&log(
+                            &action.op,
+                            customer_id.as_deref(),
+                            describe(&request),
+                            Some(200),
+                            None,
+                        ))
+                        .await;
+                }
+                Answer::Failed {
+                    status,
+                    error,
+                    transient,
+                    retry_after,
+                } => {
+                    let _ = self
+                        .store
+                        .log_attempt(&log(
+                            &action.op,
+                            customer_id.as_deref(),
+                            describe(&request),
+                            status,
+                            Some(error.clone()),
+                        ))
+                        .await;
+                    return failed(error, transient, retry_after);
+                }
+            }
+        }
+        Outcome::Delivered
+    }
+
+    fn last_error_body_id(
+        &self,
+        error: &str,
+        cap: &crate::engine::program::Create,
+    ) -> Option<String> {
+        let body = error.split_once(" :: ").map(|(_, b)| b)?;
+        let v: Value = serde_json::from_str(body).ok()?;
+        cap.duplicate_id
+            .as_ref()?
+            .select(&v)
+            .and_then(|v| scalar(&v))
+    }
+
+    /// Ids already listed, as the plan's `known`.
+    async fn known_ids(&self) -> Value {
+        let lookups = self.lookups.lock().await;
+        let mut out = serde_json::Map::new();
+        for ((_, kind), ids) in lookups.iter() {
+            let entry = out
+                .entry(kind.clone())
+                .or_insert_with(|| Value::Object(Default::default()));
+            if let Value::Object(map) = entry {
+                for (k, v) in ids {
+                    map.insert(k.clone(), Value::String(v.clone()));
+                }
+            }
+        }
+        Value::Object(out)
+    }
+
+    /// Replaces `${…}` placeholders with real values.
+    async fn resolve(
+        &self,
+        target: &Target,
+        request: &RequestPlan,
+        customer: Option<&str>,
+    ) -> Result<RequestPlan, Outcome> {
+        let mut text =
+            serde_json::to_string(request).map_err(|e| Outcome::Permanent(e.to_string()))?;
+        if let Some(id) = customer {
+            text = text.replace("${customer.id}", &json_escape(id));
+        }
+        while let Some(start) = text.find("${lookup:") {
+            let Some(len) = text[start..].find('}') else {
+                break;
+            };
+            let placeholder = text[start..start + len + 1].to_string();
+            let inner = &placeholder[9..placeholder.len() - 1];
+            let Some((kind, key)) = inner.split_once(':') else {
+                break;
+            };
+            let id = self.lookup_id(target, kind, key).await?;
+            text = text.replace(&placeholder, &json_escape(&id));
+        }
+        if let Some(at) = text.find("${") {
+            let rest: String = text[at..].chars().take_while(|c| *c != '}').collect();
+            return Err(Outcome::Permanent(format!(
+                "cannot resolve {rest}}} (not known for this customer yet)"
+            )));
+        }
+        serde_json::from_str(&text).map_err(|e| Outcome::Permanent(e.to_string()))
+    }
+
+    /// The id of `key` in a target's lookup: cached listing, else created from `provision:`.
+    async fn lookup_id(&self, target: &Target, kind: &str, key: &str) -> Result<String, Outcome> {
+        let cache_key = (target.name.clone(), kind.to_string());
+        if let Some(id) = self
+            .lookups
+            .lock()
+            .await
+            .get(&cache_key)
+            .and_then(|m| m.get(key))
+            .cloned()
+        {
+            return Ok(id);
+        }
+        let Some(lookup) = target.lookups.get(kind) else {
+            return Err(Outcome::Permanent(format!(
+                "target `{}` has no lookup `{kind}`",
+                target.name
+            )));
+        };
+        let scope_env = self.env_value(target);
+        // Scopes are not Send: each lives in a block that ends before the next await.
+        let list = {
+            let mut scope = Scope::new();
+            scope.set("env", &scope_env);
+            self.render(target, &lookup.list, &scope)?
+        };
+        let listed = match self.send(target, &list).await {
+            Answer::Ok(v) => v,
+            Answer::Failed {
+                error,
+                transient,
+                retry_after,
+                ..
+            } => return Err(failed(error, transient, retry_after)),
+        };
+        let mut ids = HashMap::new();
+        for item in lookup.items.query(&listed) {
+            let mut item_scope = Scope::new();
+            item_scope.set("item", item);
+            item_scope.set("env", &scope_env);
+            let k = self.program.templates.eval_scope(&lookup.key, &item_scope);
+            let i = self.program.templates.eval_scope(&lookup.id, &item_scope);
+            if let (Ok(k), Ok(i)) = (k, i)
+                && let (Some(k), Some(i)) = (scalar(&k), scalar(&i))
+            {
+                ids.insert(k, i);
+            }
+        }
+        if !ids.contains_key(key)
+            && let Some(create) = &lookup.create
+            && let Some(decl) = self
+                .program
+                .provision
+                .get(&target.name)
+                .and_then(|p| p.get(kind))
+                .and_then(|d| d.get(key))
+        {
+            let mut item = decl.clone();
+            if let Value::Object(map) = &mut item {
+                map.entry("key".to_string())
+                    .or_insert_with(|| Value::String(key.to_string()));
+            }
+            let request = {
+                let mut create_scope = Scope::new();
+                create_scope.set("item", &item);
+                create_scope.set("env", &scope_env);
+                self.render(target, &create.request, &create_scope)?
+            };
+            match self.send(target, &request).await {
+                Answer::Ok(v) => {
+                    if let Some(id) = create.id.select(&v).and_then(|v| scalar(&v)) {
+                        ids.insert(key.to_string(), id);
+                    }
+                }
+                Answer::Failed {
+                    error,
+                    transient,
+                    retry_after,
+                    ..
+                } => return Err(failed(error, transient, retry_after)),
+            }
+        }
+        let found = ids.get(key).cloned();
+        self.lookups.lock().await.insert(cache_key, ids);
+        found.ok_or_else(|| {
+            Outcome::Permanent(format!(
+                "`{key}` is not a {kind} of target `{}` and is not declared under provision.{}.{kind}",
+                target.name, target.name
+            ))
+        })
+    }
+
+    fn env_value(&self, target: &Target) -> Value {
+        Value::Object(
+            target
+                .env
+                .iter()
+                .map(|(name, decl)| {
+                    let v = self
+                        .env
+                        .get(name)
+                        .cloned()
+                        .or_else(|| decl.default.clone())
+                        .unwrap_or_default();
+                    (name.clone(), Value::String(v))
+                })
+                .collect(),
+        )
+    }
+
+    fn render(
+        &self,
+        target: &Target,
+        req: &crate::engine::program::Request,
+        scope: &Scope,
+    ) -> Result<RequestPlan, Outcome> {
+        let t = &self.program.templates;
+        let text = |tpl| match t.eval_scope(tpl, scope) {
+            Ok(Value::String(s)) => Ok(s),
+            Ok(other) => Ok(other.to_string()),
+            Err(e) => Err(Outcome::Permanent(format!("{e:?}"))),
+        };
+        let path = text(&req.path)?;
+        let base = text(&target.base_url)?;
+        let value =
+            |v: &Option<crate::engine::program::ValueTpl>| -> Result<Option<Value>, Outcome> {
+                match v {
+                    Some(v) => crate::engine::plan::eval_value(
+                        t,
+                        v,
+                        scope,
+                        &crate::engine::plan::At::Root(""),
+                        &mut None,
+                    )
+                    .map_err(Outcome::Permanent),
+                    None => Ok(None),
+                }
+            };
+        Ok(RequestPlan {
+            method: req.method.clone(),
+            url: format!(
+                "{}/{}",
+                base.trim_end_matches('/'),
+                path.trim_start_matches('/')
+            ),
+            path,
+            query: value(&req.query)?,
+            body: value(&req.body)?,
+        })
+    }
+
+    /// Sends one request with the target's headers and classifies the answer.
+    async fn send(&self, target: &Target, request: &RequestPlan) -> Answer {
+        let method =
+            reqwest::Method::from_bytes(request.method.as_bytes()).unwrap_or(reqwest::Method::POST);
+        let mut url = request.url.clone();
+        if let Some(Value::Object(query)) = &request.query {
+            let pairs: Vec<String> = query
+                .iter()
+                .map(|(k, v)| {
+                    let v = scalar(v).unwrap_or_else(|| v.to_string());
+                    format!("{}={}", urlencoding::encode(k), urlencoding::encode(&v))
+                })
+                .collect();
+            if !pairs.is_empty() {
+                url.push(if url.contains('?') { '&' } else { '?' });
+                url.push_str(&pairs.join("&"));
+            }
+        }
+        let mut builder = self.http.request(method, &url);
+        let env = self.env_value(target);
+        let headers: Vec<(String, String)> = {
+            let mut scope = Scope::new();
+            scope.set("env", &env);
+            target
+                .headers
+                .iter()
+                .filter_map(|(name, tpl)| {
+                    let v = self.program.templates.eval_scope(tpl, &scope).ok()?;
+                    Some((name.clone(), scalar(&v).unwrap_or_else(|| v.to_string())))
+                })
+                .collect()
+        };
+        for (name, value) in headers {
+            builder = builder.header(name, value);
+        }
+        if let Some(body) = &request.body {
+            builder = builder.json(body);
+        }
+        let response = match builder.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Answer::Failed {
+                    status: None,
+                    error: format!("{} {}: {e}", request.method, request.url),
+                    transient: true,
+                    retry_after: None,
+                };
+            }
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = response.text().await.unwrap_or_default();
+        let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Answer::Ok(json);
+        }
+        let message = target
+            .error_message
+            .as_ref()
+            .and_then(|p| p.select(&json))
+            .map(|m| match m {
+                Value::Array(items) => items
+                    .iter()
+                    .filter_map(scalar)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                other => scalar(&other).unwrap_or_else(|| other.to_string()),
+            })
+            .unwrap_or_else(|| text.chars().take(300).collect());
+        Answer::Failed {
+            status: Some(status.as_u16()),
+            error: format!(
+                "{} {} → {}: {message} :: {text}",
+                request.method,
+                request.path,
+                status.as_u16()
+            ),
+            transient: status.as_u16() == 429 || status.is_server_error(),
+            retry_after,
+        }
+    }
+}
+
+fn failed(error: String, transient: bool, retry_after: Option<Duration>) -> Outcome {
+    if transient {
+        Outcome::Transient { error, retry_after }
+    } else {
+        Outcome::Permanent(error)
+    }
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn json_escape(s: &str) -> String {
+    let quoted = serde_json::to_string(s).unwrap_or_default();
+    quoted[1..quoted.len().saturating_sub(1)].to_string()
+}
+
+fn describe(r: &RequestPlan) -> String {
+    match &r.body {
+        Some(b) => format!("{} {} {}", r.method, r.path, b),
+        None => format!("{} {}", r.method, r.path),
+    }
+}
