@@ -91,6 +91,24 @@ enum Command {
         #[arg(long, value_parser = ops::parse_state)]
         state: Vec<crate::store::EventState>,
     },
+    /// The sync log (every delivery attempt) of one event or one customer.
+    Log {
+        /// Database URL
+        #[arg(
+            long,
+            env = "MAPPER_DATABASE_URL",
+            default_value = "sqlite://mapper.db"
+        )]
+        database: String,
+        /// Delivery id of the event
+        #[arg(long)]
+        event: Option<i64>,
+        /// Customer id on the target (e.g. the GHL contact id)
+        #[arg(long)]
+        customer: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
     /// Receive webhooks: verify, store durably in the inbox, acknowledge.
     Serve {
         /// Mapping folder
@@ -135,6 +153,12 @@ pub fn run() -> ExitCode {
             log_json,
         }),
         Command::Status { database, format } => ops::status(&database, format),
+        Command::Log {
+            database,
+            event,
+            customer,
+            format,
+        } => ops::log(&database, event, customer.as_deref(), format),
         Command::Replay {
             database,
             id,

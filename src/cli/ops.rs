@@ -116,3 +116,63 @@ pub fn parse_since(s: &str) -> Result<i64, String> {
             format!("`{s}` is not a time (use 2025-03-01, 2025-03-01T10:00:00Z or unix seconds)")
         })
 }
+
+/// Prints the sync log of one event or one customer.
+pub fn log(database: &str, event: Option<i64>, customer: Option<&str>, format: Format) -> ExitCode {
+    if event.is_none() && customer.is_none() {
+        eprintln!("error: give --event ID or --customer ID");
+        return ExitCode::from(2);
+    }
+    let Some(rt) = runtime() else {
+        return ExitCode::from(1);
+    };
+    rt.block_on(async {
+        let store = match Store::open(database).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        match store.sync_log(event, customer).await {
+            Ok(entries) => {
+                match format {
+                    Format::Json => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&entries).unwrap_or_default()
+                    ),
+                    Format::Text => {
+                        if entries.is_empty() {
+                            println!("no attempts recorded");
+                        }
+                        for e in &entries {
+                            let status = e
+                                .status
+                                .map(|s| s.to_string())
+                                .unwrap_or_else(|| "-".into());
+                            println!(
+                                "#{} attempt {} {} {} → {} [{}] {}{}",
+                                e.event_row,
+                                e.attempt,
+                                e.mapping,
+                                e.action,
+                                e.target,
+                                status,
+                                e.request,
+                                e.error
+                                    .as_ref()
+                                    .map(|x| format!("\n    error: {x}"))
+                                    .unwrap_or_default()
+                            );
+                        }
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}

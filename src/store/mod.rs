@@ -427,13 +427,19 @@ impl Store {
         Ok(())
     }
 
-    /// The sync log of one event, oldest first.
-    pub async fn sync_log(&self, event_row: i64) -> Result<Vec<SyncLogEntry>, StoreError> {
+    /// The sync log of one event (`event_row`) or one customer (target id), oldest first.
+    pub async fn sync_log(
+        &self,
+        event_row: Option<i64>,
+        customer: Option<&str>,
+    ) -> Result<Vec<SyncLogEntry>, StoreError> {
         let rows = sqlx::query(
             "SELECT connection, event_row, mapping, action, target, customer, request, status, error, attempt \
-             FROM sync_log WHERE event_row = $1 ORDER BY id",
+             FROM sync_log WHERE ($1 = 0 OR event_row = $2) AND ($3 = '' OR customer = $3) ORDER BY id LIMIT 1000",
         )
-        .bind(event_row)
+        .bind(i64::from(event_row.is_some()))
+        .bind(event_row.unwrap_or(0))
+        .bind(customer.unwrap_or(""))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
