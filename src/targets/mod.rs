@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
+pub mod limiter;
+
 /// How one event's delivery ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -50,6 +52,7 @@ pub struct Executor {
     lookups: Mutex<HashMap<(String, String), HashMap<String, String>>>,
     /// Serialises work on one customer so two events never create it twice.
     customer_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    limiter: limiter::Limiter,
 }
 
 impl Executor {
@@ -81,6 +84,7 @@ impl Executor {
             store,
             lookups: Mutex::new(HashMap::new()),
             customer_locks: Mutex::new(HashMap::new()),
+            limiter: limiter::Limiter::default(),
         }
     }
 
@@ -568,6 +572,9 @@ impl Executor {
                 url.push_str(&pairs.join("&"));
             }
         }
+        self.limiter
+            .acquire(&target.name, target.rate_limit.as_ref())
+            .await;
         let mut builder = self.http.request(method, &url);
         let env = self.env_value(target);
         let headers: Vec<(String, String)> = {
@@ -600,6 +607,23 @@ impl Executor {
             }
         };
         let status = response.status();
+        // GHL says how much of its window is left; at zero, wait for the window.
+        let remaining = response
+            .headers()
+            .get("x-ratelimit-remaining")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if remaining == Some(0) {
+            let window = response
+                .headers()
+                .get("x-ratelimit-interval-milliseconds")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(10_000);
+            self.limiter
+                .exhausted(&target.name, Duration::from_millis(window))
+                .await;
+        }
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
