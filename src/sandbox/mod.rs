@@ -1,2 +1,40 @@
 //! Simulated GHL and Sticky Cards APIs, served over real HTTP on loopback,
 //! for the integration tests and the sandbox mode.
+//!
+//! Each simulator is a handle that owns a server task bound to `127.0.0.1:0`
+//! (or a given address) and its state behind a mutex:
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use mapper::sandbox::{Fault, GhlConfig, GhlSandbox};
+//! let ghl = GhlSandbox::start(GhlConfig::default()).await?;
+//! let base = ghl.base_url(); // GHL_API_BASE_URL
+//! ghl.inject(Fault::Status(500), 1); // the next request fails with 500
+//! // … run requests …
+//! let calls = ghl.request_log().len();
+//! # let _ = (base, calls);
+//! ghl.shutdown().await; // or drop it
+//! # Ok(()) }
+//! ```
+//!
+//! - [`ghl`]: GoHighLevel API v2 for one location (contacts, tags, notes,
+//!   custom fields, pipelines, opportunities), with GHL's auth, `Version`
+//!   header, validation (422 `property X should not exist`), duplicate rules
+//!   and rate-limit headers.
+//! - [`stickycards`]: the Sticky Cards seed API and Boomerangme v2 in one
+//!   server (customers, cards, balances, segments, pushes, preferences).
+//!
+//! Both share the request log ([`LoggedRequest`]), fault injection
+//! ([`Fault`]: status, 429 with or without `Retry-After`, hang) and a
+//! sliding-window [`RateLimit`]. Faults are served before anything else
+//! (auth and rate limit included) and consume nothing else; requests are
+//! logged on arrival, their status filled in when answered.
+
+mod common;
+pub mod ghl;
+pub mod stickycards;
+mod validate;
+
+pub use common::{Fault, LoggedRequest, RateLimit};
+pub use ghl::{GhlConfig, GhlSandbox};
+pub use stickycards::{StickyCardsConfig, StickyCardsSandbox};

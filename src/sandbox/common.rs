@@ -1,0 +1,535 @@
+//! What both simulators share: the HTTP loop (body reading, request log,
+//! fault injection), the rate limiter, query parsing, ids and timestamps.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Largest request body a simulator reads (larger → 413).
+const MAX_BODY: usize = 1 << 20;
+
+/// One request as a simulator saw it, in arrival order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoggedRequest {
+    /// `GET`, `POST`, …
+    pub method: String,
+    /// The path as sent, e.g. `/contacts/abc/tags`.
+    pub path: String,
+    /// The raw query string (without `?`), if any.
+    pub query: Option<String>,
+    /// The body parsed as JSON; `Value::String` holding the raw text when it
+    /// is not JSON; `None` when empty.
+    pub body: Option<Value>,
+    /// The status answered; `None` while the request is still being served
+    /// (e.g. held by a [`Fault::Hang`]).
+    pub status: Option<u16>,
+}
+
+/// A failure the simulator serves instead of the real answer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    /// Answer this status (e.g. 500, 502, 503) with the simulator's error shape.
+    Status(u16),
+    /// Answer 429, with `Retry-After: <seconds>` when given.
+    TooManyRequests {
+        /// Seconds for the `Retry-After` header; `None` sends no header.
+        retry_after: Option<u64>,
+    },
+    /// Hold the request this long before serving it normally (a client with a
+    /// shorter timeout sees a timeout; if it gave up, the request is dropped
+    /// unserved with its connection).
+    Hang(Duration),
+}
+
+struct FaultRule {
+    fault: Fault,
+    remaining: usize,
+    path_prefix: Option<String>,
+}
+
+/// Rate limit of a simulator: a sliding window of `max` requests per
+/// `interval`, and an optional budget per day (counted from the start of the
+/// simulator, reset every 24 h).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateLimit {
+    /// Requests allowed per `interval`.
+    pub max: u32,
+    /// Length of the window.
+    pub interval: Duration,
+    /// Requests allowed per day; `None` for no daily budget.
+    pub daily: Option<u64>,
+}
+
+impl RateLimit {
+    /// GHL's documented limits: 100 per 10 s, 200,000 per day.
+    pub fn ghl() -> RateLimit {
+        RateLimit {
+            max: 100,
+            interval: Duration::from_secs(10),
+            daily: Some(200_000),
+        }
+    }
+
+    /// A limit that no test reaches (u32::MAX per second, no daily budget).
+    pub fn unlimited() -> RateLimit {
+        RateLimit {
+            max: u32::MAX,
+            interval: Duration::from_secs(1),
+            daily: None,
+        }
+    }
+}
+
+/// The outcome of counting one request against a [`RateLimit`].
+pub(crate) struct Quota {
+    pub allowed: bool,
+    pub max: u32,
+    pub remaining: u32,
+    pub interval_ms: u128,
+    pub daily: Option<u64>,
+    pub daily_remaining: Option<u64>,
+    /// Whole seconds until a request would be allowed again (at least 1).
+    pub retry_after: u64,
+}
+
+pub(crate) struct Limiter {
+    config: RateLimit,
+    window: VecDeque<Instant>,
+    day_start: Instant,
+    day_count: u64,
+}
+
+impl Limiter {
+    pub fn new(config: RateLimit) -> Limiter {
+        Limiter {
+            config,
+            window: VecDeque::new(),
+            day_start: Instant::now(),
+            day_count: 0,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.window.clear();
+        self.day_count = 0;
+        self.day_start = Instant::now();
+    }
+
+    /// Counts a request if it fits; a refused request is not counted.
+    pub fn check(&mut self) -> Quota {
+        let now = Instant::now();
+        if now.duration_since(self.day_start) >= Duration::from_secs(86_400) {
+            self.day_start = now;
+            self.day_count = 0;
+        }
+        while let Some(first) = self.window.front() {
+            if now.duration_since(*first) >= self.config.interval {
+                self.window.pop_front();
+            } else {
+                break;
+            }
+        }
+        let in_window = u32::try_from(self.window.len()).unwrap_or(u32::MAX);
+        let daily_ok = self.config.daily.is_none_or(|d| self.day_count < d);
+        let allowed = in_window < self.config.max && daily_ok;
+        if allowed {
+            self.window.push_back(now);
+            self.day_count += 1;
+        }
+        let used = u32::try_from(self.window.len()).unwrap_or(u32::MAX);
+        let retry_after = if !daily_ok {
+            86_400u64.saturating_sub(now.duration_since(self.day_start).as_secs())
+        } else {
+            self.window
+                .front()
+                .map(|first| {
+                    let wait = self
+                        .config
+                        .interval
+                        .saturating_sub(now.duration_since(*first));
+                    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+                })
+                .unwrap_or(1)
+        };
+        Quota {
+            allowed,
+            max: self.config.max,
+            remaining: self.config.max.saturating_sub(used),
+            interval_ms: self.config.interval.as_millis(),
+            daily: self.config.daily,
+            daily_remaining: self.config.daily.map(|d| d.saturating_sub(self.day_count)),
+            retry_after: retry_after.max(1),
+        }
+    }
+}
+
+/// The parts of a request a simulator looks at.
+pub(crate) struct Incoming {
+    pub method: Method,
+    /// The path without its trailing `/` (`/contacts/` → `/contacts`).
+    pub path: String,
+    /// Decoded query pairs, in order.
+    pub query: Vec<(String, String)>,
+    pub headers: HeaderMap,
+    /// `None`: empty body; `Some(Err(msg))`: not JSON.
+    pub body: Option<Result<Value, String>>,
+}
+
+impl Incoming {
+    /// The path split on `/`, without empty segments.
+    pub fn segments(&self) -> Vec<&str> {
+        self.path.split('/').filter(|s| !s.is_empty()).collect()
+    }
+
+    /// First value of a query parameter.
+    pub fn query(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// An answer: status, extra headers, JSON body.
+pub(crate) struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: Value) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body,
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+/// A simulator's request handling, behind the shared HTTP loop.
+pub(crate) trait Simulator: Send + Sync + 'static {
+    /// The log and faults of this simulator.
+    fn controls(&self) -> &Controls;
+    /// The error body this API answers for `status` (used by faults).
+    fn error_body(&self, status: u16, message: &str) -> Value;
+    /// Serves one request (auth, rate limit, routing, state).
+    fn handle(&self, request: &Incoming) -> Reply;
+}
+
+/// Request log and fault rules, shared by handle and server.
+#[derive(Default)]
+pub(crate) struct Controls {
+    log: Mutex<Vec<LoggedRequest>>,
+    faults: Mutex<Vec<FaultRule>>,
+}
+
+/// Locks a mutex, recovering the data if a panic poisoned it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Controls {
+    pub fn inject(&self, fault: Fault, times: usize, path_prefix: Option<&str>) {
+        lock(&self.faults).push(FaultRule {
+            fault,
+            remaining: times,
+            path_prefix: path_prefix.map(str::to_string),
+        });
+    }
+
+    pub fn clear_faults(&self) {
+        lock(&self.faults).clear();
+    }
+
+    pub fn request_log(&self) -> Vec<LoggedRequest> {
+        lock(&self.log).clone()
+    }
+
+    pub fn clear_request_log(&self) {
+        lock(&self.log).clear();
+    }
+
+    fn take_fault(&self, path: &str) -> Option<Fault> {
+        let mut faults = lock(&self.faults);
+        let index = faults.iter().position(|r| {
+            r.remaining > 0 && r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+        })?;
+        let rule = &mut faults[index];
+        rule.remaining -= 1;
+        let fault = rule.fault.clone();
+        if rule.remaining == 0 {
+            faults.remove(index);
+        }
+        Some(fault)
+    }
+
+    fn push(&self, entry: LoggedRequest) -> usize {
+        let mut log = lock(&self.log);
+        log.push(entry);
+        log.len() - 1
+    }
+
+    fn set_status(&self, index: usize, status: u16) {
+        if let Some(entry) = lock(&self.log).get_mut(index) {
+            entry.status = Some(status);
+        }
+    }
+}
+
+/// A running server: stops on [`Running::shutdown`] or on drop.
+pub(crate) struct Running {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            // In-flight requests get a moment to finish; a hung one is cut.
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Binds `addr` (127.0.0.1:0 when `None`) and serves `sim` in a tokio task.
+pub(crate) async fn serve<S: Simulator>(
+    addr: Option<SocketAddr>,
+    sim: Arc<S>,
+) -> std::io::Result<Running> {
+    let addr = addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let app = axum::Router::new().fallback(move |request: Request<Body>| {
+        let sim = Arc::clone(&sim);
+        async move { pipeline(sim, request).await }
+    });
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::warn!(error = %e, "sandbox server stopped");
+        }
+    });
+    Ok(Running {
+        addr,
+        stop: Some(stop),
+        task: Some(task),
+    })
+}
+
+async fn pipeline<S: Simulator>(sim: Arc<S>, request: Request<Body>) -> Response<Body> {
+    {
+        let (parts, body) = request.into_parts();
+        let raw_path = parts.uri.path().to_string();
+        let raw_query = parts.uri.query().map(str::to_string);
+        let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+            Ok(b) => b,
+            Err(_) => {
+                sim.controls().push(LoggedRequest {
+                    method: parts.method.to_string(),
+                    path: raw_path,
+                    query: raw_query,
+                    body: None,
+                    status: Some(413),
+                });
+                return to_response(Reply::json(
+                    413,
+                    sim.error_body(413, "request entity too large"),
+                ));
+            }
+        };
+        let body = if bytes.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            Some(serde_json::from_slice::<Value>(&bytes).map_err(|e| e.to_string()))
+        };
+        let logged_body = body.as_ref().map(|b| match b {
+            Ok(v) => v.clone(),
+            Err(_) => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
+        });
+        let index = sim.controls().push(LoggedRequest {
+            method: parts.method.to_string(),
+            path: raw_path.clone(),
+            query: raw_query.clone(),
+            body: logged_body,
+            status: None,
+        });
+        let mut path = raw_path.trim_end_matches('/').to_string();
+        if path.is_empty() {
+            path.push('/');
+        }
+        let incoming = Incoming {
+            method: parts.method,
+            path,
+            query: parse_query(raw_query.as_deref().unwrap_or("")),
+            headers: parts.headers,
+            body,
+        };
+        let reply = match sim.controls().take_fault(&raw_path) {
+            Some(Fault::Status(status)) => Reply::json(
+                status,
+                sim.error_body(status, "simulated failure (fault injection)"),
+            ),
+            Some(Fault::TooManyRequests { retry_after }) => {
+                let reply = Reply::json(429, sim.error_body(429, "Too Many Requests"));
+                match retry_after {
+                    Some(secs) => reply.with_header("retry-after", secs.to_string()),
+                    None => reply,
+                }
+            }
+            Some(Fault::Hang(duration)) => {
+                tokio::time::sleep(duration).await;
+                sim.handle(&incoming)
+            }
+            None => sim.handle(&incoming),
+        };
+        sim.controls().set_status(index, reply.status);
+        to_response(reply)
+    }
+}
+
+fn to_response(reply: Reply) -> Response<Body> {
+    let body = serde_json::to_vec(&reply.body).unwrap_or_default();
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    for (name, value) in reply.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    response
+}
+
+/// Decodes `a=1&b=%2B1` form-style (`+` is a space, as servers read it).
+pub(crate) fn parse_query(query: &str) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        let s = s.replace('+', " ");
+        urlencoding::decode(&s).map(|c| c.into_owned()).unwrap_or(s)
+    };
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) => (decode(k), decode(v)),
+            None => (decode(pair), String::new()),
+        })
+        .collect()
+}
+
+/// Deterministic ids: `kind` and a counter hashed, `len` characters of
+/// `[A-Za-z0-9]` (GHL's ids look like `seD4PfOuKoVMLkEZqohJ`).
+pub(crate) struct Ids {
+    seed: String,
+    next: AtomicU64,
+}
+
+impl Ids {
+    pub fn new(seed: &str) -> Ids {
+        Ids {
+            seed: seed.to_string(),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    pub fn next_number(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn alnum(&self, kind: &str, len: usize) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+        let n = self.next_number();
+        let digest = Sha256::digest(format!("{}:{kind}:{n}", self.seed).as_bytes());
+        digest
+            .iter()
+            .cycle()
+            .take(len)
+            .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+            .collect()
+    }
+
+    /// A UUID-shaped id (version 4 layout), deterministic.
+    pub fn uuid(&self, kind: &str) -> String {
+        let n = self.next_number();
+        let digest = Sha256::digest(format!("{}:{kind}:{n}", self.seed).as_bytes());
+        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+        format!(
+            "{}-{}-4{}-8{}-{}",
+            &hex[0..8],
+            &hex[8..12],
+            &hex[13..16],
+            &hex[17..20],
+            &hex[20..32]
+        )
+    }
+}
+
+/// Now, as GHL writes timestamps: `2021-11-26T12:41:02.193Z`.
+pub(crate) fn now_iso() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A phone number as a comparable key: `+` (if leading) and digits only.
+pub(crate) fn phone_key(phone: &str) -> String {
+    let phone = phone.trim();
+    let mut key = String::new();
+    if phone.starts_with('+') {
+        key.push('+');
+    }
+    key.extend(phone.chars().filter(char::is_ascii_digit));
+    key
+}
