@@ -10,6 +10,7 @@
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -203,31 +204,68 @@ impl Store {
     /// Stores events in one transaction; a repeated de-duplication key gives
     /// the id stored the first time.
     pub async fn insert_events(&self, events: &[NewEvent]) -> Result<Vec<Inserted>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.pool.begin().await?;
-        let mut out = Vec::with_capacity(events.len());
         let now = now_ms();
+        // One multi-row statement per batch: the rows it inserts come back with
+        // their keys; the others were stored before (or earlier in this batch).
+        let mut sql = String::from(
+            "INSERT INTO events (connection, source, event_type, event_id, dedup_key, received_at, \
+             occurred_at, headers, body, state, attempts, next_attempt_at) VALUES ",
+        );
+        for n in 0..events.len() {
+            let b = n * 11;
+            if n > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8,
+                b + 9,
+                b + 10,
+                b + 11
+            ));
+        }
+        sql.push_str(" ON CONFLICT (connection, source, dedup_key) DO NOTHING RETURNING id, connection, source, dedup_key");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for e in events {
-            let inserted = sqlx::query(
-                "INSERT INTO events (connection, source, event_type, event_id, dedup_key, received_at, \
-                 occurred_at, headers, body, state, attempts, next_attempt_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11) \
-                 ON CONFLICT (connection, source, dedup_key) DO NOTHING RETURNING id",
-            )
-            .bind(&e.connection)
-            .bind(&e.source)
-            .bind(&e.event_type)
-            .bind(e.event_id.as_deref())
-            .bind(&e.dedup_key)
-            .bind(now)
-            .bind(e.occurred_at)
-            .bind(e.headers.to_string())
-            .bind(&e.body)
-            .bind(e.state.as_str())
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let result = match inserted {
-                Some(row) => Inserted::New(row.try_get::<i64, _>(0)?),
+            query = query
+                .bind(e.connection.clone())
+                .bind(e.source.clone())
+                .bind(e.event_type.clone())
+                .bind(e.event_id.clone())
+                .bind(e.dedup_key.clone())
+                .bind(now)
+                .bind(e.occurred_at)
+                .bind(e.headers.to_string())
+                .bind(e.body.clone())
+                .bind(e.state.as_str())
+                .bind(now);
+        }
+        let rows = query.fetch_all(&mut *tx).await?;
+        let mut fresh: HashMap<(String, String, String), i64> = HashMap::new();
+        for r in &rows {
+            fresh.insert((r.try_get(1)?, r.try_get(2)?, r.try_get(3)?), r.try_get(0)?);
+        }
+        let mut out = Vec::with_capacity(events.len());
+        let mut seen: HashMap<(String, String, String), i64> = HashMap::new();
+        for e in events {
+            let key = (e.connection.clone(), e.source.clone(), e.dedup_key.clone());
+            if let Some(id) = seen.get(&key) {
+                out.push(Inserted::Duplicate(*id));
+                continue;
+            }
+            let result = match fresh.get(&key) {
+                Some(id) => Inserted::New(*id),
                 None => {
                     let row = sqlx::query(
                         "SELECT id FROM events WHERE connection = $1 AND source = $2 AND dedup_key = $3",
@@ -240,6 +278,7 @@ impl Store {
                     Inserted::Duplicate(row.try_get::<i64, _>(0)?)
                 }
             };
+            seen.insert(key, result.id());
             out.push(result);
         }
         tx.commit().await?;
