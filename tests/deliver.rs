@@ -1,0 +1,149 @@
+//! End to end over real HTTP: webhooks posted to `mapper serve` end up in the
+//! GHL and Sticky Cards simulators, through the durable inbox and the worker.
+
+use mapper::sandbox::ghl::{GhlConfig, GhlSandbox};
+use mapper::sandbox::{Fault, StickyCardsConfig, StickyCardsSandbox};
+use mapper::store::Store;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Serve {
+    child: Child,
+    base: String,
+    db: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(ghl: &GhlSandbox, sc: &StickyCardsSandbox) -> Serve {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("mapper.db").display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mapper"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database", &db])
+        .env("STICKYCARDS_WEBHOOK_TOKEN", "sc-token")
+        .env("SIGNALMIND_WEBHOOK_TOKEN", "sm-token")
+        .env("SLICKTEXT_WEBHOOK_SECRET", "st-secret")
+        .env("GHL_WORKFLOW_WEBHOOK_TOKEN", "wf-token")
+        .env("GHL_API_BASE_URL", ghl.base_url())
+        .env("GHL_API_TOKEN", ghl.token())
+        .env("GHL_LOCATION_ID", ghl.location_id())
+        .env("STICKYCARDS_API_BASE_URL", sc.base_url())
+        .env("STICKYCARDS_API_KEY", sc.api_key())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut base = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap_or_default();
+        if let Some(at) = line.find("http://") {
+            let addr: String = line[at + 7..].chars().take_while(|c| *c != '/' && !c.is_whitespace()).collect();
+            base = format!("http://{addr}");
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    assert!(base.starts_with("http://"), "serve did not start");
+    Serve { child, base, db, _dir: dir }
+}
+
+async fn post(s: &Serve, source: &str, query: &str, body: &[u8]) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{}/webhooks/{source}{query}", s.base))
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// Waits until no event is received, retrying or processing.
+async fn settle(db: &str) -> Vec<mapper::store::Count> {
+    let store = Store::open(db).await.unwrap();
+    for _ in 0..150 {
+        let counts = store.counts().await.unwrap();
+        if counts.iter().all(|c| c.state == "delivered" || c.state == "dead" || c.state == "unmapped") {
+            return counts;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    store.counts().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_card_installed_webhook_becomes_a_ghl_contact_with_fields_and_tag() {
+    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
+    let sc = StickyCardsSandbox::start(StickyCardsConfig::default()).await.unwrap();
+    let s = serve(&ghl, &sc);
+    let body = std::fs::read("examples/payloads/stickycards/CardInstalledEvent.json").unwrap();
+    assert_eq!(post(&s, "stickycards", "?token=sc-token", &body).await, 202);
+    let counts = settle(&s.db).await;
+    assert!(counts.iter().all(|c| c.state == "delivered"), "{counts:?}");
+
+    let contacts = ghl.contacts();
+    assert_eq!(contacts.len(), 1, "one contact");
+    let contact = &contacts[0];
+    assert_eq!(contact.phone.as_deref(), Some("+14155552671"));
+    assert_eq!(contact.email.as_deref(), Some("ana.lima@example.com"));
+    assert_eq!(contact.first_name.as_deref(), Some("Ana"));
+    assert_eq!(contact.tags, vec!["card holder".to_string()]);
+    let field = |key: &str| {
+        let f = ghl
+            .custom_fields()
+            .into_iter()
+            .find(|f| f.field_key == format!("contact.{key}"))
+            .unwrap_or_else(|| panic!("custom field {key} was provisioned"));
+        contact.custom_field(&f.id).cloned()
+    };
+    assert_eq!(field("stickycards_customer_id"), Some(serde_json::json!("cus_1001")));
+    assert_eq!(field("card_installed"), Some(serde_json::json!("installed")));
+    assert_eq!(field("loyalty_points"), Some(serde_json::json!(0)));
+    assert_eq!(field("card_installed_date"), Some(serde_json::json!("2025-03-03")));
+
+    // The same webhook again changes nothing; a new event for the same customer reuses the link.
+    assert_eq!(post(&s, "stickycards", "?token=sc-token", &body).await, 200);
+    let balance = std::fs::read("examples/payloads/stickycards/CardBalanceUpdatedEvent.json").unwrap();
+    assert_eq!(post(&s, "stickycards", "?token=sc-token", &balance).await, 202);
+    settle(&s.db).await;
+    let contacts = ghl.contacts();
+    assert_eq!(contacts.len(), 1, "still one contact");
+    assert_eq!(field_value(&ghl, &contacts[0], "loyalty_points"), Some(serde_json::json!(120)));
+    let searches = ghl
+        .request_log()
+        .iter()
+        .filter(|r| r.path.starts_with("/contacts/search/duplicate"))
+        .count();
+    assert_eq!(searches, 2, "the second event is linked: no new search (phone, then email, once)");
+}
+
+fn field_value(ghl: &GhlSandbox, contact: &mapper::sandbox::ghl::Contact, key: &str) -> Option<serde_json::Value> {
+    let id = ghl.custom_fields().into_iter().find(|f| f.field_key == format!("contact.{key}"))?.id;
+    contact.custom_field(&id).cloned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_target_failing_with_500_then_recovering_gets_the_event_once() {
+    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
+    let sc = StickyCardsSandbox::start(StickyCardsConfig::default()).await.unwrap();
+    ghl.inject_on("/contacts/", Fault::Status(500), 1);
+    let s = serve(&ghl, &sc);
+    let body = std::fs::read("examples/payloads/stickycards/CardScannedEvent.json").unwrap();
+    assert_eq!(post(&s, "stickycards", "?token=sc-token", &body).await, 202);
+    // The first attempt fails; the retry comes after the backoff (about 2 s).
+    let counts = settle(&s.db).await;
+    assert!(counts.iter().all(|c| c.state == "delivered"), "{counts:?}");
+    assert_eq!(ghl.contacts().len(), 1, "exactly one contact despite the retry");
+    let store = Store::open(&s.db).await.unwrap();
+    let log = store.sync_log(Some(1), None).await.unwrap();
+    assert!(log.iter().any(|e| e.status == Some(500)), "the failed attempt is in the sync log: {log:?}");
+}
