@@ -23,9 +23,17 @@ impl Drop for Serve {
 }
 
 fn serve(ghl: &GhlSandbox, sc: &StickyCardsSandbox) -> Serve {
+    serve_with(ghl, sc, &[])
+}
+
+fn serve_with(ghl: &GhlSandbox, sc: &StickyCardsSandbox, extra_env: &[(&str, &str)]) -> Serve {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("mapper.db").display());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mapper"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mapper"));
+    for (k, v) in extra_env {
+        command.env(k, v);
+    }
+    let mut child = command
         .args(["serve", "--listen", "127.0.0.1:0", "--database", &db])
         .env("STICKYCARDS_WEBHOOK_TOKEN", "sc-token")
         .env("SIGNALMIND_WEBHOOK_TOKEN", "sm-token")
@@ -46,14 +54,22 @@ fn serve(ghl: &GhlSandbox, sc: &StickyCardsSandbox) -> Serve {
     for line in lines.by_ref() {
         let line = line.unwrap_or_default();
         if let Some(at) = line.find("http://") {
-            let addr: String = line[at + 7..].chars().take_while(|c| *c != '/' && !c.is_whitespace()).collect();
+            let addr: String = line[at + 7..]
+                .chars()
+                .take_while(|c| *c != '/' && !c.is_whitespace())
+                .collect();
             base = format!("http://{addr}");
             break;
         }
     }
     std::thread::spawn(move || for _ in lines {});
     assert!(base.starts_with("http://"), "serve did not start");
-    Serve { child, base, db, _dir: dir }
+    Serve {
+        child,
+        base,
+        db,
+        _dir: dir,
+    }
 }
 
 async fn post(s: &Serve, source: &str, query: &str, body: &[u8]) -> u16 {
@@ -72,7 +88,10 @@ async fn settle(db: &str) -> Vec<mapper::store::Count> {
     let store = Store::open(db).await.unwrap();
     for _ in 0..150 {
         let counts = store.counts().await.unwrap();
-        if counts.iter().all(|c| c.state == "delivered" || c.state == "dead" || c.state == "unmapped") {
+        if counts
+            .iter()
+            .all(|c| c.state == "delivered" || c.state == "dead" || c.state == "unmapped")
+        {
             return counts;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -83,7 +102,9 @@ async fn settle(db: &str) -> Vec<mapper::store::Count> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_card_installed_webhook_becomes_a_ghl_contact_with_fields_and_tag() {
     let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
-    let sc = StickyCardsSandbox::start(StickyCardsConfig::default()).await.unwrap();
+    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
+        .await
+        .unwrap();
     let s = serve(&ghl, &sc);
     let body = std::fs::read("examples/payloads/stickycards/CardInstalledEvent.json").unwrap();
     assert_eq!(post(&s, "stickycards", "?token=sc-token", &body).await, 202);
@@ -105,36 +126,65 @@ async fn a_card_installed_webhook_becomes_a_ghl_contact_with_fields_and_tag() {
             .unwrap_or_else(|| panic!("custom field {key} was provisioned"));
         contact.custom_field(&f.id).cloned()
     };
-    assert_eq!(field("stickycards_customer_id"), Some(serde_json::json!("cus_1001")));
-    assert_eq!(field("card_installed"), Some(serde_json::json!("installed")));
+    assert_eq!(
+        field("stickycards_customer_id"),
+        Some(serde_json::json!("cus_1001"))
+    );
+    assert_eq!(
+        field("card_installed"),
+        Some(serde_json::json!("installed"))
+    );
     assert_eq!(field("loyalty_points"), Some(serde_json::json!(0)));
-    assert_eq!(field("card_installed_date"), Some(serde_json::json!("2025-03-03")));
+    assert_eq!(
+        field("card_installed_date"),
+        Some(serde_json::json!("2025-03-03"))
+    );
 
     // The same webhook again changes nothing; a new event for the same customer reuses the link.
     assert_eq!(post(&s, "stickycards", "?token=sc-token", &body).await, 200);
-    let balance = std::fs::read("examples/payloads/stickycards/CardBalanceUpdatedEvent.json").unwrap();
-    assert_eq!(post(&s, "stickycards", "?token=sc-token", &balance).await, 202);
+    let balance =
+        std::fs::read("examples/payloads/stickycards/CardBalanceUpdatedEvent.json").unwrap();
+    assert_eq!(
+        post(&s, "stickycards", "?token=sc-token", &balance).await,
+        202
+    );
     settle(&s.db).await;
     let contacts = ghl.contacts();
     assert_eq!(contacts.len(), 1, "still one contact");
-    assert_eq!(field_value(&ghl, &contacts[0], "loyalty_points"), Some(serde_json::json!(120)));
+    assert_eq!(
+        field_value(&ghl, &contacts[0], "loyalty_points"),
+        Some(serde_json::json!(120))
+    );
     let searches = ghl
         .request_log()
         .iter()
         .filter(|r| r.path.starts_with("/contacts/search/duplicate"))
         .count();
-    assert_eq!(searches, 2, "the second event is linked: no new search (phone, then email, once)");
+    assert_eq!(
+        searches, 2,
+        "the second event is linked: no new search (phone, then email, once)"
+    );
 }
 
-fn field_value(ghl: &GhlSandbox, contact: &mapper::sandbox::ghl::Contact, key: &str) -> Option<serde_json::Value> {
-    let id = ghl.custom_fields().into_iter().find(|f| f.field_key == format!("contact.{key}"))?.id;
+fn field_value(
+    ghl: &GhlSandbox,
+    contact: &mapper::sandbox::ghl::Contact,
+    key: &str,
+) -> Option<serde_json::Value> {
+    let id = ghl
+        .custom_fields()
+        .into_iter()
+        .find(|f| f.field_key == format!("contact.{key}"))?
+        .id;
     contact.custom_field(&id).cloned()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_target_failing_with_500_then_recovering_gets_the_event_once() {
     let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
-    let sc = StickyCardsSandbox::start(StickyCardsConfig::default()).await.unwrap();
+    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
+        .await
+        .unwrap();
     ghl.inject_on("/contacts/", Fault::Status(500), 1);
     let s = serve(&ghl, &sc);
     let body = std::fs::read("examples/payloads/stickycards/CardScannedEvent.json").unwrap();
@@ -142,8 +192,74 @@ async fn a_target_failing_with_500_then_recovering_gets_the_event_once() {
     // The first attempt fails; the retry comes after the backoff (about 2 s).
     let counts = settle(&s.db).await;
     assert!(counts.iter().all(|c| c.state == "delivered"), "{counts:?}");
-    assert_eq!(ghl.contacts().len(), 1, "exactly one contact despite the retry");
+    assert_eq!(
+        ghl.contacts().len(),
+        1,
+        "exactly one contact despite the retry"
+    );
     let store = Store::open(&s.db).await.unwrap();
     let log = store.sync_log(Some(1), None).await.unwrap();
-    assert!(log.iter().any(|e| e.status == Some(500)), "the failed attempt is in the sync log: {log:?}");
+    assert!(
+        log.iter().any(|e| e.status == Some(500)),
+        "the failed attempt is in the sync log: {log:?}"
+    );
+}
+
+/// A GHL contact created in GHL (signed with a test Ed25519 key) becomes a
+/// Sticky Cards customer, and gets a card because this event created it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signed_ghl_contact_create_becomes_a_sticky_cards_customer_with_a_card() {
+    use base64::Engine;
+    use ed25519_dalek::pkcs8::EncodePublicKey;
+    use ed25519_dalek::{Signer, SigningKey};
+    let signing = SigningKey::from_bytes(&[9u8; 32]);
+    let pem = signing
+        .verifying_key()
+        .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        .unwrap();
+    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
+    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
+        .await
+        .unwrap();
+    let s = serve_with(&ghl, &sc, &[("GHL_WEBHOOK_PUBLIC_KEY", pem.as_str())]);
+    let mut payload: serde_json::Value =
+        serde_json::from_slice(&std::fs::read("examples/payloads/ghl/ContactCreate.json").unwrap())
+            .unwrap();
+    payload["timestamp"] = serde_json::json!(chrono::Utc::now().to_rfc3339());
+    let body = serde_json::to_vec(&payload).unwrap();
+    let signature =
+        base64::engine::general_purpose::STANDARD.encode(signing.sign(&body).to_bytes());
+    let post_signed = |sig: String| {
+        reqwest::Client::new()
+            .post(format!("{}/webhooks/ghl", s.base))
+            .header("content-type", "application/json")
+            .header("x-ghl-signature", sig)
+            .body(body.clone())
+            .send()
+    };
+    assert_eq!(
+        post_signed("AAAA".into()).await.unwrap().status(),
+        401,
+        "a bad signature is refused"
+    );
+    assert_eq!(post_signed(signature).await.unwrap().status(), 202);
+    let counts = settle(&s.db).await;
+    assert!(counts.iter().all(|c| c.state == "delivered"), "{counts:?}");
+    let customers = sc.customers();
+    assert_eq!(customers.len(), 1, "{customers:?}");
+    let email = payload["email"].as_str().unwrap_or_default().to_lowercase();
+    assert_eq!(
+        customers[0].email.as_deref().map(str::to_lowercase),
+        Some(email)
+    );
+    let cards = sc.cards();
+    assert_eq!(
+        cards.len(),
+        1,
+        "a card is issued to the new customer: {cards:?}"
+    );
+    assert_eq!(
+        cards[0].customer_id.as_deref(),
+        Some(customers[0].id.as_str())
+    );
 }

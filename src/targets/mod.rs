@@ -104,6 +104,7 @@ impl Executor {
             Ok(p) => p,
             Err(e) => return Outcome::Permanent(e.to_string()),
         };
+        self.preload_lookups().await;
         let known = self.known_ids().await;
         let input = PlanInput {
             env: self.env.clone(),
@@ -351,6 +352,30 @@ impl Executor {
             .as_ref()?
             .select(&v)
             .and_then(|v| scalar(&v))
+    }
+
+    /// Lists every lookup once, so templates that read ids (a GHL webhook's
+    /// custom fields are keyed by id) see them on the first event too.
+    async fn preload_lookups(&self) {
+        for target in self.program.targets.values() {
+            let configured = target.env.iter().all(|(name, decl)| {
+                decl.default.is_some() || self.env.get(name).is_some_and(|v| !v.is_empty())
+            });
+            if !configured {
+                continue;
+            }
+            for kind in target.lookups.keys() {
+                let cached = self
+                    .lookups
+                    .lock()
+                    .await
+                    .contains_key(&(target.name.clone(), kind.clone()));
+                if !cached {
+                    // A key nobody declares lists without creating anything; failures are retried on use.
+                    let _ = self.lookup_id(target, kind, "\u{0}").await;
+                }
+            }
+        }
     }
 
     /// Ids already listed, as the plan's `known`.
