@@ -1,6 +1,7 @@
 //! The `mapper` command line.
 
 mod check;
+mod demo;
 mod ops;
 mod plan;
 mod serve;
@@ -109,6 +110,25 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+    /// Run everything on this machine with no credentials: simulated GHL and
+    /// Sticky Cards, the shipped mappings, every example payload, a summary.
+    Demo {
+        /// Mapping folder
+        #[arg(long, env = "MAPPER_MAPPINGS", default_value = "mappings")]
+        mappings: PathBuf,
+        /// Folder of example payloads (one subfolder per source)
+        #[arg(long, default_value = "examples/payloads")]
+        examples: PathBuf,
+        /// Database URL
+        #[arg(long, default_value = "sqlite://mapper-demo.db")]
+        database: String,
+        /// Address to listen on
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// Keep serving after the summary (send your own webhooks), until Ctrl-C
+        #[arg(long)]
+        keep_running: bool,
+    },
     /// Receive webhooks: verify, store durably in the inbox, acknowledge.
     Serve {
         /// Mapping folder
@@ -176,6 +196,19 @@ pub fn run() -> ExitCode {
                 since_ms: since,
             },
         ),
+        Command::Demo {
+            mappings,
+            examples,
+            database,
+            listen,
+            keep_running,
+        } => demo::run(demo::DemoOptions {
+            mappings: &mappings,
+            examples: &examples,
+            database: &database,
+            listen: &listen,
+            keep_running,
+        }),
         Command::Schema => {
             print!("{}", crate::schema::schema_json());
             ExitCode::SUCCESS

@@ -1,11 +1,16 @@
-//! `mapper serve`: the webhook receiver over the durable inbox.
+//! `mapper serve`: the webhook receiver over the durable inbox, and the
+//! worker that delivers what it stores.
 
 use crate::config::compile::compile_dir;
+use crate::engine::program::Program;
 use crate::server::{self, AppState};
 use crate::store::{DEFAULT_CONNECTION, Inbox, Store};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// Options of `mapper serve`.
 pub struct ServeOptions<'a> {
@@ -13,6 +18,104 @@ pub struct ServeOptions<'a> {
     pub listen: &'a str,
     pub database: &'a str,
     pub log_json: bool,
+}
+
+/// A running receiver and worker.
+pub struct Running {
+    pub address: String,
+    pub store: Store,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    worker: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, lets the worker finish the event in hand, and waits.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), self.server).await;
+        if tokio::time::timeout(std::time::Duration::from_secs(30), self.worker)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the worker did not finish within 30 s; its event will be retried on the next start"
+            );
+        }
+    }
+}
+
+/// Starts the receiver and the worker. `env` answers the environment
+/// variables of sources (secrets) and targets (URLs, credentials).
+pub async fn start(
+    program: Program,
+    database: &str,
+    listen: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Running, Vec<String>> {
+    let verifiers = server::verifiers(&program, env)?;
+    let store = Store::open(database)
+        .await
+        .map_err(|e| vec![e.to_string()])?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| vec![format!("cannot listen on {listen}: {e}")])?;
+    let address = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| listen.to_string());
+    let program = Arc::new(program);
+    let mut target_env = BTreeMap::new();
+    for target in program.targets.values() {
+        for name in target.env.keys() {
+            if let Some(v) = env(name) {
+                target_env.insert(name.clone(), v);
+            }
+        }
+    }
+    let executor = Arc::new(crate::targets::Executor::new(
+        program.clone(),
+        store.clone(),
+        target_env,
+    ));
+    for missing in executor.unset_variables() {
+        tracing::warn!("{missing} is not set: deliveries to that target will fail until it is");
+    }
+    let (stop, stopped) = watch::channel(false);
+    let worker = tokio::spawn(crate::worker::run(
+        store.clone(),
+        executor,
+        crate::worker::WorkerConfig::default(),
+        stopped.clone(),
+    ));
+    let state = Arc::new(AppState {
+        program,
+        inbox: Inbox::start(store.clone(), 256),
+        store: store.clone(),
+        verifiers,
+        connection: DEFAULT_CONNECTION.to_string(),
+        metrics: Default::default(),
+    });
+    let app = server::router(state);
+    let mut until = stopped;
+    let server = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = until.wait_for(|stop| *stop).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "the server stopped");
+        }
+    });
+    Ok(Running {
+        address,
+        store,
+        stop,
+        server,
+        worker,
+    })
 }
 
 pub fn run(opts: ServeOptions) -> ExitCode {
@@ -30,7 +133,8 @@ pub fn run(opts: ServeOptions) -> ExitCode {
     runtime.block_on(serve(opts))
 }
 
-fn init_logging(json: bool) {
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -43,9 +147,10 @@ fn init_logging(json: bool) {
     };
 }
 
-async fn serve(opts: ServeOptions<'_>) -> ExitCode {
-    let compiled = compile_dir(opts.mappings);
-    let Some(program) = compiled.program else {
+/// Compiles the mapping folder, printing its errors when it has any.
+pub fn load_program(mappings: &Path, command: &str) -> Option<Program> {
+    let compiled = compile_dir(mappings);
+    if compiled.program.is_none() {
         for d in compiled.diagnostics.iter().filter(|d| d.is_error()) {
             eprint!(
                 "{}",
@@ -53,92 +158,37 @@ async fn serve(opts: ServeOptions<'_>) -> ExitCode {
             );
         }
         eprintln!(
-            "error: the mapping folder {} has errors; `mapper serve` does not start",
-            opts.mappings.display()
+            "error: the mapping folder {} has errors; `mapper {command}` does not start",
+            mappings.display()
         );
+    }
+    compiled.program
+}
+
+async fn serve(opts: ServeOptions<'_>) -> ExitCode {
+    let Some(program) = load_program(opts.mappings, "serve") else {
         return ExitCode::from(1);
     };
-    let verifiers = match server::verifiers(&program, &|name| std::env::var(name).ok()) {
-        Ok(v) => v,
-        Err(missing) => {
-            for m in &missing {
-                eprintln!("error: {m}");
+    let running = match start(program, opts.database, opts.listen, &|name| {
+        std::env::var(name).ok()
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("error: {p}");
             }
             eprintln!(
-                "error: set the variables above (or declare `verify: {{ method: none }}`); `mapper serve` does not start"
+                "error: `mapper serve` does not start (set the variables above, or declare `verify: {{ method: none }}`)"
             );
             return ExitCode::from(1);
         }
     };
-    let store = match Store::open(opts.database).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let listener = match tokio::net::TcpListener::bind(opts.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot listen on {}: {e}", opts.listen);
-            return ExitCode::from(1);
-        }
-    };
-    let address = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| opts.listen.to_string());
-    let program = Arc::new(program);
-    let mut target_env = std::collections::BTreeMap::new();
-    for target in program.targets.values() {
-        for name in target.env.keys() {
-            if let Ok(v) = std::env::var(name) {
-                target_env.insert(name.clone(), v);
-            }
-        }
-    }
-    let executor = Arc::new(crate::targets::Executor::new(
-        program.clone(),
-        store.clone(),
-        target_env,
-    ));
-    for missing in executor.unset_variables() {
-        tracing::warn!("{missing} is not set: deliveries to that target will fail until it is");
-    }
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(crate::worker::run(
-        store.clone(),
-        executor,
-        crate::worker::WorkerConfig::default(),
-        stopped,
-    ));
-    let state = Arc::new(AppState {
-        program,
-        inbox: Inbox::start(store.clone(), 256),
-        store,
-        verifiers,
-        connection: DEFAULT_CONNECTION.to_string(),
-        metrics: Default::default(),
-    });
+    let address = running.address.clone();
     tracing::info!(%address, mappings = %opts.mappings.display(), "listening for webhooks on http://{address}/webhooks/{{source}}");
-    let app = server::router(state);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-    {
-        eprintln!("error: the server stopped: {e}");
-        return ExitCode::from(1);
-    }
-    // The worker finishes the event in hand; the rest stays stored for the next start.
-    let _ = stop.send(true);
-    if tokio::time::timeout(std::time::Duration::from_secs(30), worker)
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "the worker did not finish within 30 s; its event will be retried on the next start"
-        );
-    }
+    shutdown_signal().await;
+    running.stop().await;
     tracing::info!("stopped; stored events stay in the database for the next start");
     ExitCode::SUCCESS
 }

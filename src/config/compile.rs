@@ -1102,6 +1102,13 @@ fn compile_target(ctx: &mut Ctx, tp: &TargetProfile) -> Option<prog::Target> {
                     needs_customer: op.needs_customer,
                     params: op.params.clone(),
                     request,
+                    remember: op
+                        .remember
+                        .iter()
+                        .filter_map(|(name, path)| {
+                            Some((name.clone(), ctx.selector(file, pos_of(path), &path.value)?))
+                        })
+                        .collect(),
                 },
             );
         }

@@ -391,6 +391,11 @@ pub struct Operation {
     #[serde(default)]
     pub unsupported_params: IndexMap<String, String>,
     pub request: RequestSpec,
+    /// Values of the answer kept for the customer's record (`card_id: $.id`),
+    /// read by later requests as `customer.<name>`.
+    #[serde(default)]
+    #[schemars(with = "IndexMap<String, String>")]
+    pub remember: IndexMap<String, Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

@@ -117,6 +117,8 @@ pub struct Operation {
     pub needs_customer: bool,
     pub params: IndexMap<String, Param>,
     pub request: Request,
+    /// Answer values kept for the customer's record.
+    pub remember: Vec<(String, Selector)>,
 }
 
 /// One compiled mapping.

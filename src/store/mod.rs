@@ -572,6 +572,56 @@ impl Store {
         Ok(())
     }
 
+    /// What is known of a record on a target (a JSON object; empty when nothing).
+    pub async fn record_fields(
+        &self,
+        connection: &str,
+        target: &str,
+        target_id: &str,
+    ) -> Result<serde_json::Value, StoreError> {
+        let row = sqlx::query("SELECT fields FROM target_records WHERE connection = $1 AND target = $2 AND target_id = $3")
+            .bind(connection)
+            .bind(target)
+            .bind(target_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let text: Option<String> = match row {
+            Some(r) => Some(r.try_get(0)?),
+            None => None,
+        };
+        Ok(text
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_else(|| serde_json::Value::Object(Default::default())))
+    }
+
+    /// Merges `fields` into what is known of a record on a target.
+    pub async fn remember(
+        &self,
+        connection: &str,
+        target: &str,
+        target_id: &str,
+        fields: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), StoreError> {
+        let mut known = self.record_fields(connection, target, target_id).await?;
+        if let serde_json::Value::Object(map) = &mut known {
+            for (k, v) in fields {
+                map.insert(k.clone(), v.clone());
+            }
+        }
+        sqlx::query(
+            "INSERT INTO target_records (connection, target, target_id, fields, updated_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (connection, target, target_id) DO UPDATE SET fields = $4, updated_at = $5",
+        )
+        .bind(connection)
+        .bind(target)
+        .bind(target_id)
+        .bind(known.to_string())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Whether this is the PostgreSQL backend.
     pub fn is_postgres(&self) -> bool {
         self.dialect == Dialect::Postgres
@@ -586,13 +636,26 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
         Dialect::Sqlite => include_str!("../../migrations/sqlite/0001_inbox.sql"),
         Dialect::Postgres => include_str!("../../migrations/postgres/0001_inbox.sql"),
     };
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "inbox".into(),
-        MigrationType::Simple,
-        sql.into_sql_str(),
-        false,
-    )])
+    let records = match dialect {
+        Dialect::Sqlite => include_str!("../../migrations/sqlite/0002_records.sql"),
+        Dialect::Postgres => include_str!("../../migrations/postgres/0002_records.sql"),
+    };
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            "inbox".into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            2,
+            "records".into(),
+            MigrationType::Simple,
+            records.into_sql_str(),
+            false,
+        ),
+    ])
 }
 
 fn normalize_url(url: &str) -> Result<(Dialect, String), StoreError> {

@@ -298,15 +298,23 @@ impl Executor {
             if action.only_if_created && !created {
                 continue;
             }
+            let record = match customer_id.as_deref() {
+                Some(id) => self
+                    .store
+                    .record_fields(connection, &fired.target, id)
+                    .await
+                    .unwrap_or_default(),
+                None => Value::Null,
+            };
             let request = match self
-                .resolve(target, &action.request, customer_id.as_deref())
+                .resolve(target, &action.request, customer_id.as_deref(), &record)
                 .await
             {
                 Ok(r) => r,
                 Err(outcome) => return outcome,
             };
             match self.send(target, &request).await {
-                Answer::Ok(_) => {
+                Answer::Ok(answer) => {
                     let _ = self
                         .store
                         .log_attempt(&log(
@@ -317,6 +325,21 @@ impl Executor {
                             None,
                         ))
                         .await;
+                    if let (Some(id), Some(op)) =
+                        (customer_id.as_deref(), target.operations.get(&action.op))
+                    {
+                        let kept: serde_json::Map<String, Value> = op
+                            .remember
+                            .iter()
+                            .filter_map(|(name, path)| Some((name.clone(), path.select(&answer)?)))
+                            .collect();
+                        if !kept.is_empty() {
+                            let _ = self
+                                .store
+                                .remember(connection, &fired.target, id, &kept)
+                                .await;
+                        }
+                    }
                 }
                 Answer::Failed {
                     status,
@@ -401,11 +424,19 @@ impl Executor {
         target: &Target,
         request: &RequestPlan,
         customer: Option<&str>,
+        record: &Value,
     ) -> Result<RequestPlan, Outcome> {
         let mut text =
             serde_json::to_string(request).map_err(|e| Outcome::Permanent(e.to_string()))?;
         if let Some(id) = customer {
             text = text.replace("${customer.id}", &json_escape(id));
+        }
+        // Other `customer.<name>` values come from what earlier answers taught us (`remember:`).
+        if let Value::Object(fields) = record {
+            for (name, value) in fields {
+                let v = scalar(value).unwrap_or_else(|| value.to_string());
+                text = text.replace(&format!("${{customer.{name}}}"), &json_escape(&v));
+            }
         }
         while let Some(start) = text.find("${lookup:") {
             let Some(len) = text[start..].find('}') else {
