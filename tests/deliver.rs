@@ -263,3 +263,29 @@ async fn a_signed_ghl_contact_create_becomes_a_sticky_cards_customer_with_a_card
         Some(customers[0].id.as_str())
     );
 }
+
+/// `mapper demo` runs the whole pipeline on a fresh machine with no credentials.
+#[test]
+fn the_demo_delivers_every_example_and_prints_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("demo.db").display());
+    let out = Command::new(env!("CARGO_BIN_EXE_mapper"))
+        .args(["demo", "--database", &db])
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("GHL location loc_sandbox: 4 contacts"), "{text}");
+    assert!(text.contains("tags: card expired, referrer, vip"), "{text}");
+    assert!(text.contains("Sticky Cards: 1 customers"), "{text}");
+    assert!(text.contains("push: Your reward is ready!"), "{text}");
+    let inbox: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.contains("inbox:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .collect();
+    assert!(!inbox.is_empty(), "{text}");
+    assert!(inbox.iter().all(|l| l.contains("delivered") || l.contains("unmapped")), "nothing dead or waiting:\n{text}");
+}
