@@ -275,8 +275,16 @@ fn the_demo_delivers_every_example_and_prints_the_result() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("GHL location loc_sandbox: 4 contacts"), "{text}");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("GHL location loc_sandbox: 4 contacts"),
+        "{text}"
+    );
     assert!(text.contains("tags: card expired, referrer, vip"), "{text}");
     assert!(text.contains("Sticky Cards: 1 customers"), "{text}");
     assert!(text.contains("push: Your reward is ready!"), "{text}");
@@ -287,5 +295,10 @@ fn the_demo_delivers_every_example_and_prints_the_result() {
         .take_while(|l| !l.trim().is_empty())
         .collect();
     assert!(!inbox.is_empty(), "{text}");
-    assert!(inbox.iter().all(|l| l.contains("delivered") || l.contains("unmapped")), "nothing dead or waiting:\n{text}");
+    assert!(
+        inbox
+            .iter()
+            .all(|l| l.contains("delivered") || l.contains("unmapped")),
+        "nothing dead or waiting:\n{text}"
+    );
 }
