@@ -129,14 +129,15 @@ fn main() {
             })
         };
         let verifiers = server::verifiers(&program, &env).expect("verifiers");
-        let state = Arc::new(AppState {
-            program: Arc::new(program),
-            inbox: Inbox::start(store.clone(), 256),
-            store: store.clone(),
-            verifiers,
-            connection: "default".into(),
-            metrics: Default::default(),
-        });
+        let state = Arc::new(AppState::new(
+            server::Loaded {
+                program: Arc::new(program),
+                verifiers,
+            },
+            store.clone(),
+            Inbox::start(store.clone(), 256),
+            "default".into(),
+        ));
         let mapper_url = serve(server::router(state)).await;
         let _ = load(
             format!("{mapper_url}/webhooks/stickycards"),

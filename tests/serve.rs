@@ -4,6 +4,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+mod common;
+use common::copy_dir;
+
 struct Server {
     child: Child,
     base: String,
@@ -27,6 +30,10 @@ const SECRETS: [(&str, &str); 5] = [
 ];
 
 fn start(with_secrets: bool) -> Result<Server, String> {
+    start_in(with_secrets, "mappings")
+}
+
+fn start_in(with_secrets: bool, mappings: &str) -> Result<Server, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let db = format!("sqlite://{}", dir.path().join("inbox.db").display());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapper"));
@@ -37,7 +44,7 @@ fn start(with_secrets: bool) -> Result<Server, String> {
         "--database",
         &db,
         "--mappings",
-        "mappings",
+        mappings,
     ])
     .env("RUST_LOG", "info")
     .stdout(Stdio::null())
@@ -317,5 +324,99 @@ async fn a_burst_of_concurrent_webhooks_is_stored_once_each() {
             .map(|c| c.count)
             .sum::<i64>(),
         50
+    );
+}
+
+/// The mapping folder is reloaded when it changes: a broken set is refused and
+/// the old one keeps serving; a good set replaces it.
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_reload_refuses_a_broken_set_and_applies_a_good_one() {
+    let copy = tempfile::tempdir().unwrap();
+    for sub in ["mappings", "schemas", "examples"] {
+        copy_dir(std::path::Path::new(sub), &copy.path().join(sub));
+    }
+    let mappings = copy.path().join("mappings");
+    let server = start_in(true, mappings.to_str().unwrap()).expect("server starts");
+    let http = reqwest::Client::new();
+    let scan = |second: u32| {
+        http.post(format!("{}/webhooks/stickycards?token=sc-token", server.base))
+            .header("content-type", "application/json")
+            .body(format!(
+                r#"{{"event_type":"CardScannedEvent","timestamp":"2025-03-05T10:00:{second:02}Z","customer_id":"cus_9"}}"#
+            ))
+            .send()
+    };
+    let status_of = |v: serde_json::Value| v["status"].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        status_of(scan(1).await.unwrap().json().await.unwrap()),
+        "accepted"
+    );
+
+    let ready = || async {
+        http.get(format!("{}/readyz", server.base))
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    let before = ready().await["mappings"].as_u64().unwrap();
+    std::fs::write(
+        mappings.join("broken.yaml"),
+        "mappings:\n  - name: x\n    sourse: y\n",
+    )
+    .unwrap();
+    let mut refused = serde_json::Value::Null;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        refused = ready().await;
+        if refused["last_reload"] == "failed" {
+            break;
+        }
+    }
+    assert_eq!(refused["last_reload"], "failed", "{refused}");
+    assert!(
+        refused["reload_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("M002"),
+        "{refused}"
+    );
+    assert_eq!(
+        status_of(scan(2).await.unwrap().json().await.unwrap()),
+        "accepted",
+        "the old set still serves"
+    );
+    let metrics = http
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("mapper_config_last_reload_ok 0"),
+        "{metrics}"
+    );
+
+    // A good set: without the engagement mappings, a scan is no longer mapped.
+    std::fs::remove_file(mappings.join("broken.yaml")).unwrap();
+    std::fs::remove_file(mappings.join("stickycards-ghl/engagement.yaml")).unwrap();
+    std::fs::remove_file(mappings.join("stickycards-ghl/engagement.test.yaml")).unwrap();
+    let mut applied = serde_json::Value::Null;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        applied = ready().await;
+        if applied["last_reload"] == "ok" && applied["mappings"].as_u64() != Some(before) {
+            break;
+        }
+    }
+    assert_eq!(applied["last_reload"], "ok", "{applied}");
+    assert!(applied["mappings"].as_u64().unwrap() < before, "{applied}");
+    assert_eq!(
+        status_of(scan(3).await.unwrap().json().await.unwrap()),
+        "unmapped"
     );
 }

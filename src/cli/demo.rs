@@ -13,6 +13,7 @@ use base64::Engine;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Options of `mapper demo`.
@@ -87,9 +88,15 @@ async fn demo(opts: DemoOptions<'_>) -> ExitCode {
     env.insert("GHL_LOCATION_ID".into(), ghl.location_id().to_string());
     env.insert("STICKYCARDS_API_BASE_URL".into(), sc.base_url());
     env.insert("STICKYCARDS_API_KEY".into(), sc.api_key().to_string());
-    let running = match start(program, opts.database, opts.listen, &|name| {
-        env.get(name).cloned()
-    })
+    let env = Arc::new(env);
+    let lookup = env.clone();
+    let running = match start(
+        program,
+        None,
+        opts.database,
+        opts.listen,
+        Arc::new(move |name: &str| lookup.get(name).cloned()),
+    )
     .await
     {
         Ok(r) => r,

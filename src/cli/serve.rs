@@ -6,7 +6,7 @@ use crate::engine::program::Program;
 use crate::server::{self, AppState};
 use crate::store::{DEFAULT_CONNECTION, Inbox, Store};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -27,7 +27,13 @@ pub struct Running {
     stop: watch::Sender<bool>,
     server: JoinHandle<()>,
     worker: JoinHandle<()>,
+    _watcher: Option<Watcher>,
 }
+
+type Watcher = notify_debouncer_full::Debouncer<
+    notify::RecommendedWatcher,
+    notify_debouncer_full::RecommendedCache,
+>;
 
 impl Running {
     /// Stops accepting, lets the worker finish the event in hand, and waits.
@@ -45,15 +51,31 @@ impl Running {
     }
 }
 
-/// Starts the receiver and the worker. `env` answers the environment
-/// variables of sources (secrets) and targets (URLs, credentials).
+/// How `serve` reads environment variables (sources' secrets, targets' URLs and credentials).
+pub type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+fn executor_for(program: Arc<Program>, store: &Store, env: &Env) -> crate::targets::Executor {
+    let mut target_env = BTreeMap::new();
+    for target in program.targets.values() {
+        for name in target.env.keys() {
+            if let Some(v) = env(name) {
+                target_env.insert(name.clone(), v);
+            }
+        }
+    }
+    crate::targets::Executor::new(program, store.clone(), target_env)
+}
+
+/// Starts the receiver and the worker, and (with `watch`) reloads the mapping
+/// folder when it changes.
 pub async fn start(
     program: Program,
+    mappings: Option<PathBuf>,
     database: &str,
     listen: &str,
-    env: &dyn Fn(&str) -> Option<String>,
+    env: Env,
 ) -> Result<Running, Vec<String>> {
-    let verifiers = server::verifiers(&program, env)?;
+    let verifiers = server::verifiers(&program, &*env)?;
     let store = Store::open(database)
         .await
         .map_err(|e| vec![e.to_string()])?;
@@ -65,37 +87,31 @@ pub async fn start(
         .map(|a| a.to_string())
         .unwrap_or_else(|_| listen.to_string());
     let program = Arc::new(program);
-    let mut target_env = BTreeMap::new();
-    for target in program.targets.values() {
-        for name in target.env.keys() {
-            if let Some(v) = env(name) {
-                target_env.insert(name.clone(), v);
-            }
-        }
-    }
-    let executor = Arc::new(crate::targets::Executor::new(
-        program.clone(),
-        store.clone(),
-        target_env,
-    ));
+    let executor = executor_for(program.clone(), &store, &env);
     for missing in executor.unset_variables() {
         tracing::warn!("{missing} is not set: deliveries to that target will fail until it is");
     }
+    let executor = Arc::new(arc_swap::ArcSwap::from_pointee(executor));
     let (stop, stopped) = watch::channel(false);
     let worker = tokio::spawn(crate::worker::run(
         store.clone(),
-        executor,
+        executor.clone(),
         crate::worker::WorkerConfig::default(),
         stopped.clone(),
     ));
-    let state = Arc::new(AppState {
-        program,
-        inbox: Inbox::start(store.clone(), 256),
-        store: store.clone(),
-        verifiers,
-        connection: DEFAULT_CONNECTION.to_string(),
-        metrics: Default::default(),
-    });
+    let state = Arc::new(AppState::new(
+        server::Loaded { program, verifiers },
+        store.clone(),
+        Inbox::start(store.clone(), 256),
+        DEFAULT_CONNECTION.to_string(),
+    ));
+    let watcher = match mappings {
+        Some(dir) => Some(
+            watch_mappings(dir, state.clone(), executor, store.clone(), env)
+                .map_err(|e| vec![format!("cannot watch the mapping folder: {e}")])?,
+        ),
+        None => None,
+    };
     let app = server::router(state);
     let mut until = stopped;
     let server = tokio::spawn(async move {
@@ -115,7 +131,78 @@ pub async fn start(
         stop,
         server,
         worker,
+        _watcher: watcher,
     })
+}
+
+/// Watches the mapping folder; every change re-reads the whole folder, and a
+/// set that checks clean replaces the running one at once. A set with errors
+/// is refused with the same diagnostics as `mapper check`, and the old one
+/// keeps serving.
+fn watch_mappings(
+    dir: PathBuf,
+    state: Arc<AppState>,
+    executor: Arc<arc_swap::ArcSwap<crate::targets::Executor>>,
+    store: Store,
+    env: Env,
+) -> Result<Watcher, notify::Error> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    // Editors save by writing a temporary file and renaming it: watch the folder
+    // and treat any event as "something changed", never trust its paths.
+    let mut debouncer = notify_debouncer_full::new_debouncer(
+        std::time::Duration::from_millis(300),
+        None,
+        move |result: notify_debouncer_full::DebounceEventResult| {
+            if result.is_ok() {
+                let _ = tx.send(());
+            }
+        },
+    )?;
+    debouncer.watch(&dir, notify::RecursiveMode::Recursive)?;
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            while rx.try_recv().is_ok() {}
+            let compiled = compile_dir(&dir);
+            let outcome = match compiled.program {
+                Some(program) => match server::verifiers(&program, &*env) {
+                    Ok(verifiers) => Ok((program, verifiers)),
+                    Err(missing) => Err(missing.join("; ")),
+                },
+                None => Err(compiled
+                    .diagnostics
+                    .iter()
+                    .filter(|d| d.is_error())
+                    .map(|d| d.render(compiled.texts.get(&d.file).map(String::as_str)))
+                    .collect::<Vec<_>>()
+                    .join("\n")),
+            };
+            match outcome {
+                Ok((program, verifiers)) => {
+                    let program = Arc::new(program);
+                    executor.store(Arc::new(executor_for(program.clone(), &store, &env)));
+                    let mappings = program.mappings.len();
+                    state
+                        .loaded
+                        .store(Arc::new(server::Loaded { program, verifiers }));
+                    if let Ok(mut r) = state.reload.lock() {
+                        r.ok += 1;
+                        r.last_error = None;
+                    }
+                    tracing::info!(mappings, "reloaded the mapping folder");
+                }
+                Err(error) => {
+                    tracing::error!(
+                        "the changed mapping folder is refused; the previous set keeps serving:\n{error}"
+                    );
+                    if let Ok(mut r) = state.reload.lock() {
+                        r.failed += 1;
+                        r.last_error = Some(error);
+                    }
+                }
+            }
+        }
+    });
+    Ok(debouncer)
 }
 
 pub fn run(opts: ServeOptions) -> ExitCode {
@@ -169,9 +256,14 @@ async fn serve(opts: ServeOptions<'_>) -> ExitCode {
     let Some(program) = load_program(opts.mappings, "serve") else {
         return ExitCode::from(1);
     };
-    let running = match start(program, opts.database, opts.listen, &|name| {
-        std::env::var(name).ok()
-    })
+    let env: Env = Arc::new(|name: &str| std::env::var(name).ok());
+    let running = match start(
+        program,
+        Some(opts.mappings.to_path_buf()),
+        opts.database,
+        opts.listen,
+        env,
+    )
     .await
     {
         Ok(r) => r,

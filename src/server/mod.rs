@@ -21,14 +21,43 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use verify::Verifier;
 
+/// A checked mapping set with its sources' verifiers: swapped as a whole on reload.
+pub struct Loaded {
+    pub program: Arc<Program>,
+    pub verifiers: HashMap<String, Verifier>,
+}
+
+/// The outcome of the latest reload of the mapping folder.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStatus {
+    pub ok: u64,
+    pub failed: u64,
+    /// The diagnostics of the last refused set, while it is the latest attempt.
+    pub last_error: Option<String>,
+}
+
 /// Everything the handlers share.
 pub struct AppState {
-    pub program: Arc<Program>,
+    pub loaded: arc_swap::ArcSwap<Loaded>,
     pub store: Store,
     pub inbox: Inbox,
-    pub verifiers: HashMap<String, Verifier>,
     pub connection: String,
     pub metrics: Metrics,
+    pub reload: std::sync::Mutex<ReloadStatus>,
+}
+
+impl AppState {
+    /// State serving `loaded`.
+    pub fn new(loaded: Loaded, store: Store, inbox: Inbox, connection: String) -> AppState {
+        AppState {
+            loaded: arc_swap::ArcSwap::from_pointee(loaded),
+            store,
+            inbox,
+            connection,
+            metrics: Metrics::default(),
+            reload: std::sync::Mutex::new(ReloadStatus::default()),
+        }
+    }
 }
 
 /// Counters exposed on `/metrics`.
@@ -94,6 +123,8 @@ pub fn verifiers(
 /// The HTTP routes.
 pub fn router(state: Arc<AppState>) -> Router {
     let largest = state
+        .loaded
+        .load()
         .program
         .sources
         .values()
@@ -122,7 +153,9 @@ async fn receive(
     body: Bytes,
 ) -> Response {
     REQUESTS.fetch_add(1, Ordering::Relaxed);
-    let program = &state.program;
+    // This request finishes with the set it started with, even if a reload lands meanwhile.
+    let loaded = state.loaded.load_full();
+    let program = &loaded.program;
     let Some(source) = program.sources.get(&source_name) else {
         let known: Vec<&String> = program.sources.keys().collect();
         return problem(
@@ -176,7 +209,7 @@ async fn receive(
     }
     let text = std::str::from_utf8(&body).unwrap_or("");
     let form_field = |name: &str| decode::form_field(text, name);
-    if let Some(v) = state.verifiers.get(&source_name) {
+    if let Some(v) = loaded.verifiers.get(&source_name) {
         let now = chrono::Utc::now().timestamp();
         if let Err(refused) = v.verify(&headers, query.as_deref(), &body, now, &form_field) {
             return reject(StatusCode::UNAUTHORIZED, "signature", refused.0);
@@ -273,10 +306,16 @@ async fn receive(
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let reload = state.reload.lock().map(|r| r.clone()).unwrap_or_default();
     if state.store.ping().await {
         (
             StatusCode::OK,
-            Json(json!({ "ready": true, "mappings": state.program.mappings.len() })),
+            Json(json!({
+                "ready": true,
+                "mappings": state.loaded.load().program.mappings.len(),
+                "last_reload": if reload.last_error.is_some() { "failed" } else { "ok" },
+                "reload_error": reload.last_error,
+            })),
         )
             .into_response()
     } else {
@@ -309,6 +348,22 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .metrics
         .rejected
         .render("mapper_webhooks_rejected_total", "reason", &mut out);
+    if let Ok(reload) = state.reload.lock() {
+        out.push_str("# TYPE mapper_config_reloads_total counter\n");
+        out.push_str(&format!(
+            "mapper_config_reloads_total{{result=\"ok\"}} {}\n",
+            reload.ok
+        ));
+        out.push_str(&format!(
+            "mapper_config_reloads_total{{result=\"failed\"}} {}\n",
+            reload.failed
+        ));
+        out.push_str("# TYPE mapper_config_last_reload_ok gauge\n");
+        out.push_str(&format!(
+            "mapper_config_last_reload_ok {}\n",
+            u8::from(reload.last_error.is_none())
+        ));
+    }
     if let Ok(counts) = state.store.counts().await {
         out.push_str("# TYPE mapper_events gauge\n");
         for c in counts {

@@ -54,9 +54,11 @@ pub fn backoff(config: &WorkerConfig, attempt: i64, asked: Option<Duration>) -> 
 }
 
 /// Runs until `shutdown` turns true; events in flight finish first.
+/// `executor` is swapped when the mapping folder is reloaded; each batch uses
+/// the one current when it starts.
 pub async fn run(
     store: Store,
-    executor: Arc<Executor>,
+    executor: Arc<arc_swap::ArcSwap<Executor>>,
     config: WorkerConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -88,6 +90,7 @@ pub async fn run(
             continue;
         }
         let started = now_ms();
+        let executor = executor.load_full();
         let (mut delivered, mut failed) = (0i64, 0i64);
         for event in &claimed {
             let outcome = executor
