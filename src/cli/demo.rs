@@ -31,17 +31,7 @@ const SLICKTEXT_SECRET: &str = "demo-slicktext-secret";
 
 pub fn run(opts: DemoOptions) -> ExitCode {
     init_logging(false);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    runtime.block_on(demo(opts))
+    super::block_on(demo(opts))
 }
 
 async fn demo(opts: DemoOptions<'_>) -> ExitCode {

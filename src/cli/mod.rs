@@ -249,3 +249,28 @@ pub(crate) fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
         _ => a == b,
     }
 }
+
+/// Runs an async command on a multi-threaded runtime; exit 1 when none can start.
+pub(crate) fn block_on<F: std::future::Future<Output = ExitCode>>(future: F) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(future),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Opens the database for an operator command, printing why it cannot.
+pub(crate) async fn open_store(database: &str) -> Option<crate::store::Store> {
+    match crate::store::Store::open(database).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            eprintln!("error: {e}");
+            None
+        }
+    }
+}

@@ -1,34 +1,14 @@
 //! `mapper status` and `mapper replay`: operating the inbox.
 
 use super::Format;
-use crate::store::{EventState, ReplayFilter, Store};
+use crate::store::{EventState, ReplayFilter};
 use std::process::ExitCode;
-
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => Some(rt),
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            None
-        }
-    }
-}
 
 /// Prints counts by state, per source and event, and the latest errors.
 pub fn status(database: &str, format: Format) -> ExitCode {
-    let Some(rt) = runtime() else {
-        return ExitCode::from(1);
-    };
-    rt.block_on(async {
-        let store = match Store::open(database).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(1);
-            }
+    super::block_on(async {
+        let Some(store) = super::open_store(database).await else {
+            return ExitCode::from(1);
         };
         let (counts, errors) = match (store.counts().await, store.last_errors(10).await) {
             (Ok(c), Ok(e)) => (c, e),
@@ -38,7 +18,13 @@ pub fn status(database: &str, format: Format) -> ExitCode {
             }
         };
         let states = ["received", "retrying", "delivered", "dead", "unmapped"];
-        let total = |state: &str| counts.iter().filter(|c| c.state == state).map(|c| c.count).sum::<i64>();
+        let total = |state: &str| {
+            counts
+                .iter()
+                .filter(|c| c.state == state)
+                .map(|c| c.count)
+                .sum::<i64>()
+        };
         match format {
             Format::Json => {
                 let out = serde_json::json!({
@@ -53,12 +39,22 @@ pub fn status(database: &str, format: Format) -> ExitCode {
             Format::Text => {
                 println!(
                     "{}",
-                    states.iter().map(|s| format!("{s}: {}", total(s))).collect::<Vec<_>>().join("  ")
+                    states
+                        .iter()
+                        .map(|s| format!("{s}: {}", total(s)))
+                        .collect::<Vec<_>>()
+                        .join("  ")
                 );
                 if !counts.is_empty() {
-                    println!("\n{:<14} {:<40} {:<10} {:>8}", "SOURCE", "EVENT", "STATE", "COUNT");
+                    println!(
+                        "\n{:<14} {:<40} {:<10} {:>8}",
+                        "SOURCE", "EVENT", "STATE", "COUNT"
+                    );
                     for c in &counts {
-                        println!("{:<14} {:<40} {:<10} {:>8}", c.source, c.event_type, c.state, c.count);
+                        println!(
+                            "{:<14} {:<40} {:<10} {:>8}",
+                            c.source, c.event_type, c.state, c.count
+                        );
                     }
                 }
                 if !errors.is_empty() {
@@ -75,16 +71,9 @@ pub fn status(database: &str, format: Format) -> ExitCode {
 
 /// Re-queues dead or unmapped events and says how many.
 pub fn replay(database: &str, filter: ReplayFilter) -> ExitCode {
-    let Some(rt) = runtime() else {
-        return ExitCode::from(1);
-    };
-    rt.block_on(async {
-        let store = match Store::open(database).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(1);
-            }
+    super::block_on(async {
+        let Some(store) = super::open_store(database).await else {
+            return ExitCode::from(1);
         };
         match store.replay(&filter).await {
             Ok(n) => {
@@ -123,16 +112,9 @@ pub fn log(database: &str, event: Option<i64>, customer: Option<&str>, format: F
         eprintln!("error: give --event ID or --customer ID");
         return ExitCode::from(2);
     }
-    let Some(rt) = runtime() else {
-        return ExitCode::from(1);
-    };
-    rt.block_on(async {
-        let store = match Store::open(database).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(1);
-            }
+    super::block_on(async {
+        let Some(store) = super::open_store(database).await else {
+            return ExitCode::from(1);
         };
         match store.sync_log(event, customer).await {
             Ok(entries) => {

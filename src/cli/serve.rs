@@ -207,17 +207,7 @@ fn watch_mappings(
 
 pub fn run(opts: ServeOptions) -> ExitCode {
     init_logging(opts.log_json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    runtime.block_on(serve(opts))
+    super::block_on(serve(opts))
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
