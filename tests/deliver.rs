@@ -302,3 +302,44 @@ fn the_demo_delivers_every_example_and_prints_the_result() {
         "nothing dead or waiting:\n{text}"
     );
 }
+
+/// Twenty events for one new customer arriving together create one contact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_for_one_new_customer_creates_exactly_one_contact() {
+    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
+    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
+        .await
+        .unwrap();
+    let s = serve(&ghl, &sc);
+    let mut posts = Vec::new();
+    for i in 0..20 {
+        let body = format!(
+            r#"{{"event_type":"CardScannedEvent","timestamp":"2025-03-05T10:00:{i:02}Z","customer_id":"cus_77","phone_number":"+1 415 555 0177","email":"burst@example.com"}}"#
+        );
+        let url = format!("{}/webhooks/stickycards?token=sc-token", s.base);
+        posts.push(tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }));
+    }
+    for p in posts {
+        assert_eq!(p.await.unwrap(), 202);
+    }
+    let counts = settle(&s.db).await;
+    assert!(counts.iter().all(|c| c.state == "delivered"), "{counts:?}");
+    let contacts = ghl.contacts();
+    assert_eq!(contacts.len(), 1, "{contacts:?}");
+    assert_eq!(contacts[0].phone.as_deref(), Some("+14155550177"));
+    let creates = ghl
+        .request_log()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/contacts/")
+        .count();
+    assert_eq!(creates, 1, "one create, then the stored link");
+}
