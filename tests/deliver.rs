@@ -8,6 +8,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+mod common;
+use common::copy_dir;
+
 struct Serve {
     child: Child,
     base: String,
@@ -27,6 +30,15 @@ fn serve(ghl: &GhlSandbox, sc: &StickyCardsSandbox) -> Serve {
 }
 
 fn serve_with(ghl: &GhlSandbox, sc: &StickyCardsSandbox, extra_env: &[(&str, &str)]) -> Serve {
+    serve_in(ghl, sc, extra_env, "mappings")
+}
+
+fn serve_in(
+    ghl: &GhlSandbox,
+    sc: &StickyCardsSandbox,
+    extra_env: &[(&str, &str)],
+    mappings: &str,
+) -> Serve {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("mapper.db").display());
     let mut command = Command::new(env!("CARGO_BIN_EXE_mapper"));
@@ -34,7 +46,15 @@ fn serve_with(ghl: &GhlSandbox, sc: &StickyCardsSandbox, extra_env: &[(&str, &st
         command.env(k, v);
     }
     let mut child = command
-        .args(["serve", "--listen", "127.0.0.1:0", "--database", &db])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            &db,
+            "--mappings",
+            mappings,
+        ])
         .env("STICKYCARDS_WEBHOOK_TOKEN", "sc-token")
         .env("SIGNALMIND_WEBHOOK_TOKEN", "sm-token")
         .env("SLICKTEXT_WEBHOOK_SECRET", "st-secret")
@@ -342,4 +362,56 @@ async fn a_burst_for_one_new_customer_creates_exactly_one_contact() {
         .filter(|r| r.method == "POST" && r.path == "/contacts/")
         .count();
     assert_eq!(creates, 1, "one create, then the stored link");
+}
+
+/// An event that arrived before its mapping existed is kept, and delivered
+/// once the mapping is added (hot reload) and the event replayed.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unmapped_event_is_delivered_after_its_mapping_is_added_and_replayed() {
+    let copy = tempfile::tempdir().unwrap();
+    for sub in ["mappings", "schemas", "examples"] {
+        copy_dir(std::path::Path::new(sub), &copy.path().join(sub));
+    }
+    let mappings = copy.path().join("mappings");
+    let held = copy.path().join("engagement.yaml");
+    std::fs::rename(mappings.join("stickycards-ghl/engagement.yaml"), &held).unwrap();
+    std::fs::remove_file(mappings.join("stickycards-ghl/engagement.test.yaml")).unwrap();
+    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
+    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
+        .await
+        .unwrap();
+    let s = serve_in(&ghl, &sc, &[], mappings.to_str().unwrap());
+    let body = std::fs::read("examples/payloads/stickycards/CardScannedEvent.json").unwrap();
+    assert_eq!(post(&s, "stickycards", "?token=sc-token", &body).await, 202);
+    let counts = settle(&s.db).await;
+    assert!(counts.iter().all(|c| c.state == "unmapped"), "{counts:?}");
+    assert!(ghl.contacts().is_empty());
+
+    std::fs::rename(&held, mappings.join("stickycards-ghl/engagement.yaml")).unwrap();
+    let http = reqwest::Client::new();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let ready: serde_json::Value = http
+            .get(format!("{}/readyz", s.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready["mappings"].as_u64().unwrap_or(0) >= 35 {
+            break;
+        }
+    }
+    let replay = Command::new(env!("CARGO_BIN_EXE_mapper"))
+        .args(["replay", "--database", &s.db, "--state", "unmapped"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&replay.stdout).trim(),
+        "re-queued 1 event(s)"
+    );
+    let counts = settle(&s.db).await;
+    assert!(counts.iter().all(|c| c.state == "delivered"), "{counts:?}");
+    assert_eq!(ghl.contacts().len(), 1);
 }
