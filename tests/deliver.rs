@@ -184,6 +184,28 @@ async fn a_card_installed_webhook_becomes_a_ghl_contact_with_fields_and_tag() {
         searches, 2,
         "the second event is linked: no new search (phone, then email, once)"
     );
+    let metrics = reqwest::get(format!("{}/metrics", s.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("mapper_deliveries_total{outcome=\"delivered\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mapper_target_requests_total{target=\"ghl\",status=\"2xx\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mapper_target_request_seconds_count{target=\"ghl\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mapper_target_calls_per_event_count 2"),
+        "{metrics}"
+    );
 }
 
 fn field_value(

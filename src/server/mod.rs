@@ -4,6 +4,7 @@
 //! is processed in the request. What cannot be stored is answered so that the
 //! platform retries (GHL retries only on 429).
 
+pub mod telemetry;
 pub mod verify;
 
 use crate::engine::decode::{self, DecodeError};
@@ -348,6 +349,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .metrics
         .rejected
         .render("mapper_webhooks_rejected_total", "reason", &mut out);
+    telemetry::render(&mut out);
     if let Ok(reload) = state.reload.lock() {
         out.push_str("# TYPE mapper_config_reloads_total counter\n");
         out.push_str(&format!(

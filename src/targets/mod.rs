@@ -53,6 +53,8 @@ pub struct Executor {
     /// Serialises work on one customer so two events never create it twice.
     customer_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     limiter: limiter::Limiter,
+    /// Calls made for the event being delivered (one worker delivers at a time).
+    calls: std::sync::atomic::AtomicU64,
 }
 
 impl Executor {
@@ -85,7 +87,13 @@ impl Executor {
             lookups: Mutex::new(HashMap::new()),
             customer_locks: Mutex::new(HashMap::new()),
             limiter: limiter::Limiter::default(),
+            calls: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Target calls made since the last call of this method.
+    pub fn take_calls(&self) -> u64 {
+        self.calls.swap(0, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Delivers one stored event: plan it, then run each fired mapping.
@@ -631,6 +639,9 @@ impl Executor {
         self.limiter
             .acquire(&target.name, target.rate_limit.as_ref())
             .await;
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let mut builder = self.http.request(method, &url);
         let env = self.env_value(target);
         let headers: Vec<(String, String)> = {
@@ -652,8 +663,16 @@ impl Executor {
             builder = builder.json(body);
         }
         let response = match builder.send().await {
-            Ok(r) => r,
+            Ok(r) => {
+                crate::server::telemetry::target_call(
+                    &target.name,
+                    Some(r.status().as_u16()),
+                    started.elapsed(),
+                );
+                r
+            }
             Err(e) => {
+                crate::server::telemetry::target_call(&target.name, None, started.elapsed());
                 return Answer::Failed {
                     status: None,
                     error: format!("{} {}: {e}", request.method, request.url),

@@ -93,6 +93,7 @@ pub async fn run(
         let executor = executor.load_full();
         let (mut delivered, mut failed) = (0i64, 0i64);
         for event in &claimed {
+            let _ = executor.take_calls();
             let outcome = executor
                 .deliver(
                     event.id,
@@ -102,6 +103,12 @@ pub async fn run(
                     event.attempts,
                 )
                 .await;
+            let label = match &outcome {
+                Outcome::Delivered => "delivered",
+                Outcome::Transient { .. } if event.attempts < config.max_attempts => "retrying",
+                _ => "dead",
+            };
+            crate::server::telemetry::event_processed(label, executor.take_calls());
             let result = match &outcome {
                 Outcome::Delivered => {
                     delivered += 1;
