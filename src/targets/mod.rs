@@ -55,6 +55,9 @@ pub struct Executor {
     limiter: limiter::Limiter,
     /// Calls made for the event being delivered (one worker delivers at a time).
     calls: std::sync::atomic::AtomicU64,
+    /// Per target: `env` and the rendered headers, fixed for the executor's life.
+    env_values: HashMap<String, Value>,
+    headers: HashMap<String, Vec<(String, String)>>,
 }
 
 impl Executor {
@@ -79,10 +82,31 @@ impl Executor {
             .pool_max_idle_per_host(16)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
+        let mut env_values = HashMap::new();
+        let mut headers = HashMap::new();
+        for target in program.targets.values() {
+            let value = env_value_of(target, &env);
+            let rendered: Vec<(String, String)> = {
+                let mut scope = Scope::new();
+                scope.set("env", &value);
+                target
+                    .headers
+                    .iter()
+                    .filter_map(|(name, tpl)| {
+                        let v = program.templates.eval_scope(tpl, &scope).ok()?;
+                        Some((name.clone(), scalar(&v).unwrap_or_else(|| v.to_string())))
+                    })
+                    .collect()
+            };
+            headers.insert(target.name.clone(), rendered);
+            env_values.insert(target.name.clone(), value);
+        }
         Executor {
             program,
             http,
             env,
+            env_values,
+            headers,
             store,
             lookups: Mutex::new(HashMap::new()),
             customer_locks: Mutex::new(HashMap::new()),
@@ -560,21 +584,10 @@ impl Executor {
     }
 
     fn env_value(&self, target: &Target) -> Value {
-        Value::Object(
-            target
-                .env
-                .iter()
-                .map(|(name, decl)| {
-                    let v = self
-                        .env
-                        .get(name)
-                        .cloned()
-                        .or_else(|| decl.default.clone())
-                        .unwrap_or_default();
-                    (name.clone(), Value::String(v))
-                })
-                .collect(),
-        )
+        self.env_values
+            .get(&target.name)
+            .cloned()
+            .unwrap_or_else(|| env_value_of(target, &self.env))
     }
 
     fn render(
@@ -643,19 +656,7 @@ impl Executor {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let started = std::time::Instant::now();
         let mut builder = self.http.request(method, &url);
-        let env = self.env_value(target);
-        let headers: Vec<(String, String)> = {
-            let mut scope = Scope::new();
-            scope.set("env", &env);
-            target
-                .headers
-                .iter()
-                .filter_map(|(name, tpl)| {
-                    let v = self.program.templates.eval_scope(tpl, &scope).ok()?;
-                    Some((name.clone(), scalar(&v).unwrap_or_else(|| v.to_string())))
-                })
-                .collect()
-        };
+        let headers = self.headers.get(&target.name).cloned().unwrap_or_default();
         for (name, value) in headers {
             builder = builder.header(name, value);
         }
@@ -764,4 +765,22 @@ fn describe(r: &RequestPlan) -> String {
         Some(b) => format!("{} {} {}", r.method, r.path, b),
         None => format!("{} {}", r.method, r.path),
     }
+}
+
+/// A target's `env`, as templates see it.
+fn env_value_of(target: &Target, env: &BTreeMap<String, String>) -> Value {
+    Value::Object(
+        target
+            .env
+            .iter()
+            .map(|(name, decl)| {
+                let v = env
+                    .get(name)
+                    .cloned()
+                    .or_else(|| decl.default.clone())
+                    .unwrap_or_default();
+                (name.clone(), Value::String(v))
+            })
+            .collect(),
+    )
 }
