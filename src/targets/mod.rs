@@ -256,17 +256,19 @@ impl Executor {
                                 transient,
                                 retry_after,
                             } => {
-                                let _ = self
-                                    .store
-                                    .log_attempt(&log(
-                                        "find_customer",
-                                        None,
-                                        describe(request),
-                                        status,
-                                        Some(error.clone()),
-                                    ))
+                                return self
+                                    .fail(
+                                        log(
+                                            "find_customer",
+                                            None,
+                                            describe(request),
+                                            status,
+                                            Some(error),
+                                        ),
+                                        transient,
+                                        retry_after,
+                                    )
                                     .await;
-                                return failed(error, transient, retry_after);
                             }
                         }
                     }
@@ -299,17 +301,19 @@ impl Executor {
                                 transient,
                                 retry_after,
                             } => {
-                                let _ = self
-                                    .store
-                                    .log_attempt(&log(
-                                        "create_customer",
-                                        None,
-                                        describe(create),
-                                        status,
-                                        Some(error.clone()),
-                                    ))
+                                return self
+                                    .fail(
+                                        log(
+                                            "create_customer",
+                                            None,
+                                            describe(create),
+                                            status,
+                                            Some(error),
+                                        ),
+                                        transient,
+                                        retry_after,
+                                    )
                                     .await;
-                                return failed(error, transient, retry_after);
                             }
                         }
                     }
@@ -379,21 +383,35 @@ impl Executor {
                     transient,
                     retry_after,
                 } => {
-                    let _ = self
-                        .store
-                        .log_attempt(&log(
-                            &action.op,
-                            customer_id.as_deref(),
-                            describe(&request),
-                            status,
-                            Some(error.clone()),
-                        ))
+                    return self
+                        .fail(
+                            log(
+                                &action.op,
+                                customer_id.as_deref(),
+                                describe(&request),
+                                status,
+                                Some(error),
+                            ),
+                            transient,
+                            retry_after,
+                        )
                         .await;
-                    return failed(error, transient, retry_after);
                 }
             }
         }
         Outcome::Delivered
+    }
+
+    /// Logs a failed attempt and classifies it.
+    async fn fail(
+        &self,
+        entry: SyncLogEntry,
+        transient: bool,
+        retry_after: Option<Duration>,
+    ) -> Outcome {
+        let error = entry.error.clone().unwrap_or_default();
+        let _ = self.store.log_attempt(&entry).await;
+        failed(error, transient, retry_after)
     }
 
     fn last_error_body_id(
