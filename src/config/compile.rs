@@ -5,7 +5,7 @@
 
 use super::diagnostic::{Code, Diagnostic, Pos};
 use super::load::{Loaded, Parsed};
-use super::model::{self, OneOrMany, ParamKind, SelectSpec, Settings};
+use super::model::{self, ParamKind, SelectSpec, Settings};
 use super::node::{Node, NodeKind};
 use super::payload_schema::{self, SchemaSet};
 use crate::engine::program::{self as prog, Program, ValueTpl};
@@ -1629,9 +1629,4 @@ fn check_literal(ctx: &mut Ctx, file: &Path, op: &str, name: &str, param: &model
         )
         .hint = Some(format!("found {}", v.to_json()));
     }
-}
-
-#[allow(dead_code)]
-fn one_or_many_len(o: &OneOrMany) -> usize {
-    o.to_vec().len()
 }

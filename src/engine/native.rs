@@ -65,26 +65,6 @@ pub struct Defaults {
     pub time_zone: String,
 }
 
-/// Follows a path; `None` when a step is undefined. A `none` value is returned as is.
-pub fn walk(ctx: &Value, path: &[Step]) -> Option<Value> {
-    let mut cur = ctx.clone();
-    for step in path {
-        cur = match step {
-            Step::Attr(name) => cur.get_attr(name).ok()?,
-            Step::Index(i) => cur.get_item(&Value::from(*i)).ok()?,
-        };
-        if cur.is_undefined() {
-            return None;
-        }
-    }
-    Some(cur)
-}
-
-/// Evaluates `base | f1 | f2(args)` over a minijinja context.
-pub fn pipeline(ctx: &Value, base: &[Step], calls: &[Call], defaults: &Defaults) -> Outcome {
-    pipeline_with(&|p: &[Step]| walk(ctx, p), base, calls, defaults)
-}
-
 /// Evaluates `base | f1 | f2(args)`, reading paths through `resolve`.
 pub fn pipeline_with(
     resolve: &dyn Fn(&[Step]) -> Option<Value>,
@@ -342,12 +322,7 @@ pub fn parse_interpolation(text: &str) -> Option<Vec<Piece>> {
     Some(pieces)
 }
 
-/// Renders interpolation pieces; values render as minijinja prints them.
-pub fn interpolate(ctx: &Value, pieces: &[Piece]) -> Outcome {
-    interpolate_with(&|p: &[Step]| walk(ctx, p), pieces)
-}
-
-/// [`interpolate`], reading paths through `resolve`.
+/// Renders interpolation pieces as minijinja prints them, reading paths through `resolve`.
 pub fn interpolate_with(resolve: &dyn Fn(&[Step]) -> Option<Value>, pieces: &[Piece]) -> Outcome {
     let mut out = String::new();
     for piece in pieces {

@@ -10,7 +10,7 @@
 //! missing makes its field *omitted*, which is how `missing: skip` works.
 
 use super::filters;
-use super::native::{self, Call, Defaults, Outcome, Step, is_ident, plain_path, walk};
+use super::native::{self, Call, Defaults, Outcome, Step, is_ident, plain_path};
 use super::scope::Scope;
 use minijinja::value::Serde;
 use minijinja::value::Value;
@@ -342,43 +342,22 @@ impl Templates {
     pub fn eval(&self, tpl: &StrTpl, ctx: &Value) -> Result<Value, EvalError> {
         match tpl {
             StrTpl::Literal(s) => Ok(Value::from(s.as_str())),
-            // Missing values are common and expected (optional fields): no message is built for them.
-            StrTpl::Var(path) => walk(ctx, path)
-                .filter(|v| !v.is_none())
-                .ok_or(EvalError::Missing(String::new())),
-            StrTpl::Lookup { kind, key } => {
-                let key = walk(ctx, key)
-                    .filter(|v| !v.is_none())
-                    .ok_or(EvalError::Missing(String::new()))?;
-                let key = key
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| key.to_string());
-                if let Some(id) = ctx
-                    .get_attr("known")
-                    .ok()
-                    .and_then(|k| k.get_attr(kind).ok())
-                    .and_then(|k| k.get_item(&Value::from(key.as_str())).ok())
-                    .filter(|id| !id.is_undefined())
-                {
-                    return Ok(id);
+            // The shapes evaluated natively have one implementation, over JSON scopes
+            // (what plans use); an engine context is converted for them.
+            StrTpl::Var(_)
+            | StrTpl::Lookup { .. }
+            | StrTpl::Pipe { .. }
+            | StrTpl::Concat { .. } => {
+                let json =
+                    serde_json::to_value(ctx).map_err(|e| EvalError::Failed(e.to_string()))?;
+                let mut scope = Scope::new();
+                if let serde_json::Value::Object(map) = &json {
+                    for (name, value) in map {
+                        scope.set(name, value);
+                    }
                 }
-                Ok(Value::from(placeholder(&format!("lookup:{kind}:{key}"))))
+                self.eval_scope(tpl, &scope).map(|v| Value::from(Serde(v)))
             }
-            StrTpl::Pipe {
-                base,
-                calls,
-                fallback,
-            } => match native::pipeline(ctx, base, calls, &self.defaults) {
-                Outcome::Value(v) => Ok(v),
-                Outcome::Missing => Err(EvalError::Missing(String::new())),
-                Outcome::Fallback => self.eval(&StrTpl::Expr(*fallback), ctx),
-            },
-            StrTpl::Concat { pieces, fallback } => match native::interpolate(ctx, pieces) {
-                Outcome::Value(v) => Ok(v),
-                Outcome::Missing => Err(EvalError::Missing(String::new())),
-                Outcome::Fallback => self.eval(&StrTpl::Text(*fallback), ctx),
-            },
             StrTpl::Expr(id) => {
                 let pieces = self.cell.borrow_dependent();
                 let Some(Piece::Expr(expr)) = pieces.get(id.0) else {
