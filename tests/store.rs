@@ -12,6 +12,7 @@ fn event(key: &str) -> NewEvent {
         event_id: None,
         dedup_key: key.into(),
         occurred_at: Some(1_700_000_000_000),
+        customer_key: None,
         headers: serde_json::json!({"content-type": "application/json"}),
         body: br#"{"event_type":"CardInstalledEvent"}"#.to_vec(),
         state: EventState::Received,
@@ -117,14 +118,142 @@ async fn inbox_on_sqlite_file() {
     assert_eq!(rows, 103);
 }
 
+/// Events of one customer are claimed one at a time, in order; other
+/// customers' events are claimed beside them. The mirror keeps the newest
+/// value of each field whatever order events are applied in.
+async fn ordering_and_mirror(store: Store) {
+    let for_customer = |key: &str, customer: Option<&str>| {
+        let mut e = event(key);
+        e.customer_key = customer.map(str::to_string);
+        e
+    };
+    let ids: Vec<i64> = store
+        .insert_events(&[
+            for_customer("a1", Some("A")),
+            for_customer("a2", Some("A")),
+            for_customer("b1", Some("B")),
+            for_customer("n1", None),
+            for_customer("a3", Some("A")),
+            for_customer("n2", None),
+        ])
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.id())
+        .collect();
+    let claimed: Vec<i64> = store
+        .claim_due(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(
+        claimed,
+        vec![ids[0], ids[2], ids[3], ids[5]],
+        "the head of A, B, and events with no customer"
+    );
+    assert!(
+        store.claim_due(10).await.unwrap().is_empty(),
+        "A's next event waits while its first is in flight"
+    );
+    // A retry keeps the customer's later events waiting until it is done.
+    store
+        .finish(ids[0], EventState::Retrying, 0, Some("503"))
+        .await
+        .unwrap();
+    let again: Vec<i64> = store
+        .claim_due(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(again, vec![ids[0]]);
+    store
+        .finish(ids[0], EventState::Delivered, 0, None)
+        .await
+        .unwrap();
+    let next: Vec<i64> = store
+        .claim_due(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(next, vec![ids[1]]);
+    // A dead event does not block the customer for ever.
+    store
+        .finish(ids[1], EventState::Dead, 0, Some("422"))
+        .await
+        .unwrap();
+    let last = store.claim_due(10).await.unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].id, ids[4]);
+    assert_eq!(last[0].customer_key.as_deref(), Some("A"));
+
+    let values = |pairs: &[(&str, serde_json::Value)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    assert_eq!(store.mirror("default", "sc", "A").await.unwrap(), None);
+    let stale = store
+        .update_mirror(
+            "default",
+            "sc",
+            "A",
+            &values(&[("email", "new@x.com".into()), ("balance", 25.into())]),
+            Some(2_000),
+            ids[4],
+        )
+        .await
+        .unwrap();
+    assert!(stale.is_empty());
+    // An older event arriving late changes only what nothing newer has set.
+    let stale = store
+        .update_mirror(
+            "default",
+            "sc",
+            "A",
+            &values(&[("email", "old@x.com".into()), ("first_name", "Ann".into())]),
+            Some(1_000),
+            ids[0],
+        )
+        .await
+        .unwrap();
+    assert_eq!(stale, vec!["email".to_string()]);
+    let record = store.mirror("default", "sc", "A").await.unwrap().unwrap();
+    assert_eq!(record.fields["email"], "new@x.com");
+    assert_eq!(record.fields["first_name"], "Ann");
+    assert_eq!(record.fields["balance"], 25);
+    assert_eq!(record.last_activity, Some(2_000));
+    store
+        .put_link("default", "sc", "A", "ghl", "contact-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.links_of("default", "sc", "A").await.unwrap(),
+        vec![("ghl".to_string(), "contact-1".to_string())]
+    );
+}
+
 #[tokio::test]
-async fn inbox_on_postgres() {
+async fn ordering_and_mirror_on_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("order.db").display());
+    ordering_and_mirror(Store::open(&url).await.unwrap()).await;
+}
+
+/// A fresh PostgreSQL database for one test, dropped by the returned guard's caller.
+async fn fresh_postgres(suffix: &str) -> Option<(Store, String, sqlx::AnyConnection)> {
     let Ok(admin_url) = std::env::var("MAPPER_TEST_POSTGRES_URL") else {
         eprintln!("MAPPER_TEST_POSTGRES_URL is not set: skipping the PostgreSQL run");
-        return;
+        return None;
     };
     sqlx::any::install_default_drivers();
-    let name = format!("mapper_test_{}", std::process::id());
+    let name = format!("mapper_test_{}_{suffix}", std::process::id());
     let mut admin = sqlx::AnyConnection::connect(&admin_url).await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {name}"
@@ -142,13 +271,34 @@ async fn inbox_on_postgres() {
         .unwrap_or(&admin_url);
     let store = Store::open(&format!("{base}/{name}")).await.unwrap();
     assert!(store.is_postgres());
-    exercise(store).await;
+    Some((store, name, admin))
+}
+
+async fn drop_postgres(name: String, mut admin: sqlx::AnyConnection) {
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
     )))
     .execute(&mut admin)
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn inbox_on_postgres() {
+    let Some((store, name, admin)) = fresh_postgres("inbox").await else {
+        return;
+    };
+    exercise(store).await;
+    drop_postgres(name, admin).await;
+}
+
+#[tokio::test]
+async fn ordering_and_mirror_on_postgres() {
+    let Some((store, name, admin)) = fresh_postgres("order").await else {
+        return;
+    };
+    ordering_and_mirror(store).await;
+    drop_postgres(name, admin).await;
 }
 
 #[tokio::test]

@@ -902,6 +902,12 @@ fn compile_source(ctx: &mut Ctx, sp: &SourceProfile) -> Option<(prog::Source, Sc
         .time
         .as_ref()
         .map(|p| ctx.selector(file, pos_of(p), &p.value));
+    let customer: Vec<Option<Selector>> = s
+        .event
+        .customer
+        .iter()
+        .map(|p| ctx.selector(file, pos_of(p), &p.value))
+        .collect();
     let dedup: Vec<Option<Selector>> = s
         .event
         .dedup
@@ -949,6 +955,7 @@ fn compile_source(ctx: &mut Ctx, sp: &SourceProfile) -> Option<(prog::Source, Sc
         default_event: s.event.default.clone(),
         event_id: event_id.flatten(),
         dedup: dedup.into_iter().flatten().collect(),
+        customer: customer.into_iter().flatten().collect(),
         time: time.flatten(),
         time_zone: s.event.time_zone.clone(),
         attempt_field: s.event.attempt.clone(),

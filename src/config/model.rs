@@ -159,6 +159,13 @@ pub struct EventSpec {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub time: Option<Spanned<String>>,
+    /// Selectors of the platform's customer id, tried in order. Events of one
+    /// customer are delivered one at a time in arrival order; different
+    /// customers in parallel. Without it (or when none finds a value) an
+    /// event has no ordering constraint.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub customer: Vec<Spanned<String>>,
     /// Time zone of timestamps without an offset (IANA name).
     #[serde(default)]
     pub time_zone: Option<String>,

@@ -37,6 +37,9 @@ pub struct EventInfo {
     pub dedup_key: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub occurred_at: Option<String>,
+    /// The platform's customer id (`event.customer`): delivery order is kept per customer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer: Option<String>,
 }
 
 /// The result of planning one event.
@@ -716,11 +719,17 @@ fn identify(src: &Source, payload: &Value, default_tz: &str) -> Result<EventInfo
             format!("{}:{}:{}", src.name, event_type, hex::encode(&digest[..12]))
         }
     };
+    let customer = src
+        .customer
+        .iter()
+        .find_map(|p| p.select(payload).as_ref().and_then(scalar_string))
+        .filter(|c| !c.is_empty());
     Ok(EventInfo {
         source: src.name.clone(),
         event_type,
         id,
         dedup_key,
         occurred_at,
+        customer,
     })
 }

@@ -57,6 +57,8 @@ pub struct Source {
     pub default_event: Option<String>,
     pub event_id: Option<Selector>,
     pub dedup: Vec<Selector>,
+    /// The customer id, which orders delivery.
+    pub customer: Vec<Selector>,
     pub time: Option<Selector>,
     pub time_zone: Option<String>,
     pub attempt_field: Option<String>,

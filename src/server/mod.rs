@@ -254,6 +254,7 @@ async fn receive(
         event_id: event.id.clone(),
         dedup_key: event.dedup_key.clone(),
         occurred_at,
+        customer_key: event.customer.clone(),
         headers: serde_json::Value::Object(kept_headers),
         body: body.to_vec(),
         state: if mapped {

@@ -53,6 +53,8 @@ pub struct NewEvent {
     pub event_id: Option<String>,
     pub dedup_key: String,
     pub occurred_at: Option<i64>,
+    /// The platform's customer id: events with the same one are delivered in order.
+    pub customer_key: Option<String>,
     /// The request headers that matter, as a JSON object.
     pub headers: serde_json::Value,
     pub body: Vec<u8>,
@@ -95,6 +97,20 @@ pub struct ClaimedEvent {
     pub body: Vec<u8>,
     /// Attempts so far, this one included.
     pub attempts: i64,
+    pub customer_key: Option<String>,
+    /// When the platform says the event happened (epoch ms).
+    pub occurred_at: Option<i64>,
+}
+
+/// The last-known values of one source customer.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct MirrorRecord {
+    /// Field name → last-known value.
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// Field name → occurrence time (epoch ms) of the event that set it.
+    pub field_times: serde_json::Map<String, serde_json::Value>,
+    pub last_activity: Option<i64>,
+    pub updated_at: i64,
 }
 
 /// One attempt of one action, as seed 000's `SyncLog` describes it.
@@ -213,15 +229,15 @@ impl Store {
         // their keys; the others were stored before (or earlier in this batch).
         let mut sql = String::from(
             "INSERT INTO events (connection, source, event_type, event_id, dedup_key, received_at, \
-             occurred_at, headers, body, state, attempts, next_attempt_at) VALUES ",
+             occurred_at, headers, body, state, attempts, next_attempt_at, customer_key) VALUES ",
         );
         for n in 0..events.len() {
-            let b = n * 11;
+            let b = n * 12;
             if n > 0 {
                 sql.push_str(", ");
             }
             sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, ${})",
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, ${}, ${})",
                 b + 1,
                 b + 2,
                 b + 3,
@@ -232,7 +248,8 @@ impl Store {
                 b + 8,
                 b + 9,
                 b + 10,
-                b + 11
+                b + 11,
+                b + 12
             ));
         }
         sql.push_str(" ON CONFLICT (connection, source, dedup_key) DO NOTHING RETURNING id, connection, source, dedup_key");
@@ -249,7 +266,8 @@ impl Store {
                 .bind(e.headers.to_string())
                 .bind(e.body.clone())
                 .bind(e.state.as_str())
-                .bind(now);
+                .bind(now)
+                .bind(e.customer_key.clone());
         }
         let rows = query.fetch_all(&mut *tx).await?;
         let mut fresh: HashMap<(String, String, String), i64> = HashMap::new();
@@ -376,24 +394,27 @@ impl Store {
     }
 
     /// Claims up to `limit` events that are due, marking them `processing`.
-    /// PostgreSQL skips rows another worker holds; SQLite has one writer, so
-    /// the single `UPDATE … RETURNING` is already atomic.
+    ///
+    /// An event is due only when no earlier event of the same customer is
+    /// still waiting or in flight, so one customer's events apply in arrival
+    /// order while different customers' go in parallel (also across
+    /// replicas). PostgreSQL skips rows another worker holds; SQLite has one
+    /// writer, so the single `UPDATE … RETURNING` is already atomic.
     pub async fn claim_due(&self, limit: i64) -> Result<Vec<ClaimedEvent>, StoreError> {
-        let sql = match self.dialect {
-            Dialect::Postgres => {
-                "UPDATE events SET state = 'processing', attempts = attempts + 1 WHERE id IN \
-                 (SELECT id FROM events WHERE state IN ('received', 'retrying') AND next_attempt_at <= $1 \
-                 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                 RETURNING id, connection, source, event_type, body, attempts"
-            }
-            Dialect::Sqlite => {
-                "UPDATE events SET state = 'processing', attempts = attempts + 1 WHERE id IN \
-                 (SELECT id FROM events WHERE state IN ('received', 'retrying') AND next_attempt_at <= $1 \
-                 ORDER BY id LIMIT $2) \
-                 RETURNING id, connection, source, event_type, body, attempts"
-            }
+        let lock = match self.dialect {
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
         };
-        let rows = sqlx::query(sql)
+        let sql = format!(
+            "UPDATE events SET state = 'processing', attempts = attempts + 1 WHERE id IN \
+             (SELECT e.id FROM events e WHERE e.state IN ('received', 'retrying') AND e.next_attempt_at <= $1 \
+             AND (e.customer_key IS NULL OR NOT EXISTS (SELECT 1 FROM events p WHERE p.connection = e.connection \
+             AND p.source = e.source AND p.customer_key = e.customer_key AND p.id < e.id \
+             AND p.state IN ('received', 'retrying', 'processing'))) \
+             ORDER BY e.id LIMIT $2{lock}) \
+             RETURNING id, connection, source, event_type, body, attempts, customer_key, occurred_at"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(now_ms())
             .bind(limit)
             .fetch_all(&self.pool)
@@ -408,10 +429,11 @@ impl Store {
                     event_type: r.try_get(3)?,
                     body: r.try_get(4)?,
                     attempts: r.try_get(5)?,
+                    customer_key: r.try_get(6)?,
+                    occurred_at: r.try_get(7)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()?;
-        // RETURNING gives no order guarantee; events of one customer must apply in order.
         out.sort_by_key(|e| e.id);
         Ok(out)
     }
@@ -622,6 +644,110 @@ impl Store {
         Ok(())
     }
 
+    /// The mirror of one source customer, if the engine has seen them.
+    pub async fn mirror(
+        &self,
+        connection: &str,
+        source: &str,
+        customer_id: &str,
+    ) -> Result<Option<MirrorRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT fields, field_times, last_activity, updated_at FROM mirror \
+             WHERE connection = $1 AND source = $2 AND customer_id = $3",
+        )
+        .bind(connection)
+        .bind(source)
+        .bind(customer_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let object = |text: String| match serde_json::from_str(&text) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        Ok(Some(MirrorRecord {
+            fields: object(row.try_get(0)?),
+            field_times: object(row.try_get(1)?),
+            last_activity: row.try_get(2)?,
+            updated_at: row.try_get(3)?,
+        }))
+    }
+
+    /// Merges an event's values into a customer's mirror. A field keeps its
+    /// value when the stored one came from a later event (webhooks arrive out
+    /// of order and retries arrive late); those fields are returned as stale.
+    pub async fn update_mirror(
+        &self,
+        connection: &str,
+        source: &str,
+        customer_id: &str,
+        values: &serde_json::Map<String, serde_json::Value>,
+        occurred_at: Option<i64>,
+        event_row: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut record = self
+            .mirror(connection, source, customer_id)
+            .await?
+            .unwrap_or_default();
+        let mut stale = Vec::new();
+        for (name, value) in values {
+            let newer_applied = match (occurred_at, record.field_times.get(name)) {
+                (Some(at), Some(applied)) => applied.as_i64().is_some_and(|t| t > at),
+                _ => false,
+            };
+            if newer_applied {
+                stale.push(name.clone());
+                continue;
+            }
+            record.fields.insert(name.clone(), value.clone());
+            match occurred_at {
+                Some(at) => record.field_times.insert(name.clone(), at.into()),
+                None => record.field_times.remove(name),
+            };
+        }
+        let activity = occurred_at.unwrap_or_else(now_ms);
+        let last_activity = record.last_activity.map_or(activity, |t| t.max(activity));
+        sqlx::query(
+            "INSERT INTO mirror (connection, source, customer_id, fields, field_times, last_activity, last_event_row, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (connection, source, customer_id) DO UPDATE SET fields = $4, field_times = $5, \
+             last_activity = $6, last_event_row = $7, updated_at = $8",
+        )
+        .bind(connection)
+        .bind(source)
+        .bind(customer_id)
+        .bind(serde_json::Value::Object(record.fields).to_string())
+        .bind(serde_json::Value::Object(record.field_times).to_string())
+        .bind(last_activity)
+        .bind(event_row)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(stale)
+    }
+
+    /// The target records a source customer is linked to: (target, target id).
+    pub async fn links_of(
+        &self,
+        connection: &str,
+        source: &str,
+        customer_id: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT target, target_id FROM customers WHERE connection = $1 AND source = $2 AND source_id = $3 \
+             AND target_id IS NOT NULL ORDER BY target",
+        )
+        .bind(connection)
+        .bind(source)
+        .bind(customer_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
     /// Whether this is the PostgreSQL backend.
     pub fn is_postgres(&self) -> bool {
         self.dialect == Dialect::Postgres
@@ -635,6 +761,10 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
     let sql = match dialect {
         Dialect::Sqlite => include_str!("../../migrations/sqlite/0001_inbox.sql"),
         Dialect::Postgres => include_str!("../../migrations/postgres/0001_inbox.sql"),
+    };
+    let order_mirror = match dialect {
+        Dialect::Sqlite => include_str!("../../migrations/sqlite/0003_order_mirror.sql"),
+        Dialect::Postgres => include_str!("../../migrations/postgres/0003_order_mirror.sql"),
     };
     let records = match dialect {
         Dialect::Sqlite => include_str!("../../migrations/sqlite/0002_records.sql"),
@@ -653,6 +783,13 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
             "records".into(),
             MigrationType::Simple,
             records.into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            3,
+            "order_mirror".into(),
+            MigrationType::Simple,
+            order_mirror.into_sql_str(),
             false,
         ),
     ])
