@@ -86,6 +86,7 @@ async fn demo(opts: DemoOptions<'_>) -> ExitCode {
         opts.database,
         opts.listen,
         Arc::new(move |name: &str| lookup.get(name).cloned()),
+        crate::worker::WorkerConfig::default(),
     )
     .await
     {

@@ -144,6 +144,9 @@ enum Command {
             default_value = "sqlite://mapper.db"
         )]
         database: String,
+        /// Events delivered at once; one customer's events always go one at a time, in order
+        #[arg(long, env = "MAPPER_WORKERS", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+        workers: u16,
         /// Log as JSON lines instead of text
         #[arg(long)]
         log_json: bool,
@@ -165,11 +168,13 @@ pub fn run() -> ExitCode {
             mappings,
             listen,
             database,
+            workers,
             log_json,
         } => serve::run(serve::ServeOptions {
             mappings: &mappings,
             listen: &listen,
             database: &database,
+            workers: usize::from(workers),
             log_json,
         }),
         Command::Status { database, format } => ops::status(&database, format),

@@ -17,6 +17,8 @@ pub struct ServeOptions<'a> {
     pub mappings: &'a Path,
     pub listen: &'a str,
     pub database: &'a str,
+    /// Events delivered at once.
+    pub workers: usize,
     pub log_json: bool,
 }
 
@@ -74,6 +76,7 @@ pub async fn start(
     database: &str,
     listen: &str,
     env: Env,
+    worker: crate::worker::WorkerConfig,
 ) -> Result<Running, Vec<String>> {
     let verifiers = server::verifiers(&program, &*env)?;
     let store = Store::open(database)
@@ -96,7 +99,7 @@ pub async fn start(
     let worker = tokio::spawn(crate::worker::run(
         store.clone(),
         executor.clone(),
-        crate::worker::WorkerConfig::default(),
+        worker,
         stopped.clone(),
     ));
     let state = Arc::new(AppState::new(
@@ -253,6 +256,10 @@ async fn serve(opts: ServeOptions<'_>) -> ExitCode {
         opts.database,
         opts.listen,
         env,
+        crate::worker::WorkerConfig {
+            concurrency: opts.workers,
+            ..Default::default()
+        },
     )
     .await
     {

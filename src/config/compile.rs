@@ -902,12 +902,15 @@ fn compile_source(ctx: &mut Ctx, sp: &SourceProfile) -> Option<(prog::Source, Sc
         .time
         .as_ref()
         .map(|p| ctx.selector(file, pos_of(p), &p.value));
-    let customer: Vec<Option<Selector>> = s
-        .event
-        .customer
-        .iter()
-        .map(|p| ctx.selector(file, pos_of(p), &p.value))
-        .collect();
+    let customer: Vec<Option<Selector>> = match &s.event.customer {
+        Some(paths) => paths
+            .value
+            .to_vec()
+            .iter()
+            .map(|p| ctx.selector(file, pos_of(paths), p))
+            .collect(),
+        None => Vec::new(),
+    };
     let dedup: Vec<Option<Selector>> = s
         .event
         .dedup
@@ -945,6 +948,41 @@ fn compile_source(ctx: &mut Ctx, sp: &SourceProfile) -> Option<(prog::Source, Sc
         }
         fields.insert(name.clone(), (pos_of(paths), file.clone(), sels));
     }
+    let mut mirror = Vec::new();
+    for (name, paths) in &s.mirror {
+        let mut sels = Vec::new();
+        for p in paths.value.to_vec() {
+            match p.strip_prefix('@') {
+                Some(alias) => match fields.get(alias) {
+                    Some((_, _, found)) => sels.extend(found.iter().cloned()),
+                    None => {
+                        let near = nearest(alias, fields.keys().map(String::as_str));
+                        ctx.err(
+                            Code::M017,
+                            file,
+                            pos_of(paths),
+                            format!("`@{alias}` is not a field of this source"),
+                        )
+                        .hint = Some(match near {
+                            Some(n) => format!("did you mean `@{n}`?"),
+                            None => "declare it under `fields:` first".into(),
+                        });
+                    }
+                },
+                None => sels.extend(ctx.selector(file, pos_of(paths), &p)),
+            }
+        }
+        mirror.push((name.clone(), sels));
+    }
+    if !s.mirror.is_empty() && s.event.customer.is_none() {
+        ctx.err(
+            Code::M011,
+            file,
+            pos_of(&s.source),
+            "`mirror:` needs `event.customer`, the customer id the mirror is kept under",
+        )
+        .hint = Some("e.g. `event: {customer: $.customer_id}`".into());
+    }
     let src = prog::Source {
         name: s.source.value.clone(),
         profile: s.profile.value.clone(),
@@ -956,6 +994,7 @@ fn compile_source(ctx: &mut Ctx, sp: &SourceProfile) -> Option<(prog::Source, Sc
         event_id: event_id.flatten(),
         dedup: dedup.into_iter().flatten().collect(),
         customer: customer.into_iter().flatten().collect(),
+        mirror,
         time: time.flatten(),
         time_zone: s.event.time_zone.clone(),
         attempt_field: s.event.attempt.clone(),

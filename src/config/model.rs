@@ -96,6 +96,12 @@ pub struct SourceFile {
     #[serde(default)]
     #[schemars(with = "IndexMap<String, OneOrMany>")]
     pub fields: IndexMap<String, Spanned<OneOrMany>>,
+    /// What the local mirror keeps of each customer (`event.customer`): name →
+    /// selectors or `@field`s, tried in order. Updated after each delivered
+    /// event, field by field, never with an older event's value.
+    #[serde(default)]
+    #[schemars(with = "IndexMap<String, OneOrMany>")]
+    pub mirror: IndexMap<String, Spanned<OneOrMany>>,
 }
 
 pub fn default_profile() -> Spanned<String> {
@@ -164,8 +170,8 @@ pub struct EventSpec {
     /// customers in parallel. Without it (or when none finds a value) an
     /// event has no ordering constraint.
     #[serde(default)]
-    #[schemars(with = "Vec<String>")]
-    pub customer: Vec<Spanned<String>>,
+    #[schemars(with = "Option<OneOrMany>")]
+    pub customer: Option<Spanned<OneOrMany>>,
     /// Time zone of timestamps without an offset (IANA name).
     #[serde(default)]
     pub time_zone: Option<String>,

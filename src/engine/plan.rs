@@ -174,6 +174,20 @@ fn scalar_string(v: &Value) -> Option<String> {
 }
 
 impl Program {
+    /// The values an event gives the customer's mirror (`mirror:` of its source).
+    pub fn mirror_values(&self, source: &str, payload: &Value) -> Map<String, Value> {
+        let Some(src) = self.sources.get(source) else {
+            return Map::new();
+        };
+        src.mirror
+            .iter()
+            .filter_map(|(name, paths)| {
+                let v = paths.iter().find_map(|p| p.select(payload))?;
+                (!v.is_null()).then(|| (name.clone(), v))
+            })
+            .collect()
+    }
+
     /// Identifies an event: type, id, de-duplication key, occurrence time.
     pub fn identify(&self, source: &str, payload: &Value) -> Result<EventInfo, PlanError> {
         let src = self

@@ -57,8 +57,10 @@ pub struct Source {
     pub default_event: Option<String>,
     pub event_id: Option<Selector>,
     pub dedup: Vec<Selector>,
-    /// The customer id, which orders delivery.
+    /// The customer id, which orders delivery and keys the mirror.
     pub customer: Vec<Selector>,
+    /// What the mirror keeps: name → selectors, the first that finds a value wins.
+    pub mirror: Vec<(String, Vec<Selector>)>,
     pub time: Option<Selector>,
     pub time_zone: Option<String>,
     pub attempt_field: Option<String>,

@@ -9,7 +9,7 @@
 use crate::engine::plan::{FiredMapping, PlanInput, RequestPlan};
 use crate::engine::program::{Program, Target};
 use crate::engine::scope::Scope;
-use crate::store::{Store, SyncLogEntry};
+use crate::store::{ClaimedEvent, Store, SyncLogEntry};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,6 +17,11 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 
 pub mod limiter;
+
+tokio::task_local! {
+    /// Target calls made for the event the current task delivers.
+    static CALLS: std::cell::Cell<u64>;
+}
 
 /// How one event's delivery ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,8 +58,6 @@ pub struct Executor {
     /// Serialises work on one customer so two events never create it twice.
     customer_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     limiter: limiter::Limiter,
-    /// Calls made for the event being delivered (one worker delivers at a time).
-    calls: std::sync::atomic::AtomicU64,
     /// Per target: `env` and the rendered headers, fixed for the executor's life.
     env_values: HashMap<String, Value>,
     headers: HashMap<String, Vec<(String, String)>>,
@@ -111,24 +114,29 @@ impl Executor {
             lookups: Mutex::new(HashMap::new()),
             customer_locks: Mutex::new(HashMap::new()),
             limiter: limiter::Limiter::default(),
-            calls: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    /// Target calls made since the last call of this method.
-    pub fn take_calls(&self) -> u64 {
-        self.calls.swap(0, std::sync::atomic::Ordering::Relaxed)
+    /// Delivers one stored event and says how many target calls it took.
+    pub async fn deliver(&self, event: &ClaimedEvent) -> (Outcome, u64) {
+        CALLS
+            .scope(std::cell::Cell::new(0), async {
+                let outcome = self.deliver_counted(event).await;
+                (outcome, CALLS.with(|c| c.get()))
+            })
+            .await
     }
 
-    /// Delivers one stored event: plan it, then run each fired mapping.
-    pub async fn deliver(
-        &self,
-        row: i64,
-        connection: &str,
-        source: &str,
-        body: &[u8],
-        attempt: i64,
-    ) -> Outcome {
+    /// Plans the event against the customer's mirror, runs each fired
+    /// mapping, then records what the event taught about the customer.
+    async fn deliver_counted(&self, event: &ClaimedEvent) -> Outcome {
+        let (row, connection, source, attempt) = (
+            event.id,
+            event.connection.as_str(),
+            event.source.as_str(),
+            event.attempts,
+        );
+        let body = &event.body;
         let Some(src) = self.program.sources.get(source) else {
             return Outcome::Permanent(format!("source `{source}` is no longer defined"));
         };
@@ -138,11 +146,25 @@ impl Executor {
         };
         self.preload_lookups().await;
         let known = self.known_ids().await;
+        let previous = match &event.customer_key {
+            Some(key) if !src.mirror.is_empty() => {
+                match self.store.mirror(connection, source, key).await {
+                    Ok(record) => record.map(|r| Value::Object(r.fields)),
+                    Err(e) => {
+                        return Outcome::Transient {
+                            error: format!("cannot read the customer mirror: {e}"),
+                            retry_after: None,
+                        };
+                    }
+                }
+            }
+            _ => None,
+        };
         let input = PlanInput {
             env: self.env.clone(),
             mask_secrets: false,
             known,
-            previous: None,
+            previous,
         };
         let plan = match self.program.plan(source, &payload, &input) {
             Ok(p) => p,
@@ -157,6 +179,23 @@ impl Executor {
                 .await;
             if outcome != Outcome::Delivered {
                 return outcome;
+            }
+        }
+        if let Some(key) = &event.customer_key
+            && !src.mirror.is_empty()
+        {
+            let values = self.program.mirror_values(source, &payload);
+            match self
+                .store
+                .update_mirror(connection, source, key, &values, event.occurred_at, row)
+                .await
+            {
+                Ok(stale) if !stale.is_empty() => {
+                    tracing::info!(event = row, customer = %key, fields = ?stale, "older than the mirror's values; kept the newer ones");
+                }
+                Ok(_) => {}
+                // The targets have the event; a mirror that lags one event is repaired by the next.
+                Err(e) => tracing::error!(event = row, error = %e, "cannot update the customer mirror"),
             }
         }
         Outcome::Delivered
@@ -670,8 +709,7 @@ impl Executor {
         self.limiter
             .acquire(&target.name, target.rate_limit.as_ref())
             .await;
-        self.calls
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _ = CALLS.try_with(|c| c.set(c.get() + 1));
         let started = std::time::Instant::now();
         let mut builder = self.http.request(method, &url);
         let headers = self.headers.get(&target.name).cloned().unwrap_or_default();

@@ -1,11 +1,12 @@
 //! Workers: take due events from the inbox, deliver them, record the outcome,
 //! retry transient failures with exponential backoff and jitter.
 
-use crate::store::{EventState, Store, now_ms};
+use crate::store::{ClaimedEvent, EventState, Store, now_ms};
 use crate::targets::{Executor, Outcome};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
 
 /// How workers retry.
 #[derive(Debug, Clone)]
@@ -17,6 +18,8 @@ pub struct WorkerConfig {
     pub max_delay: Duration,
     /// Events claimed at a time.
     pub batch: i64,
+    /// Events delivered at once (each a different customer).
+    pub concurrency: usize,
     /// Sleep when nothing is due.
     pub idle: Duration,
 }
@@ -28,6 +31,7 @@ impl Default for WorkerConfig {
             base_delay: Duration::from_secs(2),
             max_delay: Duration::from_secs(600),
             batch: 32,
+            concurrency: 8,
             idle: Duration::from_millis(200),
         }
     }
@@ -54,8 +58,12 @@ pub fn backoff(config: &WorkerConfig, attempt: i64, asked: Option<Duration>) -> 
 }
 
 /// Runs until `shutdown` turns true; events in flight finish first.
-/// `executor` is swapped when the mapping folder is reloaded; each batch uses
-/// the one current when it starts.
+///
+/// Up to `config.concurrency` events are delivered at once. The inbox hands
+/// out only the oldest pending event of each customer, so a customer's
+/// events apply one after another in arrival order while other customers'
+/// go in parallel. `executor` is swapped when the mapping folder is
+/// reloaded; each batch uses the one current when it was claimed.
 pub async fn run(
     store: Store,
     executor: Arc<arc_swap::ArcSwap<Executor>>,
@@ -70,89 +78,138 @@ pub async fn run(
             "re-queued events left in processing by an earlier stop"
         );
     }
+    let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let finished = Arc::new(Notify::new());
+    let mut batches = JoinSet::new();
     loop {
+        while batches.try_join_next().is_some() {}
         if *shutdown.borrow() {
+            while batches.join_next().await.is_some() {}
             return;
         }
-        let claimed = match store.claim_due(config.batch).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot claim events");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+        let room = slots.available_permits().min(config.batch.max(1) as usize);
+        let claimed = if room == 0 {
+            Vec::new()
+        } else {
+            match store.claim_due(room as i64).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot claim events");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
             }
         };
         if claimed.is_empty() {
             tokio::select! {
                 _ = tokio::time::sleep(config.idle) => {}
+                _ = finished.notified() => {}
                 _ = shutdown.changed() => {}
             }
             continue;
         }
-        let started = now_ms();
-        let executor = executor.load_full();
-        let (mut delivered, mut failed) = (0i64, 0i64);
-        for event in &claimed {
-            let _ = executor.take_calls();
-            let outcome = executor
-                .deliver(
-                    event.id,
-                    &event.connection,
-                    &event.source,
-                    &event.body,
-                    event.attempts,
-                )
-                .await;
-            let label = match &outcome {
-                Outcome::Delivered => "delivered",
-                Outcome::Transient { .. } if event.attempts < config.max_attempts => "retrying",
-                _ => "dead",
-            };
-            crate::server::telemetry::event_processed(label, executor.take_calls());
-            let result = match &outcome {
-                Outcome::Delivered => {
-                    delivered += 1;
-                    store
-                        .finish(event.id, EventState::Delivered, now_ms(), None)
-                        .await
-                }
-                Outcome::Transient { error, retry_after }
-                    if event.attempts < config.max_attempts =>
-                {
-                    failed += 1;
-                    let delay = backoff(&config, event.attempts - 1, *retry_after);
-                    tracing::warn!(event = event.id, attempt = event.attempts, delay_ms = delay.as_millis() as u64, %error, "will retry");
-                    store
-                        .finish(
-                            event.id,
-                            EventState::Retrying,
-                            now_ms() + delay.as_millis() as i64,
-                            Some(error),
-                        )
-                        .await
-                }
-                Outcome::Transient { error, .. } | Outcome::Permanent(error) => {
-                    failed += 1;
-                    tracing::error!(event = event.id, attempt = event.attempts, %error, "dead");
-                    store
-                        .finish(event.id, EventState::Dead, now_ms(), Some(error))
-                        .await
-                }
-            };
-            if let Err(e) = result {
-                tracing::error!(event = event.id, error = %e, "cannot record the outcome");
+        let mut permits = Vec::with_capacity(claimed.len());
+        for _ in &claimed {
+            match slots.clone().acquire_owned().await {
+                Ok(p) => permits.push(p),
+                Err(_) => return,
             }
         }
-        let _ = store
-            .record_run(
-                &event_connection(&claimed),
-                started,
-                claimed.len() as i64,
-                delivered,
-                failed,
-            )
-            .await;
+        batches.spawn(run_batch(
+            store.clone(),
+            executor.load_full(),
+            config.clone(),
+            claimed,
+            permits,
+            finished.clone(),
+        ));
     }
+}
+
+/// Delivers one claimed batch (distinct customers) concurrently and writes
+/// its run summary.
+async fn run_batch(
+    store: Store,
+    executor: Arc<Executor>,
+    config: WorkerConfig,
+    claimed: Vec<ClaimedEvent>,
+    permits: Vec<OwnedSemaphorePermit>,
+    finished: Arc<Notify>,
+) {
+    let started = now_ms();
+    let connection = event_connection(&claimed);
+    let processed = claimed.len() as i64;
+    let mut events = JoinSet::new();
+    for (event, permit) in claimed.into_iter().zip(permits) {
+        let (store, executor, config, finished) = (
+            store.clone(),
+            executor.clone(),
+            config.clone(),
+            finished.clone(),
+        );
+        events.spawn(async move {
+            let delivered = deliver_one(&store, &executor, &config, &event).await;
+            drop(permit);
+            finished.notify_one();
+            delivered
+        });
+    }
+    let (mut delivered, mut failed) = (0i64, 0i64);
+    while let Some(result) = events.join_next().await {
+        match result {
+            Ok(true) => delivered += 1,
+            _ => failed += 1,
+        }
+    }
+    let _ = store
+        .record_run(&connection, started, processed, delivered, failed)
+        .await;
+}
+
+/// Delivers one event and records its outcome; true when delivered.
+async fn deliver_one(
+    store: &Store,
+    executor: &Executor,
+    config: &WorkerConfig,
+    event: &ClaimedEvent,
+) -> bool {
+    let (outcome, calls) = executor.deliver(event).await;
+    let label = match &outcome {
+        Outcome::Delivered => "delivered",
+        Outcome::Transient { .. } if event.attempts < config.max_attempts => "retrying",
+        _ => "dead",
+    };
+    crate::server::telemetry::event_processed(label, calls);
+    let result = match &outcome {
+        Outcome::Delivered => {
+            store
+                .finish(event.id, EventState::Delivered, now_ms(), None)
+                .await
+        }
+        Outcome::Transient { error, retry_after } if event.attempts < config.max_attempts => {
+            let delay = backoff(config, event.attempts - 1, *retry_after);
+            tracing::warn!(event = event.id, attempt = event.attempts, delay_ms = delay.as_millis() as u64, %error, "will retry");
+            store
+                .finish(
+                    event.id,
+                    EventState::Retrying,
+                    now_ms() + delay.as_millis() as i64,
+                    Some(error),
+                )
+                .await
+        }
+        Outcome::Transient { error, .. } | Outcome::Permanent(error) => {
+            tracing::error!(event = event.id, attempt = event.attempts, %error, "dead");
+            store
+                .finish(event.id, EventState::Dead, now_ms(), Some(error))
+                .await
+        }
+    };
+    if let Err(e) = result {
+        // The event stays `processing`; the next start re-queues it.
+        tracing::error!(event = event.id, error = %e, "cannot record the outcome");
+    }
+    outcome == Outcome::Delivered
 }
 
 fn event_connection(claimed: &[crate::store::ClaimedEvent]) -> String {
