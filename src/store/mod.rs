@@ -466,6 +466,25 @@ impl Store {
         Ok(())
     }
 
+    /// Puts an event back to wait until `next_attempt_at` without counting
+    /// the attempt (a target's daily budget is spent: nothing was tried).
+    pub async fn defer(
+        &self,
+        id: i64,
+        next_attempt_at: i64,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE events SET state = 'retrying', attempts = attempts - 1, next_attempt_at = $1, last_error = $2 WHERE id = $3",
+        )
+        .bind(next_attempt_at)
+        .bind(reason)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Writes one attempt to the sync log.
     pub async fn log_attempt(&self, entry: &SyncLogEntry) -> Result<(), StoreError> {
         sqlx::query(

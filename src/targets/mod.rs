@@ -18,9 +18,17 @@ use tokio::sync::Mutex;
 
 pub mod limiter;
 
+/// What one delivery did, beyond its outcome.
+#[derive(Default)]
+struct Tally {
+    calls: std::cell::Cell<u64>,
+    /// Set when a target's daily budget stopped the delivery.
+    paused: std::cell::Cell<Option<Duration>>,
+}
+
 tokio::task_local! {
-    /// Target calls made for the event the current task delivers.
-    static CALLS: std::cell::Cell<u64>;
+    /// The tally of the event the current task delivers.
+    static TALLY: Tally;
 }
 
 /// How one event's delivery ended.
@@ -34,6 +42,12 @@ pub enum Outcome {
     },
     /// Trying again would fail the same way (4xx with a reason, missing data).
     Permanent(String),
+    /// A target's daily budget is spent: wait `until` its reset. Not a failed
+    /// attempt, so it costs the event none of its retries.
+    Paused {
+        error: String,
+        until: Duration,
+    },
 }
 
 /// The answer of one call.
@@ -119,10 +133,17 @@ impl Executor {
 
     /// Delivers one stored event and says how many target calls it took.
     pub async fn deliver(&self, event: &ClaimedEvent) -> (Outcome, u64) {
-        CALLS
-            .scope(std::cell::Cell::new(0), async {
+        TALLY
+            .scope(Tally::default(), async {
                 let outcome = self.deliver_counted(event).await;
-                (outcome, CALLS.with(|c| c.get()))
+                let (calls, paused) = TALLY.with(|t| (t.calls.get(), t.paused.get()));
+                let outcome = match (outcome, paused) {
+                    (Outcome::Transient { error, .. }, Some(until)) => {
+                        Outcome::Paused { error, until }
+                    }
+                    (other, _) => other,
+                };
+                (outcome, calls)
             })
             .await
     }
@@ -195,7 +216,9 @@ impl Executor {
                 }
                 Ok(_) => {}
                 // The targets have the event; a mirror that lags one event is repaired by the next.
-                Err(e) => tracing::error!(event = row, error = %e, "cannot update the customer mirror"),
+                Err(e) => {
+                    tracing::error!(event = row, error = %e, "cannot update the customer mirror")
+                }
             }
         }
         Outcome::Delivered
@@ -706,10 +729,14 @@ impl Executor {
                 url.push_str(&pairs.join("&"));
             }
         }
-        self.limiter
+        if let Err(until) = self
+            .limiter
             .acquire(&target.name, target.rate_limit.as_ref())
-            .await;
-        let _ = CALLS.try_with(|c| c.set(c.get() + 1));
+            .await
+        {
+            return self.pause(target, until);
+        }
+        let _ = TALLY.try_with(|t| t.calls.set(t.calls.get() + 1));
         let started = std::time::Instant::now();
         let mut builder = self.http.request(method, &url);
         let headers = self.headers.get(&target.name).cloned().unwrap_or_default();
@@ -756,6 +783,15 @@ impl Executor {
                 .exhausted(&target.name, Duration::from_millis(window))
                 .await;
         }
+        let day_spent = response
+            .headers()
+            .get("x-ratelimit-daily-remaining")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            == Some(0);
+        if day_spent {
+            self.limiter.day_spent(&target.name).await;
+        }
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
@@ -766,6 +802,9 @@ impl Executor {
         let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if status.is_success() {
             return Answer::Ok(json);
+        }
+        if day_spent && status.as_u16() == 429 {
+            return self.pause(target, limiter::until_next_utc_day());
         }
         let message = target
             .error_message
@@ -790,6 +829,23 @@ impl Executor {
             ),
             transient: status.as_u16() == 429 || status.is_server_error(),
             retry_after,
+        }
+    }
+}
+
+impl Executor {
+    /// A daily budget is spent: the delivery stops here and resumes after the reset.
+    fn pause(&self, target: &Target, until: Duration) -> Answer {
+        let _ = TALLY.try_with(|t| t.paused.set(Some(until)));
+        Answer::Failed {
+            status: None,
+            error: format!(
+                "the daily request budget of target `{}` is spent; delivery resumes in {} min, at the reset",
+                target.name,
+                until.as_secs().div_ceil(60)
+            ),
+            transient: true,
+            retry_after: Some(until),
         }
     }
 }

@@ -176,6 +176,7 @@ async fn deliver_one(
     let (outcome, calls) = executor.deliver(event).await;
     let label = match &outcome {
         Outcome::Delivered => "delivered",
+        Outcome::Paused { .. } => "paused",
         Outcome::Transient { .. } if event.attempts < config.max_attempts => "retrying",
         _ => "dead",
     };
@@ -184,6 +185,12 @@ async fn deliver_one(
         Outcome::Delivered => {
             store
                 .finish(event.id, EventState::Delivered, now_ms(), None)
+                .await
+        }
+        Outcome::Paused { error, until } => {
+            tracing::warn!(event = event.id, resume_in_s = until.as_secs(), %error, "paused");
+            store
+                .defer(event.id, now_ms() + until.as_millis() as i64, error)
                 .await
         }
         Outcome::Transient { error, retry_after } if event.attempts < config.max_attempts => {
