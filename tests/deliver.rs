@@ -4,119 +4,18 @@
 use mapper::sandbox::ghl::{GhlConfig, GhlSandbox};
 use mapper::sandbox::{Fault, StickyCardsConfig, StickyCardsSandbox};
 use mapper::store::Store;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 mod common;
-use common::copy_dir;
-
-struct Serve {
-    child: Child,
-    base: String,
-    db: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{Serve, copy_dir, post, serve_in, settle};
 
 fn serve(ghl: &GhlSandbox, sc: &StickyCardsSandbox) -> Serve {
-    serve_with(ghl, sc, &[])
+    serve_in(ghl, sc, &[], "mappings")
 }
 
 fn serve_with(ghl: &GhlSandbox, sc: &StickyCardsSandbox, extra_env: &[(&str, &str)]) -> Serve {
     serve_in(ghl, sc, extra_env, "mappings")
-}
-
-fn serve_in(
-    ghl: &GhlSandbox,
-    sc: &StickyCardsSandbox,
-    extra_env: &[(&str, &str)],
-    mappings: &str,
-) -> Serve {
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("mapper.db").display());
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mapper"));
-    for (k, v) in extra_env {
-        command.env(k, v);
-    }
-    let mut child = command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            &db,
-            "--mappings",
-            mappings,
-        ])
-        .env("STICKYCARDS_WEBHOOK_TOKEN", "sc-token")
-        .env("SIGNALMIND_WEBHOOK_TOKEN", "sm-token")
-        .env("SLICKTEXT_WEBHOOK_SECRET", "st-secret")
-        .env("GHL_WORKFLOW_WEBHOOK_TOKEN", "wf-token")
-        .env("GHL_API_BASE_URL", ghl.base_url())
-        .env("GHL_API_TOKEN", ghl.token())
-        .env("GHL_LOCATION_ID", ghl.location_id())
-        .env("STICKYCARDS_API_BASE_URL", sc.base_url())
-        .env("STICKYCARDS_API_KEY", sc.api_key())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let mut base = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap_or_default();
-        if let Some(at) = line.find("http://") {
-            let addr: String = line[at + 7..]
-                .chars()
-                .take_while(|c| *c != '/' && !c.is_whitespace())
-                .collect();
-            base = format!("http://{addr}");
-            break;
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    assert!(base.starts_with("http://"), "serve did not start");
-    Serve {
-        child,
-        base,
-        db,
-        _dir: dir,
-    }
-}
-
-async fn post(s: &Serve, source: &str, query: &str, body: &[u8]) -> u16 {
-    reqwest::Client::new()
-        .post(format!("{}/webhooks/{source}{query}", s.base))
-        .header("content-type", "application/json")
-        .body(body.to_vec())
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-}
-
-/// Waits until no event is received, retrying or processing.
-async fn settle(db: &str) -> Vec<mapper::store::Count> {
-    let store = Store::open(db).await.unwrap();
-    for _ in 0..150 {
-        let counts = store.counts().await.unwrap();
-        if counts
-            .iter()
-            .all(|c| c.state == "delivered" || c.state == "dead" || c.state == "unmapped")
-        {
-            return counts;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    store.counts().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -156,15 +156,38 @@ fn watch_mappings(
         std::time::Duration::from_millis(300),
         None,
         move |result: notify_debouncer_full::DebounceEventResult| {
-            if result.is_ok() {
+            // Reading the files (our own reload does) is no change.
+            let changed = result.is_ok_and(|events| {
+                events.iter().any(|e| {
+                    use notify::EventKind;
+                    use notify::event::ModifyKind;
+                    matches!(
+                        e.event.kind,
+                        EventKind::Create(_)
+                            | EventKind::Remove(_)
+                            | EventKind::Modify(
+                                ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any
+                            )
+                            | EventKind::Any
+                    )
+                })
+            });
+            if changed {
                 let _ = tx.send(());
             }
         },
     )?;
     debouncer.watch(&dir, notify::RecursiveMode::Recursive)?;
     tokio::spawn(async move {
+        let mut loaded = fingerprint(&dir);
         while rx.recv().await.is_some() {
             while rx.try_recv().is_ok() {}
+            // Saving a file unchanged, or touching it, reloads nothing.
+            let now = fingerprint(&dir);
+            if now == loaded {
+                continue;
+            }
+            loaded = now;
             let compiled = compile_dir(&dir);
             let outcome = match compiled.program {
                 Some(program) => match server::verifiers(&program, &*env) {
@@ -182,7 +205,9 @@ fn watch_mappings(
             match outcome {
                 Ok((program, verifiers)) => {
                     let program = Arc::new(program);
-                    executor.store(Arc::new(executor_for(program.clone(), &store, &env)));
+                    let next = executor_for(program.clone(), &store, &env)
+                        .sharing_limits_with(&executor.load());
+                    executor.store(Arc::new(next));
                     let mappings = program.mappings.len();
                     state
                         .loaded
@@ -206,6 +231,34 @@ fn watch_mappings(
         }
     });
     Ok(debouncer)
+}
+
+/// A digest of every file under `dir` (paths and contents).
+fn fingerprint(dir: &Path) -> Vec<u8> {
+    use sha2::Digest;
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, &mut files);
+    files.sort();
+    let mut hasher = sha2::Sha256::new();
+    for file in files {
+        hasher.update(file.to_string_lossy().as_bytes());
+        hasher.update([0]);
+        hasher.update(std::fs::read(&file).unwrap_or_default());
+        hasher.update([0]);
+    }
+    hasher.finalize().to_vec()
 }
 
 pub fn run(opts: ServeOptions) -> ExitCode {

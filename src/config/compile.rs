@@ -1189,6 +1189,7 @@ fn compile_target(ctx: &mut Ctx, tp: &TargetProfile) -> Option<prog::Target> {
         env: env.clone(),
         headers,
         rate_limit: t.rate_limit.clone(),
+        timeout: std::time::Duration::from_secs(t.timeout_seconds.unwrap_or(20).max(1)),
         error_message,
         customer,
         lookups,

@@ -276,6 +276,9 @@ pub struct TargetFile {
     pub headers: IndexMap<String, Spanned<String>>,
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
+    /// Seconds a request may take before it counts as failed (and is retried); default 20.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
     /// Where the error message is in an error response.
     #[serde(default)]
     #[schemars(with = "Option<String>")]

@@ -79,6 +79,8 @@ pub struct Target {
     pub env: IndexMap<String, EnvVar>,
     pub headers: Vec<(String, StrTpl)>,
     pub rate_limit: Option<RateLimit>,
+    /// How long one request may take.
+    pub timeout: std::time::Duration,
     pub error_message: Option<Selector>,
     pub customer: Option<CustomerCapability>,
     pub lookups: IndexMap<String, Lookup>,

@@ -32,6 +32,10 @@ pub struct LoggedRequest {
     /// The status answered; `None` while the request is still being served
     /// (e.g. held by a [`Fault::Hang`]).
     pub status: Option<u16>,
+    /// When the request arrived.
+    pub received: std::time::Instant,
+    /// When it was answered.
+    pub answered: Option<std::time::Instant>,
 }
 
 /// A failure the simulator serves instead of the real answer.
@@ -48,6 +52,9 @@ pub enum Fault {
     /// shorter timeout sees a timeout; if it gave up, the request is dropped
     /// unserved with its connection).
     Hang(Duration),
+    /// Serve the request (its effect happens), then hold the answer this
+    /// long: a client that times out never learns that it succeeded.
+    AnswerLate(Duration),
 }
 
 struct FaultRule {
@@ -269,11 +276,17 @@ impl Controls {
         lock(&self.log).clear();
     }
 
-    fn take_fault(&self, path: &str) -> Option<Fault> {
+    /// The next fault for a request. A rule's prefix may name the method
+    /// too (`"POST /contacts/"`), to hit a create but not a search.
+    fn take_fault(&self, method: &str, path: &str) -> Option<Fault> {
+        let applies = |prefix: &str| match prefix.split_once(' ') {
+            Some((m, p)) => m.eq_ignore_ascii_case(method) && path.starts_with(p),
+            None => path.starts_with(prefix),
+        };
         let mut faults = lock(&self.faults);
-        let index = faults.iter().position(|r| {
-            r.remaining > 0 && r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
-        })?;
+        let index = faults
+            .iter()
+            .position(|r| r.remaining > 0 && r.path_prefix.as_deref().is_none_or(applies))?;
         let rule = &mut faults[index];
         rule.remaining -= 1;
         let fault = rule.fault.clone();
@@ -292,6 +305,7 @@ impl Controls {
     fn set_status(&self, index: usize, status: u16) {
         if let Some(entry) = lock(&self.log).get_mut(index) {
             entry.status = Some(status);
+            entry.answered = Some(std::time::Instant::now());
         }
     }
 }
@@ -377,6 +391,8 @@ async fn pipeline<S: Simulator>(sim: Arc<S>, request: Request<Body>) -> Response
                     query: raw_query,
                     body: None,
                     status: Some(413),
+                    received: std::time::Instant::now(),
+                    answered: Some(std::time::Instant::now()),
                 });
                 return to_response(Reply::json(
                     413,
@@ -399,6 +415,8 @@ async fn pipeline<S: Simulator>(sim: Arc<S>, request: Request<Body>) -> Response
             query: raw_query.clone(),
             body: logged_body,
             status: None,
+            received: std::time::Instant::now(),
+            answered: None,
         });
         let mut path = raw_path.trim_end_matches('/').to_string();
         if path.is_empty() {
@@ -411,7 +429,10 @@ async fn pipeline<S: Simulator>(sim: Arc<S>, request: Request<Body>) -> Response
             headers: parts.headers,
             body,
         };
-        let reply = match sim.controls().take_fault(&raw_path) {
+        let reply = match sim
+            .controls()
+            .take_fault(incoming.method.as_str(), &raw_path)
+        {
             Some(Fault::Status(status)) => Reply::json(
                 status,
                 sim.error_body(status, "simulated failure (fault injection)"),
@@ -426,6 +447,11 @@ async fn pipeline<S: Simulator>(sim: Arc<S>, request: Request<Body>) -> Response
             Some(Fault::Hang(duration)) => {
                 tokio::time::sleep(duration).await;
                 sim.handle(&incoming)
+            }
+            Some(Fault::AnswerLate(duration)) => {
+                let reply = sim.handle(&incoming);
+                tokio::time::sleep(duration).await;
+                reply
             }
             None => sim.handle(&incoming),
         };

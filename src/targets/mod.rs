@@ -18,6 +18,9 @@ use tokio::sync::Mutex;
 
 pub mod limiter;
 
+/// Held while one task lists or creates something others would repeat.
+type Gate = Arc<Mutex<()>>;
+
 /// What one delivery did, beyond its outcome.
 #[derive(Default)]
 struct Tally {
@@ -69,9 +72,13 @@ pub struct Executor {
     store: Store,
     /// (target, lookup) → key → id, listed once.
     lookups: Mutex<HashMap<(String, String), HashMap<String, String>>>,
+    /// Serialises listing and creating per lookup.
+    lookup_gates: Mutex<HashMap<(String, String), Gate>>,
     /// Serialises work on one customer so two events never create it twice.
     customer_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
-    limiter: limiter::Limiter,
+    /// Shared with the executors that replace this one on reload: the
+    /// target's limits do not start over because the YAML changed.
+    limiter: Arc<limiter::Limiter>,
     /// Per target: `env` and the rendered headers, fixed for the executor's life.
     env_values: HashMap<String, Value>,
     headers: HashMap<String, Vec<(String, String)>>,
@@ -94,7 +101,6 @@ impl Executor {
     /// An executor reading the target profiles' environment variables from `env`.
     pub fn new(program: Arc<Program>, store: Store, env: BTreeMap<String, String>) -> Executor {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
             .connect_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(16)
             .build()
@@ -126,9 +132,17 @@ impl Executor {
             headers,
             store,
             lookups: Mutex::new(HashMap::new()),
+            lookup_gates: Mutex::new(HashMap::new()),
             customer_locks: Mutex::new(HashMap::new()),
-            limiter: limiter::Limiter::default(),
+            limiter: Arc::new(limiter::Limiter::default()),
         }
+    }
+
+    /// This executor, counting its requests in `previous`'s rate-limit windows
+    /// (an executor replacing another after a reload).
+    pub fn sharing_limits_with(mut self, previous: &Executor) -> Executor {
+        self.limiter = previous.limiter.clone();
+        self
     }
 
     /// Delivers one stored event and says how many target calls it took.
@@ -499,15 +513,26 @@ impl Executor {
             if !configured {
                 continue;
             }
-            for kind in target.lookups.keys() {
-                let cached = self
-                    .lookups
-                    .lock()
+            for (kind, lookup) in &target.lookups {
+                let cache_key = (target.name.clone(), kind.clone());
+                if self.lookups.lock().await.contains_key(&cache_key) {
+                    continue;
+                }
+                let gate = {
+                    let mut gates = self.lookup_gates.lock().await;
+                    gates.entry(cache_key.clone()).or_default().clone()
+                };
+                let _held = gate.lock().await;
+                // Events delivered in parallel wait for the one listing.
+                if self.lookups.lock().await.contains_key(&cache_key) {
+                    continue;
+                }
+                // A failure here is retried when an action needs the lookup.
+                if let Ok(ids) = self
+                    .list_lookup(target, lookup, &self.env_value(target))
                     .await
-                    .contains_key(&(target.name.clone(), kind.clone()));
-                if !cached {
-                    // A key nobody declares lists without creating anything; failures are retried on use.
-                    let _ = self.lookup_id(target, kind, "\u{0}").await;
+                {
+                    self.lookups.lock().await.insert(cache_key, ids);
                 }
             }
         }
@@ -574,14 +599,20 @@ impl Executor {
     /// The id of `key` in a target's lookup: cached listing, else created from `provision:`.
     async fn lookup_id(&self, target: &Target, kind: &str, key: &str) -> Result<String, Outcome> {
         let cache_key = (target.name.clone(), kind.to_string());
-        if let Some(id) = self
-            .lookups
-            .lock()
-            .await
-            .get(&cache_key)
-            .and_then(|m| m.get(key))
-            .cloned()
-        {
+        let cached = |lookups: &HashMap<(String, String), HashMap<String, String>>| {
+            lookups.get(&cache_key).and_then(|m| m.get(key)).cloned()
+        };
+        if let Some(id) = cached(&*self.lookups.lock().await) {
+            return Ok(id);
+        }
+        // One listing (and creation) per lookup at a time: parallel events
+        // needing the same new custom field must not create it twice.
+        let gate = {
+            let mut gates = self.lookup_gates.lock().await;
+            gates.entry(cache_key.clone()).or_default().clone()
+        };
+        let _held = gate.lock().await;
+        if let Some(id) = cached(&*self.lookups.lock().await) {
             return Ok(id);
         }
         let Some(lookup) = target.lookups.get(kind) else {
@@ -591,34 +622,7 @@ impl Executor {
             )));
         };
         let scope_env = self.env_value(target);
-        // Scopes are not Send: each lives in a block that ends before the next await.
-        let list = {
-            let mut scope = Scope::new();
-            scope.set("env", &scope_env);
-            self.render(target, &lookup.list, &scope)?
-        };
-        let listed = match self.send(target, &list).await {
-            Answer::Ok(v) => v,
-            Answer::Failed {
-                error,
-                transient,
-                retry_after,
-                ..
-            } => return Err(failed(error, transient, retry_after)),
-        };
-        let mut ids = HashMap::new();
-        for item in lookup.items.query(&listed) {
-            let mut item_scope = Scope::new();
-            item_scope.set("item", item);
-            item_scope.set("env", &scope_env);
-            let k = self.program.templates.eval_scope(&lookup.key, &item_scope);
-            let i = self.program.templates.eval_scope(&lookup.id, &item_scope);
-            if let (Ok(k), Ok(i)) = (k, i)
-                && let (Some(k), Some(i)) = (scalar(&k), scalar(&i))
-            {
-                ids.insert(k, i);
-            }
-        }
+        let mut ids = self.list_lookup(target, lookup, &scope_env).await?;
         if !ids.contains_key(key)
             && let Some(create) = &lookup.create
             && let Some(decl) = self
@@ -647,10 +651,19 @@ impl Executor {
                 }
                 Answer::Failed {
                     error,
-                    transient,
-                    retry_after,
+                    transient: false,
                     ..
-                } => return Err(failed(error, transient, retry_after)),
+                } => {
+                    // Someone else (another replica, a person in the UI) may
+                    // have created it since the listing: list once more.
+                    ids = self.list_lookup(target, lookup, &scope_env).await?;
+                    if !ids.contains_key(key) {
+                        return Err(Outcome::Permanent(error));
+                    }
+                }
+                Answer::Failed {
+                    error, retry_after, ..
+                } => return Err(failed(error, true, retry_after)),
             }
         }
         let found = ids.get(key).cloned();
@@ -661,6 +674,44 @@ impl Executor {
                 target.name, target.name
             ))
         })
+    }
+
+    /// Lists a lookup: key → id.
+    async fn list_lookup(
+        &self,
+        target: &Target,
+        lookup: &crate::engine::program::Lookup,
+        scope_env: &Value,
+    ) -> Result<HashMap<String, String>, Outcome> {
+        // Scopes are not Send: each lives in a block that ends before the next await.
+        let list = {
+            let mut scope = Scope::new();
+            scope.set("env", scope_env);
+            self.render(target, &lookup.list, &scope)?
+        };
+        let listed = match self.send(target, &list).await {
+            Answer::Ok(v) => v,
+            Answer::Failed {
+                error,
+                transient,
+                retry_after,
+                ..
+            } => return Err(failed(error, transient, retry_after)),
+        };
+        let mut ids = HashMap::new();
+        for item in lookup.items.query(&listed) {
+            let mut item_scope = Scope::new();
+            item_scope.set("item", item);
+            item_scope.set("env", scope_env);
+            let k = self.program.templates.eval_scope(&lookup.key, &item_scope);
+            let i = self.program.templates.eval_scope(&lookup.id, &item_scope);
+            if let (Ok(k), Ok(i)) = (k, i)
+                && let (Some(k), Some(i)) = (scalar(&k), scalar(&i))
+            {
+                ids.insert(k, i);
+            }
+        }
+        Ok(ids)
     }
 
     fn env_value(&self, target: &Target) -> Value {
@@ -738,7 +789,7 @@ impl Executor {
         }
         let _ = TALLY.try_with(|t| t.calls.set(t.calls.get() + 1));
         let started = std::time::Instant::now();
-        let mut builder = self.http.request(method, &url);
+        let mut builder = self.http.request(method, &url).timeout(target.timeout);
         let headers = self.headers.get(&target.name).cloned().unwrap_or_default();
         for (name, value) in headers {
             builder = builder.header(name, value);
@@ -757,9 +808,19 @@ impl Executor {
             }
             Err(e) => {
                 crate::server::telemetry::target_call(&target.name, None, started.elapsed());
+                let why = if e.is_timeout() {
+                    format!(
+                        "no answer within {} s (timed out)",
+                        target.timeout.as_secs()
+                    )
+                } else if e.is_connect() {
+                    format!("cannot connect: {}", error_chain(&e))
+                } else {
+                    error_chain(&e)
+                };
                 return Answer::Failed {
                     status: None,
-                    error: format!("{} {}: {e}", request.method, request.url),
+                    error: format!("{} {}: {why}", request.method, request.url),
                     transient: true,
                     retry_after: None,
                 };
@@ -848,6 +909,18 @@ impl Executor {
             retry_after: Some(until),
         }
     }
+}
+
+/// An error with its causes, which say what actually went wrong.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 fn failed(error: String, transient: bool, retry_after: Option<Duration>) -> Outcome {

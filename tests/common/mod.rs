@@ -1,6 +1,13 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests (each test file uses some of them).
+#![allow(dead_code)]
 
+use mapper::sandbox::StickyCardsSandbox;
+use mapper::sandbox::ghl::GhlSandbox;
+use mapper::store::Store;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 /// Copies a folder tree.
 pub fn copy_dir(from: &Path, to: &Path) {
@@ -14,4 +21,118 @@ pub fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), dest).unwrap();
         }
     }
+}
+
+/// A `mapper serve` child process wired to the simulators.
+pub struct Serve {
+    pub base: String,
+    pub db: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `mapper serve` on a free port with a fresh SQLite file.
+pub fn serve_in(
+    ghl: &GhlSandbox,
+    sc: &StickyCardsSandbox,
+    extra_env: &[(&str, &str)],
+    mappings: &str,
+) -> Serve {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("mapper.db").display());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mapper"));
+    for (k, v) in extra_env {
+        command.env(k, v);
+    }
+    let mut child = command
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            &db,
+            "--mappings",
+            mappings,
+        ])
+        .env("STICKYCARDS_WEBHOOK_TOKEN", "sc-token")
+        .env("SIGNALMIND_WEBHOOK_TOKEN", "sm-token")
+        .env("SLICKTEXT_WEBHOOK_SECRET", "st-secret")
+        .env("GHL_WORKFLOW_WEBHOOK_TOKEN", "wf-token")
+        .env("GHL_API_BASE_URL", ghl.base_url())
+        .env("GHL_API_TOKEN", ghl.token())
+        .env("GHL_LOCATION_ID", ghl.location_id())
+        .env("STICKYCARDS_API_BASE_URL", sc.base_url())
+        .env("STICKYCARDS_API_KEY", sc.api_key())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut base = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap_or_default();
+        if let Some(at) = line.find("http://") {
+            let addr: String = line[at + 7..]
+                .chars()
+                .take_while(|c| *c != '/' && !c.is_whitespace())
+                .collect();
+            base = format!("http://{addr}");
+            break;
+        }
+    }
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            if std::env::var("SERVE_LOG").is_ok() {
+                eprintln!("serve: {l}");
+            }
+        }
+    });
+    assert!(base.starts_with("http://"), "serve did not start");
+    Serve {
+        child,
+        base,
+        db,
+        _dir: dir,
+    }
+}
+
+/// Posts a JSON body; the status, or 0 when the request failed.
+pub async fn post(s: &Serve, source: &str, query: &str, body: &[u8]) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{}/webhooks/{source}{query}", s.base))
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// Waits (up to 15 s) until no event is received, retrying or processing.
+pub async fn settle(db: &str) -> Vec<mapper::store::Count> {
+    settle_within(db, Duration::from_secs(15)).await
+}
+
+/// Waits until no event is received, retrying or processing.
+pub async fn settle_within(db: &str, limit: Duration) -> Vec<mapper::store::Count> {
+    let store = Store::open(db).await.unwrap();
+    for _ in 0..(limit.as_millis() / 100) {
+        let counts = store.counts().await.unwrap();
+        if counts
+            .iter()
+            .all(|c| c.state == "delivered" || c.state == "dead" || c.state == "unmapped")
+        {
+            return counts;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    store.counts().await.unwrap()
 }

@@ -1,0 +1,391 @@
+//! Delivery under load and failure, over real HTTP with the simulators:
+//! the rate limit holds for a burst of thousands, a spent daily budget parks
+//! events, one customer's events apply in order while customers run in
+//! parallel, and a timed-out call is retried without duplicate effects.
+
+use mapper::sandbox::ghl::{GhlConfig, GhlSandbox};
+use mapper::sandbox::{Fault, LoggedRequest, RateLimit, StickyCardsConfig, StickyCardsSandbox};
+use mapper::store::Store;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{copy_dir, serve_in, settle_within};
+
+/// A copy of the shipped mapping set with `edit` applied to the GHL target
+/// profile (rate limits, timeouts a test needs).
+fn mappings_with_ghl(edit: impl Fn(String) -> String) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    for sub in ["mappings", "schemas", "examples"] {
+        copy_dir(std::path::Path::new(sub), &copy.path().join(sub));
+    }
+    let ghl = copy.path().join("mappings/targets/ghl.yaml");
+    let text = std::fs::read_to_string(&ghl).unwrap();
+    let edited = edit(text.clone());
+    assert_ne!(edited, text, "the edit changed nothing");
+    std::fs::write(&ghl, edited).unwrap();
+    copy
+}
+
+fn with_rate_limit(text: String, limit: &str) -> String {
+    text.replace(
+        "rate_limit: { requests: 100, per_seconds: 10, daily: 200000, per: location }",
+        limit,
+    )
+}
+
+fn scan(customer: usize, second: usize) -> String {
+    format!(
+        r#"{{"event_type":"CardScannedEvent","timestamp":"2025-03-05T10:{:02}:{:02}Z","customer_id":"cus_{customer}","phone_number":"+1 415 555 {:04}","email":"c{customer}@example.com","first_name":"C{customer}"}}"#,
+        second / 60,
+        second % 60,
+        1000 + customer
+    )
+}
+
+/// Posts bodies to a source, `parallel` at a time; every answer must be 202.
+async fn post_all(base: &str, source_query: &str, bodies: Vec<String>, parallel: usize) {
+    let client = reqwest::Client::new();
+    let url = format!("{base}/webhooks/{source_query}");
+    let mut pending = bodies.into_iter();
+    loop {
+        let chunk: Vec<String> = pending.by_ref().take(parallel).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        let mut tasks = Vec::new();
+        for body in chunk {
+            let (client, url) = (client.clone(), url.clone());
+            tasks.push(tokio::spawn(async move {
+                client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), 202);
+        }
+    }
+}
+
+/// The most requests that arrived within any `window`.
+fn busiest_window(log: &[LoggedRequest], window: Duration) -> usize {
+    let mut times: Vec<Instant> = log.iter().map(|r| r.received).collect();
+    times.sort();
+    let mut best = 0;
+    let mut start = 0;
+    for end in 0..times.len() {
+        while times[end] - times[start] >= window {
+            start += 1;
+        }
+        best = best.max(end - start + 1);
+    }
+    best
+}
+
+/// The most requests being served at the same moment.
+fn most_in_flight(log: &[LoggedRequest]) -> usize {
+    let mut edges: Vec<(Instant, i32)> = Vec::new();
+    for r in log {
+        edges.push((r.received, 1));
+        edges.push((r.answered.unwrap_or(r.received), -1));
+    }
+    edges.sort_by_key(|(at, delta)| (*at, *delta));
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, delta) in edges {
+        now += delta;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+/// Two thousand webhooks for 40 customers arrive at once; the engine sends
+/// them at the rate the profile declares (here 100 per second, the
+/// simulator enforcing the same), so GHL never answers 429.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_two_thousand_drains_at_the_declared_rate_without_a_429() {
+    let ghl = GhlSandbox::start(GhlConfig {
+        rate_limit: RateLimit {
+            max: 100,
+            interval: Duration::from_secs(1),
+            daily: Some(200_000),
+        },
+        ..GhlConfig::default()
+    })
+    .await
+    .unwrap();
+    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
+        .await
+        .unwrap();
+    let copy = mappings_with_ghl(|t| {
+        with_rate_limit(
+            t,
+            "rate_limit: { requests: 100, per_seconds: 1, daily: 200000, per: location }",
+        )
+    });
+    let mappings = copy.path().join("mappings");
+    let s = serve_in(&ghl, &sc, &[], mappings.to_str().unwrap());
+    let customers = 40;
+    let bodies: Vec<String> = (0..2000)
+        .map(|i| scan(i % customers, i / customers))
+        .collect();
+    post_all(&s.base, "stickycards?token=sc-token", bodies, 64).await;
+    let counts = settle_within(&s.db, Duration::from_secs(240)).await;
+    let delivered: i64 = counts
+        .iter()
+        .filter(|c| c.state == "delivered")
+        .map(|c| c.count)
+        .sum();
+    assert_eq!(delivered, 2000, "{counts:?}");
+    let log = ghl.request_log();
+    let throttled = log.iter().filter(|r| r.status == Some(429)).count();
+    assert_eq!(throttled, 0, "no 429 in {} requests", log.len());
+    assert!(busiest_window(&log, Duration::from_secs(1)) <= 100);
+    assert_eq!(ghl.contacts().len(), customers);
+    // A linked customer costs one call per event: the first event of each
+    // customer also searches and creates, and lookups are listed once.
+    let per_event = log.len() as f64 / 2000.0;
+    let mut kinds = std::collections::BTreeMap::new();
+    for r in &log {
+        let shape: String = r
+            .path
+            .split('/')
+            .map(|part| if part.len() > 12 { "{id}" } else { part })
+            .collect::<Vec<_>>()
+            .join("/");
+        *kinds.entry(format!("{} {shape}", r.method)).or_insert(0) += 1;
+    }
+    eprintln!("{kinds:?}");
+    assert!(
+        log.len() <= 2000 + customers * 3 + 10,
+        "{} calls for 2000 events ({per_event:.3} per event)",
+        log.len()
+    );
+    assert!(
+        most_in_flight(&log) > 1,
+        "different customers are delivered in parallel"
+    );
+}
+
+/// A spent daily budget parks events until the reset: no more calls, no
+/// retries used up, nothing dead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spent_daily_budget_parks_events_without_using_their_retries() {
+    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
+    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
+        .await
+        .unwrap();
+    let copy = mappings_with_ghl(|t| {
+        with_rate_limit(
+            t,
+            "rate_limit: { requests: 100, per_seconds: 10, daily: 12, per: location }",
+        )
+    });
+    let mappings = copy.path().join("mappings");
+    let s = serve_in(&ghl, &sc, &[], mappings.to_str().unwrap());
+    let bodies: Vec<String> = (0..10).map(|i| scan(i, i)).collect();
+    post_all(&s.base, "stickycards?token=sc-token", bodies, 10).await;
+    let store = Store::open(&s.db).await.unwrap();
+    // Wait until every event is either delivered or parked.
+    let mut counts = Vec::new();
+    for _ in 0..150 {
+        counts = store.counts().await.unwrap();
+        let moving: i64 = counts
+            .iter()
+            .filter(|c| c.state == "received" || c.state == "processing")
+            .map(|c| c.count)
+            .sum();
+        if moving == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let state = |name: &str| -> i64 {
+        counts
+            .iter()
+            .filter(|c| c.state == name)
+            .map(|c| c.count)
+            .sum()
+    };
+    assert_eq!(state("dead"), 0, "{counts:?}");
+    assert!(state("retrying") > 0, "the budget ran out: {counts:?}");
+    assert_eq!(state("retrying") + state("delivered"), 10);
+    assert!(
+        ghl.request_log().len() <= 12,
+        "{} calls",
+        ghl.request_log().len()
+    );
+    let calls_then = ghl.request_log().len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(ghl.request_log().len(), calls_then, "paused: nothing sent");
+    let errors = store.last_errors(10).await.unwrap();
+    assert!(
+        errors.iter().any(|e| e
+            .4
+            .contains("daily request budget of target `ghl` is spent")),
+        "{errors:?}"
+    );
+    // Parked events wait for the next UTC day and have all their attempts left.
+    let parked = sqlx_rows(
+        &s.db,
+        "SELECT attempts, next_attempt_at FROM events WHERE state = 'retrying'",
+    )
+    .await;
+    let tomorrow = (chrono::Utc::now().timestamp() / 86_400 + 1) * 86_400_000;
+    for (attempts, next) in parked {
+        assert_eq!(attempts, 0);
+        assert!(next >= tomorrow - 1_000, "{next} vs {tomorrow}");
+    }
+}
+
+async fn sqlx_rows(db: &str, sql: &'static str) -> Vec<(i64, i64)> {
+    use sqlx::{Connection, Row};
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(db).await.unwrap();
+    sqlx::query(sql)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1)))
+        .collect()
+}
+
+/// Each customer's updates arrive in order and GHL sees them in that order,
+/// while several customers are written at the same time; the mirror ends
+/// with each customer's latest values.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_customers_events_apply_in_order_while_customers_run_in_parallel() {
+    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
+    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
+        .await
+        .unwrap();
+    let s = serve_in(&ghl, &sc, &[], "mappings");
+    // Every GHL call takes a while, so order and parallelism both show.
+    ghl.inject(Fault::Hang(Duration::from_millis(40)), 10_000);
+    let customers = 6;
+    let versions = 8;
+    let mut bodies = Vec::new();
+    for v in 0..versions {
+        for c in 0..customers {
+            bodies.push(format!(
+                r#"{{"event_type":"CustomerCreatedEvent","timestamp":"2025-03-05T10:00:{v:02}Z","customer_id":"ord_{c}","phone_number":"+1 415 555 {:04}","email":"o{c}@example.com","first_name":"v{v}","last_name":"L"}}"#,
+                2000 + c
+            ));
+        }
+    }
+    // Posted one version at a time, so arrival order is version order.
+    for chunk in bodies.chunks(customers) {
+        post_all(
+            &s.base,
+            "stickycards?token=sc-token",
+            chunk.to_vec(),
+            customers,
+        )
+        .await;
+    }
+    let counts = settle_within(&s.db, Duration::from_secs(60)).await;
+    let store = Store::open(&s.db).await.unwrap();
+    assert!(
+        counts.iter().all(|c| c.state == "delivered"),
+        "{counts:?} {:?}",
+        store.last_errors(3).await.unwrap()
+    );
+    let log = ghl.request_log();
+    for c in 0..customers {
+        let contact = ghl.contact_by_email(&format!("o{c}@example.com")).unwrap();
+        assert_eq!(contact.first_name.as_deref(), Some("v7"));
+        let written: Vec<String> = log
+            .iter()
+            .filter(|r| r.method == "PUT" && r.path == format!("/contacts/{}", contact.id))
+            .filter_map(|r| {
+                r.body
+                    .as_ref()?
+                    .get("firstName")?
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect();
+        let expected: Vec<String> = (0..versions).map(|v| format!("v{v}")).collect();
+        assert_eq!(written, expected, "customer {c} in arrival order");
+    }
+    assert!(
+        most_in_flight(&log) > 1,
+        "customers are written in parallel"
+    );
+    let mirror = store
+        .mirror("default", "stickycards", "ord_3")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(mirror.fields["first_name"], "v7");
+    assert_eq!(mirror.fields["email"], "o3@example.com");
+    let links = store
+        .links_of("default", "stickycards", "ord_3")
+        .await
+        .unwrap();
+    let contact = ghl.contact_by_email("o3@example.com").unwrap();
+    assert_eq!(links, vec![("ghl".to_string(), contact.id.clone())]);
+}
+
+/// A call that times out is retried; the retry finds what exists instead of
+/// creating it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timed_out_call_is_retried_without_duplicate_effects() {
+    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
+    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
+        .await
+        .unwrap();
+    let copy = mappings_with_ghl(|t| {
+        t.replace(
+            "error_message: $.message",
+            "error_message: $.message\ntimeout_seconds: 1",
+        )
+    });
+    let mappings = copy.path().join("mappings");
+    let s = serve_in(&ghl, &sc, &[], mappings.to_str().unwrap());
+    // GHL creates the contact, but its answer comes after the timeout: the
+    // retry must find that contact, not create a second one. Then the tag
+    // call is lost the same way; adding a tag twice leaves one.
+    ghl.inject_on(
+        "POST /contacts/",
+        Fault::AnswerLate(Duration::from_secs(3)),
+        1,
+    );
+    let body =
+        std::fs::read_to_string("examples/payloads/stickycards/CardInstalledEvent.json").unwrap();
+    post_all(&s.base, "stickycards?token=sc-token", vec![body], 1).await;
+    let counts = settle_within(&s.db, Duration::from_secs(60)).await;
+    assert!(counts.iter().all(|c| c.state == "delivered"), "{counts:?}");
+    assert_eq!(ghl.contacts().len(), 1, "one contact after the retry");
+    let creates = ghl
+        .request_log()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/contacts/")
+        .count();
+    assert_eq!(
+        creates, 1,
+        "the retry found the contact the lost answer created"
+    );
+    let contact = &ghl.contacts()[0];
+    assert_eq!(
+        contact.tags.iter().filter(|t| *t == "card holder").count(),
+        1
+    );
+    let store = Store::open(&s.db).await.unwrap();
+    let log = store
+        .sync_log(None, Some(contact.id.as_str()))
+        .await
+        .unwrap();
+    assert!(!log.is_empty());
+    let timed_out = sqlx_rows(
+        &s.db,
+        "SELECT attempt, COALESCE(status, 0) FROM sync_log WHERE error LIKE '%timed out%' OR error LIKE '%timeout%'",
+    )
+    .await;
+    assert!(!timed_out.is_empty(), "the timeout is in the sync log");
+}
