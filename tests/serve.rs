@@ -426,4 +426,31 @@ async fn hot_reload_refuses_a_broken_set_and_applies_a_good_one() {
         status_of(scan(3).await.unwrap().json().await.unwrap()),
         "unmapped"
     );
+
+    // Reading the folder (each reload does) and rewriting a file with the
+    // same content are no change: the count of reloads stays where it is.
+    let reloads = || async {
+        let text = http
+            .get(format!("{}/metrics", server.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("mapper_config_reloads_total{result=\"ok\"} "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let settled = reloads().await;
+    let same = std::fs::read(mappings.join("mapper.yaml")).unwrap();
+    std::fs::write(mappings.join("mapper.yaml"), same).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        reloads().await,
+        settled,
+        "nothing changed, nothing reloaded"
+    );
 }
