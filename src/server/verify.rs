@@ -8,6 +8,7 @@ use axum::http::HeaderMap;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{KeyInit, Mac};
+use rsa::signature::Verifier as _;
 
 /// GHL's published Ed25519 key for `x-ghl-signature` (reference ghl-api.md §7.2).
 pub const GHL_ED25519_PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAi2HR1srL4o18O8BRa7gVJY7G7bupbN3H9AwJrHCDiOg=\n-----END PUBLIC KEY-----\n";
@@ -20,6 +21,8 @@ pub struct Verifier {
     spec: VerifySpec,
     secret: Option<Vec<u8>>,
     ed25519: Option<ed25519_dalek::VerifyingKey>,
+    /// GHL's legacy `x-wh-signature` key; none is built in, so absent unless configured.
+    rsa: Option<rsa::pkcs1v15::VerifyingKey<sha2::Sha256>>,
 }
 
 /// Why a webhook was refused; the message says what to fix.
@@ -34,6 +37,7 @@ impl Verifier {
     ) -> Result<Verifier, String> {
         let mut secret = None;
         let mut ed25519 = None;
+        let mut rsa = None;
         match spec.method {
             VerifyMethod::None => {}
             VerifyMethod::Token | VerifyMethod::Hmac | VerifyMethod::StandardWebhooks => {
@@ -62,12 +66,24 @@ impl Verifier {
                         format!("the GHL Ed25519 public key is not a PEM public key: {e}")
                     })?,
                 );
+                if let Some(var) = spec.rsa_public_key_env.as_deref()
+                    && let Some(pem) = env(var).filter(|v| !v.trim().is_empty())
+                {
+                    let key = rsa_public_key(&pem).map_err(|e| {
+                        format!(
+                            "{var} is not an RSA public key in PEM \
+                             (BEGIN PUBLIC KEY or BEGIN RSA PUBLIC KEY): {e}"
+                        )
+                    })?;
+                    rsa = Some(rsa::pkcs1v15::VerifyingKey::new(key));
+                }
             }
         }
         Ok(Verifier {
             spec: spec.clone(),
             secret,
             ed25519,
+            rsa,
         })
     }
 
@@ -176,25 +192,18 @@ impl Verifier {
                 }
             }
             VerifyMethod::Ghl => {
-                let Some(sig) = header(headers, "x-ghl-signature") else {
-                    return Err(Refused(if header(headers, "x-wh-signature").is_some() {
-                        "only the legacy x-wh-signature (RSA) was sent; mapper verifies x-ghl-signature (Ed25519), which GHL sends with every webhook".into()
-                    } else {
-                        "missing x-ghl-signature header".into()
-                    }));
-                };
-                let bytes = B64
-                    .decode(sig.trim())
-                    .map_err(|_| Refused("x-ghl-signature is not base64".into()))?;
-                let signature = ed25519_dalek::Signature::from_slice(&bytes).map_err(|_| {
-                    Refused("x-ghl-signature is not a 64-byte Ed25519 signature".into())
-                })?;
-                let key = self
-                    .ed25519
-                    .as_ref()
-                    .ok_or_else(|| Refused("no GHL public key".into()))?;
-                key.verify_strict(body, &signature)
-                    .map_err(|_| Refused("x-ghl-signature does not match the body".into()))?;
+                // As GHL's SDK: Ed25519 when x-ghl-signature is there, with no
+                // fallback to RSA, else the legacy header would let a forger
+                // bypass the current one.
+                if let Some(sig) = ghl_signature(headers, "x-ghl-signature") {
+                    self.verify_ghl_ed25519(sig, body)?;
+                } else if let Some(sig) = ghl_signature(headers, "x-wh-signature") {
+                    self.verify_ghl_rsa(sig, body)?;
+                } else {
+                    return Err(Refused(
+                        "missing x-ghl-signature header (and no legacy x-wh-signature)".into(),
+                    ));
+                }
                 // A signed but old delivery is a replay.
                 if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
                     && let Some(ts) = v.get("timestamp").and_then(|t| t.as_str())
@@ -212,6 +221,60 @@ impl Verifier {
                 Ok(())
             }
         }
+    }
+
+    fn verify_ghl_ed25519(&self, sig: &str, body: &[u8]) -> Result<(), Refused> {
+        let bytes = B64
+            .decode(sig)
+            .map_err(|_| Refused("x-ghl-signature is not base64".into()))?;
+        let signature = ed25519_dalek::Signature::from_slice(&bytes)
+            .map_err(|_| Refused("x-ghl-signature is not a 64-byte Ed25519 signature".into()))?;
+        let key = self
+            .ed25519
+            .as_ref()
+            .ok_or_else(|| Refused("no GHL public key".into()))?;
+        key.verify_strict(body, &signature)
+            .map_err(|_| Refused("x-ghl-signature does not match the body".into()))
+    }
+
+    fn verify_ghl_rsa(&self, sig: &str, body: &[u8]) -> Result<(), Refused> {
+        let Some(key) = &self.rsa else {
+            let set = match self.spec.rsa_public_key_env.as_deref() {
+                Some(var) => format!("set {var}"),
+                None => "name a variable in the source's `rsa_public_key_env` and set it".into(),
+            };
+            return Err(Refused(format!(
+                "only the legacy x-wh-signature (RSA) was sent and no GHL RSA public key is \
+                 configured: {set} to GHL's published RSA public key (PEM). GHL deprecated \
+                 x-wh-signature in 2026 and signs every webhook with x-ghl-signature"
+            )));
+        };
+        let bytes = B64
+            .decode(sig)
+            .map_err(|_| Refused("x-wh-signature is not base64".into()))?;
+        let signature = rsa::pkcs1v15::Signature::try_from(bytes.as_slice())
+            .map_err(|_| Refused("x-wh-signature is too long for an RSA signature".into()))?;
+        key.verify(body, &signature)
+            .map_err(|_| Refused("x-wh-signature does not match the body".into()))
+    }
+}
+
+/// A GHL signature header; some senders put a literal `N/A` in the header they do not sign with.
+fn ghl_signature<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    header(headers, name)
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && *v != "N/A")
+}
+
+/// GHL documents an SPKI PEM; PKCS#1 is what `openssl rsa -RSAPublicKey_out` gives.
+fn rsa_public_key(pem: &str) -> Result<rsa::PublicKey, String> {
+    use rsa::pkcs1::DecodeRsaPublicKey;
+    use rsa::pkcs8::DecodePublicKey;
+    let pem = pem.trim();
+    if pem.starts_with("-----BEGIN RSA PUBLIC KEY-----") {
+        rsa::PublicKey::from_pkcs1_pem(pem).map_err(|e| e.to_string())
+    } else {
+        rsa::PublicKey::from_public_key_pem(pem).map_err(|e| e.to_string())
     }
 }
 
@@ -420,5 +483,212 @@ mod tests {
         assert!(v.verify(&h, None, br#"{"type":"x"}"#, at, &none).is_err());
         // The built-in key is GHL's published one and parses.
         assert!(Verifier::new(&spec(VerifyMethod::Ghl), &|_| None).is_ok());
+    }
+
+    /// SHA-256 in counter mode: enough entropy-shaped bytes for a throwaway
+    /// test key, and the same key on every run.
+    struct TestRng(u64);
+
+    impl rsa::rand_core::TryRng for TestRng {
+        type Error = std::convert::Infallible;
+        fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+            Ok(self.try_next_u64()? as u32)
+        }
+        fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+            let mut b = [0u8; 8];
+            self.try_fill_bytes(&mut b)?;
+            Ok(u64::from_le_bytes(b))
+        }
+        fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+            use sha2::Digest;
+            for chunk in dst.chunks_mut(32) {
+                self.0 += 1;
+                let block = sha2::Sha256::digest(self.0.to_le_bytes());
+                chunk.copy_from_slice(&block[..chunk.len()]);
+            }
+            Ok(())
+        }
+    }
+
+    impl rsa::rand_core::TryCryptoRng for TestRng {}
+
+    /// Key generation takes seconds in a debug build: once per test binary.
+    fn rsa_keys() -> &'static (rsa::PrivateKey, rsa::PrivateKey) {
+        static KEYS: std::sync::OnceLock<(rsa::PrivateKey, rsa::PrivateKey)> =
+            std::sync::OnceLock::new();
+        KEYS.get_or_init(|| {
+            (
+                rsa::PrivateKey::new(&mut TestRng(1), 2048).unwrap(),
+                rsa::PrivateKey::new(&mut TestRng(1 << 40), 2048).unwrap(),
+            )
+        })
+    }
+
+    fn rsa_sign(key: &rsa::PrivateKey, body: &[u8]) -> String {
+        B64.encode(key.pkcs1v15_sign::<sha2::Sha256>(body).unwrap())
+    }
+
+    fn spki_pem(key: &rsa::PrivateKey) -> String {
+        use rsa::pkcs8::EncodePublicKey;
+        key.to_public_key()
+            .to_public_key_pem(rsa::pkcs8::LineEnding::LF)
+            .unwrap()
+    }
+
+    fn ghl_verifier(rsa_pem: Option<String>) -> Verifier {
+        let mut s = spec(VerifyMethod::Ghl);
+        s.rsa_public_key_env = Some("GHL_WEBHOOK_RSA_PUBLIC_KEY".into());
+        Verifier::new(&s, &move |n: &str| {
+            (n == "GHL_WEBHOOK_RSA_PUBLIC_KEY")
+                .then(|| rsa_pem.clone())
+                .flatten()
+        })
+        .unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    const GHL_BODY: &[u8] = br#"{"type":"ContactCreate","timestamp":"2025-03-05T09:12:44.517Z"}"#;
+
+    fn ghl_now() -> i64 {
+        chrono::DateTime::parse_from_rfc3339("2025-03-05T09:13:00Z")
+            .unwrap()
+            .timestamp()
+    }
+
+    #[test]
+    fn ghl_legacy_rsa_signature() {
+        let (key, other) = rsa_keys();
+        let v = ghl_verifier(Some(spki_pem(key)));
+        let none = |_: &str| None;
+        let sig = rsa_sign(key, GHL_BODY);
+        let h = headers(&[("x-wh-signature", &sig)]);
+        assert_eq!(v.verify(&h, None, GHL_BODY, ghl_now(), &none), Ok(()));
+        let tampered = br#"{"type":"ContactCreate","timestamp":"2025-03-05T09:12:44.518Z"}"#;
+        assert!(
+            v.verify(&h, None, tampered, ghl_now(), &none)
+                .unwrap_err()
+                .0
+                .contains("x-wh-signature does not match")
+        );
+        let forged = headers(&[("x-wh-signature", &rsa_sign(other, GHL_BODY))]);
+        assert!(v.verify(&forged, None, GHL_BODY, ghl_now(), &none).is_err());
+        assert!(
+            v.verify(
+                &headers(&[("x-wh-signature", "@@")]),
+                None,
+                GHL_BODY,
+                ghl_now(),
+                &none
+            )
+            .unwrap_err()
+            .0
+            .contains("not base64")
+        );
+        // The replay window applies to RSA-signed deliveries too.
+        assert!(
+            v.verify(&h, None, GHL_BODY, ghl_now() + 3600, &none)
+                .unwrap_err()
+                .0
+                .contains("old")
+        );
+    }
+
+    #[test]
+    fn ghl_rsa_key_may_be_pkcs1() {
+        use rsa::pkcs1::EncodeRsaPublicKey;
+        let (key, _) = rsa_keys();
+        let pem = key
+            .to_public_key()
+            .to_pkcs1_pem(rsa::pkcs8::LineEnding::LF)
+            .unwrap();
+        assert!(pem.starts_with("-----BEGIN RSA PUBLIC KEY-----"));
+        let v = ghl_verifier(Some(pem));
+        let h = headers(&[("x-wh-signature", &rsa_sign(key, GHL_BODY))]);
+        assert_eq!(v.verify(&h, None, GHL_BODY, ghl_now(), &|_| None), Ok(()));
+    }
+
+    #[test]
+    fn ghl_ed25519_header_present_means_no_rsa_fallback() {
+        let (key, _) = rsa_keys();
+        let v = ghl_verifier(Some(spki_pem(key)));
+        let bad_ed25519 = B64.encode([0u8; 64]);
+        let h = headers(&[
+            ("x-ghl-signature", &bad_ed25519),
+            ("x-wh-signature", &rsa_sign(key, GHL_BODY)),
+        ]);
+        assert!(
+            v.verify(&h, None, GHL_BODY, ghl_now(), &|_| None)
+                .unwrap_err()
+                .0
+                .contains("x-ghl-signature")
+        );
+    }
+
+    #[test]
+    fn ghl_rsa_without_a_configured_key_says_what_to_do() {
+        let (key, _) = rsa_keys();
+        let h = headers(&[("x-wh-signature", &rsa_sign(key, GHL_BODY))]);
+        for v in [
+            ghl_verifier(None),
+            ghl_verifier(Some("  \n".into())),
+            Verifier::new(&spec(VerifyMethod::Ghl), &|_| None).unwrap(),
+        ] {
+            let e = v
+                .verify(&h, None, GHL_BODY, ghl_now(), &|_| None)
+                .unwrap_err()
+                .0;
+            assert!(e.contains("GHL's published RSA public key"), "{e}");
+            assert!(e.contains("x-ghl-signature"), "{e}");
+        }
+        let e = ghl_verifier(None)
+            .verify(&h, None, GHL_BODY, ghl_now(), &|_| None)
+            .unwrap_err()
+            .0;
+        assert!(e.contains("set GHL_WEBHOOK_RSA_PUBLIC_KEY"), "{e}");
+    }
+
+    #[test]
+    fn ghl_na_header_is_absent() {
+        let (key, _) = rsa_keys();
+        let v = ghl_verifier(Some(spki_pem(key)));
+        let none = |_: &str| None;
+        let sig = rsa_sign(key, GHL_BODY);
+        let h = headers(&[("x-ghl-signature", "N/A"), ("x-wh-signature", &sig)]);
+        assert_eq!(v.verify(&h, None, GHL_BODY, ghl_now(), &none), Ok(()));
+        let h = headers(&[("x-ghl-signature", "N/A"), ("x-wh-signature", "N/A")]);
+        assert!(
+            v.verify(&h, None, GHL_BODY, ghl_now(), &none)
+                .unwrap_err()
+                .0
+                .contains("missing x-ghl-signature")
+        );
+        assert!(
+            v.verify(&HeaderMap::new(), None, GHL_BODY, ghl_now(), &none)
+                .unwrap_err()
+                .0
+                .contains("missing x-ghl-signature")
+        );
+    }
+
+    #[test]
+    fn ghl_bad_rsa_pem_names_the_variable() {
+        let mut s = spec(VerifyMethod::Ghl);
+        s.rsa_public_key_env = Some("GHL_WEBHOOK_RSA_PUBLIC_KEY".into());
+        let truncated = "-----BEGIN PUBLIC KEY-----\nMIICIjANBgkqhkiG9w0BAQEFAAOCAg8AMIICCgKCAgEAokvo/r9tVgcfZ5DysOSC\n-----END PUBLIC KEY-----\n";
+        for pem in [truncated, "not a key", GHL_ED25519_PUBLIC_KEY] {
+            let e = Verifier::new(&s, &|n: &str| {
+                (n == "GHL_WEBHOOK_RSA_PUBLIC_KEY").then(|| pem.to_string())
+            })
+            .err()
+            .unwrap();
+            assert!(e.contains("GHL_WEBHOOK_RSA_PUBLIC_KEY"), "{e}");
+        }
     }
 }
