@@ -105,6 +105,25 @@ async fn a_card_installed_webhook_becomes_a_ghl_contact_with_fields_and_tag() {
         metrics.contains("mapper_target_calls_per_event_count 2"),
         "{metrics}"
     );
+
+    // The operator asks by the Sticky Cards id: the link, the mirror and the
+    // attempts made on the linked contact.
+    let out = Command::new(env!("CARGO_BIN_EXE_mapper"))
+        .args(["log", "--database", &s.db, "--customer", "cus_1001"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let contact = &ghl.contacts()[0];
+    assert!(
+        text.contains(&format!(
+            "customer cus_1001 of stickycards: linked to ghl {}",
+            contact.id
+        )),
+        "{text}"
+    );
+    assert!(text.contains("card_status: \"installed\""), "{text}");
+    assert!(text.contains("upsert_contact → ghl [200]"), "{text}");
 }
 
 fn field_value(

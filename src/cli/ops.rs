@@ -116,7 +116,61 @@ pub fn log(database: &str, event: Option<i64>, customer: Option<&str>, format: F
         let Some(store) = super::open_store(database).await else {
             return ExitCode::from(1);
         };
-        match store.sync_log(event, customer).await {
+        // A source customer id also shows the attempts made for its linked records.
+        let views = match customer {
+            Some(id) => store.customer_views(id).await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let mut ids: Vec<&str> = customer.into_iter().collect();
+        for v in &views {
+            for (_, target_id) in &v.links {
+                if !ids.contains(&target_id.as_str()) {
+                    ids.push(target_id);
+                }
+            }
+        }
+        let mut result = Ok(Vec::new());
+        if customer.is_none() {
+            result = store.sync_log(event, None).await;
+        }
+        for id in &ids {
+            match (&mut result, store.sync_log(event, Some(id)).await) {
+                (Ok(all), Ok(more)) => all.extend(more),
+                (_, Err(e)) => result = Err(e),
+                _ => {}
+            }
+        }
+        if let Ok(all) = &mut result {
+            all.sort_by_key(|e| e.event_row);
+        }
+        if format == Format::Text {
+            for v in &views {
+                let links: Vec<String> =
+                    v.links.iter().map(|(t, id)| format!("{t} {id}")).collect();
+                println!(
+                    "customer {} of {}: linked to {}",
+                    v.customer_id,
+                    v.source,
+                    if links.is_empty() {
+                        "nothing yet".to_string()
+                    } else {
+                        links.join(", ")
+                    }
+                );
+                if let Some(m) = &v.mirror {
+                    let activity = m
+                        .last_activity
+                        .and_then(chrono::DateTime::from_timestamp_millis)
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_else(|| "-".into());
+                    println!("  last activity {activity}");
+                    for (name, value) in &m.fields {
+                        println!("  {name}: {value}");
+                    }
+                }
+            }
+        }
+        match result {
             Ok(entries) => {
                 match format {
                     Format::Json => println!(

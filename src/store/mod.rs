@@ -102,6 +102,17 @@ pub struct ClaimedEvent {
     pub occurred_at: Option<i64>,
 }
 
+/// A source customer as the local database knows them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CustomerView {
+    pub connection: String,
+    pub source: String,
+    pub customer_id: String,
+    /// (target, id on the target).
+    pub links: Vec<(String, String)>,
+    pub mirror: Option<MirrorRecord>,
+}
+
 /// The last-known values of one source customer.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct MirrorRecord {
@@ -765,6 +776,65 @@ impl Store {
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
+    }
+
+    /// Everything known locally of a customer id, on whichever side it is:
+    /// the mirrors kept under it and the links to or from it.
+    pub async fn customer_views(&self, id: &str) -> Result<Vec<CustomerView>, StoreError> {
+        let mut views: Vec<CustomerView> = Vec::new();
+        let rows = sqlx::query(
+            "SELECT connection, source, source_id, target, target_id FROM customers \
+             WHERE source_id = $1 OR target_id = $1 ORDER BY connection, source, source_id, target",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        for r in &rows {
+            let (connection, source, source_id): (String, String, String) =
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+            let link = (
+                r.try_get::<String, _>(3)?,
+                r.try_get::<Option<String>, _>(4)?,
+            );
+            let Some(target_id) = link.1 else { continue };
+            match views.iter_mut().find(|v| {
+                v.connection == connection && v.source == source && v.customer_id == source_id
+            }) {
+                Some(v) => v.links.push((link.0, target_id)),
+                None => views.push(CustomerView {
+                    connection,
+                    source,
+                    customer_id: source_id,
+                    links: vec![(link.0, target_id)],
+                    mirror: None,
+                }),
+            }
+        }
+        let mirrored = sqlx::query("SELECT connection, source FROM mirror WHERE customer_id = $1")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        for r in &mirrored {
+            let (connection, source): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+            if !views
+                .iter()
+                .any(|v| v.connection == connection && v.source == source && v.customer_id == id)
+            {
+                views.push(CustomerView {
+                    connection,
+                    source,
+                    customer_id: id.to_string(),
+                    links: Vec::new(),
+                    mirror: None,
+                });
+            }
+        }
+        for v in &mut views {
+            v.mirror = self
+                .mirror(&v.connection, &v.source, &v.customer_id)
+                .await?;
+        }
+        Ok(views)
     }
 
     /// Whether this is the PostgreSQL backend.
