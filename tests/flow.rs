@@ -389,3 +389,111 @@ async fn a_timed_out_call_is_retried_without_duplicate_effects() {
     .await;
     assert!(!timed_out.is_empty(), "the timeout is in the sync log");
 }
+
+/// A tag the engine already added is not sent again; when GHL says the
+/// contact lost it (someone removed it by hand), the next event adds it back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_known_tag_is_not_sent_again_until_ghl_says_it_is_gone() {
+    use base64::Engine;
+    use ed25519_dalek::pkcs8::EncodePublicKey;
+    use ed25519_dalek::{Signer, SigningKey};
+    let signing = SigningKey::from_bytes(&[5u8; 32]);
+    let pem = signing
+        .verifying_key()
+        .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        .unwrap();
+    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
+    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
+        .await
+        .unwrap();
+    let s = serve_in(
+        &ghl,
+        &sc,
+        &[("GHL_WEBHOOK_PUBLIC_KEY", pem.as_str())],
+        "mappings",
+    );
+    let installed = |minute: u32| {
+        let mut v: serde_json::Value = serde_json::from_slice(
+            &std::fs::read("examples/payloads/stickycards/CardInstalledEvent.json").unwrap(),
+        )
+        .unwrap();
+        v["timestamp"] = format!("2025-03-03T14:{minute:02}:45Z").into();
+        v.to_string()
+    };
+    let tag_posts = || {
+        ghl.request_log()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with("/tags"))
+            .count()
+    };
+    post_all(
+        &s.base,
+        "stickycards?token=sc-token",
+        vec![installed(10)],
+        1,
+    )
+    .await;
+    settle_within(&s.db, Duration::from_secs(20)).await;
+    assert_eq!(tag_posts(), 1);
+    post_all(
+        &s.base,
+        "stickycards?token=sc-token",
+        vec![installed(11)],
+        1,
+    )
+    .await;
+    settle_within(&s.db, Duration::from_secs(20)).await;
+    assert_eq!(tag_posts(), 1, "the record says the contact has it");
+    let contact = ghl.contacts()[0].clone();
+    assert!(contact.tags.contains(&"card holder".to_string()));
+
+    // Someone removes the tag in GHL; GHL tells the engine.
+    let removed = reqwest::Client::new()
+        .delete(format!("{}/contacts/{}/tags", ghl.base_url(), contact.id))
+        .bearer_auth(ghl.token())
+        .header("Version", "2021-07-28")
+        .json(&serde_json::json!({"tags": ["card holder"]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(removed.status().is_success());
+    let mut update: serde_json::Value = serde_json::from_slice(
+        &std::fs::read("examples/payloads/ghl/ContactTagUpdate.json").unwrap(),
+    )
+    .unwrap();
+    update["id"] = contact.id.clone().into();
+    update["locationId"] = ghl.location_id().into();
+    update["tags"] = serde_json::json!([]);
+    update["timestamp"] = chrono::Utc::now().to_rfc3339().into();
+    let body = serde_json::to_vec(&update).unwrap();
+    let signature =
+        base64::engine::general_purpose::STANDARD.encode(signing.sign(&body).to_bytes());
+    let status = reqwest::Client::new()
+        .post(format!("{}/webhooks/ghl", s.base))
+        .header("content-type", "application/json")
+        .header("x-ghl-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 202);
+    let counts = settle_within(&s.db, Duration::from_secs(20)).await;
+    assert!(counts.iter().all(|c| c.state == "delivered"), "{counts:?}");
+
+    post_all(
+        &s.base,
+        "stickycards?token=sc-token",
+        vec![installed(12)],
+        1,
+    )
+    .await;
+    settle_within(&s.db, Duration::from_secs(20)).await;
+    assert_eq!(tag_posts(), 2, "added again");
+    assert!(
+        ghl.contact(&contact.id)
+            .unwrap()
+            .tags
+            .contains(&"card holder".to_string())
+    );
+}

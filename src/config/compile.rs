@@ -615,6 +615,32 @@ pub fn compile(loaded: Loaded) -> Compiled {
         }
     }
 
+    for (name, profiles) in &sources {
+        for (_, _, sp) in profiles {
+            if let Some(described) = &sp.spec.describes
+                && !compiled_targets.contains_key(&described.value)
+            {
+                ctx.err(
+                    Code::M009,
+                    &sp.file,
+                    pos_of(described),
+                    format!(
+                        "source `{name}` describes `{}`, which is not a target",
+                        described.value
+                    ),
+                )
+                .hint = Some(format!(
+                    "targets: {}",
+                    compiled_targets
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+    }
+
     let provision: IndexMap<String, IndexMap<String, IndexMap<String, Value>>> = project
         .map(|(_, p)| {
             p.provision
@@ -995,6 +1021,7 @@ fn compile_source(ctx: &mut Ctx, sp: &SourceProfile) -> Option<(prog::Source, Sc
         dedup: dedup.into_iter().flatten().collect(),
         customer: customer.into_iter().flatten().collect(),
         mirror,
+        describes: s.describes.as_ref().map(|d| d.value.clone()),
         time: time.flatten(),
         time_zone: s.event.time_zone.clone(),
         attempt_field: s.event.attempt.clone(),
@@ -1155,6 +1182,7 @@ fn compile_target(ctx: &mut Ctx, tp: &TargetProfile) -> Option<prog::Target> {
                             Some((name.clone(), ctx.selector(file, pos_of(path), &path.value)?))
                         })
                         .collect(),
+                    tracks: op.tracks.clone(),
                 },
             );
         }

@@ -102,6 +102,12 @@ pub struct SourceFile {
     #[serde(default)]
     #[schemars(with = "IndexMap<String, OneOrMany>")]
     pub mirror: IndexMap<String, Spanned<OneOrMany>>,
+    /// The target whose records this source's customers are (GHL's webhooks
+    /// describe GHL contacts): their mirror values also refresh what the
+    /// engine knows of that record, e.g. the tags a person removed by hand.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub describes: Option<Spanned<String>>,
 }
 
 pub fn default_profile() -> Spanned<String> {
@@ -412,6 +418,35 @@ pub struct Operation {
     #[serde(default)]
     #[schemars(with = "IndexMap<String, String>")]
     pub remember: IndexMap<String, Spanned<String>>,
+    /// Keeps a set on the customer's record in step with this operation
+    /// (tags): values already known are not sent again.
+    #[serde(default)]
+    pub tracks: Option<Tracks>,
+}
+
+/// How an operation changes a set kept on the customer's record.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tracks {
+    /// The record field holding the set (`tags`).
+    pub record: String,
+    /// The top-level body field carrying the list this request sends (`tags`).
+    pub list: String,
+    /// `add`: values the record already has are left out of the request, and
+    /// the call is skipped when none is left; on success the rest join the
+    /// set. `remove`: always sent (the record may not know everything the
+    /// target has); on success they leave the set.
+    pub mode: TrackMode,
+    /// Compare without case (GHL lowercases tags).
+    #[serde(default)]
+    pub fold_case: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TrackMode {
+    Add,
+    Remove,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

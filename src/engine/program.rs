@@ -61,6 +61,8 @@ pub struct Source {
     pub customer: Vec<Selector>,
     /// What the mirror keeps: name → selectors, the first that finds a value wins.
     pub mirror: Vec<(String, Vec<Selector>)>,
+    /// The target whose records this source's customers are.
+    pub describes: Option<String>,
     pub time: Option<Selector>,
     pub time_zone: Option<String>,
     pub attempt_field: Option<String>,
@@ -125,6 +127,8 @@ pub struct Operation {
     pub request: Request,
     /// Answer values kept for the customer's record.
     pub remember: Vec<(String, Selector)>,
+    /// A set on the customer's record this operation keeps in step.
+    pub tracks: Option<crate::config::model::Tracks>,
 }
 
 /// One compiled mapping.

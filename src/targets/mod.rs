@@ -6,6 +6,7 @@
 //! a stored link, ids by name from a cached listing, and creation of missing
 //! items from `provision:` — then sends each request and classifies the answer.
 
+use crate::config::model::{TrackMode, Tracks};
 use crate::engine::plan::{FiredMapping, PlanInput, RequestPlan};
 use crate::engine::program::{Program, Target};
 use crate::engine::scope::Scope;
@@ -219,16 +220,27 @@ impl Executor {
         if let Some(key) = &event.customer_key
             && !src.mirror.is_empty()
         {
-            let values = self.program.mirror_values(source, &payload);
+            let mut values = self.program.mirror_values(source, &payload);
             match self
                 .store
                 .update_mirror(connection, source, key, &values, event.occurred_at, row)
                 .await
             {
-                Ok(stale) if !stale.is_empty() => {
-                    tracing::info!(event = row, customer = %key, fields = ?stale, "older than the mirror's values; kept the newer ones");
+                Ok(stale) => {
+                    if !stale.is_empty() {
+                        tracing::info!(event = row, customer = %key, fields = ?stale, "older than the mirror's values; kept the newer ones");
+                    }
+                    values.retain(|name, _| !stale.contains(name));
+                    if let Some(described) = &src.describes
+                        && !values.is_empty()
+                    {
+                        // What the target says its record holds beats what the engine remembers writing.
+                        let _ = self
+                            .store
+                            .remember(connection, described, key, &values)
+                            .await;
+                    }
                 }
-                Ok(_) => {}
                 // The targets have the event; a mirror that lags one event is repaired by the next.
                 Err(e) => {
                     tracing::error!(event = row, error = %e, "cannot update the customer mirror")
@@ -418,15 +430,46 @@ impl Executor {
                     .unwrap_or_default(),
                 None => Value::Null,
             };
-            let request = match self
+            let mut request = match self
                 .resolve(target, &action.request, customer_id.as_deref(), &record)
                 .await
             {
                 Ok(r) => r,
                 Err(outcome) => return outcome,
             };
+            let tracks = target
+                .operations
+                .get(&action.op)
+                .and_then(|o| o.tracks.as_ref())
+                .filter(|_| customer_id.is_some());
+            if let Some(tracks) = tracks
+                && !tracked_request(tracks, &mut request, &record)
+            {
+                let _ = self
+                    .store
+                    .log_attempt(&log(
+                        &action.op,
+                        customer_id.as_deref(),
+                        format!(
+                            "skipped: every value is already in the record's `{}`",
+                            tracks.record
+                        ),
+                        None,
+                        None,
+                    ))
+                    .await;
+                continue;
+            }
             match self.send(target, &request).await {
                 Answer::Ok(answer) => {
+                    if let (Some(tracks), Some(id)) = (tracks, customer_id.as_deref()) {
+                        let set = tracked_set_after(tracks, &request, &record);
+                        let kept = serde_json::Map::from_iter([(tracks.record.clone(), set)]);
+                        let _ = self
+                            .store
+                            .remember(connection, &fired.target, id, &kept)
+                            .await;
+                    }
                     let _ = self
                         .store
                         .log_attempt(&log(
@@ -909,6 +952,67 @@ impl Executor {
             retry_after: Some(until),
         }
     }
+}
+
+fn track_key(v: &Value, fold_case: bool) -> String {
+    let s = scalar(v).unwrap_or_else(|| v.to_string());
+    if fold_case { s.to_lowercase() } else { s }
+}
+
+/// Leaves out of an `add` request the values the record already has; false
+/// when nothing is left to send.
+fn tracked_request(tracks: &Tracks, request: &mut RequestPlan, record: &Value) -> bool {
+    if tracks.mode != TrackMode::Add {
+        return true;
+    }
+    let known: std::collections::HashSet<String> = record
+        .get(&tracks.record)
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .map(|v| track_key(v, tracks.fold_case))
+                .collect()
+        })
+        .unwrap_or_default();
+    match request.body.as_mut().and_then(|b| b.get_mut(&tracks.list)) {
+        Some(Value::Array(items)) => {
+            items.retain(|v| !known.contains(&track_key(v, tracks.fold_case)));
+            !items.is_empty()
+        }
+        _ => true,
+    }
+}
+
+/// The record's set once `request` succeeded.
+fn tracked_set_after(tracks: &Tracks, request: &RequestPlan, record: &Value) -> Value {
+    let mut set: Vec<Value> = record
+        .get(&tracks.record)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let sent: Vec<Value> = request
+        .body
+        .as_ref()
+        .and_then(|b| b.get(&tracks.list))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let key = |v: &Value| track_key(v, tracks.fold_case);
+    match tracks.mode {
+        TrackMode::Add => {
+            for v in sent {
+                if !set.iter().any(|s| key(s) == key(&v)) {
+                    set.push(v);
+                }
+            }
+        }
+        TrackMode::Remove => {
+            let gone: Vec<String> = sent.iter().map(key).collect();
+            set.retain(|s| !gone.contains(&key(s)));
+        }
+    }
+    Value::Array(set)
 }
 
 /// An error with its causes, which say what actually went wrong.
