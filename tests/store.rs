@@ -121,7 +121,7 @@ async fn inbox_on_sqlite_file() {
 /// Events of one customer are claimed one at a time, in order; other
 /// customers' events are claimed beside them. The mirror keeps the newest
 /// value of each field whatever order events are applied in.
-async fn ordering_and_mirror(store: Store) {
+async fn ordering_and_mirror(store: Store, url: &str) {
     let for_customer = |key: &str, customer: Option<&str>| {
         let mut e = event(key);
         e.customer_key = customer.map(str::to_string);
@@ -191,6 +191,22 @@ async fn ordering_and_mirror(store: Store) {
     assert_eq!(last.len(), 1);
     assert_eq!(last[0].id, ids[4]);
     assert_eq!(last[0].customer_key.as_deref(), Some("A"));
+    assert!(
+        store.claim_due(10).await.unwrap().is_empty(),
+        "a claim is held for its lease"
+    );
+    // The process holding it dies; once the lease is over, the event is claimed again.
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE events SET next_attempt_at = 0 WHERE id = {}",
+        ids[4]
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let again = store.claim_due(10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id, again[0].attempts), (ids[4], 2));
 
     let values = |pairs: &[(&str, serde_json::Value)]| {
         pairs
@@ -243,11 +259,12 @@ async fn ordering_and_mirror(store: Store) {
 async fn ordering_and_mirror_on_sqlite_file() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("order.db").display());
-    ordering_and_mirror(Store::open(&url).await.unwrap()).await;
+    ordering_and_mirror(Store::open(&url).await.unwrap(), &url).await;
 }
 
-/// A fresh PostgreSQL database for one test, dropped by the returned guard's caller.
-async fn fresh_postgres(suffix: &str) -> Option<(Store, String, sqlx::AnyConnection)> {
+/// A fresh PostgreSQL database for one test (its store, name, URL and an
+/// admin connection to drop it with).
+async fn fresh_postgres(suffix: &str) -> Option<(Store, String, String, sqlx::AnyConnection)> {
     let Ok(admin_url) = std::env::var("MAPPER_TEST_POSTGRES_URL") else {
         eprintln!("MAPPER_TEST_POSTGRES_URL is not set: skipping the PostgreSQL run");
         return None;
@@ -269,9 +286,10 @@ async fn fresh_postgres(suffix: &str) -> Option<(Store, String, sqlx::AnyConnect
         .rsplit_once('/')
         .map(|(b, _)| b)
         .unwrap_or(&admin_url);
-    let store = Store::open(&format!("{base}/{name}")).await.unwrap();
+    let url = format!("{base}/{name}");
+    let store = Store::open(&url).await.unwrap();
     assert!(store.is_postgres());
-    Some((store, name, admin))
+    Some((store, name, url, admin))
 }
 
 async fn drop_postgres(name: String, mut admin: sqlx::AnyConnection) {
@@ -285,7 +303,7 @@ async fn drop_postgres(name: String, mut admin: sqlx::AnyConnection) {
 
 #[tokio::test]
 async fn inbox_on_postgres() {
-    let Some((store, name, admin)) = fresh_postgres("inbox").await else {
+    let Some((store, name, _, admin)) = fresh_postgres("inbox").await else {
         return;
     };
     exercise(store).await;
@@ -294,10 +312,10 @@ async fn inbox_on_postgres() {
 
 #[tokio::test]
 async fn ordering_and_mirror_on_postgres() {
-    let Some((store, name, admin)) = fresh_postgres("order").await else {
+    let Some((store, name, url, admin)) = fresh_postgres("order").await else {
         return;
     };
-    ordering_and_mirror(store).await;
+    ordering_and_mirror(store, &url).await;
     drop_postgres(name, admin).await;
 }
 

@@ -113,6 +113,11 @@ pub struct CustomerView {
     pub mirror: Option<MirrorRecord>,
 }
 
+/// How long a claimed event is a worker's before another may take it (its
+/// process presumably died). Far longer than any delivery: rate-limit waits
+/// are seconds, and a spent daily budget parks the event instead of waiting.
+pub const CLAIM_LEASE_MS: i64 = 10 * 60 * 1000;
+
 /// The last-known values of one source customer.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct MirrorRecord {
@@ -416,18 +421,22 @@ impl Store {
             Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
             Dialect::Sqlite => "",
         };
+        // A claim is a lease: `next_attempt_at` becomes its end, and an event
+        // still `processing` after it (its process died) is claimed again.
         let sql = format!(
-            "UPDATE events SET state = 'processing', attempts = attempts + 1 WHERE id IN \
-             (SELECT e.id FROM events e WHERE e.state IN ('received', 'retrying') AND e.next_attempt_at <= $1 \
+            "UPDATE events SET state = 'processing', attempts = attempts + 1, next_attempt_at = $3 WHERE id IN \
+             (SELECT e.id FROM events e WHERE e.state IN ('received', 'retrying', 'processing') AND e.next_attempt_at <= $1 \
              AND (e.customer_key IS NULL OR NOT EXISTS (SELECT 1 FROM events p WHERE p.connection = e.connection \
              AND p.source = e.source AND p.customer_key = e.customer_key AND p.id < e.id \
              AND p.state IN ('received', 'retrying', 'processing'))) \
              ORDER BY e.id LIMIT $2{lock}) \
              RETURNING id, connection, source, event_type, body, attempts, customer_key, occurred_at"
         );
+        let now = now_ms();
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(now_ms())
+            .bind(now)
             .bind(limit)
+            .bind(now + CLAIM_LEASE_MS)
             .fetch_all(&self.pool)
             .await?;
         let mut out: Vec<ClaimedEvent> = rows
@@ -449,11 +458,22 @@ impl Store {
         Ok(out)
     }
 
-    /// Events left `processing` by a process that stopped are due again.
+    /// Events left `processing` by a process that stopped are due again. On
+    /// SQLite (one process) that is every such event, at once; on PostgreSQL
+    /// other replicas may be working on theirs, so only expired leases count,
+    /// and `claim_due` takes those anyway.
     pub async fn recover_processing(&self) -> Result<u64, StoreError> {
-        let r = sqlx::query("UPDATE events SET state = 'received' WHERE state = 'processing'")
-            .execute(&self.pool)
-            .await?;
+        let sql = match self.dialect {
+            Dialect::Sqlite => "UPDATE events SET state = 'received' WHERE state = 'processing'",
+            Dialect::Postgres => {
+                "UPDATE events SET state = 'received' WHERE state = 'processing' AND next_attempt_at <= $1"
+            }
+        };
+        let mut query = sqlx::query(sql);
+        if self.dialect == Dialect::Postgres {
+            query = query.bind(now_ms());
+        }
+        let r = query.execute(&self.pool).await?;
         Ok(r.rows_affected())
     }
 
