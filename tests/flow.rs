@@ -394,14 +394,7 @@ async fn a_timed_out_call_is_retried_without_duplicate_effects() {
 /// contact lost it (someone removed it by hand), the next event adds it back.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_known_tag_is_not_sent_again_until_ghl_says_it_is_gone() {
-    use base64::Engine;
-    use ed25519_dalek::pkcs8::EncodePublicKey;
-    use ed25519_dalek::{Signer, SigningKey};
-    let signing = SigningKey::from_bytes(&[5u8; 32]);
-    let pem = signing
-        .verifying_key()
-        .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
-        .unwrap();
+    let signer = GhlSigner::new(5);
     let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
     let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
         .await
@@ -409,7 +402,7 @@ async fn a_known_tag_is_not_sent_again_until_ghl_says_it_is_gone() {
     let s = serve_in(
         &ghl,
         &sc,
-        &[("GHL_WEBHOOK_PUBLIC_KEY", pem.as_str())],
+        &[("GHL_WEBHOOK_PUBLIC_KEY", signer.pem.as_str())],
         "mappings",
     );
     let installed = |minute: u32| {
@@ -465,18 +458,7 @@ async fn a_known_tag_is_not_sent_again_until_ghl_says_it_is_gone() {
     update["locationId"] = ghl.location_id().into();
     update["tags"] = serde_json::json!([]);
     update["timestamp"] = chrono::Utc::now().to_rfc3339().into();
-    let body = serde_json::to_vec(&update).unwrap();
-    let signature =
-        base64::engine::general_purpose::STANDARD.encode(signing.sign(&body).to_bytes());
-    let status = reqwest::Client::new()
-        .post(format!("{}/webhooks/ghl", s.base))
-        .header("content-type", "application/json")
-        .header("x-ghl-signature", signature)
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let status = signer.post(&s.base, &update).await;
     assert_eq!(status, 202);
     let counts = settle_within(&s.db, Duration::from_secs(20)).await;
     assert!(counts.iter().all(|c| c.state == "delivered"), "{counts:?}");
@@ -495,5 +477,132 @@ async fn a_known_tag_is_not_sent_again_until_ghl_says_it_is_gone() {
             .unwrap()
             .tags
             .contains(&"card holder".to_string())
+    );
+}
+
+/// Signs GHL webhooks with a test key that `serve` is told to trust.
+struct GhlSigner {
+    key: ed25519_dalek::SigningKey,
+    pem: String,
+}
+
+impl GhlSigner {
+    fn new(seed: u8) -> GhlSigner {
+        use ed25519_dalek::pkcs8::EncodePublicKey;
+        let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        let pem = key
+            .verifying_key()
+            .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .unwrap();
+        GhlSigner { key, pem }
+    }
+
+    async fn post(&self, base: &str, payload: &serde_json::Value) -> u16 {
+        use base64::Engine;
+        use ed25519_dalek::Signer;
+        let body = serde_json::to_vec(payload).unwrap();
+        let signature =
+            base64::engine::general_purpose::STANDARD.encode(self.key.sign(&body).to_bytes());
+        reqwest::Client::new()
+            .post(format!("{base}/webhooks/ghl"))
+            .header("content-type", "application/json")
+            .header("x-ghl-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    }
+}
+
+/// `bonus_points` going from 10 to 25 in GHL adds 10, then 15 points to the
+/// card: the change is computed against the mirror of the GHL contact, which
+/// reads the custom field by key although GHL sends it by id. A contact
+/// update that changes no field a mapping cares about calls nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn bonus_points_changes_add_their_difference_to_the_card() {
+    let signer = GhlSigner::new(7);
+    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
+    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
+        .await
+        .unwrap();
+    // The location already has the field (a person made it in GHL).
+    let created: serde_json::Value = reqwest::Client::new()
+        .post(format!(
+            "{}/locations/{}/customFields",
+            ghl.base_url(),
+            ghl.location_id()
+        ))
+        .bearer_auth(ghl.token())
+        .header("Version", "2021-07-28")
+        .json(&serde_json::json!({"name": "Bonus Points", "dataType": "NUMERICAL", "model": "contact"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let field_id = created["customField"]["id"].as_str().unwrap().to_string();
+    let s = serve_in(
+        &ghl,
+        &sc,
+        &[("GHL_WEBHOOK_PUBLIC_KEY", signer.pem.as_str())],
+        "mappings",
+    );
+
+    let mut contact: serde_json::Value =
+        serde_json::from_slice(&std::fs::read("examples/payloads/ghl/ContactCreate.json").unwrap())
+            .unwrap();
+    contact["locationId"] = ghl.location_id().into();
+    contact["customFields"] = serde_json::json!([]);
+    let send = |kind: &str, n: u32, fields: serde_json::Value| {
+        let mut v = contact.clone();
+        v["type"] = kind.into();
+        v["webhookId"] = format!("wh-{kind}-{n}").into();
+        v["timestamp"] = chrono::Utc::now().to_rfc3339().into();
+        v["customFields"] = fields;
+        v
+    };
+    assert_eq!(
+        signer
+            .post(&s.base, &send("ContactCreate", 0, serde_json::json!([])))
+            .await,
+        202
+    );
+    settle_within(&s.db, Duration::from_secs(20)).await;
+    let cards = sc.cards();
+    assert_eq!(cards.len(), 1, "the new customer got a card");
+    let start = cards[0].balance;
+
+    let points = |n: i64| serde_json::json!([{ "id": field_id, "value": n }]);
+    for (n, value) in [(1u32, 10i64), (2, 25)] {
+        assert_eq!(
+            signer
+                .post(&s.base, &send("ContactUpdate", n, points(value)))
+                .await,
+            202
+        );
+        let counts = settle_within(&s.db, Duration::from_secs(20)).await;
+        assert!(counts.iter().all(|c| c.state == "delivered"), "{counts:?}");
+        assert_eq!(
+            sc.cards()[0].balance,
+            start + value,
+            "after bonus_points = {value}"
+        );
+    }
+    // The same value again (an update of another field): no balance call.
+    let before = sc.request_log().len();
+    assert_eq!(
+        signer
+            .post(&s.base, &send("ContactUpdate", 3, points(25)))
+            .await,
+        202
+    );
+    settle_within(&s.db, Duration::from_secs(20)).await;
+    assert_eq!(sc.cards()[0].balance, start + 25);
+    assert_eq!(
+        sc.request_log().len(),
+        before,
+        "nothing changed that a mapping syncs"
     );
 }

@@ -976,6 +976,15 @@ fn compile_source(ctx: &mut Ctx, sp: &SourceProfile) -> Option<(prog::Source, Sc
     }
     let mut mirror = Vec::new();
     for (name, paths) in &s.mirror {
+        if let model::OneOrMany::One(text) = &paths.value
+            && text.contains("{{")
+        {
+            let scope = Scope::new(&["payload", "known", "vars"]);
+            if let Some(tpl) = ctx.tpl(file, pos_of(paths), text, &scope) {
+                mirror.push((name.clone(), prog::MirrorValue::Template(tpl)));
+            }
+            continue;
+        }
         let mut sels = Vec::new();
         for p in paths.value.to_vec() {
             match p.strip_prefix('@') {
@@ -998,7 +1007,7 @@ fn compile_source(ctx: &mut Ctx, sp: &SourceProfile) -> Option<(prog::Source, Sc
                 None => sels.extend(ctx.selector(file, pos_of(paths), &p)),
             }
         }
-        mirror.push((name.clone(), sels));
+        mirror.push((name.clone(), prog::MirrorValue::Paths(sels)));
     }
     if !s.mirror.is_empty() && s.event.customer.is_none() {
         ctx.err(

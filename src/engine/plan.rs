@@ -174,15 +174,37 @@ fn scalar_string(v: &Value) -> Option<String> {
 }
 
 impl Program {
-    /// The values an event gives the customer's mirror (`mirror:` of its source).
-    pub fn mirror_values(&self, source: &str, payload: &Value) -> Map<String, Value> {
+    /// The values an event gives the customer's mirror (`mirror:` of its
+    /// source). `known` holds the lookup ids, as in `PlanInput`.
+    pub fn mirror_values(
+        &self,
+        source: &str,
+        payload: &Value,
+        known: &Value,
+    ) -> Map<String, Value> {
         let Some(src) = self.sources.get(source) else {
             return Map::new();
         };
+        let mut scope = Scope::new();
+        scope.set("payload", payload);
+        scope.set("known", known);
+        scope.set("vars", &self.vars);
         src.mirror
             .iter()
-            .filter_map(|(name, paths)| {
-                let v = paths.iter().find_map(|p| p.select(payload))?;
+            .filter_map(|(name, how)| {
+                let v = match how {
+                    super::program::MirrorValue::Paths(paths) => {
+                        paths.iter().find_map(|p| p.select(payload))?
+                    }
+                    super::program::MirrorValue::Template(tpl) => {
+                        let v = self.templates.eval_scope(tpl, &scope).ok()?;
+                        // An id not listed yet, or nothing found: no value, not an empty one.
+                        match &v {
+                            Value::String(s) if s.is_empty() || s.contains("${") => return None,
+                            _ => v,
+                        }
+                    }
+                };
                 (!v.is_null()).then(|| (name.clone(), v))
             })
             .collect()

@@ -59,8 +59,8 @@ pub struct Source {
     pub dedup: Vec<Selector>,
     /// The customer id, which orders delivery and keys the mirror.
     pub customer: Vec<Selector>,
-    /// What the mirror keeps: name → selectors, the first that finds a value wins.
-    pub mirror: Vec<(String, Vec<Selector>)>,
+    /// What the mirror keeps, by name.
+    pub mirror: Vec<(String, MirrorValue)>,
     /// The target whose records this source's customers are.
     pub describes: Option<String>,
     pub time: Option<Selector>,
@@ -69,6 +69,16 @@ pub struct Source {
     pub verify: VerifySpec,
     /// Events that have a payload schema.
     pub events: Vec<String>,
+}
+
+/// How a mirror value is read from a payload.
+#[derive(Debug)]
+pub enum MirrorValue {
+    /// Selectors; the first that finds a value wins.
+    Paths(Vec<Selector>),
+    /// A template over `payload`, `known` (ids of lookups) and `vars`: a
+    /// custom field GHL sends by id, read by its key.
+    Template(StrTpl),
 }
 
 /// The active profile of a target.

@@ -196,6 +196,7 @@ impl Executor {
             }
             _ => None,
         };
+        let known_for_mirror = known.clone();
         let input = PlanInput {
             env: self.env.clone(),
             mask_secrets: false,
@@ -220,7 +221,9 @@ impl Executor {
         if let Some(key) = &event.customer_key
             && !src.mirror.is_empty()
         {
-            let mut values = self.program.mirror_values(source, &payload);
+            let mut values = self
+                .program
+                .mirror_values(source, &payload, &known_for_mirror);
             match self
                 .store
                 .update_mirror(connection, source, key, &values, event.occurred_at, row)
