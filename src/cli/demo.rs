@@ -250,7 +250,11 @@ fn print_ghl(ghl: &GhlSandbox) {
         .into_iter()
         .map(|f| (f.id, f.field_key.trim_start_matches("contact.").to_string()))
         .collect();
-    let contacts = ghl.contacts();
+    let mut contacts = ghl.contacts();
+    // Workers deliver different customers in parallel: creation order varies from run to run.
+    contacts.sort_by(|a, b| {
+        (&a.first_name, &a.last_name, &a.email).cmp(&(&b.first_name, &b.last_name, &b.email))
+    });
     println!(
         "\nGHL location {}: {} contacts",
         ghl.location_id(),

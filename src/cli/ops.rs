@@ -17,7 +17,15 @@ pub fn status(database: &str, format: Format) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        let states = ["received", "retrying", "delivered", "dead", "unmapped"];
+        let states = [
+            "received",
+            "retrying",
+            "delivered",
+            "echo",
+            "stale",
+            "dead",
+            "unmapped",
+        ];
         let total = |state: &str| {
             counts
                 .iter()

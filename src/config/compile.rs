@@ -1192,6 +1192,21 @@ fn compile_target(ctx: &mut Ctx, tp: &TargetProfile) -> Option<prog::Target> {
                         })
                         .collect(),
                     tracks: op.tracks.clone(),
+                    reflects: op
+                        .reflects
+                        .iter()
+                        .filter_map(|(name, text)| {
+                            let scope = Scope {
+                                roots: vec!["params".into(), "answer".into(), "mirror".into()],
+                                env: None,
+                                params: Some(&op.params),
+                            };
+                            Some((
+                                name.clone(),
+                                ctx.tpl(file, pos_of(text), &text.value, &scope)?,
+                            ))
+                        })
+                        .collect(),
                 },
             );
         }
@@ -1246,10 +1261,22 @@ fn compile_create(
         .duplicate_id
         .as_ref()
         .map(|d| ctx.selector(file, pos_of(d), &d.value));
+    let reflect_scope = Scope::new(&["keys", "answer", "mirror"]);
+    let reflects = cr
+        .reflects
+        .iter()
+        .filter_map(|(name, text)| {
+            Some((
+                name.clone(),
+                ctx.tpl(file, pos_of(text), &text.value, &reflect_scope)?,
+            ))
+        })
+        .collect();
     Some(prog::Create {
         request: request?,
         id: id?,
         duplicate_id: dup.flatten(),
+        reflects,
     })
 }
 

@@ -375,6 +375,10 @@ pub struct CreateSpec {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub duplicate_id: Option<Spanned<String>>,
+    /// As an operation's `reflects:`, over `keys` (the match keys), `answer` and `mirror`.
+    #[serde(default)]
+    #[schemars(with = "IndexMap<String, String>")]
+    pub reflects: IndexMap<String, Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -422,6 +426,13 @@ pub struct Operation {
     /// (tags): values already known are not sent again.
     #[serde(default)]
     pub tracks: Option<Tracks>,
+    /// What the record holds after a successful call, in the mirror names of
+    /// the sources that `describes:` this target (templates over `params`,
+    /// `answer` and `mirror`, the current mirror). The webhook the call
+    /// causes then brings nothing new, and is recorded as an echo.
+    #[serde(default)]
+    #[schemars(with = "IndexMap<String, String>")]
+    pub reflects: IndexMap<String, Spanned<String>>,
 }
 
 /// How an operation changes a set kept on the customer's record.

@@ -118,6 +118,9 @@ pub struct MatchKey {
 #[derive(Debug, Clone, Serialize)]
 pub struct ActionPlan {
     pub op: String,
+    /// The evaluated parameters (read by the target's `reflects:` after the call).
+    #[serde(skip)]
+    pub params: Value,
     /// Run only when this event created the customer on the target.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub only_if_created: bool,
@@ -476,6 +479,7 @@ impl Program {
             let request = raw_request(t, target, &params, env)?;
             return Ok(Ok(ActionPlan {
                 op: a.op.clone(),
+                params: params.clone(),
                 only_if_created: a.only_if_created,
                 request,
                 omitted,
@@ -505,6 +509,7 @@ impl Program {
         let request = self.render_request(target, &op.request, &req_scope)?;
         Ok(Ok(ActionPlan {
             op: a.op.clone(),
+            params: params.clone(),
             only_if_created: a.only_if_created,
             request,
             omitted,

@@ -119,6 +119,8 @@ pub struct Create {
     pub request: Request,
     pub id: Selector,
     pub duplicate_id: Option<Selector>,
+    /// What a successful create makes the record hold, by mirror name.
+    pub reflects: Vec<(String, StrTpl)>,
 }
 
 #[derive(Debug)]
@@ -139,6 +141,8 @@ pub struct Operation {
     pub remember: Vec<(String, Selector)>,
     /// A set on the customer's record this operation keeps in step.
     pub tracks: Option<crate::config::model::Tracks>,
+    /// What a successful call makes the record hold, by mirror name.
+    pub reflects: Vec<(String, StrTpl)>,
 }
 
 /// One compiled mapping.

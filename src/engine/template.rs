@@ -813,3 +813,41 @@ mod tests {
         assert_eq!(ts.eval(&l.tpl, &known).unwrap(), Value::from("cf_9"));
     }
 }
+
+#[cfg(test)]
+mod set_templates {
+    use super::*;
+    use crate::engine::scope::Scope;
+    use serde_json::json;
+
+    /// The set arithmetic target profiles' `reflects:` use for tags.
+    #[test]
+    fn tag_sets_add_and_remove() {
+        let mut b = TemplateBuilder::default();
+        let add = b
+            .add("{{ ((mirror.tags | default([])) + params.tags) | unique | list }}")
+            .unwrap();
+        let remove = b
+            .add("{{ (mirror.tags | default([])) | reject('in', params.tags) | list }}")
+            .unwrap();
+        let ts = b.finish().unwrap();
+        let mirror = json!({"tags": ["vip"]});
+        let params = json!({"tags": ["card holder", "vip"]});
+        let mut scope = Scope::new();
+        scope.set("mirror", &mirror);
+        scope.set("params", &params);
+        assert_eq!(
+            ts.eval_scope(&add.tpl, &scope).unwrap(),
+            json!(["vip", "card holder"])
+        );
+        assert_eq!(ts.eval_scope(&remove.tpl, &scope).unwrap(), json!([]));
+        let empty = json!({});
+        let mut fresh = Scope::new();
+        fresh.set("mirror", &empty);
+        fresh.set("params", &params);
+        assert_eq!(
+            ts.eval_scope(&add.tpl, &fresh).unwrap(),
+            json!(["card holder", "vip"])
+        );
+    }
+}

@@ -254,7 +254,12 @@ async fn receive(
         event_id: event.id.clone(),
         dedup_key: event.dedup_key.clone(),
         occurred_at,
-        customer_key: event.customer.clone(),
+        // Sources that describe the same records (GHL's contact webhooks and
+        // its workflow webhooks) share one delivery order per customer.
+        customer_key: event.customer.as_ref().map(|id| {
+            let scope = source.describes.as_deref().unwrap_or(&source_name);
+            format!("{scope}:{id}")
+        }),
         headers: serde_json::Value::Object(kept_headers),
         body: body.to_vec(),
         state: if mapped {

@@ -28,6 +28,10 @@ pub enum EventState {
     /// Failed transiently; will be tried again.
     Retrying,
     Delivered,
+    /// Brought back only what the engine itself had just written: not synced again.
+    Echo,
+    /// Carried only values older than those already applied: not synced.
+    Stale,
     /// Gave up after the last attempt, or failed permanently.
     Dead,
 }
@@ -39,6 +43,8 @@ impl EventState {
             EventState::Unmapped => "unmapped",
             EventState::Retrying => "retrying",
             EventState::Delivered => "delivered",
+            EventState::Echo => "echo",
+            EventState::Stale => "stale",
             EventState::Dead => "dead",
         }
     }
@@ -127,6 +133,8 @@ pub struct MirrorRecord {
     pub field_times: serde_json::Map<String, serde_json::Value>,
     pub last_activity: Option<i64>,
     pub updated_at: i64,
+    /// When the engine last wrote these values to the record itself.
+    pub written_at: Option<i64>,
 }
 
 /// One attempt of one action, as seed 000's `SyncLog` describes it.
@@ -427,7 +435,7 @@ impl Store {
             "UPDATE events SET state = 'processing', attempts = attempts + 1, next_attempt_at = $3 WHERE id IN \
              (SELECT e.id FROM events e WHERE e.state IN ('received', 'retrying', 'processing') AND e.next_attempt_at <= $1 \
              AND (e.customer_key IS NULL OR NOT EXISTS (SELECT 1 FROM events p WHERE p.connection = e.connection \
-             AND p.source = e.source AND p.customer_key = e.customer_key AND p.id < e.id \
+             AND p.customer_key = e.customer_key AND p.id < e.id \
              AND p.state IN ('received', 'retrying', 'processing'))) \
              ORDER BY e.id LIMIT $2{lock}) \
              RETURNING id, connection, source, event_type, body, attempts, customer_key, occurred_at"
@@ -702,7 +710,7 @@ impl Store {
         customer_id: &str,
     ) -> Result<Option<MirrorRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT fields, field_times, last_activity, updated_at FROM mirror \
+            "SELECT fields, field_times, last_activity, updated_at, written_at FROM mirror \
              WHERE connection = $1 AND source = $2 AND customer_id = $3",
         )
         .bind(connection)
@@ -720,6 +728,7 @@ impl Store {
             field_times: object(row.try_get(1)?),
             last_activity: row.try_get(2)?,
             updated_at: row.try_get(3)?,
+            written_at: row.try_get(4)?,
         }))
     }
 
@@ -774,6 +783,43 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(stale)
+    }
+
+    /// Records what the engine just wrote to a record that `source`'s
+    /// webhooks describe, as if the source had said it: the webhook the
+    /// write causes then changes nothing.
+    pub async fn reflect(
+        &self,
+        connection: &str,
+        source: &str,
+        customer_id: &str,
+        values: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut record = self
+            .mirror(connection, source, customer_id)
+            .await?
+            .unwrap_or_default();
+        for (name, value) in values {
+            record.fields.insert(name.clone(), value.clone());
+            record.field_times.insert(name.clone(), now.into());
+        }
+        sqlx::query(
+            "INSERT INTO mirror (connection, source, customer_id, fields, field_times, last_activity, updated_at, written_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+             ON CONFLICT (connection, source, customer_id) DO UPDATE SET fields = $4, field_times = $5, \
+             updated_at = $7, written_at = $7",
+        )
+        .bind(connection)
+        .bind(source)
+        .bind(customer_id)
+        .bind(serde_json::Value::Object(record.fields).to_string())
+        .bind(serde_json::Value::Object(record.field_times).to_string())
+        .bind(record.last_activity)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// The target records a source customer is linked to: (target, target id).
@@ -875,6 +921,10 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
         Dialect::Sqlite => include_str!("../../migrations/sqlite/0003_order_mirror.sql"),
         Dialect::Postgres => include_str!("../../migrations/postgres/0003_order_mirror.sql"),
     };
+    let echo = match dialect {
+        Dialect::Sqlite => include_str!("../../migrations/sqlite/0004_echo.sql"),
+        Dialect::Postgres => include_str!("../../migrations/postgres/0004_echo.sql"),
+    };
     let records = match dialect {
         Dialect::Sqlite => include_str!("../../migrations/sqlite/0002_records.sql"),
         Dialect::Postgres => include_str!("../../migrations/postgres/0002_records.sql"),
@@ -899,6 +949,13 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
             "order_mirror".into(),
             MigrationType::Simple,
             order_mirror.into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            4,
+            "echo".into(),
+            MigrationType::Simple,
+            echo.into_sql_str(),
             false,
         ),
     ])

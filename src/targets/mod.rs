@@ -52,6 +52,104 @@ pub enum Outcome {
         error: String,
         until: Duration,
     },
+    /// Nothing to sync: the webhook is the echo of the engine's own write,
+    /// or only carries values older than those already applied.
+    Suppressed {
+        kind: Suppression,
+        note: String,
+    },
+}
+
+/// Why a webhook was not synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suppression {
+    Echo,
+    Stale,
+}
+
+/// A webhook that brings back what the engine wrote within this long is its echo.
+const ECHO_WINDOW_MS: i64 = 10 * 60 * 1000;
+
+/// What an event changes in a customer's mirror.
+#[derive(Debug, Default, PartialEq)]
+struct Change {
+    /// Changed values the event is the newest word on.
+    fresh: Vec<String>,
+    /// Changed values a later event has already set.
+    stale: Vec<String>,
+}
+
+impl Change {
+    fn between(
+        record: &crate::store::MirrorRecord,
+        values: &serde_json::Map<String, Value>,
+        occurred_at: Option<i64>,
+    ) -> Change {
+        let mut change = Change::default();
+        for (name, value) in values {
+            if same_value(record.fields.get(name), Some(value)) {
+                continue;
+            }
+            let newer_applied = match (occurred_at, record.field_times.get(name)) {
+                (Some(at), Some(applied)) => applied.as_i64().is_some_and(|t| t > at),
+                _ => false,
+            };
+            if newer_applied {
+                change.stale.push(name.clone());
+            } else {
+                change.fresh.push(name.clone());
+            }
+        }
+        change
+    }
+}
+
+/// Equal for the purpose of sync: case, surrounding blanks, number spelling
+/// ("10" and 10.0) and list order do not count, and a missing value equals an
+/// empty one.
+fn same_value(a: Option<&Value>, b: Option<&Value>) -> bool {
+    fn empty(v: Option<&Value>) -> bool {
+        match v {
+            None | Some(Value::Null) => true,
+            Some(Value::String(s)) => s.trim().is_empty(),
+            Some(Value::Array(a)) => a.is_empty(),
+            Some(Value::Object(o)) => o.is_empty(),
+            _ => false,
+        }
+    }
+    fn norm(v: &Value) -> String {
+        match v {
+            Value::String(s) => {
+                let t = s.trim();
+                match t.parse::<f64>() {
+                    Ok(n)
+                        if !t.is_empty()
+                            && t.chars()
+                                .all(|c| c.is_ascii_digit() || c == '.' || c == '-') =>
+                    {
+                        n.to_string()
+                    }
+                    _ => t.to_lowercase(),
+                }
+            }
+            Value::Number(n) => n.as_f64().map(|f| f.to_string()).unwrap_or_default(),
+            other => other.to_string(),
+        }
+    }
+    if empty(a) && empty(b) {
+        return true;
+    }
+    match (a, b) {
+        (Some(Value::Array(x)), Some(Value::Array(y))) => {
+            let mut x: Vec<String> = x.iter().map(norm).collect();
+            let mut y: Vec<String> = y.iter().map(norm).collect();
+            x.sort();
+            y.sort();
+            x == y
+        }
+        (Some(x), Some(y)) => norm(x) == norm(y),
+        _ => false,
+    }
 }
 
 /// The answer of one call.
@@ -182,10 +280,15 @@ impl Executor {
         };
         self.preload_lookups().await;
         let known = self.known_ids().await;
-        let previous = match &event.customer_key {
+        // The stored key is "<scope>:<id>" (see the server); the mirror is kept by id.
+        let customer_id = event
+            .customer_key
+            .as_deref()
+            .map(|k| k.split_once(':').map_or(k, |(_, id)| id).to_string());
+        let mirror = match &customer_id {
             Some(key) if !src.mirror.is_empty() => {
                 match self.store.mirror(connection, source, key).await {
-                    Ok(record) => record.map(|r| Value::Object(r.fields)),
+                    Ok(record) => record,
                     Err(e) => {
                         return Outcome::Transient {
                             error: format!("cannot read the customer mirror: {e}"),
@@ -197,6 +300,64 @@ impl Executor {
             _ => None,
         };
         let known_for_mirror = known.clone();
+        let mut previous = mirror.as_ref().map(|m| Value::Object(m.fields.clone()));
+        if let (Some(record), Some(key)) = (&mirror, &customer_id) {
+            let values = self.program.mirror_values(source, &payload, &known);
+            let change = Change::between(record, &values, event.occurred_at);
+            if src.describes.is_some() && change.fresh.is_empty() {
+                let now = crate::store::now_ms();
+                let (kind, note) = if !change.stale.is_empty() {
+                    (
+                        Some(Suppression::Stale),
+                        format!(
+                            "stale: {} already hold values from a later event; nothing synced",
+                            change.stale.join(", ")
+                        ),
+                    )
+                } else if record
+                    .written_at
+                    .is_some_and(|at| now - at < ECHO_WINDOW_MS)
+                {
+                    (
+                        Some(Suppression::Echo),
+                        "echo, suppressed: the record holds what mapper wrote to it".to_string(),
+                    )
+                } else {
+                    (None, String::new())
+                };
+                if let Some(kind) = kind {
+                    let _ = self
+                        .store
+                        .log_attempt(&SyncLogEntry {
+                            connection: connection.to_string(),
+                            event_row: row,
+                            mapping: String::new(),
+                            action: match kind {
+                                Suppression::Echo => "echo",
+                                Suppression::Stale => "stale",
+                            }
+                            .to_string(),
+                            target: src.describes.clone().unwrap_or_default(),
+                            customer: Some(key.clone()),
+                            request: note.clone(),
+                            status: None,
+                            error: None,
+                            attempt,
+                        })
+                        .await;
+                    return Outcome::Suppressed { kind, note };
+                }
+            }
+            // A late event's older values must not look like changes to the
+            // mappings: for them, "previous" is what the event itself says.
+            if let Some(Value::Object(prev)) = &mut previous {
+                for name in &change.stale {
+                    if let Some(v) = values.get(name) {
+                        prev.insert(name.clone(), v.clone());
+                    }
+                }
+            }
+        }
         let input = PlanInput {
             env: self.env.clone(),
             mask_secrets: false,
@@ -218,7 +379,7 @@ impl Executor {
                 return outcome;
             }
         }
-        if let Some(key) = &event.customer_key
+        if let Some(key) = &customer_id
             && !src.mirror.is_empty()
         {
             let mut values = self
@@ -299,23 +460,34 @@ impl Executor {
             error,
             attempt,
         };
+        // Events of different sources (or keyed differently) may be about the
+        // same person: every value that can identify the customer is locked,
+        // for the whole mapping, so two of them never both create the
+        // customer, nor write one's email while the other creates a contact
+        // with it. Locks are taken in sorted order, so two events never wait
+        // on each other.
+        let mut lock_keys: Vec<String> = Vec::new();
+        if let Some(c) = &fired.customer {
+            if let Some(link) = &c.link {
+                lock_keys.push(format!("{}|{}|link:{link}", fired.target, source));
+            }
+            for k in &c.keys {
+                lock_keys.push(format!("{}|{}:{}", fired.target, k.key, k.value));
+            }
+        }
+        lock_keys.sort();
+        lock_keys.dedup();
+        let mut _held = Vec::with_capacity(lock_keys.len());
+        for key in lock_keys {
+            let lock = {
+                let mut locks = self.customer_locks.lock().await;
+                locks.entry(key).or_default().clone()
+            };
+            _held.push(lock.lock_owned().await);
+        }
         let (customer_id, created) = match &fired.customer {
             None => (None, false),
             Some(c) => {
-                let lock_key = format!(
-                    "{}|{}",
-                    fired.target,
-                    c.link
-                        .as_ref()
-                        .map(|l| l.to_string())
-                        .or_else(|| c.keys.first().map(|k| k.value.to_string()))
-                        .unwrap_or_default()
-                );
-                let lock = {
-                    let mut locks = self.customer_locks.lock().await;
-                    locks.entry(lock_key).or_default().clone()
-                };
-                let _held = lock.lock().await;
                 let link = c.link.as_ref().map(|l| match l {
                     Value::String(s) => s.clone(),
                     other => other.to_string(),
@@ -374,6 +546,22 @@ impl Executor {
                             Answer::Ok(answer) => {
                                 found = cap.id.select(&answer).and_then(|v| scalar(&v));
                                 created = found.is_some();
+                                if let Some(id) = &found {
+                                    let keys = Value::Object(
+                                        c.keys
+                                            .iter()
+                                            .map(|k| (k.key.clone(), k.value.clone()))
+                                            .collect(),
+                                    );
+                                    self.reflect(
+                                        connection,
+                                        target,
+                                        id,
+                                        &cap.reflects,
+                                        &[("keys", &keys), ("answer", &answer)],
+                                    )
+                                    .await;
+                                }
                             }
                             Answer::Failed {
                                 status: Some(400),
@@ -465,6 +653,18 @@ impl Executor {
             }
             match self.send(target, &request).await {
                 Answer::Ok(answer) => {
+                    if let (Some(id), Some(op)) =
+                        (customer_id.as_deref(), target.operations.get(&action.op))
+                    {
+                        self.reflect(
+                            connection,
+                            target,
+                            id,
+                            &op.reflects,
+                            &[("params", &action.params), ("answer", &answer)],
+                        )
+                        .await;
+                    }
                     if let (Some(tracks), Some(id)) = (tracks, customer_id.as_deref()) {
                         let set = tracked_set_after(tracks, &request, &record);
                         let kept = serde_json::Map::from_iter([(tracks.record.clone(), set)]);
@@ -522,6 +722,62 @@ impl Executor {
             }
         }
         Outcome::Delivered
+    }
+
+    /// Records in the mirrors of the sources that describe `target` what a
+    /// successful call made `record_id` hold, so its webhook is an echo.
+    async fn reflect(
+        &self,
+        connection: &str,
+        target: &Target,
+        record_id: &str,
+        reflects: &[(String, crate::engine::template::StrTpl)],
+        inputs: &[(&str, &Value)],
+    ) {
+        if reflects.is_empty() {
+            return;
+        }
+        let describing = self.program.sources.values().filter(|s| {
+            s.describes.as_deref() == Some(target.name.as_str()) && !s.mirror.is_empty()
+        });
+        for src in describing {
+            let mirror = match self.store.mirror(connection, &src.name, record_id).await {
+                Ok(Some(m)) => Value::Object(m.fields),
+                _ => Value::Object(Default::default()),
+            };
+            let values: serde_json::Map<String, Value> = {
+                let mut scope = Scope::new();
+                for (name, value) in inputs {
+                    scope.set(name, value);
+                }
+                scope.set("mirror", &mirror);
+                reflects
+                    .iter()
+                    .filter_map(|(name, tpl)| {
+                        let v = match self.program.templates.eval_scope(tpl, &scope) {
+                            Ok(v) => v,
+                            Err(e) => {
+                                tracing::warn!(target = %target.name, value = %name, error = ?e, "a `reflects:` template failed; its webhook will look like a change");
+                                return None;
+                            }
+                        };
+                        match &v {
+                            Value::Null => None,
+                            Value::String(s) if s.is_empty() || s.contains("${") => None,
+                            _ => Some((name.clone(), v)),
+                        }
+                    })
+                    .collect()
+            };
+            if !values.is_empty()
+                && let Err(e) = self
+                    .store
+                    .reflect(connection, &src.name, record_id, &values)
+                    .await
+            {
+                tracing::warn!(error = %e, "cannot record what was written; its webhook will be synced as a change");
+            }
+        }
     }
 
     /// Logs a failed attempt and classifies it.
@@ -1075,4 +1331,53 @@ fn env_value_of(target: &Target, env: &BTreeMap<String, String>) -> Value {
             })
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn same_value_ignores_spelling_but_not_content() {
+        let same = |a: Value, b: Value| same_value(Some(&a), Some(&b));
+        assert!(same(json!("Ana@Example.com "), json!("ana@example.com")));
+        assert!(same(json!("10"), json!(10.0)));
+        assert!(same(
+            json!(["vip", "card holder"]),
+            json!(["card holder", "VIP"])
+        ));
+        assert!(same_value(None, Some(&json!(""))));
+        assert!(same_value(None, Some(&json!([]))));
+        assert!(!same(json!("10"), json!(11)));
+        assert!(!same(json!(["vip"]), json!(["vip", "churned"])));
+        assert!(!same_value(None, Some(&json!("x"))));
+        assert!(!same_value(None, Some(&json!(false))), "false is a value");
+    }
+
+    #[test]
+    fn a_change_is_fresh_unless_a_later_event_set_the_field() {
+        let record = crate::store::MirrorRecord {
+            fields: json!({"email": "a@x.com", "phone": "+1", "tags": ["vip"]})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            field_times: json!({"email": 2_000, "phone": 1_000, "tags": 2_000})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        let values = json!({"email": "b@x.com", "phone": "+2", "tags": ["VIP"]})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let change = Change::between(&record, &values, Some(1_500));
+        assert_eq!(change.fresh, vec!["phone".to_string()]);
+        assert_eq!(change.stale, vec!["email".to_string()]);
+        // Without an occurrence time nothing can be called stale.
+        let change = Change::between(&record, &values, None);
+        assert_eq!(change.fresh.len(), 2);
+        assert!(change.stale.is_empty());
+    }
 }

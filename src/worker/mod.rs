@@ -2,7 +2,7 @@
 //! retry transient failures with exponential backoff and jitter.
 
 use crate::store::{ClaimedEvent, EventState, Store, now_ms};
-use crate::targets::{Executor, Outcome};
+use crate::targets::{Executor, Outcome, Suppression};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
@@ -177,6 +177,11 @@ async fn deliver_one(
     let label = match &outcome {
         Outcome::Delivered => "delivered",
         Outcome::Paused { .. } => "paused",
+        Outcome::Suppressed {
+            kind: Suppression::Echo,
+            ..
+        } => "echo",
+        Outcome::Suppressed { .. } => "stale",
         Outcome::Transient { .. } if event.attempts < config.max_attempts => "retrying",
         _ => "dead",
     };
@@ -186,6 +191,14 @@ async fn deliver_one(
             store
                 .finish(event.id, EventState::Delivered, now_ms(), None)
                 .await
+        }
+        Outcome::Suppressed { kind, note } => {
+            let state = match kind {
+                Suppression::Echo => EventState::Echo,
+                Suppression::Stale => EventState::Stale,
+            };
+            tracing::info!(event = event.id, "{note}");
+            store.finish(event.id, state, now_ms(), None).await
         }
         Outcome::Paused { error, until } => {
             tracing::warn!(event = event.id, resume_in_s = until.as_secs(), %error, "paused");
@@ -216,7 +229,7 @@ async fn deliver_one(
         // The event stays `processing`; the next start re-queues it.
         tracing::error!(event = event.id, error = %e, "cannot record the outcome");
     }
-    outcome == Outcome::Delivered
+    matches!(outcome, Outcome::Delivered | Outcome::Suppressed { .. })
 }
 
 fn event_connection(claimed: &[crate::store::ClaimedEvent]) -> String {

@@ -128,7 +128,7 @@ pub async fn settle_within(db: &str, limit: Duration) -> Vec<mapper::store::Coun
         let counts = store.counts().await.unwrap();
         if counts
             .iter()
-            .all(|c| c.state == "delivered" || c.state == "dead" || c.state == "unmapped")
+            .all(|c| ["delivered", "dead", "unmapped", "echo", "stale"].contains(&c.state.as_str()))
         {
             return counts;
         }
