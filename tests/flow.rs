@@ -705,3 +705,109 @@ async fn the_engines_own_writes_coming_back_are_echoes() {
         "the change went to Sticky Cards"
     );
 }
+
+/// The shipped `inactive-30d` schedule (run every second here): a customer
+/// whose last activity is long ago gets tag "inactive 30d" and
+/// inactive_days on GHL; new activity removes the tag. A tick evaluated
+/// twice (two replicas) stores its events once.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_inactivity_schedule_tags_and_untags_contacts() {
+    let copy = tempfile::tempdir().unwrap();
+    for sub in ["mappings", "schemas", "examples"] {
+        copy_dir(std::path::Path::new(sub), &copy.path().join(sub));
+    }
+    let project = copy.path().join("mappings/mapper.yaml");
+    let text = std::fs::read_to_string(&project).unwrap();
+    std::fs::write(&project, text.replace("every: 1h", "every: 1s")).unwrap();
+    let mappings = copy.path().join("mappings");
+    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
+    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
+        .await
+        .unwrap();
+    let s = serve_in(&ghl, &sc, &[], mappings.to_str().unwrap());
+    let installed =
+        std::fs::read_to_string("examples/payloads/stickycards/CardInstalledEvent.json").unwrap();
+    post_all(&s.base, "stickycards?token=sc-token", vec![installed], 1).await;
+    let has_tag = |tag: &str| {
+        ghl.contacts()
+            .first()
+            .is_some_and(|c| c.tags.iter().any(|t| t == tag))
+    };
+    let inactive_days = || {
+        let contact = ghl.contacts().first().cloned()?;
+        let field = ghl
+            .custom_fields()
+            .into_iter()
+            .find(|d| d.field_key.ends_with("inactive_days"))?;
+        contact
+            .custom_fields
+            .iter()
+            .find(|f| f.id == field.id)
+            .and_then(|f| f.value.as_f64())
+    };
+    let mut waited = 0;
+    while !(has_tag("inactive 30d") && inactive_days().is_some()) && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert!(has_tag("inactive 30d"), "{:?}", ghl.contacts());
+    assert!(
+        inactive_days().is_some_and(|d| d >= 30.0),
+        "{:?}",
+        inactive_days()
+    );
+
+    // Activity today: the next tick removes the tag.
+    let scanned = format!(
+        r#"{{"event_type":"CardScannedEvent","timestamp":"{}","customer_id":"cus_1001","card_id":"card_5001"}}"#,
+        chrono::Utc::now().to_rfc3339()
+    );
+    post_all(&s.base, "stickycards?token=sc-token", vec![scanned], 1).await;
+    waited = 0;
+    while has_tag("inactive 30d") && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert!(!has_tag("inactive 30d"), "{:?}", ghl.contacts());
+    assert!(has_tag("card holder"), "other tags stay");
+
+    // Two replicas on one tick: the second stores nothing new. (Its own
+    // database, so the running server's ticks do not interleave.)
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite://{}", dir.path().join("r.db").display()))
+        .await
+        .unwrap();
+    let compiled = mapper::config::compile::compile_dir(&mappings);
+    let program = compiled.program.expect("the copy compiles");
+    let rule = &program.schedules[0];
+    let tick = 42;
+    let mut old = serde_json::Map::new();
+    old.insert("email".into(), "x@example.com".into());
+    store
+        .update_mirror("default", "stickycards", "cus_old", &old, Some(1_000), 0)
+        .await
+        .unwrap();
+    let first = mapper::worker::schedule::run_tick(&store, &program, rule, "default", tick)
+        .await
+        .unwrap();
+    assert_eq!(first.0, 1, "cus_old is inactive");
+    let events = |store: Store| async move {
+        store
+            .counts()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|c| c.source == "schedule")
+            .map(|c| c.count)
+            .sum::<i64>()
+    };
+    let before = events(store.clone()).await;
+    mapper::worker::schedule::run_tick(&store, &program, rule, "default", tick)
+        .await
+        .unwrap();
+    assert_eq!(
+        events(store.clone()).await,
+        before,
+        "the same tick stores nothing twice"
+    );
+}

@@ -96,6 +96,12 @@ pub async fn start(
     }
     let executor = Arc::new(arc_swap::ArcSwap::from_pointee(executor));
     let (stop, stopped) = watch::channel(false);
+    tokio::spawn(crate::worker::schedule::run(
+        store.clone(),
+        executor.clone(),
+        DEFAULT_CONNECTION.to_string(),
+        stopped.clone(),
+    ));
     let worker = tokio::spawn(crate::worker::run(
         store.clone(),
         executor.clone(),

@@ -641,6 +641,84 @@ pub fn compile(loaded: Loaded) -> Compiled {
         }
     }
 
+    let mut schedules = Vec::new();
+    if let Some((file, p)) = project {
+        for s in &p.schedules {
+            let every = parse_every(&s.every.value);
+            if every.is_none() {
+                ctx.err(
+                    Code::M011,
+                    file,
+                    pos_of(&s.every),
+                    format!("`every: {}` is not a duration", s.every.value),
+                )
+                .hint = Some("a number and a unit: `30s`, `15m`, `1h`, `1d`".into());
+            }
+            match compiled_sources.get(&s.source.value) {
+                Some(src) if !src.mirror.is_empty() => {}
+                Some(_) => {
+                    ctx.err(
+                        Code::M011,
+                        file,
+                        pos_of(&s.source),
+                        format!(
+                            "source `{}` keeps no mirror to run a schedule over",
+                            s.source.value
+                        ),
+                    )
+                    .hint =
+                        Some("declare `mirror:` and `event.customer` in its source file".into());
+                }
+                None => {
+                    ctx.err(
+                        Code::M007,
+                        file,
+                        pos_of(&s.source),
+                        format!(
+                            "schedule `{}` reads source `{}`, which is not defined",
+                            s.name.value, s.source.value
+                        ),
+                    );
+                }
+            }
+            let raised = [Some(&s.event), s.reset_event.as_ref()];
+            for event in raised.into_iter().flatten() {
+                let known = compiled_sources
+                    .get(SCHEDULE_SOURCE)
+                    .is_some_and(|src| src.events.contains(event));
+                if !known {
+                    ctx.err(
+                        Code::M008,
+                        file,
+                        pos_of(&s.name),
+                        format!("schedule `{}` raises `{event}`, which source `{SCHEDULE_SOURCE}` does not define", s.name.value),
+                    )
+                    .hint = Some(format!(
+                        "add schemas/events/{SCHEDULE_SOURCE}/{event}.schema.json (and a `{SCHEDULE_SOURCE}` source file with `verify: {{method: internal}}`)"
+                    ));
+                }
+            }
+            let scope = Scope::new(&[
+                "fields",
+                "last_activity",
+                "inactive_days",
+                "customer_id",
+                "vars",
+            ]);
+            let when = ctx.condition(file, pos_of(&s.when), &s.when.value, &scope);
+            if let (Some(every), Some(when)) = (every, when) {
+                schedules.push(prog::Schedule {
+                    name: s.name.value.clone(),
+                    every,
+                    source: s.source.value.clone(),
+                    when,
+                    event: s.event.clone(),
+                    reset_event: s.reset_event.clone(),
+                });
+            }
+        }
+    }
+
     let provision: IndexMap<String, IndexMap<String, IndexMap<String, Value>>> = project
         .map(|(_, p)| {
             p.provision
@@ -864,6 +942,7 @@ pub fn compile(loaded: Loaded) -> Compiled {
                 provision,
                 templates,
                 vars,
+                schedules,
             }),
             Err(e) => {
                 diags.push(Diagnostic::error(
@@ -1054,7 +1133,7 @@ fn check_verify(ctx: &mut Ctx, file: &Path, v: &model::VerifySpec) {
         }
     };
     match v.method {
-        M::None => {}
+        M::None | M::Internal => {}
         M::Token => {
             need(
                 ctx,
@@ -1484,7 +1563,12 @@ fn compile_mapping(
         {
             ctx.err(Code::M015, file, Pos::UNKNOWN, format!("target `{target_name}` declares no `customer:` capability, so `customer:` cannot be used"));
         }
-        prog::CustomerMatch { link, keys, when_unmatched: c.when_unmatched }
+        prog::CustomerMatch {
+            link,
+            keys,
+            when_unmatched: c.when_unmatched,
+            link_source: c.link_source.clone(),
+        }
     });
 
     let mut actions = Vec::new();
@@ -1740,4 +1824,23 @@ fn check_literal(ctx: &mut Ctx, file: &Path, op: &str, name: &str, param: &model
         )
         .hint = Some(format!("found {}", v.to_json()));
     }
+}
+
+/// The built-in source of events raised by `schedules:`.
+pub const SCHEDULE_SOURCE: &str = "schedule";
+
+/// `30s`, `15m`, `1h`, `1d`.
+fn parse_every(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().ok().filter(|n| *n > 0)?;
+    let seconds = match unit.trim() {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(seconds))
 }

@@ -49,6 +49,38 @@ pub struct ProjectFile {
     /// `ghl: { custom_field: { loyalty_points: { name: Loyalty Points, data_type: NUMERICAL } } }`.
     #[serde(default)]
     pub provision: IndexMap<String, IndexMap<String, IndexMap<String, Node>>>,
+    /// Rules run on a clock over the customer mirror instead of on a webhook.
+    #[serde(default)]
+    pub schedules: Vec<ScheduleSpec>,
+}
+
+/// A rule run every `every` over the mirror of one source's customers. For
+/// each customer it raises an event of the built-in `schedule` source that
+/// mappings handle like any webhook: `event` when `when` starts holding and
+/// again whenever `inactive_days` moves while it holds, `reset_event` once
+/// when it stops holding.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    #[schemars(with = "String")]
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Tick length: `30s`, `15m`, `1h`, `1d`.
+    #[schemars(with = "String")]
+    pub every: Spanned<String>,
+    /// The source whose customers' mirror is read.
+    #[schemars(with = "String")]
+    pub source: Spanned<String>,
+    /// Condition over `fields` (the mirror), `last_activity` (RFC 3339),
+    /// `inactive_days` (whole days since the last activity), `customer_id`, `vars`.
+    #[schemars(with = "String")]
+    pub when: Spanned<String>,
+    /// Event raised when `when` starts holding, and when `inactive_days` moves while it holds.
+    pub event: String,
+    /// Event raised once when `when` stops holding for a customer it held for.
+    #[serde(default)]
+    pub reset_event: Option<String>,
 }
 
 /// Set-wide defaults.
@@ -234,6 +266,8 @@ pub enum VerifyMethod {
     StandardWebhooks,
     /// GoHighLevel marketplace webhooks (Ed25519 `x-ghl-signature`, legacy RSA `x-wh-signature`).
     Ghl,
+    /// Events mapper raises itself (`schedules:`): never accepted over HTTP.
+    Internal,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -580,6 +614,11 @@ pub struct CustomerSpec {
     /// What to do when no key matches.
     #[serde(default)]
     pub when_unmatched: Unmatched,
+    /// The source whose stored link `link` is (default: the mapping's own).
+    /// A `schedule` event about a Sticky Cards customer uses its link:
+    /// `link_source: stickycards`.
+    #[serde(default)]
+    pub link_source: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema, serde::Serialize)]

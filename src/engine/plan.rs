@@ -98,6 +98,9 @@ pub struct CustomerPlan {
     /// Source-side customer id; a stored link for it is tried first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub link: Option<Value>,
+    /// The source the link belongs to, when not the event's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_source: Option<String>,
     /// Matching keys in priority order, normalised.
     #[serde(rename = "match")]
     pub keys: Vec<MatchKey>,
@@ -369,6 +372,7 @@ impl Program {
                 let can_create = c.when_unmatched == Unmatched::Create && !keys.is_empty();
                 Some(CustomerPlan {
                     link,
+                    link_source: c.link_source.clone(),
                     keys,
                     when_unmatched: c.when_unmatched,
                     find,

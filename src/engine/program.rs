@@ -43,6 +43,20 @@ pub struct Program {
     pub templates: Templates,
     /// Project `vars:`, seen by mapping templates as `vars`.
     pub vars: Value,
+    /// Rules run on a clock over the mirror.
+    pub schedules: Vec<Schedule>,
+}
+
+/// A compiled `schedules:` entry.
+#[derive(Debug)]
+pub struct Schedule {
+    pub name: String,
+    pub every: std::time::Duration,
+    /// Whose mirror is read.
+    pub source: String,
+    pub when: StrTpl,
+    pub event: String,
+    pub reset_event: Option<String>,
 }
 
 /// The active profile of a source.
@@ -171,6 +185,8 @@ pub struct Select {
 
 #[derive(Debug)]
 pub struct CustomerMatch {
+    /// The source whose link it is, when not the mapping's.
+    pub link_source: Option<String>,
     pub link: Option<StrTpl>,
     pub keys: Vec<(String, StrTpl)>,
     pub when_unmatched: Unmatched,

@@ -39,7 +39,7 @@ impl Verifier {
         let mut ed25519 = None;
         let mut rsa = None;
         match spec.method {
-            VerifyMethod::None => {}
+            VerifyMethod::None | VerifyMethod::Internal => {}
             VerifyMethod::Token | VerifyMethod::Hmac | VerifyMethod::StandardWebhooks => {
                 let var = spec.secret_env.as_deref().unwrap_or("");
                 let value = env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
@@ -100,6 +100,10 @@ impl Verifier {
         let secret = self.secret.as_deref().unwrap_or_default();
         match spec.method {
             VerifyMethod::None => Ok(()),
+            VerifyMethod::Internal => Err(Refused(
+                "this source's events are raised by mapper itself (schedules:), not posted over HTTP"
+                    .into(),
+            )),
             VerifyMethod::Token => {
                 let from_header = spec
                     .header

@@ -844,6 +844,41 @@ impl Store {
             .map_err(StoreError::from)
     }
 
+    /// Every mirrored customer of a source: (customer id, mirror).
+    pub async fn mirrors_of(
+        &self,
+        connection: &str,
+        source: &str,
+    ) -> Result<Vec<(String, MirrorRecord)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT customer_id, fields, field_times, last_activity, updated_at, written_at FROM mirror \
+             WHERE connection = $1 AND source = $2 ORDER BY customer_id",
+        )
+        .bind(connection)
+        .bind(source)
+        .fetch_all(&self.pool)
+        .await?;
+        let object = |text: String| match serde_json::from_str(&text) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    MirrorRecord {
+                        fields: object(r.try_get(1)?),
+                        field_times: object(r.try_get(2)?),
+                        last_activity: r.try_get(3)?,
+                        updated_at: r.try_get(4)?,
+                        written_at: r.try_get(5)?,
+                    },
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
     /// Everything known locally of a customer id, on whichever side it is:
     /// the mirrors kept under it and the links to or from it.
     pub async fn customer_views(&self, id: &str) -> Result<Vec<CustomerView>, StoreError> {

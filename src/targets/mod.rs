@@ -237,6 +237,11 @@ impl Executor {
         }
     }
 
+    /// The mapping set this executor delivers with.
+    pub fn program(&self) -> &Arc<Program> {
+        &self.program
+    }
+
     /// This executor, counting its requests in `previous`'s rate-limit windows
     /// (an executor replacing another after a reload).
     pub fn sharing_limits_with(mut self, previous: &Executor) -> Executor {
@@ -469,7 +474,8 @@ impl Executor {
         let mut lock_keys: Vec<String> = Vec::new();
         if let Some(c) = &fired.customer {
             if let Some(link) = &c.link {
-                lock_keys.push(format!("{}|{}|link:{link}", fired.target, source));
+                let link_source = c.link_source.as_deref().unwrap_or(source);
+                lock_keys.push(format!("{}|{link_source}|link:{link}", fired.target));
             }
             for k in &c.keys {
                 lock_keys.push(format!("{}|{}:{}", fired.target, k.key, k.value));
@@ -488,6 +494,7 @@ impl Executor {
         let (customer_id, created) = match &fired.customer {
             None => (None, false),
             Some(c) => {
+                let link_source = c.link_source.as_deref().unwrap_or(source);
                 let link = c.link.as_ref().map(|l| match l {
                     Value::String(s) => s.clone(),
                     other => other.to_string(),
@@ -495,7 +502,7 @@ impl Executor {
                 if let Some(link) = &link
                     && let Ok(Some(id)) = self
                         .store
-                        .link(connection, source, link, &fired.target)
+                        .link(connection, link_source, link, &fired.target)
                         .await
                 {
                     (Some(id), false)
@@ -602,7 +609,7 @@ impl Executor {
                     if let Some(link) = &link {
                         let _ = self
                             .store
-                            .put_link(connection, source, link, &fired.target, &id)
+                            .put_link(connection, link_source, link, &fired.target, &id)
                             .await;
                     }
                     (Some(id), created)
