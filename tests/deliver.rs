@@ -1,14 +1,14 @@
 //! End to end over real HTTP: webhooks posted to `mapper serve` end up in the
 //! GHL and Sticky Cards simulators, through the durable inbox and the worker.
 
-use mapper::sandbox::ghl::{GhlConfig, GhlSandbox};
-use mapper::sandbox::{Fault, StickyCardsConfig, StickyCardsSandbox};
+use mapper::sandbox::ghl::GhlSandbox;
+use mapper::sandbox::{Fault, StickyCardsSandbox};
 use mapper::store::Store;
 use std::process::Command;
 use std::time::Duration;
 
 mod common;
-use common::{Serve, copy_dir, post, serve_in, settle};
+use common::{Serve, copy_dir, post, serve_in, settle, simulators};
 
 fn serve(ghl: &GhlSandbox, sc: &StickyCardsSandbox) -> Serve {
     serve_in(ghl, sc, &[], "mappings")
@@ -20,10 +20,7 @@ fn serve_with(ghl: &GhlSandbox, sc: &StickyCardsSandbox, extra_env: &[(&str, &st
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_card_installed_webhook_becomes_a_ghl_contact_with_fields_and_tag() {
-    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
-    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
-        .await
-        .unwrap();
+    let (ghl, sc) = simulators().await;
     let s = serve(&ghl, &sc);
     let body = std::fs::read("examples/payloads/stickycards/CardInstalledEvent.json").unwrap();
     assert_eq!(post(&s, "stickycards", "?token=sc-token", &body).await, 202);
@@ -141,10 +138,7 @@ fn field_value(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_target_failing_with_500_then_recovering_gets_the_event_once() {
-    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
-    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
-        .await
-        .unwrap();
+    let (ghl, sc) = simulators().await;
     ghl.inject_on("/contacts/", Fault::Status(500), 1);
     let s = serve(&ghl, &sc);
     let body = std::fs::read("examples/payloads/stickycards/CardScannedEvent.json").unwrap();
@@ -177,10 +171,7 @@ async fn a_signed_ghl_contact_create_becomes_a_sticky_cards_customer_with_a_card
         .verifying_key()
         .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
         .unwrap();
-    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
-    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
-        .await
-        .unwrap();
+    let (ghl, sc) = simulators().await;
     let s = serve_with(&ghl, &sc, &[("GHL_WEBHOOK_PUBLIC_KEY", pem.as_str())]);
     let mut payload: serde_json::Value =
         serde_json::from_slice(&std::fs::read("examples/payloads/ghl/ContactCreate.json").unwrap())
@@ -266,10 +257,7 @@ fn the_demo_delivers_every_example_and_prints_the_result() {
 /// Twenty events for one new customer arriving together create one contact.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_for_one_new_customer_creates_exactly_one_contact() {
-    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
-    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
-        .await
-        .unwrap();
+    let (ghl, sc) = simulators().await;
     let s = serve(&ghl, &sc);
     let mut posts = Vec::new();
     for i in 0..20 {
@@ -316,10 +304,7 @@ async fn an_unmapped_event_is_delivered_after_its_mapping_is_added_and_replayed(
     let held = copy.path().join("engagement.yaml");
     std::fs::rename(mappings.join("stickycards-ghl/engagement.yaml"), &held).unwrap();
     std::fs::remove_file(mappings.join("stickycards-ghl/engagement.test.yaml")).unwrap();
-    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
-    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
-        .await
-        .unwrap();
+    let (ghl, sc) = simulators().await;
     let s = serve_in(&ghl, &sc, &[], mappings.to_str().unwrap());
     let body = std::fs::read("examples/payloads/stickycards/CardScannedEvent.json").unwrap();
     assert_eq!(post(&s, "stickycards", "?token=sc-token", &body).await, 202);

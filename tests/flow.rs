@@ -9,7 +9,7 @@ use mapper::store::Store;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{copy_dir, serve_in, settle_within};
+use common::{copy_dir, serve_in, settle_within, simulators};
 
 /// A copy of the shipped mapping set with `edit` applied to the GHL target
 /// profile (rate limits, timeouts a test needs).
@@ -175,10 +175,7 @@ async fn a_burst_of_two_thousand_drains_at_the_declared_rate_without_a_429() {
 /// retries used up, nothing dead.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_spent_daily_budget_parks_events_without_using_their_retries() {
-    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
-    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
-        .await
-        .unwrap();
+    let (ghl, sc) = simulators().await;
     let copy = mappings_with_ghl(|t| {
         with_rate_limit(
             t,
@@ -260,10 +257,7 @@ async fn sqlx_rows(db: &str, sql: &'static str) -> Vec<(i64, i64)> {
 /// with each customer's latest values.
 #[tokio::test(flavor = "multi_thread")]
 async fn one_customers_events_apply_in_order_while_customers_run_in_parallel() {
-    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
-    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
-        .await
-        .unwrap();
+    let (ghl, sc) = simulators().await;
     let s = serve_in(&ghl, &sc, &[], "mappings");
     // Every GHL call takes a while, so order and parallelism both show.
     ghl.inject(Fault::Hang(Duration::from_millis(40)), 10_000);
@@ -336,10 +330,7 @@ async fn one_customers_events_apply_in_order_while_customers_run_in_parallel() {
 /// creating it again.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_timed_out_call_is_retried_without_duplicate_effects() {
-    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
-    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
-        .await
-        .unwrap();
+    let (ghl, sc) = simulators().await;
     let copy = mappings_with_ghl(|t| {
         t.replace(
             "error_message: $.message",
@@ -395,10 +386,7 @@ async fn a_timed_out_call_is_retried_without_duplicate_effects() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_known_tag_is_not_sent_again_until_ghl_says_it_is_gone() {
     let signer = GhlSigner::new(5);
-    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
-    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
-        .await
-        .unwrap();
+    let (ghl, sc) = simulators().await;
     let s = serve_in(
         &ghl,
         &sc,
@@ -522,10 +510,7 @@ impl GhlSigner {
 #[tokio::test(flavor = "multi_thread")]
 async fn bonus_points_changes_add_their_difference_to_the_card() {
     let signer = GhlSigner::new(7);
-    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
-    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
-        .await
-        .unwrap();
+    let (ghl, sc) = simulators().await;
     // The location already has the field (a person made it in GHL).
     let created: serde_json::Value = reqwest::Client::new()
         .post(format!(
@@ -633,10 +618,7 @@ fn contact_webhook(ghl: &GhlSandbox, id: &str, kind: &str, n: u32, at: &str) -> 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_engines_own_writes_coming_back_are_echoes() {
     let signer = GhlSigner::new(11);
-    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
-    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
-        .await
-        .unwrap();
+    let (ghl, sc) = simulators().await;
     let s = serve_in(
         &ghl,
         &sc,
@@ -720,10 +702,7 @@ async fn the_inactivity_schedule_tags_and_untags_contacts() {
     let text = std::fs::read_to_string(&project).unwrap();
     std::fs::write(&project, text.replace("every: 1h", "every: 1s")).unwrap();
     let mappings = copy.path().join("mappings");
-    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
-    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
-        .await
-        .unwrap();
+    let (ghl, sc) = simulators().await;
     let s = serve_in(&ghl, &sc, &[], mappings.to_str().unwrap());
     let installed =
         std::fs::read_to_string("examples/payloads/stickycards/CardInstalledEvent.json").unwrap();

@@ -136,3 +136,14 @@ pub async fn settle_within(db: &str, limit: Duration) -> Vec<mapper::store::Coun
     }
     store.counts().await.unwrap()
 }
+
+/// Both simulators with their default (documented) behaviour.
+pub async fn simulators() -> (GhlSandbox, StickyCardsSandbox) {
+    let ghl = GhlSandbox::start(mapper::sandbox::GhlConfig::default())
+        .await
+        .unwrap();
+    let sc = StickyCardsSandbox::start(mapper::sandbox::StickyCardsConfig::default())
+        .await
+        .unwrap();
+    (ghl, sc)
+}
