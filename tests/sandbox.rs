@@ -1212,3 +1212,17 @@ async fn ghl_accepts_every_field_of_the_profiles_upsert_contact() {
         json!([{"id": field_id, "value": "gold"}])
     );
 }
+
+#[tokio::test]
+async fn stickycards_a_bad_field_on_create_adds_no_customer() {
+    let sandbox = start_sticky().await;
+    let bad = sticky(
+        &sandbox,
+        "POST",
+        "/v1/customers",
+        Some(json!({"email": "bad@example.com", "first_name": 5})),
+    )
+    .await;
+    assert_eq!(bad.status, 422);
+    assert!(sandbox.customers().is_empty());
+}

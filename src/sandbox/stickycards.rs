@@ -802,6 +802,10 @@ impl Sticky {
         )?;
         let email = opt_str(&body, "email")?;
         let phone = opt_str(&body, "phone_number")?;
+        // Read before a new customer is added, so a bad field adds none.
+        let first = opt_str(&body, "first_name")?;
+        let last = opt_str(&body, "last_name")?;
+        let birth = opt_str(&body, "date_of_birth")?;
         let mut state = lock(&self.state);
         let (status, index) = match opt_str(&body, "id")? {
             Some(id) => {
@@ -821,9 +825,6 @@ impl Sticky {
                 (201, state.customers.len() - 1)
             }
         };
-        let first = opt_str(&body, "first_name")?;
-        let last = opt_str(&body, "last_name")?;
-        let birth = opt_str(&body, "date_of_birth")?;
         let customer = &mut state.customers[index];
         if first.is_some() {
             customer.first_name = first;
