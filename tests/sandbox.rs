@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use mapper::sandbox::ghl::DuplicateField;
 use mapper::sandbox::{
-    Fault, GhlConfig, GhlSandbox, RateLimit, StickyCardsConfig, StickyCardsSandbox,
+    Fault, GhlConfig, GhlSandbox, GhlWebhooks, RateLimit, StickyCardsConfig, StickyCardsSandbox,
 };
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
@@ -1225,4 +1225,464 @@ async fn stickycards_a_bad_field_on_create_adds_no_customer() {
     .await;
     assert_eq!(bad.status, 422);
     assert!(sandbox.customers().is_empty());
+}
+
+// ------------------------------------------------------------ webhooks
+
+/// One request the test receiver got.
+struct Received {
+    path_and_query: String,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Received {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    fn kind(&self) -> String {
+        let v = self.json();
+        v.get("type")
+            .or_else(|| v.get("event_type"))
+            .or_else(|| v.get("event"))
+            .and_then(Value::as_str)
+            .unwrap()
+            .to_string()
+    }
+}
+
+/// A webhook endpoint on 127.0.0.1 that records what it gets and answers
+/// the statuses queued with `answer_next` (then 200).
+struct Receiver {
+    base: String,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    answers: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<u16>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        use std::sync::{Arc, Mutex};
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let answers = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+        let (g, a) = (Arc::clone(&got), Arc::clone(&answers));
+        let app = axum::Router::new().fallback(
+            move |uri: axum::http::Uri, headers: HeaderMap, body: axum::body::Bytes| {
+                let (g, a) = (Arc::clone(&g), Arc::clone(&a));
+                async move {
+                    g.lock().unwrap().push(Received {
+                        path_and_query: uri
+                            .path_and_query()
+                            .map(|p| p.to_string())
+                            .unwrap_or_default(),
+                        headers,
+                        body: body.to_vec(),
+                    });
+                    let status = a.lock().unwrap().pop_front().unwrap_or(200);
+                    axum::http::StatusCode::from_u16(status).unwrap()
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Receiver {
+            base,
+            got,
+            answers,
+            _task: task,
+        }
+    }
+
+    fn answer_next(&self, statuses: &[u16]) {
+        self.answers.lock().unwrap().extend(statuses);
+    }
+
+    fn take(&self) -> Vec<Received> {
+        std::mem::take(&mut *self.got.lock().unwrap())
+    }
+
+    fn count(&self) -> usize {
+        self.got.lock().unwrap().len()
+    }
+}
+
+fn keys(v: &Value) -> std::collections::BTreeSet<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+fn example(path: &str) -> Value {
+    let file = format!("{}/examples/payloads/{path}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap()
+}
+
+fn kinds(received: &[Received]) -> Vec<String> {
+    received.iter().map(Received::kind).collect()
+}
+
+async fn idle<F: std::future::Future<Output = ()>>(wait: F) {
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("webhooks never went idle");
+}
+
+fn signing_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[42u8; 32])
+}
+
+async fn start_ghl_with_webhooks(receiver: &Receiver) -> GhlSandbox {
+    GhlSandbox::start(GhlConfig {
+        webhooks: Some(GhlWebhooks::new(
+            format!("{}/webhooks/ghl", receiver.base),
+            signing_key(),
+        )),
+        ..GhlConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Checks what every GHL webhook must be: JSON, signed over the exact
+/// bytes with the test key, fresh, of this location.
+fn assert_ghl_delivery(r: &Received, location: &str) {
+    use base64::Engine as _;
+    use ed25519_dalek::Verifier as _;
+    assert_eq!(r.path_and_query, "/webhooks/ghl");
+    assert_eq!(r.headers["content-type"], "application/json");
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(r.headers["x-ghl-signature"].to_str().unwrap())
+        .unwrap();
+    let sig = ed25519_dalek::Signature::from_slice(&sig).unwrap();
+    signing_key()
+        .verifying_key()
+        .verify(&r.body, &sig)
+        .expect("x-ghl-signature verifies over the raw body");
+    let body = r.json();
+    assert_eq!(body["locationId"], location);
+    let at = chrono::DateTime::parse_from_rfc3339(body["timestamp"].as_str().unwrap()).unwrap();
+    let age = chrono::Utc::now().signed_duration_since(at);
+    assert!(
+        age.num_seconds().abs() < 300,
+        "timestamp {at} is not recent"
+    );
+    assert!(body["webhookId"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(body["appId"].is_string() && body["versionId"].is_string());
+}
+
+#[tokio::test]
+async fn ghl_webhooks_follow_api_changes_signed_and_shaped_like_the_examples() {
+    let receiver = Receiver::start().await;
+    let sandbox = start_ghl_with_webhooks(&receiver).await;
+    let loc = sandbox.location_id().to_string();
+    let field = ghl(
+        &sandbox,
+        "POST",
+        &format!("/locations/{loc}/customFields"),
+        Some(json!({"name": "Loyalty Points", "dataType": "NUMERICAL", "model": "contact"})),
+    )
+    .await;
+    let field_id = field.body["customField"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Create: ContactCreate with the whole contact.
+    let created = ghl(
+        &sandbox,
+        "POST",
+        "/contacts/",
+        Some(json!({
+            "locationId": loc, "firstName": "Ana", "lastName": "Lima",
+            "email": "ana@example.com", "phone": "(415) 555-2671", "city": "San Francisco",
+            "tags": ["New Lead"], "customFields": [{"id": field_id, "field_value": 120}]
+        })),
+    )
+    .await;
+    assert_eq!(created.status, 201);
+    let id = created.body["contact"]["id"].as_str().unwrap().to_string();
+    let put = |body: Value| {
+        let (sandbox, id) = (&sandbox, id.clone());
+        async move { ghl(sandbox, "PUT", &format!("/contacts/{id}"), Some(body)).await }
+    };
+    // The same values again (tags in another case, phone in another format): nothing.
+    put(
+        json!({"firstName": "Ana", "phone": "+14155552671", "tags": ["new lead"],
+               "dnd": false, "customFields": [{"id": field_id, "field_value": 120}]}),
+    )
+    .await;
+    // A field: ContactUpdate. Tags: ContactUpdate and ContactTagUpdate.
+    put(json!({"city": "Oakland"})).await;
+    put(json!({"tags": ["new lead", "VIP"]})).await;
+    // Tag endpoints: ContactTagUpdate when the tags change, else nothing.
+    let tags = format!("/contacts/{id}/tags");
+    ghl(&sandbox, "POST", &tags, Some(json!({"tags": ["vip"]}))).await;
+    ghl(&sandbox, "POST", &tags, Some(json!({"tags": ["Gold"]}))).await;
+    ghl(
+        &sandbox,
+        "DELETE",
+        &tags,
+        Some(json!({"tags": ["new lead"]})),
+    )
+    .await;
+    ghl(&sandbox, "DELETE", &tags, Some(json!({"tags": ["absent"]}))).await;
+    // dnd: ContactUpdate and ContactDndUpdate.
+    put(json!({"dnd": true})).await;
+    // Upsert: updates (a custom field) then creates.
+    let upsert = |body: Value| {
+        let sandbox = &sandbox;
+        async move { ghl(sandbox, "POST", "/contacts/upsert", Some(body)).await }
+    };
+    upsert(json!({"locationId": loc, "email": "ana@example.com",
+                  "customFields": [{"id": field_id, "field_value": 125}]}))
+    .await;
+    upsert(json!({"locationId": loc, "email": "ana@example.com", "city": "Oakland"})).await;
+    let new = upsert(json!({"locationId": loc, "email": "bea@example.com"})).await;
+    assert_eq!(new.body["new"], true);
+    let note = ghl(
+        &sandbox,
+        "POST",
+        &format!("/contacts/{id}/notes"),
+        Some(json!({"body": "Feedback 5/5"})),
+    )
+    .await;
+    assert_eq!(note.status, 201);
+    ghl(&sandbox, "DELETE", &format!("/contacts/{id}"), None).await;
+
+    idle(sandbox.webhooks_idle()).await;
+    let got = receiver.take();
+    assert_eq!(
+        kinds(&got),
+        [
+            "ContactCreate",
+            "ContactUpdate",
+            "ContactUpdate",
+            "ContactTagUpdate",
+            "ContactTagUpdate",
+            "ContactTagUpdate",
+            "ContactUpdate",
+            "ContactDndUpdate",
+            "ContactUpdate",
+            "ContactCreate",
+            "NoteCreate",
+            "ContactDelete",
+        ]
+    );
+    for r in &got {
+        assert_ghl_delivery(r, &loc);
+    }
+    let ids: std::collections::HashSet<String> = got
+        .iter()
+        .map(|r| r.json()["webhookId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), got.len(), "webhookIds are unique");
+
+    // Shapes: the keys of the example payloads the source definitions expect.
+    let bodies: Vec<Value> = got.iter().map(Received::json).collect();
+    for (body, file) in [
+        (&bodies[0], "ContactCreate.json"),
+        (&bodies[1], "ContactUpdate.json"),
+        (&bodies[3], "ContactTagUpdate.json"),
+        (&bodies[7], "ContactDndUpdate.json"),
+        (&bodies[10], "NoteCreate.json"),
+        (&bodies[11], "ContactDelete.json"),
+    ] {
+        assert_eq!(keys(body), keys(&example(&format!("ghl/{file}"))), "{file}");
+    }
+    let create = &bodies[0];
+    assert_eq!(create["id"], id.as_str());
+    assert_eq!(create["name"], "Ana Lima");
+    assert_eq!(create["phone"], "+14155552671");
+    assert_eq!(create["city"], "San Francisco");
+    assert_eq!(create["dnd"], false);
+    assert_eq!(create["tags"], json!(["new lead"]));
+    assert_eq!(
+        create["customFields"],
+        json!([{"id": field_id, "value": 120}])
+    );
+    assert_eq!(bodies[1]["city"], "Oakland");
+    assert_eq!(bodies[2]["tags"], json!(["new lead", "vip"]));
+    assert_eq!(bodies[4]["tags"], json!(["new lead", "vip", "gold"]));
+    assert_eq!(bodies[5]["tags"], json!(["vip", "gold"]));
+    assert_eq!(bodies[7]["dnd"], true);
+    assert_eq!(
+        bodies[8]["customFields"],
+        json!([{"id": field_id, "value": 125}])
+    );
+    assert_eq!(bodies[9]["email"], "bea@example.com");
+    assert_eq!(bodies[10]["contactId"], id.as_str());
+    assert_eq!(bodies[10]["body"], "Feedback 5/5");
+    assert_eq!(bodies[11]["tags"], json!(["vip", "gold"]));
+
+    // The log has the same webhooks with the receiver's answers.
+    let sent = sandbox.webhooks_sent();
+    assert_eq!(
+        sent.iter().map(|w| w.kind.clone()).collect::<Vec<_>>(),
+        kinds(&got)
+    );
+    assert!(
+        sent.iter()
+            .all(|w| w.status == Some(200) && w.attempts == 1)
+    );
+    assert_eq!(sent[0].body, bodies[0]);
+    sandbox.clear_webhooks_sent();
+    assert!(sandbox.webhooks_sent().is_empty());
+}
+
+#[tokio::test]
+async fn ghl_hand_edits_emit_and_webhooks_idle_waits_for_the_queue() {
+    let receiver = Receiver::start().await;
+    let mut hooks = GhlWebhooks::new(format!("{}/webhooks/ghl", receiver.base), signing_key());
+    hooks.delivery.delay = Duration::from_millis(300);
+    let sandbox = GhlSandbox::start(GhlConfig {
+        webhooks: Some(hooks),
+        ..GhlConfig::default()
+    })
+    .await
+    .unwrap();
+    assert!(
+        sandbox
+            .webhook_public_key_pem()
+            .unwrap()
+            .contains("BEGIN PUBLIC KEY")
+    );
+    let id = create_contact(&sandbox, Some("hand@example.com"), None).await;
+    // Queued before the API answered, sent later.
+    assert_eq!(sandbox.webhooks_pending(), 1);
+    assert_eq!(receiver.count(), 0);
+    idle(sandbox.webhooks_idle()).await;
+    assert_eq!(sandbox.webhooks_pending(), 0);
+    assert_eq!(kinds(&receiver.take()), ["ContactCreate"]);
+
+    // By hand, as in the UI: the tag is lowercased, the webhooks follow.
+    let edited = sandbox
+        .edit_contact(&id, |c| {
+            c.tags.push("VIP".into());
+            c.first_name = Some("Hana".into());
+            c.id = "cannot-change".into();
+        })
+        .unwrap();
+    assert_eq!(edited.id, id);
+    assert_eq!(edited.tags, ["vip"]);
+    // Nothing changed: nothing sent, dateUpdated kept.
+    let same = sandbox
+        .edit_contact(&id, |c| c.tags = vec!["VIP".into()])
+        .unwrap();
+    assert_eq!(same.date_updated, edited.date_updated);
+    assert!(sandbox.edit_contact("nobody", |_| {}).is_none());
+    // A redelivery of the create, changing nothing.
+    assert!(sandbox.emit_contact_event("ContactCreate", &id));
+    assert!(!sandbox.emit_contact_event("ContactCreate", "nobody"));
+    idle(sandbox.webhooks_idle()).await;
+    let got = receiver.take();
+    assert_eq!(
+        kinds(&got),
+        ["ContactUpdate", "ContactTagUpdate", "ContactCreate"]
+    );
+    for r in &got {
+        assert_ghl_delivery(r, sandbox.location_id());
+    }
+    assert_eq!(got[0].json()["firstName"], "Hana");
+    assert_eq!(got[1].json()["tags"], json!(["vip"]));
+
+    // Without webhooks: nothing queued, idle at once.
+    let quiet = start_ghl().await;
+    create_contact(&quiet, Some("quiet@example.com"), None).await;
+    assert_eq!(quiet.webhooks_pending(), 0);
+    idle(quiet.webhooks_idle()).await;
+    assert!(quiet.webhooks_sent().is_empty());
+    assert!(quiet.webhook_public_key_pem().is_none());
+}
+
+#[tokio::test]
+async fn ghl_webhooks_are_retried_on_429_only() {
+    let receiver = Receiver::start().await;
+    let sandbox = start_ghl_with_webhooks(&receiver).await;
+    receiver.answer_next(&[429, 429, 200, 500]);
+    create_contact(&sandbox, Some("a@example.com"), None).await;
+    create_contact(&sandbox, Some("b@example.com"), None).await;
+    idle(sandbox.webhooks_idle()).await;
+    let sent = sandbox.webhooks_sent();
+    assert_eq!(sent.len(), 2);
+    assert_eq!((sent[0].status, sent[0].attempts), (Some(200), 3));
+    assert!(sent[0].delivered());
+    assert_eq!((sent[1].status, sent[1].attempts), (Some(500), 1));
+    assert!(!sent[1].delivered());
+    // The retries are the same delivery: same body, same webhookId.
+    let got = receiver.take();
+    assert_eq!(got.len(), 4);
+    assert_eq!(got[0].body, got[2].body);
+
+    // Nobody listening: given up, logged without a status.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let lost = GhlSandbox::start(GhlConfig {
+        webhooks: Some(GhlWebhooks::new(
+            format!("http://{closed}/webhooks/ghl"),
+            signing_key(),
+        )),
+        ..GhlConfig::default()
+    })
+    .await
+    .unwrap();
+    create_contact(&lost, Some("c@example.com"), None).await;
+    idle(lost.webhooks_idle()).await;
+    let sent = lost.webhooks_sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].status, None);
+    assert!(sent[0].error.is_some());
+}
+
+#[tokio::test]
+async fn ghl_opportunity_webhooks() {
+    let receiver = Receiver::start().await;
+    let sandbox = start_ghl_with_webhooks(&receiver).await;
+    let loc = sandbox.location_id().to_string();
+    let contact = create_contact(&sandbox, Some("opp@example.com"), None).await;
+    let pipeline = sandbox.pipelines()[0].clone();
+    let body = |status: &str| {
+        json!({"locationId": loc, "pipelineId": pipeline.id, "contactId": contact,
+               "name": "Payment pay_1", "status": status, "monetaryValue": 42.5})
+    };
+    let created = ghl(
+        &sandbox,
+        "POST",
+        "/opportunities/upsert",
+        Some(body("open")),
+    )
+    .await;
+    assert_eq!(created.body["new"], true);
+    ghl(&sandbox, "POST", "/opportunities/upsert", Some(body("won"))).await;
+    ghl(&sandbox, "POST", "/opportunities/upsert", Some(body("won"))).await;
+    idle(sandbox.webhooks_idle()).await;
+    let got = receiver.take();
+    assert_eq!(
+        kinds(&got),
+        [
+            "ContactCreate",
+            "OpportunityCreate",
+            "OpportunityUpdate",
+            "OpportunityUpdate",
+            "OpportunityStatusUpdate",
+        ]
+    );
+    for r in &got {
+        assert_ghl_delivery(r, &loc);
+    }
+    assert_eq!(
+        keys(&got[1].json()),
+        keys(&example("ghl/OpportunityCreate.json"))
+    );
+    let status = got[4].json();
+    assert_eq!(
+        keys(&status),
+        keys(&example("ghl/OpportunityStatusUpdate.json"))
+    );
+    assert_eq!(status["status"], "won");
+    assert_eq!(status["contactId"], contact.as_str());
+    assert_eq!(status["monetaryValue"], 42.5);
 }

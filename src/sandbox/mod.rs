@@ -29,12 +29,35 @@
 //! sliding-window [`RateLimit`]. Faults are served before anything else
 //! (auth and rate limit included) and consume nothing else; requests are
 //! logged on arrival, their status filled in when answered.
+//!
+//! Given a webhook URL ([`GhlWebhooks`]), the GHL simulator also sends the
+//! webhooks GHL sends when data changes, through its API or by hand
+//! (`edit_contact`): queued while the change is made, delivered one
+//! at a time in order, [`WebhookDelivery::delay`] later, logged as
+//! [`SentWebhook`]s. `webhooks_idle().await` returns when the queue is
+//! empty, so a test can wait for quiescence:
+//!
+//! ```no_run
+//! # async fn demo(url: String) -> std::io::Result<()> {
+//! use mapper::sandbox::{GhlConfig, GhlSandbox, GhlWebhooks};
+//! let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+//! let ghl = GhlSandbox::start(GhlConfig {
+//!     webhooks: Some(GhlWebhooks::new(url, key)), // …/webhooks/ghl
+//!     ..GhlConfig::default()
+//! })
+//! .await?;
+//! // … API calls: ContactCreate, ContactUpdate, … go to `url` …
+//! ghl.webhooks_idle().await;
+//! let sent = ghl.webhooks_sent();
+//! # let _ = sent;
+//! # Ok(()) }
+//! ```
 
 mod common;
 pub mod ghl;
 pub mod stickycards;
 mod validate;
 
-pub use common::{Fault, LoggedRequest, RateLimit};
-pub use ghl::{GhlConfig, GhlSandbox};
+pub use common::{Fault, LoggedRequest, RateLimit, SentWebhook, WebhookDelivery};
+pub use ghl::{GhlConfig, GhlSandbox, GhlWebhooks};
 pub use stickycards::{StickyCardsConfig, StickyCardsSandbox};
