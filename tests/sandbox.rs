@@ -5,6 +5,7 @@ use std::time::Duration;
 use mapper::sandbox::ghl::DuplicateField;
 use mapper::sandbox::{
     Fault, GhlConfig, GhlSandbox, GhlWebhooks, RateLimit, StickyCardsConfig, StickyCardsSandbox,
+    StickyCardsWebhookFormat, StickyCardsWebhooks,
 };
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
@@ -1685,4 +1686,369 @@ async fn ghl_opportunity_webhooks() {
     assert_eq!(status["status"], "won");
     assert_eq!(status["contactId"], contact.as_str());
     assert_eq!(status["monetaryValue"], 42.5);
+}
+
+async fn start_sticky_with_webhooks(
+    receiver: &Receiver,
+    format: StickyCardsWebhookFormat,
+) -> StickyCardsSandbox {
+    let mut hooks =
+        StickyCardsWebhooks::new(format!("{}/webhooks/stickycards?token=t0k", receiver.base));
+    hooks.format = format;
+    StickyCardsSandbox::start(StickyCardsConfig {
+        webhooks: Some(hooks),
+        ..StickyCardsConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn set<const N: usize>(extra: [&str; N]) -> std::collections::BTreeSet<String> {
+    extra.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn stickycards_webhooks_follow_api_changes_in_the_seed_shape() {
+    let receiver = Receiver::start().await;
+    let sandbox = start_sticky_with_webhooks(&receiver, StickyCardsWebhookFormat::Seed).await;
+    let customer = sticky(
+        &sandbox,
+        "POST",
+        "/v1/customers",
+        Some(json!({"first_name": "Ana", "last_name": "Lima",
+                    "email": "Ana.Lima@Example.com", "phone_number": "+1 (415) 555-2671"})),
+    )
+    .await;
+    assert_eq!(customer.status, 201);
+    let customer_id = customer.body["id"].as_str().unwrap().to_string();
+    // An update through the API: no event exists for it.
+    sticky(
+        &sandbox,
+        "POST",
+        "/v1/customers",
+        Some(json!({"id": customer_id, "first_name": "Ana Maria"})),
+    )
+    .await;
+    let card = sticky(
+        &sandbox,
+        "POST",
+        "/v1/cards",
+        Some(json!({"customer_id": customer_id})),
+    )
+    .await;
+    assert_eq!(card.status, 201);
+    let card_id = card.body["id"].as_str().unwrap().to_string();
+    let balance = format!("/cards/{card_id}/balance");
+    sticky(&sandbox, "PUT", &balance, Some(json!({"balance": 10}))).await;
+    sticky(&sandbox, "PUT", &balance, Some(json!({"balance": 10}))).await; // unchanged
+    sticky(
+        &sandbox,
+        "PUT",
+        &balance,
+        Some(json!({"balance": 5, "mode": "add"})),
+    )
+    .await;
+    let segments = format!("/customers/{customer_id}/segments");
+    sticky(
+        &sandbox,
+        "PUT",
+        &segments,
+        Some(json!({"segments": ["Regulars", "VIP"]})),
+    )
+    .await;
+    sticky(
+        &sandbox,
+        "PUT",
+        &segments,
+        Some(json!({"segments": ["VIP"]})),
+    )
+    .await; // unlinked only
+    sticky(
+        &sandbox,
+        "PUT",
+        &format!("/cards/{card_id}/status"),
+        Some(json!({"status": "Inactive"})),
+    )
+    .await;
+    // Boomerangme v2 calls change the same data and send the same events.
+    let v2 = sticky(
+        &sandbox,
+        "POST",
+        "/api/v2/customers",
+        Some(json!({"firstName": "Bea", "email": "bea@example.com"})),
+    )
+    .await;
+    assert_eq!(v2.status, 201);
+    sticky(
+        &sandbox,
+        "POST",
+        &format!("/api/v2/cards/{card_id}/subtract-point"),
+        Some(json!({"points": 3})),
+    )
+    .await;
+    idle(sandbox.webhooks_idle()).await;
+    let got = receiver.take();
+    assert_eq!(
+        kinds(&got),
+        [
+            "CustomerCreatedEvent",
+            "CardIssuedEvent",
+            "CardBalanceUpdatedEvent",
+            "CardBalanceUpdatedEvent",
+            "CustomerSegmentLinkedEvent",
+            "CustomerSegmentLinkedEvent",
+            "CustomerCreatedEvent",
+            "CardBalanceUpdatedEvent",
+        ]
+    );
+    let bodies: Vec<Value> = got.iter().map(Received::json).collect();
+    let mut stamps = std::collections::HashSet::new();
+    for (r, body) in got.iter().zip(&bodies) {
+        assert_eq!(r.path_and_query, "/webhooks/stickycards?token=t0k");
+        assert_eq!(r.headers["content-type"], "application/json");
+        // RFC 3339 with milliseconds, never twice the same.
+        let stamp = body["timestamp"].as_str().unwrap();
+        chrono::DateTime::parse_from_rfc3339(stamp).unwrap();
+        assert_eq!(stamp.len(), "2025-03-10T09:15:03.123Z".len(), "{stamp}");
+        assert!(stamps.insert(stamp.to_string()), "{stamp} repeated");
+    }
+    let stickycards = |file: &str| keys(&example(&format!("stickycards/{file}")));
+    let without = |mut keys: std::collections::BTreeSet<String>, gone: &[&str]| {
+        for k in gone {
+            keys.remove(*k);
+        }
+        keys
+    };
+    // A new customer has no card yet.
+    assert_eq!(
+        keys(&bodies[0]),
+        without(stickycards("CustomerCreatedEvent.json"), &["card_id"])
+    );
+    assert_eq!(bodies[0]["customer_id"], customer_id.as_str());
+    assert_eq!(bodies[0]["phone_number"], "+1 (415) 555-2671");
+    assert_eq!(bodies[0]["segments"], json!([]));
+    assert_eq!(keys(&bodies[1]), stickycards("CardIssuedEvent.json"));
+    assert_eq!(
+        bodies[1]["card"],
+        json!({"id": card_id, "status": "not_installed", "balance": 0, "installed_date": null})
+    );
+    assert_eq!(bodies[1]["first_name"], "Ana Maria");
+    // last_purchase_date: the simulator has no purchases.
+    assert_eq!(
+        keys(&bodies[2]),
+        without(
+            stickycards("CardBalanceUpdatedEvent.json"),
+            &["last_purchase_date"]
+        )
+    );
+    assert_eq!(
+        (
+            &bodies[2]["card"]["balance"],
+            &bodies[2]["previous_balance"]
+        ),
+        (&json!(10), &json!(0))
+    );
+    assert_eq!(
+        (
+            &bodies[3]["card"]["balance"],
+            &bodies[3]["previous_balance"]
+        ),
+        (&json!(15), &json!(10))
+    );
+    assert_eq!(
+        keys(&bodies[4]),
+        stickycards("CustomerSegmentLinkedEvent.json")
+    );
+    assert_eq!(bodies[4]["segment"], json!({"id": 1, "name": "Regulars"}));
+    assert_eq!(bodies[5]["segment"], json!({"id": 2, "name": "VIP"}));
+    assert_eq!(bodies[5]["segments"], json!(["Regulars", "VIP"]));
+    assert_eq!(bodies[5]["card_id"], card_id.as_str());
+    assert_eq!(
+        keys(&bodies[6]),
+        set([
+            "event_type",
+            "timestamp",
+            "customer_id",
+            "email",
+            "first_name",
+            "last_name",
+            "referral_count",
+            "segments"
+        ])
+    );
+    assert_eq!(
+        (
+            &bodies[7]["card"]["balance"],
+            &bodies[7]["previous_balance"]
+        ),
+        (&json!(12), &json!(15))
+    );
+    let sent = sandbox.webhooks_sent();
+    assert_eq!(sent.len(), 8);
+    assert!(sent.iter().all(|w| w.status == Some(200)));
+}
+
+#[tokio::test]
+async fn stickycards_hand_changes_emit_their_events() {
+    let receiver = Receiver::start().await;
+    let sandbox = start_sticky_with_webhooks(&receiver, StickyCardsWebhookFormat::Seed).await;
+    // Test setup sends nothing until asked.
+    let customer = sandbox.add_customer(Some("Ana"), Some("ana@example.com"), Some("+14155552671"));
+    let card = sandbox.add_card(Some(&customer.id), 0);
+    assert_eq!(sandbox.webhooks_pending(), 0);
+    assert!(sandbox.emit_event("CustomerCreatedEvent", &customer.id, None));
+    assert!(!sandbox.emit_event("CustomerCreatedEvent", "nobody", None));
+    assert!(!sandbox.emit_event("CardScannedEvent", &customer.id, Some("000000-000-000")));
+
+    let installed = sandbox.install_card(&card.id).unwrap();
+    assert_eq!(installed.wallet_status, "installed");
+    assert!(installed.installed_date.is_some());
+    sandbox.set_card_balance(&card.id, 40).unwrap();
+    sandbox.set_card_balance(&card.id, 40).unwrap(); // unchanged: nothing
+    assert!(sandbox.set_card_balance("000000-000-000", 1).is_none());
+    // Only segments send something; a name change alone sends nothing.
+    sandbox
+        .edit_customer(&customer.id, |c| c.first_name = Some("Anna".into()))
+        .unwrap();
+    let edited = sandbox
+        .edit_customer(&customer.id, |c| c.segments.push("VIP".into()))
+        .unwrap();
+    assert_eq!(edited.first_name.as_deref(), Some("Anna"));
+    assert_eq!(edited.segments, ["VIP"]);
+    sandbox.remove_card(&card.id).unwrap();
+    sandbox.expire_card(&card.id).unwrap();
+    // A card without a customer: no one to tell.
+    let orphan = sandbox.add_card(None, 0);
+    sandbox.set_card_balance(&orphan.id, 5).unwrap();
+    idle(sandbox.webhooks_idle()).await;
+
+    let got = receiver.take();
+    assert_eq!(
+        kinds(&got),
+        [
+            "CustomerCreatedEvent",
+            "CardInstalledEvent",
+            "CardBalanceUpdatedEvent",
+            "CustomerSegmentLinkedEvent",
+            "CardRemovedEvent",
+            "CardExpiredEvent",
+        ]
+    );
+    let bodies: Vec<Value> = got.iter().map(Received::json).collect();
+    let stickycards = |file: &str| keys(&example(&format!("stickycards/{file}")));
+    assert_eq!(keys(&bodies[0]), stickycards("CustomerCreatedEvent.json"));
+    assert_eq!(bodies[0]["card_id"], card.id.as_str());
+    assert_eq!(keys(&bodies[1]), stickycards("CardInstalledEvent.json"));
+    assert_eq!(bodies[1]["card"]["status"], "installed");
+    assert_eq!(bodies[2]["card"]["balance"], 40);
+    assert_eq!(bodies[2]["previous_balance"], 0);
+    assert_eq!(bodies[3]["first_name"], "Anna");
+    assert_eq!(bodies[3]["segment"]["name"], "VIP");
+    assert_eq!(keys(&bodies[4]), stickycards("CardRemovedEvent.json"));
+    assert_eq!(bodies[4]["card"]["status"], "removed");
+    assert_eq!(keys(&bodies[5]), stickycards("CardExpiredEvent.json"));
+    assert_eq!(bodies[5]["card"]["status"], "expired");
+    assert_eq!(sandbox.balance_changes().len(), 2);
+}
+
+#[tokio::test]
+async fn stickycards_webhooks_in_the_boomerangme_shape() {
+    let receiver = Receiver::start().await;
+    let sandbox =
+        start_sticky_with_webhooks(&receiver, StickyCardsWebhookFormat::Boomerangme).await;
+    let customer = sticky(
+        &sandbox,
+        "POST",
+        "/api/v2/customers",
+        Some(
+            json!({"firstName": "Ana", "surname": "Lima", "phone": "14155552671",
+                    "dateOfBirth": "1990-05-17"}),
+        ),
+    )
+    .await;
+    let customer_id = customer.body["data"]["id"].as_str().unwrap().to_string();
+    let card = sticky(
+        &sandbox,
+        "POST",
+        "/api/v2/cards",
+        Some(json!({"customerId": customer_id, "templateId": 3101})),
+    )
+    .await;
+    let card_id = card.body["data"]["id"].as_str().unwrap().to_string();
+    // Two changes of one card within a second still get distinct times.
+    for _ in 0..2 {
+        sticky(
+            &sandbox,
+            "POST",
+            &format!("/api/v2/cards/{card_id}/add-point"),
+            Some(json!({"points": 5})),
+        )
+        .await;
+    }
+    sticky(
+        &sandbox,
+        "PUT",
+        &format!("/customers/{customer_id}/segments"),
+        Some(json!({"segments": ["VIP"]})),
+    )
+    .await;
+    sandbox.remove_card(&card_id).unwrap();
+    idle(sandbox.webhooks_idle()).await;
+    let got = receiver.take();
+    assert_eq!(
+        kinds(&got),
+        [
+            "CustomerCreatedEvent",
+            "CardIssuedEvent",
+            "CardBalanceUpdatedEvent",
+            "CardBalanceUpdatedEvent",
+            "CustomerSegmentLinkedEvent",
+            "CardRemovedEvent",
+        ]
+    );
+    let bodies: Vec<Value> = got.iter().map(Received::json).collect();
+    let boomerangme = |file: &str| example(&format!("stickycards-boomerangme/{file}"));
+    let issued = boomerangme("CardIssuedEvent.json");
+    for body in &bodies {
+        assert_eq!(keys(body), keys(&issued));
+        assert!(body["timestamp"].is_i64());
+        assert_eq!(body["data"]["cardholder_id"], customer_id.as_str());
+    }
+    // A new customer has no card yet: no card fields.
+    let card_keys = set([
+        "serial_number",
+        "template_id",
+        "user_template_id",
+        "card_type",
+        "status",
+        "device_type",
+        "bonus_balance",
+        "balance",
+        "countVisits",
+        "number_stamps_total",
+        "number_rewards_unused",
+        "short_link",
+        "share_link",
+        "direct_install_link_universal",
+        "direct_install_link_apple",
+        "direct_install_link_google",
+        "direct_install_link_pwa",
+    ]);
+    let all = keys(&issued["data"]);
+    assert_eq!(
+        keys(&bodies[0]["data"]),
+        all.difference(&card_keys).cloned().collect()
+    );
+    assert_eq!(keys(&bodies[1]["data"]), all);
+    assert_eq!(bodies[1]["data"]["serial_number"], card_id.as_str());
+    assert_eq!(bodies[1]["data"]["status"], "not_installed");
+    assert_eq!(bodies[1]["data"]["cardholder_birth_date"], "1990-05-17");
+    assert_eq!(bodies[3]["data"]["bonus_balance"], 10);
+    assert_ne!(bodies[2]["timestamp"], bodies[3]["timestamp"]);
+    assert_eq!(
+        keys(&bodies[4]["data"]),
+        keys(&boomerangme("CustomerSegmentLinkedEvent.json")["data"])
+    );
+    assert_eq!(bodies[4]["data"]["segment_name"], "VIP");
+    assert_eq!(bodies[5]["data"]["status"], "deleted");
 }

@@ -799,3 +799,31 @@ impl Courier {
         }
     }
 }
+
+/// Event times that never repeat: now in milliseconds, or 1 ms after the
+/// previous one when two events fall in the same millisecond (receivers
+/// dedup on the time).
+#[derive(Default)]
+pub(crate) struct EventClock {
+    last_ms: i64,
+}
+
+impl EventClock {
+    pub fn next(&mut self) -> chrono::DateTime<chrono::Utc> {
+        let now = chrono::Utc::now().timestamp_millis();
+        self.last_ms = now.max(self.last_ms + 1);
+        chrono::DateTime::from_timestamp_millis(self.last_ms).unwrap_or_else(chrono::Utc::now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_times_never_repeat() {
+        let mut clock = EventClock::default();
+        let times: Vec<_> = (0..50).map(|_| clock.next()).collect();
+        assert!(times.windows(2).all(|w| w[0] < w[1]));
+    }
+}

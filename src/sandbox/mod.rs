@@ -30,9 +30,10 @@
 //! (auth and rate limit included) and consume nothing else; requests are
 //! logged on arrival, their status filled in when answered.
 //!
-//! Given a webhook URL ([`GhlWebhooks`]), the GHL simulator also sends the
-//! webhooks GHL sends when data changes, through its API or by hand
-//! (`edit_contact`): queued while the change is made, delivered one
+//! Given a webhook URL ([`GhlWebhooks`], [`StickyCardsWebhooks`]), each
+//! simulator also sends the webhooks its platform sends when data changes,
+//! through its API or by hand (`edit_contact`, `edit_customer`,
+//! `set_card_balance`, …): queued while the change is made, delivered one
 //! at a time in order, [`WebhookDelivery::delay`] later, logged as
 //! [`SentWebhook`]s. `webhooks_idle().await` returns when the queue is
 //! empty, so a test can wait for quiescence:
@@ -60,4 +61,6 @@ mod validate;
 
 pub use common::{Fault, LoggedRequest, RateLimit, SentWebhook, WebhookDelivery};
 pub use ghl::{GhlConfig, GhlSandbox, GhlWebhooks};
-pub use stickycards::{StickyCardsConfig, StickyCardsSandbox};
+pub use stickycards::{
+    StickyCardsConfig, StickyCardsSandbox, StickyCardsWebhookFormat, StickyCardsWebhooks,
+};
