@@ -1688,6 +1688,55 @@ async fn ghl_opportunity_webhooks() {
     assert_eq!(status["monetaryValue"], 42.5);
 }
 
+#[tokio::test]
+async fn webhooks_can_be_turned_on_repointed_and_off_after_start() {
+    // The engine needs the simulators' URLs before it listens, so tests
+    // start the simulators first and point their webhooks at it later.
+    let (first, second) = (Receiver::start().await, Receiver::start().await);
+    let ghl_sandbox = start_ghl().await;
+    create_contact(&ghl_sandbox, Some("before@example.com"), None).await;
+    let to = |r: &Receiver| GhlWebhooks::new(format!("{}/webhooks/ghl", r.base), signing_key());
+    ghl_sandbox.set_webhooks(Some(to(&first))).unwrap();
+    create_contact(&ghl_sandbox, Some("first@example.com"), None).await;
+    idle(ghl_sandbox.webhooks_idle()).await;
+    ghl_sandbox.set_webhooks(Some(to(&second))).unwrap();
+    create_contact(&ghl_sandbox, Some("second@example.com"), None).await;
+    idle(ghl_sandbox.webhooks_idle()).await;
+    ghl_sandbox.set_webhooks(None).unwrap();
+    create_contact(&ghl_sandbox, Some("after@example.com"), None).await;
+    idle(ghl_sandbox.webhooks_idle()).await;
+    let (a, b) = (first.take(), second.take());
+    assert_eq!((a.len(), b.len()), (1, 1));
+    assert_eq!(a[0].json()["email"], "first@example.com");
+    assert_eq!(b[0].json()["email"], "second@example.com");
+    // One log across URLs, webhookIds never reused.
+    let sent = ghl_sandbox.webhooks_sent();
+    assert_eq!(sent.len(), 2);
+    assert_ne!(sent[0].body["webhookId"], sent[1].body["webhookId"]);
+    assert!(
+        ghl_sandbox
+            .set_webhooks(Some(GhlWebhooks::new("not a url", signing_key())))
+            .is_err()
+    );
+
+    let sc = start_sticky().await;
+    sc.set_webhooks(Some(StickyCardsWebhooks::new(format!(
+        "{}/webhooks/stickycards?token=t",
+        first.base
+    ))))
+    .unwrap();
+    sticky(
+        &sc,
+        "POST",
+        "/v1/customers",
+        Some(json!({"email": "sc@example.com"})),
+    )
+    .await;
+    idle(sc.webhooks_idle()).await;
+    assert_eq!(kinds(&first.take()), ["CustomerCreatedEvent"]);
+    assert_eq!(sc.webhooks_sent().len(), 1);
+}
+
 async fn start_sticky_with_webhooks(
     receiver: &Receiver,
     format: StickyCardsWebhookFormat,

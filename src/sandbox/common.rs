@@ -629,25 +629,35 @@ impl SentWebhook {
 /// Extra headers for a body (the signature), computed over its exact bytes.
 pub(crate) type SignFn = Box<dyn Fn(&[u8]) -> Vec<(&'static str, String)> + Send + Sync>;
 
+/// The webhooks a simulator sent; kept by the simulator, so that it
+/// outlives a change of [`Outbox`].
+pub(crate) type WebhookLog = Arc<Mutex<Vec<SentWebhook>>>;
+
 struct Job {
     kind: String,
     body: Value,
     due: tokio::time::Instant,
 }
 
-/// The queue of webhooks of one simulator and the task that sends them.
+/// The queue of webhooks to one URL and the task that sends them.
 pub(crate) struct Outbox {
     queue: mpsc::UnboundedSender<Job>,
     /// Webhooks queued and not yet finished; `idle` waits for 0.
     pending: Arc<watch::Sender<usize>>,
-    sent: Arc<Mutex<Vec<SentWebhook>>>,
     delay: Duration,
     worker: AbortHandle,
 }
 
 impl Outbox {
-    /// Starts the delivery task (needs a tokio runtime).
-    pub fn start(url: &str, delivery: WebhookDelivery, sign: SignFn) -> std::io::Result<Outbox> {
+    /// Starts the delivery task in the current tokio runtime (an error
+    /// outside one), logging into `sent`.
+    pub fn start(
+        url: &str,
+        delivery: WebhookDelivery,
+        sign: SignFn,
+        sent: WebhookLog,
+    ) -> std::io::Result<Outbox> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
         let url = reqwest::Url::parse(url).map_err(|e| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -659,24 +669,23 @@ impl Outbox {
             .map_err(std::io::Error::other)?;
         let (queue, jobs) = mpsc::unbounded_channel();
         let pending = Arc::new(watch::Sender::new(0usize));
-        let sent = Arc::new(Mutex::new(Vec::new()));
         let delay = delivery.delay;
-        let worker = tokio::spawn(deliver_all(
-            jobs,
-            Courier {
-                client,
-                url,
-                delivery,
-                sign,
-            },
-            Arc::clone(&sent),
-            Arc::clone(&pending),
-        ))
-        .abort_handle();
+        let worker = runtime
+            .spawn(deliver_all(
+                jobs,
+                Courier {
+                    client,
+                    url,
+                    delivery,
+                    sign,
+                },
+                sent,
+                Arc::clone(&pending),
+            ))
+            .abort_handle();
         Ok(Outbox {
             queue,
             pending,
-            sent,
             delay,
             worker,
         })
@@ -696,14 +705,6 @@ impl Outbox {
         }
     }
 
-    pub fn sent(&self) -> Vec<SentWebhook> {
-        lock(&self.sent).clone()
-    }
-
-    pub fn clear_sent(&self) {
-        lock(&self.sent).clear();
-    }
-
     pub fn pending(&self) -> usize {
         *self.pending.borrow()
     }
@@ -718,7 +719,7 @@ impl Outbox {
 
 impl Drop for Outbox {
     fn drop(&mut self) {
-        // A stopped platform sends nothing more.
+        // A stopped (or re-pointed) simulator sends nothing more from here.
         self.worker.abort();
     }
 }
@@ -733,7 +734,7 @@ struct Courier {
 async fn deliver_all(
     mut jobs: mpsc::UnboundedReceiver<Job>,
     courier: Courier,
-    sent: Arc<Mutex<Vec<SentWebhook>>>,
+    sent: WebhookLog,
     pending: Arc<watch::Sender<usize>>,
 ) {
     while let Some(job) = jobs.recv().await {

@@ -27,7 +27,7 @@
 //! - The rate-limit 429 is `{"statusCode":429,"message":"Too Many Requests"}`
 //!   without `Retry-After` (GHL documents none); a refused request is not
 //!   counted.
-//! - Bodies are checked against the spec's DTOs (see [`super::validate`]);
+//! - Bodies are checked against the spec's DTOs (see `validate.rs`);
 //!   bad JSON → 400 `Unexpected token in JSON: …`.
 //! - A `locationId` other than the configured one → 403 `The token does not
 //!   have access to this location.`
@@ -66,7 +66,8 @@
 //!   `contactId`), none of the 2026 spec's `followers*` being required.
 //! - `POST /opportunities/` always creates (no duplicate-opportunity rule).
 //!
-//! Webhooks (when [`GhlConfig::webhooks`] is set), as a marketplace app
+//! Webhooks (when [`GhlConfig::webhooks`] or [`GhlSandbox::set_webhooks`]
+//! gives a URL), as a marketplace app
 //! receives them (reference §7.1), signed with Ed25519 in `x-ghl-signature`
 //! over the exact body, sent one by one a little after the change:
 //!
@@ -99,7 +100,7 @@ use ed25519_dalek::Signer as _;
 
 use super::common::{
     self, Controls, Fault, Ids, Incoming, Limiter, LoggedRequest, Outbox, RateLimit, Reply,
-    Running, SentWebhook, Simulator, WebhookDelivery, lock,
+    Running, SentWebhook, Simulator, WebhookDelivery, WebhookLog, lock,
 };
 use super::validate::{Dto, Kind, validate};
 
@@ -151,7 +152,8 @@ pub struct GhlConfig {
     pub duplicate_priority: Vec<DuplicateField>,
     /// Pipelines the location has (GHL has no API to create them).
     pub pipelines: Vec<PipelineConfig>,
-    /// Where and how to send webhooks; `None` sends none.
+    /// Where and how to send webhooks; `None` sends none (see also
+    /// [`GhlSandbox::set_webhooks`]).
     pub webhooks: Option<GhlWebhooks>,
 }
 
@@ -608,18 +610,34 @@ struct Ghl {
     limiter: Mutex<Limiter>,
     state: Mutex<Location>,
     ids: Ids,
-    hooks: Option<Hooks>,
+    hooks: Mutex<Option<Arc<Hooks>>>,
+    /// `webhookId`s: apart from the API's ids, so that turning webhooks on
+    /// does not change the ids contacts get.
+    hook_ids: Ids,
+    sent: WebhookLog,
 }
 
-/// The webhook side of a simulator with [`GhlConfig::webhooks`].
+/// Where webhooks go while they are on.
 struct Hooks {
     outbox: Outbox,
-    /// Separate from the API's ids, so that turning webhooks on does not
-    /// change the ids contacts get.
-    ids: Ids,
     app_id: String,
     version_id: String,
     public_key: ed25519_dalek::VerifyingKey,
+}
+
+impl Hooks {
+    fn start(w: GhlWebhooks, sent: WebhookLog) -> std::io::Result<Hooks> {
+        let key = w.signing_key.clone();
+        let sign: common::SignFn = Box::new(move |body: &[u8]| {
+            vec![("x-ghl-signature", B64.encode(key.sign(body).to_bytes()))]
+        });
+        Ok(Hooks {
+            outbox: Outbox::start(&w.url, w.delivery, sign, sent)?,
+            app_id: w.app_id,
+            version_id: w.version_id,
+            public_key: w.signing_key.verifying_key(),
+        })
+    }
 }
 
 /// A running GHL simulator. Stops on drop or [`GhlSandbox::shutdown`].
@@ -631,22 +649,12 @@ pub struct GhlSandbox {
 impl GhlSandbox {
     /// Binds (127.0.0.1:0 unless `config.addr`) and serves in a tokio task.
     pub async fn start(config: GhlConfig) -> std::io::Result<GhlSandbox> {
+        let sent = WebhookLog::default();
         let hooks = match config.webhooks {
             None => None,
-            Some(w) => {
-                let key = w.signing_key.clone();
-                let sign: common::SignFn = Box::new(move |body: &[u8]| {
-                    vec![("x-ghl-signature", B64.encode(key.sign(body).to_bytes()))]
-                });
-                Some(Hooks {
-                    outbox: Outbox::start(&w.url, w.delivery, sign)?,
-                    ids: Ids::new(&format!("{}:webhooks", config.location_id)),
-                    app_id: w.app_id,
-                    version_id: w.version_id,
-                    public_key: w.signing_key.verifying_key(),
-                })
-            }
+            Some(w) => Some(Arc::new(Hooks::start(w, Arc::clone(&sent))?)),
         };
+        let hook_ids = Ids::new(&format!("{}:webhooks", config.location_id));
         let ids = Ids::new(&config.location_id);
         let pipelines = config
             .pipelines
@@ -680,7 +688,9 @@ impl GhlSandbox {
                 opportunities: Vec::new(),
             }),
             ids,
-            hooks,
+            hooks: Mutex::new(hooks),
+            hook_ids,
+            sent,
         });
         let running = common::serve(config.addr, Arc::clone(&inner)).await?;
         Ok(GhlSandbox { inner, running })
@@ -838,33 +848,41 @@ impl GhlSandbox {
         }
     }
 
+    /// Turns webhooks on, re-points them or (`None`) turns them off, e.g.
+    /// once the engine that receives them is listening (it needs this
+    /// simulator's URL first). Webhooks still queued for the previous URL
+    /// are dropped: wait for [`GhlSandbox::webhooks_idle`] first to keep
+    /// them. Needs a tokio runtime; an error for a bad URL.
+    pub fn set_webhooks(&self, webhooks: Option<GhlWebhooks>) -> std::io::Result<()> {
+        let hooks = match webhooks {
+            None => None,
+            Some(w) => Some(Arc::new(Hooks::start(w, Arc::clone(&self.inner.sent))?)),
+        };
+        *lock(&self.inner.hooks) = hooks;
+        Ok(())
+    }
+
     /// Webhooks whose delivery is over (answered, or given up), oldest
-    /// first; empty without [`GhlConfig::webhooks`].
+    /// first; empty while webhooks were never on.
     pub fn webhooks_sent(&self) -> Vec<SentWebhook> {
-        self.inner
-            .hooks
-            .as_ref()
-            .map(|h| h.outbox.sent())
-            .unwrap_or_default()
+        lock(&self.inner.sent).clone()
     }
 
     /// Empties the log of [`GhlSandbox::webhooks_sent`].
     pub fn clear_webhooks_sent(&self) {
-        if let Some(h) = &self.inner.hooks {
-            h.outbox.clear_sent();
-        }
+        lock(&self.inner.sent).clear();
     }
 
     /// Webhooks queued or being delivered.
     pub fn webhooks_pending(&self) -> usize {
-        self.inner.hooks.as_ref().map_or(0, |h| h.outbox.pending())
+        self.inner.hooks().map_or(0, |h| h.outbox.pending())
     }
 
     /// Returns once every webhook queued so far has been delivered or
     /// dropped (at once without webhooks). A change made by an API call is
     /// queued before its answer, so after the answer this covers it.
     pub async fn webhooks_idle(&self) {
-        if let Some(h) = &self.inner.hooks {
+        if let Some(h) = self.inner.hooks() {
             h.outbox.idle().await;
         }
     }
@@ -873,7 +891,7 @@ impl GhlSandbox {
     /// `GHL_WEBHOOK_PUBLIC_KEY`); `None` without webhooks.
     pub fn webhook_public_key_pem(&self) -> Option<String> {
         use ed25519_dalek::pkcs8::EncodePublicKey;
-        let hooks = self.inner.hooks.as_ref()?;
+        let hooks = self.inner.hooks()?;
         hooks
             .public_key
             .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
@@ -1403,17 +1421,21 @@ impl Ghl {
     /// fields. Called under the state lock, so webhooks leave in the order
     /// of the changes.
     fn emit(&self, mut payload: Map<String, Value>) {
-        let Some(hooks) = &self.hooks else { return };
+        let Some(hooks) = self.hooks() else { return };
         let kind = payload
             .get("type")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
         payload.insert("timestamp".into(), json!(common::now_iso()));
-        payload.insert("webhookId".into(), json!(hooks.ids.uuid("webhook")));
+        payload.insert("webhookId".into(), json!(self.hook_ids.uuid("webhook")));
         payload.insert("appId".into(), json!(hooks.app_id));
         payload.insert("versionId".into(), json!(hooks.version_id));
         hooks.outbox.send(&kind, Value::Object(payload));
+    }
+
+    fn hooks(&self) -> Option<Arc<Hooks>> {
+        lock(&self.hooks).clone()
     }
 
     /// After an update turned `before` into `after`: keeps `dateUpdated`

@@ -36,18 +36,19 @@
 //! `set_card_balance`, …): queued while the change is made, delivered one
 //! at a time in order, [`WebhookDelivery::delay`] later, logged as
 //! [`SentWebhook`]s. `webhooks_idle().await` returns when the queue is
-//! empty, so a test can wait for quiescence:
+//! empty, so a test can wait for quiescence. As the engine needs the
+//! simulators' URLs before it listens, `set_webhooks` turns webhooks on (or
+//! re-points them) after start:
 //!
 //! ```no_run
-//! # async fn demo(url: String) -> std::io::Result<()> {
+//! # async fn demo(engine: String) -> std::io::Result<()> {
 //! use mapper::sandbox::{GhlConfig, GhlSandbox, GhlWebhooks};
+//! let ghl = GhlSandbox::start(GhlConfig::default()).await?;
+//! // … start the engine with ghl.base_url(); it listens at `engine` …
 //! let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-//! let ghl = GhlSandbox::start(GhlConfig {
-//!     webhooks: Some(GhlWebhooks::new(url, key)), // …/webhooks/ghl
-//!     ..GhlConfig::default()
-//! })
-//! .await?;
-//! // … API calls: ContactCreate, ContactUpdate, … go to `url` …
+//! let url = format!("{engine}/webhooks/ghl");
+//! ghl.set_webhooks(Some(GhlWebhooks::new(url, key)))?;
+//! // … API calls: ContactCreate, ContactUpdate, … go to the engine …
 //! ghl.webhooks_idle().await;
 //! let sent = ghl.webhooks_sent();
 //! # let _ = sent;

@@ -46,7 +46,8 @@
 //!   Attempts."}` with `Retry-After`, `X-RateLimit-Limit` and
 //!   `X-RateLimit-Remaining`.
 //!
-//! Webhooks (when [`StickyCardsConfig::webhooks`] is set): only the events
+//! Webhooks (when [`StickyCardsConfig::webhooks`] or
+//! [`StickyCardsSandbox::set_webhooks`] gives a URL): only the events
 //! of seed 000's catalogue (`schemas/events/stickycards/`), for changes made
 //! through either API or by hand. There is no customer-updated, card-status
 //! or deletion event in that catalogue, so those changes send nothing.
@@ -80,7 +81,7 @@ use serde_json::{Map, Value, json};
 
 use super::common::{
     self, Controls, EventClock, Fault, Ids, Incoming, Limiter, LoggedRequest, Outbox, RateLimit,
-    Reply, Running, SentWebhook, Simulator, WebhookDelivery, lock,
+    Reply, Running, SentWebhook, Simulator, WebhookDelivery, WebhookLog, lock,
 };
 
 /// Settings of a [`StickyCardsSandbox`].
@@ -94,7 +95,8 @@ pub struct StickyCardsConfig {
     pub rate_limit: RateLimit,
     /// Create unknown cards on first use instead of answering 404.
     pub auto_create_cards: bool,
-    /// Where and how to send webhooks; `None` sends none.
+    /// Where and how to send webhooks; `None` sends none (see also
+    /// [`StickyCardsSandbox::set_webhooks`]).
     pub webhooks: Option<StickyCardsWebhooks>,
 }
 
@@ -258,7 +260,25 @@ struct Sticky {
     limiter: Mutex<Limiter>,
     state: Mutex<State>,
     ids: Ids,
-    hooks: Option<(Outbox, StickyCardsWebhookFormat)>,
+    hooks: Mutex<Option<Arc<Hooks>>>,
+    sent: WebhookLog,
+}
+
+/// Where webhooks go while they are on.
+struct Hooks {
+    outbox: Outbox,
+    format: StickyCardsWebhookFormat,
+}
+
+impl Hooks {
+    fn start(w: StickyCardsWebhooks, sent: WebhookLog) -> std::io::Result<Hooks> {
+        // Nothing is signed: the token is in the URL.
+        let sign: common::SignFn = Box::new(|_: &[u8]| Vec::new());
+        Ok(Hooks {
+            outbox: Outbox::start(&w.url, w.delivery, sign, sent)?,
+            format: w.format,
+        })
+    }
 }
 
 /// What an event adds to the common fields.
@@ -278,12 +298,10 @@ pub struct StickyCardsSandbox {
 impl StickyCardsSandbox {
     /// Binds (127.0.0.1:0 unless `config.addr`) and serves in a tokio task.
     pub async fn start(config: StickyCardsConfig) -> std::io::Result<StickyCardsSandbox> {
+        let sent = WebhookLog::default();
         let hooks = match config.webhooks {
             None => None,
-            Some(w) => {
-                let sign: common::SignFn = Box::new(|_: &[u8]| Vec::new());
-                Some((Outbox::start(&w.url, w.delivery, sign)?, w.format))
-            }
+            Some(w) => Some(Arc::new(Hooks::start(w, Arc::clone(&sent))?)),
         };
         let inner = Arc::new(Sticky {
             api_key: config.api_key,
@@ -292,7 +310,8 @@ impl StickyCardsSandbox {
             limiter: Mutex::new(Limiter::new(config.rate_limit)),
             state: Mutex::new(State::default()),
             ids: Ids::new("stickycards"),
-            hooks,
+            hooks: Mutex::new(hooks),
+            sent,
         });
         let running = common::serve(config.addr, Arc::clone(&inner)).await?;
         Ok(StickyCardsSandbox { inner, running })
@@ -525,37 +544,42 @@ impl StickyCardsSandbox {
         known
     }
 
+    /// Turns webhooks on, re-points them or (`None`) turns them off, e.g.
+    /// once the engine that receives them is listening (it needs this
+    /// simulator's URL first). Webhooks still queued for the previous URL
+    /// are dropped: wait for [`StickyCardsSandbox::webhooks_idle`] first to
+    /// keep them. Needs a tokio runtime; an error for a bad URL.
+    pub fn set_webhooks(&self, webhooks: Option<StickyCardsWebhooks>) -> std::io::Result<()> {
+        let hooks = match webhooks {
+            None => None,
+            Some(w) => Some(Arc::new(Hooks::start(w, Arc::clone(&self.inner.sent))?)),
+        };
+        *lock(&self.inner.hooks) = hooks;
+        Ok(())
+    }
+
     /// Webhooks whose delivery is over (answered, or given up), oldest
-    /// first; empty without [`StickyCardsConfig::webhooks`].
+    /// first; empty while webhooks were never on.
     pub fn webhooks_sent(&self) -> Vec<SentWebhook> {
-        self.inner
-            .hooks
-            .as_ref()
-            .map(|(outbox, _)| outbox.sent())
-            .unwrap_or_default()
+        lock(&self.inner.sent).clone()
     }
 
     /// Empties the log of [`StickyCardsSandbox::webhooks_sent`].
     pub fn clear_webhooks_sent(&self) {
-        if let Some((outbox, _)) = &self.inner.hooks {
-            outbox.clear_sent();
-        }
+        lock(&self.inner.sent).clear();
     }
 
     /// Webhooks queued or being delivered.
     pub fn webhooks_pending(&self) -> usize {
-        self.inner
-            .hooks
-            .as_ref()
-            .map_or(0, |(outbox, _)| outbox.pending())
+        self.inner.hooks().map_or(0, |h| h.outbox.pending())
     }
 
     /// Returns once every webhook queued so far has been delivered or
     /// dropped (at once without webhooks). A change made by an API call is
     /// queued before its answer, so after the answer this covers it.
     pub async fn webhooks_idle(&self) {
-        if let Some((outbox, _)) = &self.inner.hooks {
-            outbox.idle().await;
+        if let Some(h) = self.inner.hooks() {
+            h.outbox.idle().await;
         }
     }
 }
@@ -1103,7 +1127,7 @@ impl Sticky {
         card_id: Option<&str>,
         detail: Detail,
     ) {
-        let Some((outbox, format)) = &self.hooks else {
+        let Some(hooks) = self.hooks() else {
             return;
         };
         let Some(customer) = customer_id
@@ -1126,7 +1150,7 @@ impl Sticky {
             }
             _ => None,
         };
-        let body = match format {
+        let body = match hooks.format {
             StickyCardsWebhookFormat::Seed => {
                 let at = state
                     .clock
@@ -1140,7 +1164,11 @@ impl Sticky {
                 boomerangme_event(event, at, &customer, card.as_ref(), &detail, segment_id)
             }
         };
-        outbox.send(event, body);
+        hooks.outbox.send(event, body);
+    }
+
+    fn hooks(&self) -> Option<Arc<Hooks>> {
+        lock(&self.hooks).clone()
     }
 
     /// Queues `CardBalanceUpdatedEvent` for a card whose balance moved by
