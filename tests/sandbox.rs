@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use mapper::sandbox::ghl::DuplicateField;
 use mapper::sandbox::{
-    Fault, GhlConfig, GhlSandbox, RateLimit, StickyCardsConfig, StickyCardsSandbox,
+    Fault, GhlConfig, GhlSandbox, GhlWebhooks, RateLimit, StickyCardsConfig, StickyCardsSandbox,
+    StickyCardsWebhookFormat, StickyCardsWebhooks,
 };
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
@@ -1211,4 +1212,892 @@ async fn ghl_accepts_every_field_of_the_profiles_upsert_contact() {
         contact["customFields"],
         json!([{"id": field_id, "value": "gold"}])
     );
+}
+
+#[tokio::test]
+async fn stickycards_a_bad_field_on_create_adds_no_customer() {
+    let sandbox = start_sticky().await;
+    let bad = sticky(
+        &sandbox,
+        "POST",
+        "/v1/customers",
+        Some(json!({"email": "bad@example.com", "first_name": 5})),
+    )
+    .await;
+    assert_eq!(bad.status, 422);
+    assert!(sandbox.customers().is_empty());
+}
+
+// ------------------------------------------------------------ webhooks
+
+/// One request the test receiver got.
+struct Received {
+    path_and_query: String,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Received {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    fn kind(&self) -> String {
+        let v = self.json();
+        v.get("type")
+            .or_else(|| v.get("event_type"))
+            .or_else(|| v.get("event"))
+            .and_then(Value::as_str)
+            .unwrap()
+            .to_string()
+    }
+}
+
+/// A webhook endpoint on 127.0.0.1 that records what it gets and answers
+/// the statuses queued with `answer_next` (then 200).
+struct Receiver {
+    base: String,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    answers: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<u16>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        use std::sync::{Arc, Mutex};
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let answers = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+        let (g, a) = (Arc::clone(&got), Arc::clone(&answers));
+        let app = axum::Router::new().fallback(
+            move |uri: axum::http::Uri, headers: HeaderMap, body: axum::body::Bytes| {
+                let (g, a) = (Arc::clone(&g), Arc::clone(&a));
+                async move {
+                    g.lock().unwrap().push(Received {
+                        path_and_query: uri
+                            .path_and_query()
+                            .map(|p| p.to_string())
+                            .unwrap_or_default(),
+                        headers,
+                        body: body.to_vec(),
+                    });
+                    let status = a.lock().unwrap().pop_front().unwrap_or(200);
+                    axum::http::StatusCode::from_u16(status).unwrap()
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Receiver {
+            base,
+            got,
+            answers,
+            _task: task,
+        }
+    }
+
+    fn answer_next(&self, statuses: &[u16]) {
+        self.answers.lock().unwrap().extend(statuses);
+    }
+
+    fn take(&self) -> Vec<Received> {
+        std::mem::take(&mut *self.got.lock().unwrap())
+    }
+
+    fn count(&self) -> usize {
+        self.got.lock().unwrap().len()
+    }
+}
+
+fn keys(v: &Value) -> std::collections::BTreeSet<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+fn example(path: &str) -> Value {
+    let file = format!("{}/examples/payloads/{path}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap()
+}
+
+fn kinds(received: &[Received]) -> Vec<String> {
+    received.iter().map(Received::kind).collect()
+}
+
+async fn idle<F: std::future::Future<Output = ()>>(wait: F) {
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .expect("webhooks never went idle");
+}
+
+fn signing_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[42u8; 32])
+}
+
+async fn start_ghl_with_webhooks(receiver: &Receiver) -> GhlSandbox {
+    GhlSandbox::start(GhlConfig {
+        webhooks: Some(GhlWebhooks::new(
+            format!("{}/webhooks/ghl", receiver.base),
+            signing_key(),
+        )),
+        ..GhlConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Checks what every GHL webhook must be: JSON, signed over the exact
+/// bytes with the test key, fresh, of this location.
+fn assert_ghl_delivery(r: &Received, location: &str) {
+    use base64::Engine as _;
+    use ed25519_dalek::Verifier as _;
+    assert_eq!(r.path_and_query, "/webhooks/ghl");
+    assert_eq!(r.headers["content-type"], "application/json");
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(r.headers["x-ghl-signature"].to_str().unwrap())
+        .unwrap();
+    let sig = ed25519_dalek::Signature::from_slice(&sig).unwrap();
+    signing_key()
+        .verifying_key()
+        .verify(&r.body, &sig)
+        .expect("x-ghl-signature verifies over the raw body");
+    let body = r.json();
+    assert_eq!(body["locationId"], location);
+    let at = chrono::DateTime::parse_from_rfc3339(body["timestamp"].as_str().unwrap()).unwrap();
+    let age = chrono::Utc::now().signed_duration_since(at);
+    assert!(
+        age.num_seconds().abs() < 300,
+        "timestamp {at} is not recent"
+    );
+    assert!(body["webhookId"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(body["appId"].is_string() && body["versionId"].is_string());
+}
+
+#[tokio::test]
+async fn ghl_webhooks_follow_api_changes_signed_and_shaped_like_the_examples() {
+    let receiver = Receiver::start().await;
+    let sandbox = start_ghl_with_webhooks(&receiver).await;
+    let loc = sandbox.location_id().to_string();
+    let field = ghl(
+        &sandbox,
+        "POST",
+        &format!("/locations/{loc}/customFields"),
+        Some(json!({"name": "Loyalty Points", "dataType": "NUMERICAL", "model": "contact"})),
+    )
+    .await;
+    let field_id = field.body["customField"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Create: ContactCreate with the whole contact.
+    let created = ghl(
+        &sandbox,
+        "POST",
+        "/contacts/",
+        Some(json!({
+            "locationId": loc, "firstName": "Ana", "lastName": "Lima",
+            "email": "ana@example.com", "phone": "(415) 555-2671", "city": "San Francisco",
+            "tags": ["New Lead"], "customFields": [{"id": field_id, "field_value": 120}]
+        })),
+    )
+    .await;
+    assert_eq!(created.status, 201);
+    let id = created.body["contact"]["id"].as_str().unwrap().to_string();
+    let put = |body: Value| {
+        let (sandbox, id) = (&sandbox, id.clone());
+        async move { ghl(sandbox, "PUT", &format!("/contacts/{id}"), Some(body)).await }
+    };
+    // The same values again (tags in another case, phone in another format): nothing.
+    put(
+        json!({"firstName": "Ana", "phone": "+14155552671", "tags": ["new lead"],
+               "dnd": false, "customFields": [{"id": field_id, "field_value": 120}]}),
+    )
+    .await;
+    // A field: ContactUpdate. Tags: ContactUpdate and ContactTagUpdate.
+    put(json!({"city": "Oakland"})).await;
+    put(json!({"tags": ["new lead", "VIP"]})).await;
+    // Tag endpoints: ContactTagUpdate when the tags change, else nothing.
+    let tags = format!("/contacts/{id}/tags");
+    ghl(&sandbox, "POST", &tags, Some(json!({"tags": ["vip"]}))).await;
+    ghl(&sandbox, "POST", &tags, Some(json!({"tags": ["Gold"]}))).await;
+    ghl(
+        &sandbox,
+        "DELETE",
+        &tags,
+        Some(json!({"tags": ["new lead"]})),
+    )
+    .await;
+    ghl(&sandbox, "DELETE", &tags, Some(json!({"tags": ["absent"]}))).await;
+    // dnd: ContactUpdate and ContactDndUpdate.
+    put(json!({"dnd": true})).await;
+    // Upsert: updates (a custom field) then creates.
+    let upsert = |body: Value| {
+        let sandbox = &sandbox;
+        async move { ghl(sandbox, "POST", "/contacts/upsert", Some(body)).await }
+    };
+    upsert(json!({"locationId": loc, "email": "ana@example.com",
+                  "customFields": [{"id": field_id, "field_value": 125}]}))
+    .await;
+    upsert(json!({"locationId": loc, "email": "ana@example.com", "city": "Oakland"})).await;
+    let new = upsert(json!({"locationId": loc, "email": "bea@example.com"})).await;
+    assert_eq!(new.body["new"], true);
+    let note = ghl(
+        &sandbox,
+        "POST",
+        &format!("/contacts/{id}/notes"),
+        Some(json!({"body": "Feedback 5/5"})),
+    )
+    .await;
+    assert_eq!(note.status, 201);
+    ghl(&sandbox, "DELETE", &format!("/contacts/{id}"), None).await;
+
+    idle(sandbox.webhooks_idle()).await;
+    let got = receiver.take();
+    assert_eq!(
+        kinds(&got),
+        [
+            "ContactCreate",
+            "ContactUpdate",
+            "ContactUpdate",
+            "ContactTagUpdate",
+            "ContactTagUpdate",
+            "ContactTagUpdate",
+            "ContactUpdate",
+            "ContactDndUpdate",
+            "ContactUpdate",
+            "ContactCreate",
+            "NoteCreate",
+            "ContactDelete",
+        ]
+    );
+    for r in &got {
+        assert_ghl_delivery(r, &loc);
+    }
+    let ids: std::collections::HashSet<String> = got
+        .iter()
+        .map(|r| r.json()["webhookId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), got.len(), "webhookIds are unique");
+
+    // Shapes: the keys of the example payloads the source definitions expect.
+    let bodies: Vec<Value> = got.iter().map(Received::json).collect();
+    for (body, file) in [
+        (&bodies[0], "ContactCreate.json"),
+        (&bodies[1], "ContactUpdate.json"),
+        (&bodies[3], "ContactTagUpdate.json"),
+        (&bodies[7], "ContactDndUpdate.json"),
+        (&bodies[10], "NoteCreate.json"),
+        (&bodies[11], "ContactDelete.json"),
+    ] {
+        assert_eq!(keys(body), keys(&example(&format!("ghl/{file}"))), "{file}");
+    }
+    let create = &bodies[0];
+    assert_eq!(create["id"], id.as_str());
+    assert_eq!(create["name"], "Ana Lima");
+    assert_eq!(create["phone"], "+14155552671");
+    assert_eq!(create["city"], "San Francisco");
+    assert_eq!(create["dnd"], false);
+    assert_eq!(create["tags"], json!(["new lead"]));
+    assert_eq!(
+        create["customFields"],
+        json!([{"id": field_id, "value": 120}])
+    );
+    assert_eq!(bodies[1]["city"], "Oakland");
+    assert_eq!(bodies[2]["tags"], json!(["new lead", "vip"]));
+    assert_eq!(bodies[4]["tags"], json!(["new lead", "vip", "gold"]));
+    assert_eq!(bodies[5]["tags"], json!(["vip", "gold"]));
+    assert_eq!(bodies[7]["dnd"], true);
+    assert_eq!(
+        bodies[8]["customFields"],
+        json!([{"id": field_id, "value": 125}])
+    );
+    assert_eq!(bodies[9]["email"], "bea@example.com");
+    assert_eq!(bodies[10]["contactId"], id.as_str());
+    assert_eq!(bodies[10]["body"], "Feedback 5/5");
+    assert_eq!(bodies[11]["tags"], json!(["vip", "gold"]));
+
+    // The log has the same webhooks with the receiver's answers.
+    let sent = sandbox.webhooks_sent();
+    assert_eq!(
+        sent.iter().map(|w| w.kind.clone()).collect::<Vec<_>>(),
+        kinds(&got)
+    );
+    assert!(
+        sent.iter()
+            .all(|w| w.status == Some(200) && w.attempts == 1)
+    );
+    assert_eq!(sent[0].body, bodies[0]);
+    sandbox.clear_webhooks_sent();
+    assert!(sandbox.webhooks_sent().is_empty());
+}
+
+#[tokio::test]
+async fn ghl_hand_edits_emit_and_webhooks_idle_waits_for_the_queue() {
+    let receiver = Receiver::start().await;
+    let mut hooks = GhlWebhooks::new(format!("{}/webhooks/ghl", receiver.base), signing_key());
+    hooks.delivery.delay = Duration::from_millis(300);
+    let sandbox = GhlSandbox::start(GhlConfig {
+        webhooks: Some(hooks),
+        ..GhlConfig::default()
+    })
+    .await
+    .unwrap();
+    assert!(
+        sandbox
+            .webhook_public_key_pem()
+            .unwrap()
+            .contains("BEGIN PUBLIC KEY")
+    );
+    let id = create_contact(&sandbox, Some("hand@example.com"), None).await;
+    // Queued before the API answered, sent later.
+    assert_eq!(sandbox.webhooks_pending(), 1);
+    assert_eq!(receiver.count(), 0);
+    idle(sandbox.webhooks_idle()).await;
+    assert_eq!(sandbox.webhooks_pending(), 0);
+    assert_eq!(kinds(&receiver.take()), ["ContactCreate"]);
+
+    // By hand, as in the UI: the tag is lowercased, the webhooks follow.
+    let edited = sandbox
+        .edit_contact(&id, |c| {
+            c.tags.push("VIP".into());
+            c.first_name = Some("Hana".into());
+            c.id = "cannot-change".into();
+        })
+        .unwrap();
+    assert_eq!(edited.id, id);
+    assert_eq!(edited.tags, ["vip"]);
+    // Nothing changed: nothing sent, dateUpdated kept.
+    let same = sandbox
+        .edit_contact(&id, |c| c.tags = vec!["VIP".into()])
+        .unwrap();
+    assert_eq!(same.date_updated, edited.date_updated);
+    assert!(sandbox.edit_contact("nobody", |_| {}).is_none());
+    // A redelivery of the create, changing nothing.
+    assert!(sandbox.emit_contact_event("ContactCreate", &id));
+    assert!(!sandbox.emit_contact_event("ContactCreate", "nobody"));
+    idle(sandbox.webhooks_idle()).await;
+    let got = receiver.take();
+    assert_eq!(
+        kinds(&got),
+        ["ContactUpdate", "ContactTagUpdate", "ContactCreate"]
+    );
+    for r in &got {
+        assert_ghl_delivery(r, sandbox.location_id());
+    }
+    assert_eq!(got[0].json()["firstName"], "Hana");
+    assert_eq!(got[1].json()["tags"], json!(["vip"]));
+
+    // Without webhooks: nothing queued, idle at once.
+    let quiet = start_ghl().await;
+    create_contact(&quiet, Some("quiet@example.com"), None).await;
+    assert_eq!(quiet.webhooks_pending(), 0);
+    idle(quiet.webhooks_idle()).await;
+    assert!(quiet.webhooks_sent().is_empty());
+    assert!(quiet.webhook_public_key_pem().is_none());
+}
+
+#[tokio::test]
+async fn ghl_webhooks_are_retried_on_429_only() {
+    let receiver = Receiver::start().await;
+    let sandbox = start_ghl_with_webhooks(&receiver).await;
+    receiver.answer_next(&[429, 429, 200, 500]);
+    create_contact(&sandbox, Some("a@example.com"), None).await;
+    create_contact(&sandbox, Some("b@example.com"), None).await;
+    idle(sandbox.webhooks_idle()).await;
+    let sent = sandbox.webhooks_sent();
+    assert_eq!(sent.len(), 2);
+    assert_eq!((sent[0].status, sent[0].attempts), (Some(200), 3));
+    assert!(sent[0].delivered());
+    assert_eq!((sent[1].status, sent[1].attempts), (Some(500), 1));
+    assert!(!sent[1].delivered());
+    // The retries are the same delivery: same body, same webhookId.
+    let got = receiver.take();
+    assert_eq!(got.len(), 4);
+    assert_eq!(got[0].body, got[2].body);
+
+    // Nobody listening: given up, logged without a status.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let lost = GhlSandbox::start(GhlConfig {
+        webhooks: Some(GhlWebhooks::new(
+            format!("http://{closed}/webhooks/ghl"),
+            signing_key(),
+        )),
+        ..GhlConfig::default()
+    })
+    .await
+    .unwrap();
+    create_contact(&lost, Some("c@example.com"), None).await;
+    idle(lost.webhooks_idle()).await;
+    let sent = lost.webhooks_sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].status, None);
+    assert!(sent[0].error.is_some());
+}
+
+#[tokio::test]
+async fn ghl_opportunity_webhooks() {
+    let receiver = Receiver::start().await;
+    let sandbox = start_ghl_with_webhooks(&receiver).await;
+    let loc = sandbox.location_id().to_string();
+    let contact = create_contact(&sandbox, Some("opp@example.com"), None).await;
+    let pipeline = sandbox.pipelines()[0].clone();
+    let body = |status: &str| {
+        json!({"locationId": loc, "pipelineId": pipeline.id, "contactId": contact,
+               "name": "Payment pay_1", "status": status, "monetaryValue": 42.5})
+    };
+    let created = ghl(
+        &sandbox,
+        "POST",
+        "/opportunities/upsert",
+        Some(body("open")),
+    )
+    .await;
+    assert_eq!(created.body["new"], true);
+    ghl(&sandbox, "POST", "/opportunities/upsert", Some(body("won"))).await;
+    ghl(&sandbox, "POST", "/opportunities/upsert", Some(body("won"))).await;
+    idle(sandbox.webhooks_idle()).await;
+    let got = receiver.take();
+    assert_eq!(
+        kinds(&got),
+        [
+            "ContactCreate",
+            "OpportunityCreate",
+            "OpportunityUpdate",
+            "OpportunityUpdate",
+            "OpportunityStatusUpdate",
+        ]
+    );
+    for r in &got {
+        assert_ghl_delivery(r, &loc);
+    }
+    assert_eq!(
+        keys(&got[1].json()),
+        keys(&example("ghl/OpportunityCreate.json"))
+    );
+    let status = got[4].json();
+    assert_eq!(
+        keys(&status),
+        keys(&example("ghl/OpportunityStatusUpdate.json"))
+    );
+    assert_eq!(status["status"], "won");
+    assert_eq!(status["contactId"], contact.as_str());
+    assert_eq!(status["monetaryValue"], 42.5);
+}
+
+#[tokio::test]
+async fn webhooks_can_be_turned_on_repointed_and_off_after_start() {
+    // The engine needs the simulators' URLs before it listens, so tests
+    // start the simulators first and point their webhooks at it later.
+    let (first, second) = (Receiver::start().await, Receiver::start().await);
+    let ghl_sandbox = start_ghl().await;
+    create_contact(&ghl_sandbox, Some("before@example.com"), None).await;
+    let to = |r: &Receiver| GhlWebhooks::new(format!("{}/webhooks/ghl", r.base), signing_key());
+    ghl_sandbox.set_webhooks(Some(to(&first))).unwrap();
+    create_contact(&ghl_sandbox, Some("first@example.com"), None).await;
+    idle(ghl_sandbox.webhooks_idle()).await;
+    ghl_sandbox.set_webhooks(Some(to(&second))).unwrap();
+    create_contact(&ghl_sandbox, Some("second@example.com"), None).await;
+    idle(ghl_sandbox.webhooks_idle()).await;
+    ghl_sandbox.set_webhooks(None).unwrap();
+    create_contact(&ghl_sandbox, Some("after@example.com"), None).await;
+    idle(ghl_sandbox.webhooks_idle()).await;
+    let (a, b) = (first.take(), second.take());
+    assert_eq!((a.len(), b.len()), (1, 1));
+    assert_eq!(a[0].json()["email"], "first@example.com");
+    assert_eq!(b[0].json()["email"], "second@example.com");
+    // One log across URLs, webhookIds never reused.
+    let sent = ghl_sandbox.webhooks_sent();
+    assert_eq!(sent.len(), 2);
+    assert_ne!(sent[0].body["webhookId"], sent[1].body["webhookId"]);
+    assert!(
+        ghl_sandbox
+            .set_webhooks(Some(GhlWebhooks::new("not a url", signing_key())))
+            .is_err()
+    );
+
+    let sc = start_sticky().await;
+    sc.set_webhooks(Some(StickyCardsWebhooks::new(format!(
+        "{}/webhooks/stickycards?token=t",
+        first.base
+    ))))
+    .unwrap();
+    sticky(
+        &sc,
+        "POST",
+        "/v1/customers",
+        Some(json!({"email": "sc@example.com"})),
+    )
+    .await;
+    idle(sc.webhooks_idle()).await;
+    assert_eq!(kinds(&first.take()), ["CustomerCreatedEvent"]);
+    assert_eq!(sc.webhooks_sent().len(), 1);
+}
+
+async fn start_sticky_with_webhooks(
+    receiver: &Receiver,
+    format: StickyCardsWebhookFormat,
+) -> StickyCardsSandbox {
+    let mut hooks =
+        StickyCardsWebhooks::new(format!("{}/webhooks/stickycards?token=t0k", receiver.base));
+    hooks.format = format;
+    StickyCardsSandbox::start(StickyCardsConfig {
+        webhooks: Some(hooks),
+        ..StickyCardsConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn set<const N: usize>(extra: [&str; N]) -> std::collections::BTreeSet<String> {
+    extra.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn stickycards_webhooks_follow_api_changes_in_the_seed_shape() {
+    let receiver = Receiver::start().await;
+    let sandbox = start_sticky_with_webhooks(&receiver, StickyCardsWebhookFormat::Seed).await;
+    let customer = sticky(
+        &sandbox,
+        "POST",
+        "/v1/customers",
+        Some(json!({"first_name": "Ana", "last_name": "Lima",
+                    "email": "Ana.Lima@Example.com", "phone_number": "+1 (415) 555-2671"})),
+    )
+    .await;
+    assert_eq!(customer.status, 201);
+    let customer_id = customer.body["id"].as_str().unwrap().to_string();
+    // An update through the API: no event exists for it.
+    sticky(
+        &sandbox,
+        "POST",
+        "/v1/customers",
+        Some(json!({"id": customer_id, "first_name": "Ana Maria"})),
+    )
+    .await;
+    let card = sticky(
+        &sandbox,
+        "POST",
+        "/v1/cards",
+        Some(json!({"customer_id": customer_id})),
+    )
+    .await;
+    assert_eq!(card.status, 201);
+    let card_id = card.body["id"].as_str().unwrap().to_string();
+    let balance = format!("/cards/{card_id}/balance");
+    sticky(&sandbox, "PUT", &balance, Some(json!({"balance": 10}))).await;
+    sticky(&sandbox, "PUT", &balance, Some(json!({"balance": 10}))).await; // unchanged
+    sticky(
+        &sandbox,
+        "PUT",
+        &balance,
+        Some(json!({"balance": 5, "mode": "add"})),
+    )
+    .await;
+    let segments = format!("/customers/{customer_id}/segments");
+    sticky(
+        &sandbox,
+        "PUT",
+        &segments,
+        Some(json!({"segments": ["Regulars", "VIP"]})),
+    )
+    .await;
+    sticky(
+        &sandbox,
+        "PUT",
+        &segments,
+        Some(json!({"segments": ["VIP"]})),
+    )
+    .await; // unlinked only
+    sticky(
+        &sandbox,
+        "PUT",
+        &format!("/cards/{card_id}/status"),
+        Some(json!({"status": "Inactive"})),
+    )
+    .await;
+    // Boomerangme v2 calls change the same data and send the same events.
+    let v2 = sticky(
+        &sandbox,
+        "POST",
+        "/api/v2/customers",
+        Some(json!({"firstName": "Bea", "email": "bea@example.com"})),
+    )
+    .await;
+    assert_eq!(v2.status, 201);
+    sticky(
+        &sandbox,
+        "POST",
+        &format!("/api/v2/cards/{card_id}/subtract-point"),
+        Some(json!({"points": 3})),
+    )
+    .await;
+    idle(sandbox.webhooks_idle()).await;
+    let got = receiver.take();
+    assert_eq!(
+        kinds(&got),
+        [
+            "CustomerCreatedEvent",
+            "CardIssuedEvent",
+            "CardBalanceUpdatedEvent",
+            "CardBalanceUpdatedEvent",
+            "CustomerSegmentLinkedEvent",
+            "CustomerSegmentLinkedEvent",
+            "CustomerCreatedEvent",
+            "CardBalanceUpdatedEvent",
+        ]
+    );
+    let bodies: Vec<Value> = got.iter().map(Received::json).collect();
+    let mut stamps = std::collections::HashSet::new();
+    for (r, body) in got.iter().zip(&bodies) {
+        assert_eq!(r.path_and_query, "/webhooks/stickycards?token=t0k");
+        assert_eq!(r.headers["content-type"], "application/json");
+        // RFC 3339 with milliseconds, never twice the same.
+        let stamp = body["timestamp"].as_str().unwrap();
+        chrono::DateTime::parse_from_rfc3339(stamp).unwrap();
+        assert_eq!(stamp.len(), "2025-03-10T09:15:03.123Z".len(), "{stamp}");
+        assert!(stamps.insert(stamp.to_string()), "{stamp} repeated");
+    }
+    let stickycards = |file: &str| keys(&example(&format!("stickycards/{file}")));
+    let without = |mut keys: std::collections::BTreeSet<String>, gone: &[&str]| {
+        for k in gone {
+            keys.remove(*k);
+        }
+        keys
+    };
+    // A new customer has no card yet.
+    assert_eq!(
+        keys(&bodies[0]),
+        without(stickycards("CustomerCreatedEvent.json"), &["card_id"])
+    );
+    assert_eq!(bodies[0]["customer_id"], customer_id.as_str());
+    assert_eq!(bodies[0]["phone_number"], "+1 (415) 555-2671");
+    assert_eq!(bodies[0]["segments"], json!([]));
+    assert_eq!(keys(&bodies[1]), stickycards("CardIssuedEvent.json"));
+    assert_eq!(
+        bodies[1]["card"],
+        json!({"id": card_id, "status": "not_installed", "balance": 0, "installed_date": null})
+    );
+    assert_eq!(bodies[1]["first_name"], "Ana Maria");
+    // last_purchase_date: the simulator has no purchases.
+    assert_eq!(
+        keys(&bodies[2]),
+        without(
+            stickycards("CardBalanceUpdatedEvent.json"),
+            &["last_purchase_date"]
+        )
+    );
+    assert_eq!(
+        (
+            &bodies[2]["card"]["balance"],
+            &bodies[2]["previous_balance"]
+        ),
+        (&json!(10), &json!(0))
+    );
+    assert_eq!(
+        (
+            &bodies[3]["card"]["balance"],
+            &bodies[3]["previous_balance"]
+        ),
+        (&json!(15), &json!(10))
+    );
+    assert_eq!(
+        keys(&bodies[4]),
+        stickycards("CustomerSegmentLinkedEvent.json")
+    );
+    assert_eq!(bodies[4]["segment"], json!({"id": 1, "name": "Regulars"}));
+    assert_eq!(bodies[5]["segment"], json!({"id": 2, "name": "VIP"}));
+    assert_eq!(bodies[5]["segments"], json!(["Regulars", "VIP"]));
+    assert_eq!(bodies[5]["card_id"], card_id.as_str());
+    assert_eq!(
+        keys(&bodies[6]),
+        set([
+            "event_type",
+            "timestamp",
+            "customer_id",
+            "email",
+            "first_name",
+            "last_name",
+            "referral_count",
+            "segments"
+        ])
+    );
+    assert_eq!(
+        (
+            &bodies[7]["card"]["balance"],
+            &bodies[7]["previous_balance"]
+        ),
+        (&json!(12), &json!(15))
+    );
+    let sent = sandbox.webhooks_sent();
+    assert_eq!(sent.len(), 8);
+    assert!(sent.iter().all(|w| w.status == Some(200)));
+}
+
+#[tokio::test]
+async fn stickycards_hand_changes_emit_their_events() {
+    let receiver = Receiver::start().await;
+    let sandbox = start_sticky_with_webhooks(&receiver, StickyCardsWebhookFormat::Seed).await;
+    // Test setup sends nothing until asked.
+    let customer = sandbox.add_customer(Some("Ana"), Some("ana@example.com"), Some("+14155552671"));
+    let card = sandbox.add_card(Some(&customer.id), 0);
+    assert_eq!(sandbox.webhooks_pending(), 0);
+    assert!(sandbox.emit_event("CustomerCreatedEvent", &customer.id, None));
+    assert!(!sandbox.emit_event("CustomerCreatedEvent", "nobody", None));
+    assert!(!sandbox.emit_event("CardScannedEvent", &customer.id, Some("000000-000-000")));
+
+    let installed = sandbox.install_card(&card.id).unwrap();
+    assert_eq!(installed.wallet_status, "installed");
+    assert!(installed.installed_date.is_some());
+    sandbox.set_card_balance(&card.id, 40).unwrap();
+    sandbox.set_card_balance(&card.id, 40).unwrap(); // unchanged: nothing
+    assert!(sandbox.set_card_balance("000000-000-000", 1).is_none());
+    // Only segments send something; a name change alone sends nothing.
+    sandbox
+        .edit_customer(&customer.id, |c| c.first_name = Some("Anna".into()))
+        .unwrap();
+    let edited = sandbox
+        .edit_customer(&customer.id, |c| c.segments.push("VIP".into()))
+        .unwrap();
+    assert_eq!(edited.first_name.as_deref(), Some("Anna"));
+    assert_eq!(edited.segments, ["VIP"]);
+    sandbox.remove_card(&card.id).unwrap();
+    sandbox.expire_card(&card.id).unwrap();
+    // A card without a customer: no one to tell.
+    let orphan = sandbox.add_card(None, 0);
+    sandbox.set_card_balance(&orphan.id, 5).unwrap();
+    idle(sandbox.webhooks_idle()).await;
+
+    let got = receiver.take();
+    assert_eq!(
+        kinds(&got),
+        [
+            "CustomerCreatedEvent",
+            "CardInstalledEvent",
+            "CardBalanceUpdatedEvent",
+            "CustomerSegmentLinkedEvent",
+            "CardRemovedEvent",
+            "CardExpiredEvent",
+        ]
+    );
+    let bodies: Vec<Value> = got.iter().map(Received::json).collect();
+    let stickycards = |file: &str| keys(&example(&format!("stickycards/{file}")));
+    assert_eq!(keys(&bodies[0]), stickycards("CustomerCreatedEvent.json"));
+    assert_eq!(bodies[0]["card_id"], card.id.as_str());
+    assert_eq!(keys(&bodies[1]), stickycards("CardInstalledEvent.json"));
+    assert_eq!(bodies[1]["card"]["status"], "installed");
+    assert_eq!(bodies[2]["card"]["balance"], 40);
+    assert_eq!(bodies[2]["previous_balance"], 0);
+    assert_eq!(bodies[3]["first_name"], "Anna");
+    assert_eq!(bodies[3]["segment"]["name"], "VIP");
+    assert_eq!(keys(&bodies[4]), stickycards("CardRemovedEvent.json"));
+    assert_eq!(bodies[4]["card"]["status"], "removed");
+    assert_eq!(keys(&bodies[5]), stickycards("CardExpiredEvent.json"));
+    assert_eq!(bodies[5]["card"]["status"], "expired");
+    assert_eq!(sandbox.balance_changes().len(), 2);
+}
+
+#[tokio::test]
+async fn stickycards_webhooks_in_the_boomerangme_shape() {
+    let receiver = Receiver::start().await;
+    let sandbox =
+        start_sticky_with_webhooks(&receiver, StickyCardsWebhookFormat::Boomerangme).await;
+    let customer = sticky(
+        &sandbox,
+        "POST",
+        "/api/v2/customers",
+        Some(
+            json!({"firstName": "Ana", "surname": "Lima", "phone": "14155552671",
+                    "dateOfBirth": "1990-05-17"}),
+        ),
+    )
+    .await;
+    let customer_id = customer.body["data"]["id"].as_str().unwrap().to_string();
+    let card = sticky(
+        &sandbox,
+        "POST",
+        "/api/v2/cards",
+        Some(json!({"customerId": customer_id, "templateId": 3101})),
+    )
+    .await;
+    let card_id = card.body["data"]["id"].as_str().unwrap().to_string();
+    // Two changes of one card within a second still get distinct times.
+    for _ in 0..2 {
+        sticky(
+            &sandbox,
+            "POST",
+            &format!("/api/v2/cards/{card_id}/add-point"),
+            Some(json!({"points": 5})),
+        )
+        .await;
+    }
+    sticky(
+        &sandbox,
+        "PUT",
+        &format!("/customers/{customer_id}/segments"),
+        Some(json!({"segments": ["VIP"]})),
+    )
+    .await;
+    sandbox.remove_card(&card_id).unwrap();
+    idle(sandbox.webhooks_idle()).await;
+    let got = receiver.take();
+    assert_eq!(
+        kinds(&got),
+        [
+            "CustomerCreatedEvent",
+            "CardIssuedEvent",
+            "CardBalanceUpdatedEvent",
+            "CardBalanceUpdatedEvent",
+            "CustomerSegmentLinkedEvent",
+            "CardRemovedEvent",
+        ]
+    );
+    let bodies: Vec<Value> = got.iter().map(Received::json).collect();
+    let boomerangme = |file: &str| example(&format!("stickycards-boomerangme/{file}"));
+    let issued = boomerangme("CardIssuedEvent.json");
+    for body in &bodies {
+        assert_eq!(keys(body), keys(&issued));
+        assert!(body["timestamp"].is_i64());
+        assert_eq!(body["data"]["cardholder_id"], customer_id.as_str());
+    }
+    // A new customer has no card yet: no card fields.
+    let card_keys = set([
+        "serial_number",
+        "template_id",
+        "user_template_id",
+        "card_type",
+        "status",
+        "device_type",
+        "bonus_balance",
+        "balance",
+        "countVisits",
+        "number_stamps_total",
+        "number_rewards_unused",
+        "short_link",
+        "share_link",
+        "direct_install_link_universal",
+        "direct_install_link_apple",
+        "direct_install_link_google",
+        "direct_install_link_pwa",
+    ]);
+    let all = keys(&issued["data"]);
+    assert_eq!(
+        keys(&bodies[0]["data"]),
+        all.difference(&card_keys).cloned().collect()
+    );
+    assert_eq!(keys(&bodies[1]["data"]), all);
+    assert_eq!(bodies[1]["data"]["serial_number"], card_id.as_str());
+    assert_eq!(bodies[1]["data"]["status"], "not_installed");
+    assert_eq!(bodies[1]["data"]["cardholder_birth_date"], "1990-05-17");
+    assert_eq!(bodies[3]["data"]["bonus_balance"], 10);
+    assert_ne!(bodies[2]["timestamp"], bodies[3]["timestamp"]);
+    assert_eq!(
+        keys(&bodies[4]["data"]),
+        keys(&boomerangme("CustomerSegmentLinkedEvent.json")["data"])
+    );
+    assert_eq!(bodies[4]["data"]["segment_name"], "VIP");
+    assert_eq!(bodies[5]["data"]["status"], "deleted");
 }

@@ -1,5 +1,6 @@
 //! What both simulators share: the HTTP loop (body reading, request log,
-//! fault injection), the rate limiter, query parsing, ids and timestamps.
+//! fault injection), the rate limiter, query parsing, ids, timestamps and
+//! the webhook outbox.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -11,8 +12,8 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{AbortHandle, JoinHandle};
 
 /// Largest request body a simulator reads (larger → 413).
 const MAX_BODY: usize = 1 << 20;
@@ -558,4 +559,272 @@ pub(crate) fn phone_key(phone: &str) -> String {
     }
     key.extend(phone.chars().filter(char::is_ascii_digit));
     key
+}
+
+// ---------------------------------------------------------------- webhooks
+
+/// How a simulator delivers its webhooks: one at a time, in the order of the
+/// changes, each `delay` after its change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebhookDelivery {
+    /// Time between a change and its webhook leaving (the real platforms
+    /// send a little after answering the API call).
+    pub delay: Duration,
+    /// Time allowed for one attempt (connect, send, answer).
+    pub timeout: Duration,
+    /// Further attempts after a retryable failure.
+    pub retries: u32,
+    /// Wait before the first retry, doubled for each next one.
+    pub backoff: Duration,
+    /// Retry any failure (non-2xx answer or none); otherwise only 429.
+    pub retry_any_failure: bool,
+}
+
+impl WebhookDelivery {
+    /// GHL's rule, shortened: only a 429 is retried (GHL: 6 times, 10 min
+    /// apart; here 3 times from 50 ms), anything else is final.
+    pub fn ghl() -> WebhookDelivery {
+        WebhookDelivery {
+            delay: Duration::from_millis(20),
+            timeout: Duration::from_secs(10),
+            retries: 3,
+            backoff: Duration::from_millis(50),
+            retry_any_failure: false,
+        }
+    }
+
+    /// Sticky Cards documents no retry ("implement on your side, webhooks
+    /// may fail"): one attempt.
+    pub fn stickycards() -> WebhookDelivery {
+        WebhookDelivery {
+            retries: 0,
+            ..WebhookDelivery::ghl()
+        }
+    }
+}
+
+/// A webhook a simulator sent, once its delivery is over.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SentWebhook {
+    /// The event: `ContactUpdate`, `CardBalanceUpdatedEvent`, …
+    pub kind: String,
+    /// The body as sent (the bytes on the wire are its compact JSON).
+    pub body: Value,
+    /// The last answer's status; `None` when no answer came (refused
+    /// connection, timeout).
+    pub status: Option<u16>,
+    /// Attempts made (1 + retries).
+    pub attempts: u32,
+    /// Why the last attempt got no answer.
+    pub error: Option<String>,
+}
+
+impl SentWebhook {
+    /// Answered 2xx.
+    pub fn delivered(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+/// Extra headers for a body (the signature), computed over its exact bytes.
+pub(crate) type SignFn = Box<dyn Fn(&[u8]) -> Vec<(&'static str, String)> + Send + Sync>;
+
+/// The webhooks a simulator sent; kept by the simulator, so that it
+/// outlives a change of [`Outbox`].
+pub(crate) type WebhookLog = Arc<Mutex<Vec<SentWebhook>>>;
+
+struct Job {
+    kind: String,
+    body: Value,
+    due: tokio::time::Instant,
+}
+
+/// The queue of webhooks to one URL and the task that sends them.
+pub(crate) struct Outbox {
+    queue: mpsc::UnboundedSender<Job>,
+    /// Webhooks queued and not yet finished; `idle` waits for 0.
+    pending: Arc<watch::Sender<usize>>,
+    delay: Duration,
+    worker: AbortHandle,
+}
+
+impl Outbox {
+    /// Starts the delivery task in the current tokio runtime (an error
+    /// outside one), logging into `sent`.
+    pub fn start(
+        url: &str,
+        delivery: WebhookDelivery,
+        sign: SignFn,
+        sent: WebhookLog,
+    ) -> std::io::Result<Outbox> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(std::io::Error::other)?;
+        let url = reqwest::Url::parse(url).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("webhook url `{url}`: {e}"),
+            )
+        })?;
+        let client = reqwest::Client::builder()
+            .build()
+            .map_err(std::io::Error::other)?;
+        let (queue, jobs) = mpsc::unbounded_channel();
+        let pending = Arc::new(watch::Sender::new(0usize));
+        let delay = delivery.delay;
+        let worker = runtime
+            .spawn(deliver_all(
+                jobs,
+                Courier {
+                    client,
+                    url,
+                    delivery,
+                    sign,
+                },
+                sent,
+                Arc::clone(&pending),
+            ))
+            .abort_handle();
+        Ok(Outbox {
+            queue,
+            pending,
+            delay,
+            worker,
+        })
+    }
+
+    /// Queues a webhook. Called while the change is being made, so that a
+    /// client that got its API answer already sees it pending.
+    pub fn send(&self, kind: &str, body: Value) {
+        self.pending.send_modify(|n| *n += 1);
+        let job = Job {
+            kind: kind.to_string(),
+            body,
+            due: tokio::time::Instant::now() + self.delay,
+        };
+        if self.queue.send(job).is_err() {
+            self.pending.send_modify(|n| *n = n.saturating_sub(1));
+        }
+    }
+
+    pub fn pending(&self) -> usize {
+        *self.pending.borrow()
+    }
+
+    /// Returns once every queued webhook has been answered or given up.
+    pub async fn idle(&self) {
+        let mut pending = self.pending.subscribe();
+        // An error means the task is gone: nothing more will be sent.
+        let _ = pending.wait_for(|n| *n == 0).await;
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        // A stopped (or re-pointed) simulator sends nothing more from here.
+        self.worker.abort();
+    }
+}
+
+struct Courier {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    delivery: WebhookDelivery,
+    sign: SignFn,
+}
+
+async fn deliver_all(
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    courier: Courier,
+    sent: WebhookLog,
+    pending: Arc<watch::Sender<usize>>,
+) {
+    while let Some(job) = jobs.recv().await {
+        tokio::time::sleep_until(job.due).await;
+        let record = courier.deliver(job).await;
+        if !record.delivered() {
+            tracing::warn!(
+                kind = %record.kind,
+                status = ?record.status,
+                error = ?record.error,
+                attempts = record.attempts,
+                "sandbox webhook dropped"
+            );
+        }
+        lock(&sent).push(record);
+        pending.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl Courier {
+    async fn deliver(&self, job: Job) -> SentWebhook {
+        // Serialising a Value cannot fail; the signature covers these bytes.
+        let bytes = serde_json::to_vec(&job.body).unwrap_or_default();
+        let headers = (self.sign)(&bytes);
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let mut request = self
+                .client
+                .post(self.url.clone())
+                .timeout(self.delivery.timeout)
+                .header("content-type", "application/json")
+                .body(bytes.clone());
+            for (name, value) in &headers {
+                request = request.header(*name, value.as_str());
+            }
+            let (status, error) = match request.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    // The answer's body is read so the connection can be reused.
+                    let _ = response.bytes().await;
+                    (Some(status), None)
+                }
+                Err(e) => (None, Some(e.to_string())),
+            };
+            let retryable = match status {
+                Some(s) if (200..300).contains(&s) => false,
+                Some(429) => true,
+                _ => self.delivery.retry_any_failure,
+            };
+            if retryable && attempts <= self.delivery.retries {
+                let doubling = 2u32.saturating_pow(attempts - 1);
+                tokio::time::sleep(self.delivery.backoff.saturating_mul(doubling)).await;
+                continue;
+            }
+            return SentWebhook {
+                kind: job.kind,
+                body: job.body,
+                status,
+                attempts,
+                error,
+            };
+        }
+    }
+}
+
+/// Event times that never repeat: now in milliseconds, or 1 ms after the
+/// previous one when two events fall in the same millisecond (receivers
+/// dedup on the time).
+#[derive(Default)]
+pub(crate) struct EventClock {
+    last_ms: i64,
+}
+
+impl EventClock {
+    pub fn next(&mut self) -> chrono::DateTime<chrono::Utc> {
+        let now = chrono::Utc::now().timestamp_millis();
+        self.last_ms = now.max(self.last_ms + 1);
+        chrono::DateTime::from_timestamp_millis(self.last_ms).unwrap_or_else(chrono::Utc::now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_times_never_repeat() {
+        let mut clock = EventClock::default();
+        let times: Vec<_> = (0..50).map(|_| clock.next()).collect();
+        assert!(times.windows(2).all(|w| w[0] < w[1]));
+    }
 }

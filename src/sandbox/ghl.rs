@@ -27,7 +27,7 @@
 //! - The rate-limit 429 is `{"statusCode":429,"message":"Too Many Requests"}`
 //!   without `Retry-After` (GHL documents none); a refused request is not
 //!   counted.
-//! - Bodies are checked against the spec's DTOs (see [`super::validate`]);
+//! - Bodies are checked against the spec's DTOs (see `validate.rs`);
 //!   bad JSON → 400 `Unexpected token in JSON: …`.
 //! - A `locationId` other than the configured one → 403 `The token does not
 //!   have access to this location.`
@@ -65,15 +65,42 @@
 //!   The upsert DTO accepts the union of the 2025 and 2026 specs (with
 //!   `contactId`), none of the 2026 spec's `followers*` being required.
 //! - `POST /opportunities/` always creates (no duplicate-opportunity rule).
+//!
+//! Webhooks (when [`GhlConfig::webhooks`] or [`GhlSandbox::set_webhooks`]
+//! gives a URL), as a marketplace app
+//! receives them (reference §7.1), signed with Ed25519 in `x-ghl-signature`
+//! over the exact body, sent one by one a little after the change:
+//!
+//! | Change | Webhooks |
+//! |---|---|
+//! | `POST /contacts/`, upsert that creates | `ContactCreate` |
+//! | `PUT /contacts/{id}`, upsert that updates, [`GhlSandbox::edit_contact`] | `ContactUpdate` if anything changed; then `ContactTagUpdate` if the tags changed, `ContactDndUpdate` if `dnd` / `dndSettings` changed |
+//! | `POST` / `DELETE /contacts/{id}/tags` | `ContactTagUpdate` if the tags changed |
+//! | `DELETE /contacts/{id}` | `ContactDelete` (the contact as it was) |
+//! | `POST /contacts/{id}/notes` | `NoteCreate` |
+//! | `POST /opportunities/`, upsert that creates | `OpportunityCreate`, then `OpportunityUpdate` (GHL sends both, #27) |
+//! | opportunity upsert that updates | `OpportunityUpdate` if anything changed; then `OpportunityStageUpdate`, `OpportunityStatusUpdate`, `OpportunityMonetaryValueUpdate`, `OpportunityAssignedToUpdate` for what changed |
+//!
+//! Contact payloads carry the whole contact (the keys of
+//! `examples/payloads/ghl/Contact*.json`, `assignedTo` when set), custom
+//! fields as `[{id, value}]`, then `timestamp` (when queued), `webhookId`,
+//! `appId`, `versionId`. "Changed" compares what the API shows (`dnd`
+//! absent = `false`, `""` = absent, tags and custom fields as sets), so a
+//! write of the same values sends nothing and keeps `dateUpdated`.
+//! Delivery: only a 429 is retried (see [`WebhookDelivery::ghl`]).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value, json};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::Signer as _;
+
 use super::common::{
-    self, Controls, Fault, Ids, Incoming, Limiter, LoggedRequest, RateLimit, Reply, Running,
-    Simulator, lock,
+    self, Controls, Fault, Ids, Incoming, Limiter, LoggedRequest, Outbox, RateLimit, Reply,
+    Running, SentWebhook, Simulator, WebhookDelivery, WebhookLog, lock,
 };
 use super::validate::{Dto, Kind, validate};
 
@@ -125,6 +152,38 @@ pub struct GhlConfig {
     pub duplicate_priority: Vec<DuplicateField>,
     /// Pipelines the location has (GHL has no API to create them).
     pub pipelines: Vec<PipelineConfig>,
+    /// Where and how to send webhooks; `None` sends none (see also
+    /// [`GhlSandbox::set_webhooks`]).
+    pub webhooks: Option<GhlWebhooks>,
+}
+
+/// Webhooks of a [`GhlSandbox`]: the app's webhook URL and the key that
+/// signs them (tests make their own and give the engine the public key).
+#[derive(Clone, Debug)]
+pub struct GhlWebhooks {
+    /// E.g. `http://127.0.0.1:PORT/webhooks/ghl`.
+    pub url: String,
+    /// Signs each body into `x-ghl-signature`.
+    pub signing_key: ed25519_dalek::SigningKey,
+    /// `appId` of every payload.
+    pub app_id: String,
+    /// `versionId` of every payload.
+    pub version_id: String,
+    /// Delay, timeout and retries.
+    pub delivery: WebhookDelivery,
+}
+
+impl GhlWebhooks {
+    /// Webhooks to `url` signed with `signing_key`, GHL's delivery rules.
+    pub fn new(url: impl Into<String>, signing_key: ed25519_dalek::SigningKey) -> GhlWebhooks {
+        GhlWebhooks {
+            url: url.into(),
+            signing_key,
+            app_id: "sandboxapp0000000000000a".to_string(),
+            version_id: "sandboxapp0000000000000b".to_string(),
+            delivery: WebhookDelivery::ghl(),
+        }
+    }
 }
 
 impl Default for GhlConfig {
@@ -145,6 +204,7 @@ impl Default for GhlConfig {
                     "Failed".to_string(),
                 ],
             }],
+            webhooks: None,
         }
     }
 }
@@ -211,6 +271,98 @@ impl Contact {
             .or_else(|| self.email.clone())
             .or_else(|| self.phone.clone())
             .unwrap_or_default()
+    }
+
+    /// `dnd` as GHL shows it: `false` until set.
+    fn dnd(&self) -> bool {
+        self.fields
+            .get("dnd")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+
+    /// The contact as a `Contact*` webhook carries it, without the delivery
+    /// fields (`timestamp`, `webhookId`, …).
+    fn webhook_json(&self, kind: &str) -> Map<String, Value> {
+        // Webhooks carry these as strings or null, whatever was written.
+        let text = |key: &str| match self.fields.get(key) {
+            Some(Value::String(s)) if !s.is_empty() => json!(s),
+            Some(Value::Number(n)) => json!(n.to_string()),
+            _ => Value::Null,
+        };
+        let joined = [self.first_name.as_deref(), self.last_name.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let name = if joined.is_empty() {
+            text("name")
+        } else {
+            json!(joined)
+        };
+        let mut out = Map::new();
+        out.insert("type".into(), json!(kind));
+        out.insert("locationId".into(), json!(self.location_id));
+        out.insert("id".into(), json!(self.id));
+        out.insert("firstName".into(), json!(self.first_name));
+        out.insert("lastName".into(), json!(self.last_name));
+        out.insert("name".into(), name);
+        out.insert("email".into(), json!(self.email));
+        out.insert("phone".into(), json!(self.phone));
+        for key in [
+            "address1",
+            "city",
+            "state",
+            "postalCode",
+            "country",
+            "companyName",
+            "website",
+            "source",
+        ] {
+            out.insert(key.into(), text(key));
+        }
+        out.insert("dateAdded".into(), json!(self.date_added));
+        out.insert("dateOfBirth".into(), text("dateOfBirth"));
+        out.insert("dnd".into(), json!(self.dnd()));
+        out.insert("attachments".into(), json!([]));
+        out.insert("tags".into(), json!(self.tags));
+        // Documented but absent from the examples: sent only when set.
+        if let assigned @ Value::String(_) = text("assignedTo") {
+            out.insert("assignedTo".into(), assigned);
+        }
+        out.insert(
+            "customFields".into(),
+            Value::Array(
+                self.custom_fields
+                    .iter()
+                    .map(|f| json!({"id": f.id, "value": f.value}))
+                    .collect(),
+            ),
+        );
+        if kind == "ContactDndUpdate" {
+            out.insert(
+                "dndSettings".into(),
+                self.fields
+                    .get("dndSettings")
+                    .cloned()
+                    .unwrap_or_else(|| json!({})),
+            );
+        }
+        out
+    }
+
+    /// What the API shows of the contact, in a form where rewriting the same
+    /// values compares equal (order of tags and custom fields, `dnd` unset
+    /// vs `false`, `""` vs absent, `dateUpdated` do not count).
+    fn observable(&self) -> Value {
+        let mut c = self.clone();
+        c.fields
+            .retain(|_, v| !(v.is_null() || v.as_str() == Some("")));
+        c.fields.insert("dnd".into(), json!(self.dnd()));
+        c.tags.sort();
+        c.custom_fields.sort_by(|a, b| a.id.cmp(&b.id));
+        c.date_updated.clear();
+        c.to_json()
     }
 
     /// The contact as GHL answers it.
@@ -389,6 +541,25 @@ pub struct Opportunity {
 }
 
 impl Opportunity {
+    /// The opportunity as an `Opportunity*` webhook carries it (reference
+    /// §7.1's field list), without the delivery fields.
+    fn webhook_json(&self, kind: &str) -> Map<String, Value> {
+        let mut out = Map::new();
+        out.insert("type".into(), json!(kind));
+        out.insert("locationId".into(), json!(self.location_id));
+        out.insert("id".into(), json!(self.id));
+        out.insert("assignedTo".into(), json!(self.assigned_to));
+        out.insert("contactId".into(), json!(self.contact_id));
+        out.insert("monetaryValue".into(), json!(self.monetary_value));
+        out.insert("name".into(), json!(self.name));
+        out.insert("pipelineId".into(), json!(self.pipeline_id));
+        out.insert("pipelineStageId".into(), json!(self.pipeline_stage_id));
+        out.insert("source".into(), Value::Null);
+        out.insert("status".into(), json!(self.status));
+        out.insert("dateAdded".into(), json!(self.created_at));
+        out
+    }
+
     fn to_json(&self, contact: Option<&Contact>) -> Value {
         json!({
             "id": self.id,
@@ -439,6 +610,34 @@ struct Ghl {
     limiter: Mutex<Limiter>,
     state: Mutex<Location>,
     ids: Ids,
+    hooks: Mutex<Option<Arc<Hooks>>>,
+    /// `webhookId`s: apart from the API's ids, so that turning webhooks on
+    /// does not change the ids contacts get.
+    hook_ids: Ids,
+    sent: WebhookLog,
+}
+
+/// Where webhooks go while they are on.
+struct Hooks {
+    outbox: Outbox,
+    app_id: String,
+    version_id: String,
+    public_key: ed25519_dalek::VerifyingKey,
+}
+
+impl Hooks {
+    fn start(w: GhlWebhooks, sent: WebhookLog) -> std::io::Result<Hooks> {
+        let key = w.signing_key.clone();
+        let sign: common::SignFn = Box::new(move |body: &[u8]| {
+            vec![("x-ghl-signature", B64.encode(key.sign(body).to_bytes()))]
+        });
+        Ok(Hooks {
+            outbox: Outbox::start(&w.url, w.delivery, sign, sent)?,
+            app_id: w.app_id,
+            version_id: w.version_id,
+            public_key: w.signing_key.verifying_key(),
+        })
+    }
 }
 
 /// A running GHL simulator. Stops on drop or [`GhlSandbox::shutdown`].
@@ -450,6 +649,12 @@ pub struct GhlSandbox {
 impl GhlSandbox {
     /// Binds (127.0.0.1:0 unless `config.addr`) and serves in a tokio task.
     pub async fn start(config: GhlConfig) -> std::io::Result<GhlSandbox> {
+        let sent = WebhookLog::default();
+        let hooks = match config.webhooks {
+            None => None,
+            Some(w) => Some(Arc::new(Hooks::start(w, Arc::clone(&sent))?)),
+        };
+        let hook_ids = Ids::new(&format!("{}:webhooks", config.location_id));
         let ids = Ids::new(&config.location_id);
         let pipelines = config
             .pipelines
@@ -483,6 +688,9 @@ impl GhlSandbox {
                 opportunities: Vec::new(),
             }),
             ids,
+            hooks: Mutex::new(hooks),
+            hook_ids,
+            sent,
         });
         let running = common::serve(config.addr, Arc::clone(&inner)).await?;
         Ok(GhlSandbox { inner, running })
@@ -603,6 +811,91 @@ impl GhlSandbox {
     /// Forgets the requests counted by the rate limiter.
     pub fn reset_rate_limit(&self) {
         lock(&self.inner.limiter).reset();
+    }
+
+    /// Changes a contact as someone in GHL's UI would, and sends the
+    /// webhooks of the change (`ContactUpdate`, then `ContactTagUpdate` /
+    /// `ContactDndUpdate` as for an API update; nothing when nothing
+    /// changed). The id, location and `dateAdded` cannot be changed; tags
+    /// are lowercased and the phone stored in E.164, as GHL does. `None`
+    /// when there is no such contact.
+    pub fn edit_contact(&self, id: &str, edit: impl FnOnce(&mut Contact)) -> Option<Contact> {
+        let mut state = lock(&self.inner.state);
+        let contact = state.contacts.iter_mut().find(|c| c.id == id)?;
+        let before = contact.clone();
+        edit(contact);
+        contact.id.clone_from(&before.id);
+        contact.location_id.clone_from(&before.location_id);
+        contact.date_added.clone_from(&before.date_added);
+        contact.tags = lowercase_tags(&json!(contact.tags));
+        contact.phone = contact.phone.as_deref().and_then(normalize_phone);
+        contact.date_updated = common::now_iso();
+        self.inner.settle_update(&before, contact);
+        Some(contact.clone())
+    }
+
+    /// Sends a `Contact*` webhook of type `kind` (e.g. `ContactCreate`) for
+    /// the contact as it is, changing nothing (a redelivery, or the create
+    /// of a contact a test set up). `false` when there is no such contact.
+    pub fn emit_contact_event(&self, kind: &str, id: &str) -> bool {
+        let state = lock(&self.inner.state);
+        match state.contacts.iter().find(|c| c.id == id) {
+            Some(contact) => {
+                self.inner.emit(contact.webhook_json(kind));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Turns webhooks on, re-points them or (`None`) turns them off, e.g.
+    /// once the engine that receives them is listening (it needs this
+    /// simulator's URL first). Webhooks still queued for the previous URL
+    /// are dropped: wait for [`GhlSandbox::webhooks_idle`] first to keep
+    /// them. Needs a tokio runtime; an error for a bad URL.
+    pub fn set_webhooks(&self, webhooks: Option<GhlWebhooks>) -> std::io::Result<()> {
+        let hooks = match webhooks {
+            None => None,
+            Some(w) => Some(Arc::new(Hooks::start(w, Arc::clone(&self.inner.sent))?)),
+        };
+        *lock(&self.inner.hooks) = hooks;
+        Ok(())
+    }
+
+    /// Webhooks whose delivery is over (answered, or given up), oldest
+    /// first; empty while webhooks were never on.
+    pub fn webhooks_sent(&self) -> Vec<SentWebhook> {
+        lock(&self.inner.sent).clone()
+    }
+
+    /// Empties the log of [`GhlSandbox::webhooks_sent`].
+    pub fn clear_webhooks_sent(&self) {
+        lock(&self.inner.sent).clear();
+    }
+
+    /// Webhooks queued or being delivered.
+    pub fn webhooks_pending(&self) -> usize {
+        self.inner.hooks().map_or(0, |h| h.outbox.pending())
+    }
+
+    /// Returns once every webhook queued so far has been delivered or
+    /// dropped (at once without webhooks). A change made by an API call is
+    /// queued before its answer, so after the answer this covers it.
+    pub async fn webhooks_idle(&self) {
+        if let Some(h) = self.inner.hooks() {
+            h.outbox.idle().await;
+        }
+    }
+
+    /// The public key of [`GhlWebhooks::signing_key`] as PEM (the engine's
+    /// `GHL_WEBHOOK_PUBLIC_KEY`); `None` without webhooks.
+    pub fn webhook_public_key_pem(&self) -> Option<String> {
+        use ed25519_dalek::pkcs8::EncodePublicKey;
+        let hooks = self.inner.hooks()?;
+        hooks
+            .public_key
+            .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .ok()
     }
 }
 
@@ -1018,12 +1311,36 @@ fn apply_contact(
         }
     }
     for (id, value) in writes {
-        contact.custom_fields.retain(|f| f.id != id);
-        if let Some(value) = value {
-            contact.custom_fields.push(CustomFieldValue { id, value });
+        // In place, so that rewriting a value does not reorder the fields.
+        match (contact.custom_fields.iter_mut().find(|f| f.id == id), value) {
+            (Some(field), Some(value)) => field.value = value,
+            (Some(_), None) => contact.custom_fields.retain(|f| f.id != id),
+            (None, Some(value)) => contact.custom_fields.push(CustomFieldValue { id, value }),
+            (None, None) => {}
         }
     }
     contact.date_updated = common::now_iso();
+}
+
+/// What an update changed, as far as webhooks tell.
+struct ContactChanges {
+    any: bool,
+    tags: bool,
+    dnd: bool,
+}
+
+fn contact_changes(before: &Contact, after: &Contact) -> ContactChanges {
+    let sorted = |c: &Contact| {
+        let mut tags = c.tags.clone();
+        tags.sort();
+        tags
+    };
+    ContactChanges {
+        any: before.observable() != after.observable(),
+        tags: sorted(before) != sorted(after),
+        dnd: before.dnd() != after.dnd()
+            || before.fields.get("dndSettings") != after.fields.get("dndSettings"),
+    }
 }
 
 // ---------------------------------------------------------------- routes
@@ -1100,6 +1417,44 @@ impl Ghl {
         result.unwrap_or_else(|reply| reply)
     }
 
+    /// Queues a webhook (payload from a `webhook_json`), adding the delivery
+    /// fields. Called under the state lock, so webhooks leave in the order
+    /// of the changes.
+    fn emit(&self, mut payload: Map<String, Value>) {
+        let Some(hooks) = self.hooks() else { return };
+        let kind = payload
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        payload.insert("timestamp".into(), json!(common::now_iso()));
+        payload.insert("webhookId".into(), json!(self.hook_ids.uuid("webhook")));
+        payload.insert("appId".into(), json!(hooks.app_id));
+        payload.insert("versionId".into(), json!(hooks.version_id));
+        hooks.outbox.send(&kind, Value::Object(payload));
+    }
+
+    fn hooks(&self) -> Option<Arc<Hooks>> {
+        lock(&self.hooks).clone()
+    }
+
+    /// After an update turned `before` into `after`: keeps `dateUpdated`
+    /// when nothing changed, else sends the webhooks of the change.
+    fn settle_update(&self, before: &Contact, after: &mut Contact) {
+        let changes = contact_changes(before, after);
+        if !changes.any {
+            after.date_updated.clone_from(&before.date_updated);
+            return;
+        }
+        self.emit(after.webhook_json("ContactUpdate"));
+        if changes.tags {
+            self.emit(after.webhook_json("ContactTagUpdate"));
+        }
+        if changes.dnd {
+            self.emit(after.webhook_json("ContactDndUpdate"));
+        }
+    }
+
     fn check_location(&self, location: Option<&str>) -> Result<(), Reply> {
         match location {
             Some(l) if l == self.location_id => Ok(()),
@@ -1145,6 +1500,7 @@ impl Ghl {
         apply_contact(&mut contact, &body, writes, &[]);
         contact.date_updated.clone_from(&contact.date_added);
         let answer = json!({"contact": contact.to_json()});
+        self.emit(contact.webhook_json("ContactCreate"));
         state.contacts.push(contact);
         Ok(Reply::json(201, answer))
     }
@@ -1169,7 +1525,9 @@ impl Ghl {
         }
         let writes = state.resolve_fields(body.get("customFields"), "contact")?;
         let contact = &mut state.contacts[index];
+        let before = contact.clone();
         apply_contact(contact, &body, writes, &[]);
+        self.settle_update(&before, contact);
         Ok(Reply::json(
             200,
             json!({"succeded": true, "contact": contact.to_json()}),
@@ -1179,8 +1537,9 @@ impl Ghl {
     fn delete_contact(&self, id: &str) -> Result<Reply, Reply> {
         let mut state = lock(&self.state);
         let index = state.contact_index(id)?;
-        state.contacts.remove(index);
+        let contact = state.contacts.remove(index);
         state.notes.retain(|n| n.contact_id != id);
+        self.emit(contact.webhook_json("ContactDelete"));
         Ok(Reply::json(200, json!({"succeded": true})))
     }
 
@@ -1225,7 +1584,9 @@ impl Ghl {
                 }
                 let index = state.contact_index(&id)?;
                 let contact = &mut state.contacts[index];
+                let before = contact.clone();
                 apply_contact(contact, &body, writes, &skip);
+                self.settle_update(&before, contact);
                 json!({"new": false, "contact": contact.to_json(), "traceId": self.ids.uuid("trace")})
             }
             None => {
@@ -1233,6 +1594,7 @@ impl Ghl {
                 apply_contact(&mut contact, &body, writes, &[]);
                 contact.date_updated.clone_from(&contact.date_added);
                 let answer = json!({"new": true, "contact": contact.to_json(), "traceId": self.ids.uuid("trace")});
+                self.emit(contact.webhook_json("ContactCreate"));
                 state.contacts.push(contact);
                 answer
             }
@@ -1269,6 +1631,7 @@ impl Ghl {
         let mut state = lock(&self.state);
         let index = state.contact_index(id)?;
         let contact = &mut state.contacts[index];
+        let before = contact.tags.len();
         if add {
             for tag in tags {
                 if !contact.tags.contains(&tag) {
@@ -1278,7 +1641,11 @@ impl Ghl {
         } else {
             contact.tags.retain(|t| !tags.contains(t));
         }
-        contact.date_updated = common::now_iso();
+        // Tags are only added or removed here, so a change shows in the count.
+        if contact.tags.len() != before {
+            contact.date_updated = common::now_iso();
+            self.emit(contact.webhook_json("ContactTagUpdate"));
+        }
         Ok(Reply::json(
             if add { 201 } else { 200 },
             json!({"tags": contact.tags}),
@@ -1301,6 +1668,14 @@ impl Ghl {
             date_added: common::now_iso(),
         };
         let answer = json!({"note": note.to_json()});
+        let mut payload = Map::new();
+        payload.insert("type".into(), json!("NoteCreate"));
+        payload.insert("locationId".into(), json!(self.location_id));
+        payload.insert("id".into(), json!(note.id));
+        payload.insert("body".into(), json!(note.body));
+        payload.insert("contactId".into(), json!(note.contact_id));
+        payload.insert("dateAdded".into(), json!(note.date_added));
+        self.emit(payload);
         state.notes.push(note);
         Ok(Reply::json(201, answer))
     }
@@ -1420,6 +1795,8 @@ impl Ghl {
         let opp = self.new_opportunity(&state, &body)?;
         let contact = state.contacts.iter().find(|c| c.id == opp.contact_id);
         let answer = json!({"opportunity": opp.to_json(contact)});
+        self.emit(opp.webhook_json("OpportunityCreate"));
+        self.emit(opp.webhook_json("OpportunityUpdate"));
         state.opportunities.push(opp);
         Ok(Reply::json(201, answer))
     }
@@ -1476,6 +1853,7 @@ impl Ghl {
                 };
                 let now = common::now_iso();
                 let opp = &mut state.opportunities[index];
+                let before = opp.clone();
                 if opp.pipeline_id != pipeline.id {
                     opp.pipeline_id.clone_from(&pipeline.id);
                     opp.pipeline_stage_id = stage
@@ -1506,6 +1884,7 @@ impl Ghl {
                     opp.assigned_to = Some(user.to_string());
                 }
                 opp.updated_at = now;
+                self.settle_opportunity(&before, opp);
                 (opp.clone(), false)
             }
             None => {
@@ -1517,6 +1896,8 @@ impl Ghl {
                 }
                 let mut opp = self.new_opportunity(&state, &body)?;
                 opp.monetary_value = monetary;
+                self.emit(opp.webhook_json("OpportunityCreate"));
+                self.emit(opp.webhook_json("OpportunityUpdate"));
                 state.opportunities.push(opp.clone());
                 (opp, true)
             }
@@ -1526,6 +1907,32 @@ impl Ghl {
             200,
             json!({"opportunity": opp.to_json(contact), "new": new}),
         ))
+    }
+
+    /// After an upsert turned `before` into `after`: keeps `updatedAt` when
+    /// nothing changed, else sends `OpportunityUpdate` and one event per
+    /// kind of change, as GHL does (#27).
+    fn settle_opportunity(&self, before: &Opportunity, after: &mut Opportunity) {
+        let stage = before.pipeline_id != after.pipeline_id
+            || before.pipeline_stage_id != after.pipeline_stage_id;
+        let status = before.status != after.status;
+        let value = before.monetary_value != after.monetary_value;
+        let assigned = before.assigned_to != after.assigned_to;
+        if !(stage || status || value || assigned || before.name != after.name) {
+            after.updated_at.clone_from(&before.updated_at);
+            return;
+        }
+        self.emit(after.webhook_json("OpportunityUpdate"));
+        for (changed, kind) in [
+            (stage, "OpportunityStageUpdate"),
+            (status, "OpportunityStatusUpdate"),
+            (value, "OpportunityMonetaryValueUpdate"),
+            (assigned, "OpportunityAssignedToUpdate"),
+        ] {
+            if changed {
+                self.emit(after.webhook_json(kind));
+            }
+        }
     }
 
     /// A new opportunity from a create or upsert body (validated).
@@ -1622,5 +2029,62 @@ mod tests {
             Some("+447700900123")
         );
         assert_eq!(normalize_phone("n/a"), None);
+    }
+
+    fn contact() -> Contact {
+        Contact {
+            id: "c1".into(),
+            location_id: "loc".into(),
+            first_name: Some("Ana".into()),
+            last_name: None,
+            email: Some("ana@example.com".into()),
+            phone: None,
+            tags: vec!["a".into(), "b".into()],
+            custom_fields: vec![
+                CustomFieldValue {
+                    id: "f1".into(),
+                    value: json!(1),
+                },
+                CustomFieldValue {
+                    id: "f2".into(),
+                    value: json!("x"),
+                },
+            ],
+            fields: Map::new(),
+            date_added: "2025-01-01T00:00:00.000Z".into(),
+            date_updated: "2025-01-01T00:00:00.000Z".into(),
+        }
+    }
+
+    #[test]
+    fn rewriting_the_same_values_is_no_change() {
+        let before = contact();
+        let mut after = before.clone();
+        after.tags.reverse();
+        after.custom_fields.reverse();
+        after.fields.insert("dnd".into(), json!(false));
+        after.fields.insert("city".into(), json!(""));
+        after.date_updated = "2025-02-01T00:00:00.000Z".into();
+        let changes = contact_changes(&before, &after);
+        assert!(!changes.any && !changes.tags && !changes.dnd);
+
+        after.tags.push("c".into());
+        after.fields.insert("dnd".into(), json!(true));
+        let changes = contact_changes(&before, &after);
+        assert!(changes.any && changes.tags && changes.dnd);
+    }
+
+    #[test]
+    fn webhook_payloads_carry_strings_or_null() {
+        let mut c = contact();
+        c.fields.insert("dateOfBirth".into(), json!(19900917));
+        c.fields.insert("city".into(), json!(""));
+        let body = c.webhook_json("ContactUpdate");
+        assert_eq!(body["dateOfBirth"], "19900917");
+        assert_eq!(body["city"], Value::Null);
+        assert_eq!(body["name"], "Ana");
+        assert_eq!(body["dnd"], false);
+        assert!(!body.contains_key("assignedTo") && !body.contains_key("dndSettings"));
+        assert_eq!(c.webhook_json("ContactDndUpdate")["dndSettings"], json!({}));
     }
 }

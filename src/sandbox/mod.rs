@@ -29,12 +29,39 @@
 //! sliding-window [`RateLimit`]. Faults are served before anything else
 //! (auth and rate limit included) and consume nothing else; requests are
 //! logged on arrival, their status filled in when answered.
+//!
+//! Given a webhook URL ([`GhlWebhooks`], [`StickyCardsWebhooks`]), each
+//! simulator also sends the webhooks its platform sends when data changes,
+//! through its API or by hand (`edit_contact`, `edit_customer`,
+//! `set_card_balance`, …): queued while the change is made, delivered one
+//! at a time in order, [`WebhookDelivery::delay`] later, logged as
+//! [`SentWebhook`]s. `webhooks_idle().await` returns when the queue is
+//! empty, so a test can wait for quiescence. As the engine needs the
+//! simulators' URLs before it listens, `set_webhooks` turns webhooks on (or
+//! re-points them) after start:
+//!
+//! ```no_run
+//! # async fn demo(engine: String) -> std::io::Result<()> {
+//! use mapper::sandbox::{GhlConfig, GhlSandbox, GhlWebhooks};
+//! let ghl = GhlSandbox::start(GhlConfig::default()).await?;
+//! // … start the engine with ghl.base_url(); it listens at `engine` …
+//! let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+//! let url = format!("{engine}/webhooks/ghl");
+//! ghl.set_webhooks(Some(GhlWebhooks::new(url, key)))?;
+//! // … API calls: ContactCreate, ContactUpdate, … go to the engine …
+//! ghl.webhooks_idle().await;
+//! let sent = ghl.webhooks_sent();
+//! # let _ = sent;
+//! # Ok(()) }
+//! ```
 
 mod common;
 pub mod ghl;
 pub mod stickycards;
 mod validate;
 
-pub use common::{Fault, LoggedRequest, RateLimit};
-pub use ghl::{GhlConfig, GhlSandbox};
-pub use stickycards::{StickyCardsConfig, StickyCardsSandbox};
+pub use common::{Fault, LoggedRequest, RateLimit, SentWebhook, WebhookDelivery};
+pub use ghl::{GhlConfig, GhlSandbox, GhlWebhooks};
+pub use stickycards::{
+    StickyCardsConfig, StickyCardsSandbox, StickyCardsWebhookFormat, StickyCardsWebhooks,
+};

@@ -45,7 +45,34 @@
 //! - Rate limit (default 100 per second): 429 `{message: "Too Many
 //!   Attempts."}` with `Retry-After`, `X-RateLimit-Limit` and
 //!   `X-RateLimit-Remaining`.
+//!
+//! Webhooks (when [`StickyCardsConfig::webhooks`] or
+//! [`StickyCardsSandbox::set_webhooks`] gives a URL): only the events
+//! of seed 000's catalogue (`schemas/events/stickycards/`), for changes made
+//! through either API or by hand. There is no customer-updated, card-status
+//! or deletion event in that catalogue, so those changes send nothing.
+//!
+//! | Change | Event |
+//! |---|---|
+//! | `POST /v1/customers` that creates, `POST /api/v2/customers` | `CustomerCreatedEvent` |
+//! | `POST /v1/cards`, `POST /api/v2/cards` | `CardIssuedEvent` |
+//! | `PUT …/cards/{id}/balance` that changes it, `add-point` / `subtract-point`, [`StickyCardsSandbox::set_card_balance`] | `CardBalanceUpdatedEvent` (with `previous_balance`) |
+//! | `PUT …/customers/{id}/segments`, [`StickyCardsSandbox::edit_customer`] | `CustomerSegmentLinkedEvent` per segment added |
+//! | [`StickyCardsSandbox::install_card`] / [`remove_card`](StickyCardsSandbox::remove_card) / [`expire_card`](StickyCardsSandbox::expire_card) | `CardInstalledEvent` / `CardRemovedEvent` / `CardExpiredEvent` |
+//!
+//! Events are about a customer: a card without one (`auto_create_cards`)
+//! sends nothing. The body is the seed's flat snake_case shape (the keys of
+//! `examples/payloads/stickycards/`), `timestamp` in RFC 3339 with
+//! milliseconds, never twice the same (receivers dedup on customer, card and
+//! time), or with [`StickyCardsWebhookFormat::Boomerangme`] the
+//! `{timestamp, event, is_sandbox, data}` shape of
+//! `examples/payloads/stickycards-boomerangme/` (unix seconds). `card.status`
+//! is the card's wallet state (`not_installed`, `installed`, `removed`,
+//! `expired`), not the API's `Active` / `Inactive`. No header is added: the
+//! token goes in the URL (`?token=`). Delivery: one attempt (see
+//! [`WebhookDelivery::stickycards`]).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -53,8 +80,8 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use super::common::{
-    self, Controls, Fault, Ids, Incoming, Limiter, LoggedRequest, RateLimit, Reply, Running,
-    Simulator, lock,
+    self, Controls, EventClock, Fault, Ids, Incoming, Limiter, LoggedRequest, Outbox, RateLimit,
+    Reply, Running, SentWebhook, Simulator, WebhookDelivery, WebhookLog, lock,
 };
 
 /// Settings of a [`StickyCardsSandbox`].
@@ -68,6 +95,42 @@ pub struct StickyCardsConfig {
     pub rate_limit: RateLimit,
     /// Create unknown cards on first use instead of answering 404.
     pub auto_create_cards: bool,
+    /// Where and how to send webhooks; `None` sends none (see also
+    /// [`StickyCardsSandbox::set_webhooks`]).
+    pub webhooks: Option<StickyCardsWebhooks>,
+}
+
+/// The body shape of Sticky Cards webhooks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StickyCardsWebhookFormat {
+    /// Seed 000's flat snake_case events (source profile `seed`).
+    #[default]
+    Seed,
+    /// `{timestamp, event, is_sandbox, data: {cardholder_…}}`, as Boomerangme
+    /// delivers (source profile `boomerangme`).
+    Boomerangme,
+}
+
+/// Webhooks of a [`StickyCardsSandbox`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct StickyCardsWebhooks {
+    /// E.g. `http://127.0.0.1:PORT/webhooks/stickycards?token=…`.
+    pub url: String,
+    /// Body shape.
+    pub format: StickyCardsWebhookFormat,
+    /// Delay, timeout and retries.
+    pub delivery: WebhookDelivery,
+}
+
+impl StickyCardsWebhooks {
+    /// Seed-shaped webhooks to `url`, one attempt each.
+    pub fn new(url: impl Into<String>) -> StickyCardsWebhooks {
+        StickyCardsWebhooks {
+            url: url.into(),
+            format: StickyCardsWebhookFormat::Seed,
+            delivery: WebhookDelivery::stickycards(),
+        }
+    }
 }
 
 impl Default for StickyCardsConfig {
@@ -81,6 +144,7 @@ impl Default for StickyCardsConfig {
                 daily: None,
             },
             auto_create_cards: false,
+            webhooks: None,
         }
     }
 }
@@ -127,6 +191,13 @@ pub struct Card {
     pub balance: i64,
     /// `Active` or `Inactive`.
     pub status: String,
+    /// Where the card is in the customer's wallet, as webhooks tell it:
+    /// `not_installed`, `installed`, `removed` or `expired`.
+    pub wallet_status: String,
+    /// When it was first installed.
+    pub installed_date: Option<String>,
+    /// Last thing that happened to the card (install, removal, balance).
+    pub last_activity: Option<String>,
     /// Creation time.
     pub created_at: String,
     /// Last change.
@@ -173,6 +244,13 @@ struct State {
     cards: Vec<Card>,
     pushes: Vec<Push>,
     changes: Vec<BalanceChange>,
+    /// Segment names in order of first link; a segment's id is its
+    /// position + 1.
+    segments: Vec<String>,
+    clock: EventClock,
+    /// Boomerangme stamps whole seconds: the last second given to each
+    /// (event, customer, card), so that two such events never share one.
+    seconds: HashMap<(String, String, String), i64>,
 }
 
 struct Sticky {
@@ -182,6 +260,32 @@ struct Sticky {
     limiter: Mutex<Limiter>,
     state: Mutex<State>,
     ids: Ids,
+    hooks: Mutex<Option<Arc<Hooks>>>,
+    sent: WebhookLog,
+}
+
+/// Where webhooks go while they are on.
+struct Hooks {
+    outbox: Outbox,
+    format: StickyCardsWebhookFormat,
+}
+
+impl Hooks {
+    fn start(w: StickyCardsWebhooks, sent: WebhookLog) -> std::io::Result<Hooks> {
+        // Nothing is signed: the token is in the URL.
+        let sign: common::SignFn = Box::new(|_: &[u8]| Vec::new());
+        Ok(Hooks {
+            outbox: Outbox::start(&w.url, w.delivery, sign, sent)?,
+            format: w.format,
+        })
+    }
+}
+
+/// What an event adds to the common fields.
+enum Detail {
+    None,
+    Balance { previous: i64 },
+    Segment { name: String },
 }
 
 /// A running Sticky Cards simulator. Stops on drop or
@@ -194,6 +298,11 @@ pub struct StickyCardsSandbox {
 impl StickyCardsSandbox {
     /// Binds (127.0.0.1:0 unless `config.addr`) and serves in a tokio task.
     pub async fn start(config: StickyCardsConfig) -> std::io::Result<StickyCardsSandbox> {
+        let sent = WebhookLog::default();
+        let hooks = match config.webhooks {
+            None => None,
+            Some(w) => Some(Arc::new(Hooks::start(w, Arc::clone(&sent))?)),
+        };
         let inner = Arc::new(Sticky {
             api_key: config.api_key,
             auto_create_cards: config.auto_create_cards,
@@ -201,6 +310,8 @@ impl StickyCardsSandbox {
             limiter: Mutex::new(Limiter::new(config.rate_limit)),
             state: Mutex::new(State::default()),
             ids: Ids::new("stickycards"),
+            hooks: Mutex::new(hooks),
+            sent,
         });
         let running = common::serve(config.addr, Arc::clone(&inner)).await?;
         Ok(StickyCardsSandbox { inner, running })
@@ -333,6 +444,143 @@ impl StickyCardsSandbox {
     /// Forgets the requests counted by the rate limiter.
     pub fn reset_rate_limit(&self) {
         lock(&self.inner.limiter).reset();
+    }
+
+    /// Changes a customer as someone in the Sticky Cards dashboard would.
+    /// Only segments added send something (`CustomerSegmentLinkedEvent`
+    /// each): the catalogue has no customer-updated event. The id and
+    /// creation time cannot be changed. `None` when there is no such
+    /// customer.
+    pub fn edit_customer(&self, id: &str, edit: impl FnOnce(&mut Customer)) -> Option<Customer> {
+        let mut state = lock(&self.inner.state);
+        let index = state.customers.iter().position(|c| c.id == id)?;
+        let before = state.customers[index].clone();
+        let mut edited = before.clone();
+        edit(&mut edited);
+        edited.id.clone_from(&before.id);
+        edited.created_at.clone_from(&before.created_at);
+        let segments = std::mem::replace(&mut edited.segments, before.segments.clone());
+        if edited != before || segments != before.segments {
+            edited.updated_at = common::now_iso();
+        }
+        state.customers[index] = edited;
+        let added = state.set_segments(index, segments);
+        self.inner.emit_segments(&mut state, id, added);
+        Some(state.customers[index].clone())
+    }
+
+    /// Sets a card's balance by hand (never below 0), as a cashier would:
+    /// records the change and sends `CardBalanceUpdatedEvent` if it moved.
+    /// `None` when there is no such card.
+    pub fn set_card_balance(&self, card_id: &str, balance: i64) -> Option<Card> {
+        let mut state = lock(&self.inner.state);
+        let index = state.cards.iter().position(|c| c.id == card_id)?;
+        let delta = balance.max(0) - state.cards[index].balance;
+        if delta != 0 {
+            state.change_balance(index, delta, None).ok()?;
+            self.inner.emit_balance(&mut state, index, delta);
+        }
+        Some(state.cards[index].clone())
+    }
+
+    /// The customer installs the card in their wallet: `CardInstalledEvent`.
+    pub fn install_card(&self, card_id: &str) -> Option<Card> {
+        self.wallet(card_id, "installed", "CardInstalledEvent")
+    }
+
+    /// The customer deletes the card from their wallet: `CardRemovedEvent`.
+    pub fn remove_card(&self, card_id: &str) -> Option<Card> {
+        self.wallet(card_id, "removed", "CardRemovedEvent")
+    }
+
+    /// The card reaches its expiration: `CardExpiredEvent`.
+    pub fn expire_card(&self, card_id: &str) -> Option<Card> {
+        self.wallet(card_id, "expired", "CardExpiredEvent")
+    }
+
+    fn wallet(&self, card_id: &str, status: &str, event: &str) -> Option<Card> {
+        let mut state = lock(&self.inner.state);
+        let index = state.cards.iter().position(|c| c.id == card_id)?;
+        let now = common::now_iso();
+        let card = &mut state.cards[index];
+        card.wallet_status = status.to_string();
+        if status == "installed" && card.installed_date.is_none() {
+            card.installed_date = Some(now.clone());
+        }
+        // An expiry is not something the customer did.
+        if status != "expired" {
+            card.last_activity = Some(now.clone());
+        }
+        card.updated_at = now;
+        let card = card.clone();
+        self.inner.emit(
+            &mut state,
+            event,
+            card.customer_id.as_deref(),
+            Some(card_id),
+            Detail::None,
+        );
+        Some(card)
+    }
+
+    /// Sends `event_type` about a customer (and a card, else the customer's
+    /// first) as they are, changing nothing: a `CustomerCreatedEvent` for a
+    /// customer added with [`StickyCardsSandbox::add_customer`], a redelivery,
+    /// or an event no API call causes (`CardScannedEvent`, …). `false` when
+    /// the customer or the card does not exist.
+    pub fn emit_event(&self, event_type: &str, customer_id: &str, card_id: Option<&str>) -> bool {
+        let mut state = lock(&self.inner.state);
+        let known = state.customers.iter().any(|c| c.id == customer_id)
+            && card_id.is_none_or(|id| state.cards.iter().any(|c| c.id == id));
+        if known {
+            self.inner.emit(
+                &mut state,
+                event_type,
+                Some(customer_id),
+                card_id,
+                Detail::None,
+            );
+        }
+        known
+    }
+
+    /// Turns webhooks on, re-points them or (`None`) turns them off, e.g.
+    /// once the engine that receives them is listening (it needs this
+    /// simulator's URL first). Webhooks still queued for the previous URL
+    /// are dropped: wait for [`StickyCardsSandbox::webhooks_idle`] first to
+    /// keep them. Needs a tokio runtime; an error for a bad URL.
+    pub fn set_webhooks(&self, webhooks: Option<StickyCardsWebhooks>) -> std::io::Result<()> {
+        let hooks = match webhooks {
+            None => None,
+            Some(w) => Some(Arc::new(Hooks::start(w, Arc::clone(&self.inner.sent))?)),
+        };
+        *lock(&self.inner.hooks) = hooks;
+        Ok(())
+    }
+
+    /// Webhooks whose delivery is over (answered, or given up), oldest
+    /// first; empty while webhooks were never on.
+    pub fn webhooks_sent(&self) -> Vec<SentWebhook> {
+        lock(&self.inner.sent).clone()
+    }
+
+    /// Empties the log of [`StickyCardsSandbox::webhooks_sent`].
+    pub fn clear_webhooks_sent(&self) {
+        lock(&self.inner.sent).clear();
+    }
+
+    /// Webhooks queued or being delivered.
+    pub fn webhooks_pending(&self) -> usize {
+        self.inner.hooks().map_or(0, |h| h.outbox.pending())
+    }
+
+    /// Returns once every webhook queued so far has been delivered or
+    /// dropped (at once without webhooks). A change made by an API call is
+    /// queued before its answer, so after the answer this covers it.
+    pub async fn webhooks_idle(&self) {
+        if let Some(h) = self.inner.hooks() {
+            h.outbox.idle().await;
+        }
     }
 }
 
@@ -467,6 +715,9 @@ impl Sticky {
             template_id,
             balance: 0,
             status: "Active".to_string(),
+            wallet_status: "not_installed".to_string(),
+            installed_date: None,
+            last_activity: None,
             created_at: now.clone(),
             updated_at: now,
         }
@@ -474,6 +725,37 @@ impl Sticky {
 }
 
 impl State {
+    /// Replaces a customer's segments; returns those newly linked (each
+    /// gets an id on first use).
+    fn set_segments(&mut self, index: usize, segments: Vec<String>) -> Vec<String> {
+        let customer = &mut self.customers[index];
+        let mut added: Vec<String> = Vec::new();
+        for segment in &segments {
+            if !customer.segments.contains(segment) && !added.contains(segment) {
+                added.push(segment.clone());
+            }
+        }
+        customer.segments = segments;
+        for segment in &added {
+            if !self.segments.contains(segment) {
+                self.segments.push(segment.clone());
+            }
+        }
+        added
+    }
+
+    /// A Boomerangme timestamp: now in unix seconds, or one second after
+    /// the last one of the same event, customer and card (their dedup key).
+    fn next_second(&mut self, event: &str, customer: &str, card: &str) -> i64 {
+        let now = chrono::Utc::now().timestamp();
+        let last = self
+            .seconds
+            .entry((event.to_string(), customer.to_string(), card.to_string()))
+            .or_insert(i64::MIN);
+        *last = now.max(last.saturating_add(1));
+        *last
+    }
+
     fn customer_index(&self, id: &str) -> Result<usize, Failure> {
         self.customers
             .iter()
@@ -522,6 +804,9 @@ impl State {
                 template_id: None,
                 balance: 0,
                 status: "Active".to_string(),
+                wallet_status: "not_installed".to_string(),
+                installed_date: None,
+                last_activity: None,
                 created_at: now.clone(),
                 updated_at: now,
             });
@@ -547,6 +832,9 @@ impl State {
         }
         card.balance = balance;
         card.updated_at = common::now_iso();
+        if delta != 0 {
+            card.last_activity = Some(card.updated_at.clone());
+        }
         self.changes.push(BalanceChange {
             card_id: card.id.clone(),
             delta,
@@ -647,6 +935,139 @@ fn v2_push(p: &Push) -> Value {
     })
 }
 
+/// A seed-shaped event (the keys of `examples/payloads/stickycards/`).
+fn seed_event(
+    event: &str,
+    timestamp: &str,
+    c: &Customer,
+    card: Option<&Card>,
+    detail: &Detail,
+    segment_id: Option<usize>,
+) -> Value {
+    let mut out = Map::new();
+    out.insert("event_type".into(), json!(event));
+    out.insert("timestamp".into(), json!(timestamp));
+    out.insert("customer_id".into(), json!(c.id));
+    if let Some(card) = card {
+        out.insert("card_id".into(), json!(card.id));
+    }
+    // The seed sends "email or phone_number": the one missing is left out.
+    if let Some(email) = &c.email {
+        out.insert("email".into(), json!(email));
+    }
+    if let Some(phone) = &c.phone {
+        out.insert("phone_number".into(), json!(phone));
+    }
+    out.insert("first_name".into(), json!(c.first_name));
+    out.insert("last_name".into(), json!(c.last_name));
+    if event == "CustomerCreatedEvent" {
+        out.insert("referral_count".into(), json!(0));
+        out.insert("segments".into(), json!(c.segments));
+        return Value::Object(out);
+    }
+    if let Some(card) = card {
+        out.insert(
+            "card".into(),
+            json!({
+                "id": card.id,
+                "status": card.wallet_status,
+                "balance": card.balance,
+                "installed_date": card.installed_date,
+            }),
+        );
+    }
+    let last_activity = card.and_then(|k| k.last_activity.clone());
+    match detail {
+        Detail::Balance { previous } => {
+            out.insert("previous_balance".into(), json!(previous));
+            out.insert(
+                "last_activity".into(),
+                json!(last_activity.as_deref().unwrap_or(timestamp)),
+            );
+            out.insert("segments".into(), json!(c.segments));
+        }
+        Detail::Segment { name } => {
+            out.insert("segment".into(), json!({"id": segment_id, "name": name}));
+            out.insert("segments".into(), json!(c.segments));
+        }
+        Detail::None => {
+            if let Some(at) = last_activity.filter(|_| event != "CardIssuedEvent") {
+                out.insert("last_activity".into(), json!(at));
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+/// A Boomerangme-shaped event (the keys of
+/// `examples/payloads/stickycards-boomerangme/`).
+fn boomerangme_event(
+    event: &str,
+    timestamp: i64,
+    c: &Customer,
+    card: Option<&Card>,
+    detail: &Detail,
+    segment_id: Option<usize>,
+) -> Value {
+    let mut data = Map::new();
+    data.insert("cardholder_id".into(), json!(c.id));
+    if let Some(card) = card {
+        // Its statuses are not_installed, installed and deleted only.
+        let status = match card.wallet_status.as_str() {
+            "removed" => "deleted",
+            "expired" => "installed",
+            other => other,
+        };
+        data.insert("serial_number".into(), json!(card.id));
+        data.insert("template_id".into(), json!(card.template_id));
+        data.insert("user_template_id".into(), Value::Null);
+        data.insert("card_type".into(), Value::Null);
+        data.insert("status".into(), json!(status));
+        data.insert("device_type".into(), Value::Null);
+    }
+    data.insert("cardholder_email".into(), json!(c.email));
+    data.insert("cardholder_phone".into(), json!(c.phone));
+    data.insert("cardholder_first_name".into(), json!(c.first_name));
+    data.insert("cardholder_last_name".into(), json!(c.last_name));
+    data.insert("cardholder_birth_date".into(), json!(c.date_of_birth));
+    if let Some(card) = card {
+        data.insert("bonus_balance".into(), json!(card.balance));
+        data.insert("balance".into(), json!(card.balance));
+        for key in [
+            "countVisits",
+            "number_stamps_total",
+            "number_rewards_unused",
+        ] {
+            data.insert(key.into(), json!(0));
+        }
+        for key in [
+            "short_link",
+            "share_link",
+            "direct_install_link_universal",
+            "direct_install_link_apple",
+            "direct_install_link_google",
+            "direct_install_link_pwa",
+        ] {
+            data.insert(key.into(), Value::Null);
+        }
+    }
+    for key in ["utm_source", "latitude", "longitude"] {
+        data.insert(key.into(), Value::Null);
+    }
+    data.insert("custom_fields".into(), json!([]));
+    if let Detail::Segment { name } = detail {
+        data.insert("segment_id".into(), json!(segment_id));
+        data.insert("segment_name".into(), json!(name));
+    }
+    let mut out = Map::new();
+    out.insert("timestamp".into(), json!(timestamp));
+    out.insert("event".into(), json!(event));
+    // The simulator stands for the production platform.
+    out.insert("is_sandbox".into(), json!(false));
+    out.insert("data".into(), Value::Object(data));
+    Value::Object(out)
+}
+
 // ---------------------------------------------------------------- routes
 
 impl Simulator for Sticky {
@@ -694,6 +1115,96 @@ impl Simulator for Sticky {
 }
 
 impl Sticky {
+    /// Queues `event` about a customer (and a card: the given one, else the
+    /// customer's first, as the seed's customer events name one). Nothing
+    /// without webhooks or without a customer. Called under the state lock,
+    /// so events leave in the order of the changes.
+    fn emit(
+        &self,
+        state: &mut State,
+        event: &str,
+        customer_id: Option<&str>,
+        card_id: Option<&str>,
+        detail: Detail,
+    ) {
+        let Some(hooks) = self.hooks() else {
+            return;
+        };
+        let Some(customer) = customer_id
+            .and_then(|id| state.customers.iter().find(|c| c.id == id))
+            .cloned()
+        else {
+            return;
+        };
+        let card = match card_id {
+            Some(id) => state.cards.iter().find(|c| c.id == id),
+            None => state
+                .cards
+                .iter()
+                .find(|c| c.customer_id.as_deref() == Some(customer.id.as_str())),
+        }
+        .cloned();
+        let segment_id = match &detail {
+            Detail::Segment { name } => {
+                state.segments.iter().position(|s| s == name).map(|i| i + 1)
+            }
+            _ => None,
+        };
+        let body = match hooks.format {
+            StickyCardsWebhookFormat::Seed => {
+                let at = state
+                    .clock
+                    .next()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                seed_event(event, &at, &customer, card.as_ref(), &detail, segment_id)
+            }
+            StickyCardsWebhookFormat::Boomerangme => {
+                let serial = card.as_ref().map(|k| k.id.as_str()).unwrap_or_default();
+                let at = state.next_second(event, &customer.id, serial);
+                boomerangme_event(event, at, &customer, card.as_ref(), &detail, segment_id)
+            }
+        };
+        hooks.outbox.send(event, body);
+    }
+
+    fn hooks(&self) -> Option<Arc<Hooks>> {
+        lock(&self.hooks).clone()
+    }
+
+    /// Queues `CardBalanceUpdatedEvent` for a card whose balance moved by
+    /// `delta` (nothing when it did not move).
+    fn emit_balance(&self, state: &mut State, index: usize, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        let card = &state.cards[index];
+        let (customer, id, previous) = (
+            card.customer_id.clone(),
+            card.id.clone(),
+            card.balance - delta,
+        );
+        self.emit(
+            state,
+            "CardBalanceUpdatedEvent",
+            customer.as_deref(),
+            Some(&id),
+            Detail::Balance { previous },
+        );
+    }
+
+    /// Queues one `CustomerSegmentLinkedEvent` per segment in `added`.
+    fn emit_segments(&self, state: &mut State, customer_id: &str, added: Vec<String>) {
+        for name in added {
+            self.emit(
+                state,
+                "CustomerSegmentLinkedEvent",
+                Some(customer_id),
+                None,
+                Detail::Segment { name },
+            );
+        }
+    }
+
     fn render(&self, flavour: Flavour, outcome: Outcome) -> Reply {
         match (flavour, outcome) {
             (Flavour::Seed, Ok((status, body))) => Reply::json(status, body),
@@ -802,6 +1313,10 @@ impl Sticky {
         )?;
         let email = opt_str(&body, "email")?;
         let phone = opt_str(&body, "phone_number")?;
+        // Read before a new customer is added, so a bad field adds none.
+        let first = opt_str(&body, "first_name")?;
+        let last = opt_str(&body, "last_name")?;
+        let birth = opt_str(&body, "date_of_birth")?;
         let mut state = lock(&self.state);
         let (status, index) = match opt_str(&body, "id")? {
             Some(id) => {
@@ -821,9 +1336,6 @@ impl Sticky {
                 (201, state.customers.len() - 1)
             }
         };
-        let first = opt_str(&body, "first_name")?;
-        let last = opt_str(&body, "last_name")?;
-        let birth = opt_str(&body, "date_of_birth")?;
         let customer = &mut state.customers[index];
         if first.is_some() {
             customer.first_name = first;
@@ -842,6 +1354,15 @@ impl Sticky {
         }
         customer.updated_at = common::now_iso();
         let customer = state.customers[index].clone();
+        if status == 201 {
+            self.emit(
+                &mut state,
+                "CustomerCreatedEvent",
+                Some(&customer.id),
+                None,
+                Detail::None,
+            );
+        }
         Ok((status, seed_customer(&customer, &state.cards)))
     }
 
@@ -883,10 +1404,10 @@ impl Sticky {
         };
         let mut state = lock(&self.state);
         let index = state.customer_index(id)?;
-        let customer = &mut state.customers[index];
-        customer.segments = segments;
-        customer.updated_at = common::now_iso();
-        let customer = customer.clone();
+        let added = state.set_segments(index, segments);
+        state.customers[index].updated_at = common::now_iso();
+        let customer = state.customers[index].clone();
+        self.emit_segments(&mut state, &customer.id, added);
         Ok((200, seed_customer(&customer, &state.cards)))
     }
 
@@ -906,6 +1427,7 @@ impl Sticky {
             _ => return Err(invalid("mode", "The selected mode is invalid (set, add).")),
         };
         state.change_balance(index, delta, None)?;
+        self.emit_balance(&mut state, index, delta);
         Ok((200, seed_card(&state.cards[index])))
     }
 
@@ -954,9 +1476,17 @@ impl Sticky {
         let template_id = opt_str(&body, "template_id")?;
         let mut state = lock(&self.state);
         state.customer_index(&customer_id)?;
-        let card = self.new_card(Some(customer_id), template_id);
+        let card = self.new_card(Some(customer_id.clone()), template_id);
         let answer = seed_card(&card);
+        let card_id = card.id.clone();
         state.cards.push(card);
+        self.emit(
+            &mut state,
+            "CardIssuedEvent",
+            Some(&customer_id),
+            Some(&card_id),
+            Detail::None,
+        );
         Ok((201, answer))
     }
 
@@ -1049,6 +1579,14 @@ impl Sticky {
             state.customers.pop();
             return Err(e);
         }
+        let id = state.customers[index].id.clone();
+        self.emit(
+            &mut state,
+            "CustomerCreatedEvent",
+            Some(&id),
+            None,
+            Detail::None,
+        );
         Ok((201, v2_customer(&state.customers[index])))
     }
 
@@ -1100,9 +1638,17 @@ impl Sticky {
         };
         let mut state = lock(&self.state);
         let index = state.customer_index(&customer_id)?;
-        let card = self.new_card(Some(customer_id), Some(template_id));
+        let card = self.new_card(Some(customer_id.clone()), Some(template_id));
         let answer = v2_card(&card, state.customers.get(index));
+        let card_id = card.id.clone();
         state.cards.push(card);
+        self.emit(
+            &mut state,
+            "CardIssuedEvent",
+            Some(&customer_id),
+            Some(&card_id),
+            Detail::None,
+        );
         Ok((201, answer))
     }
 
@@ -1153,6 +1699,7 @@ impl Sticky {
         let mut state = lock(&self.state);
         let index = state.card_index(self, id)?;
         state.change_balance(index, sign * points, comment)?;
+        self.emit_balance(&mut state, index, sign * points);
         let card = &state.cards[index];
         Ok((200, v2_card(card, holder(&state, card))))
     }
