@@ -625,9 +625,24 @@ async fn the_engines_own_writes_coming_back_are_echoes() {
         &[("GHL_WEBHOOK_PUBLIC_KEY", signer.pem.as_str())],
         "mappings",
     );
-    let installed =
-        std::fs::read_to_string("examples/payloads/stickycards/CardInstalledEvent.json").unwrap();
-    post_all(&s.base, "stickycards?token=sc-token", vec![installed], 1).await;
+    // The customer the Sticky Cards event is about exists there.
+    let customer = sc.add_customer(
+        Some("Ana"),
+        Some("ana.lima@example.com"),
+        Some("+14155552671"),
+    );
+    let mut installed: serde_json::Value = serde_json::from_slice(
+        &std::fs::read("examples/payloads/stickycards/CardInstalledEvent.json").unwrap(),
+    )
+    .unwrap();
+    installed["customer_id"] = customer.id.clone().into();
+    post_all(
+        &s.base,
+        "stickycards?token=sc-token",
+        vec![installed.to_string()],
+        1,
+    )
+    .await;
     settle_within(&s.db, Duration::from_secs(20)).await;
     let id = ghl.contacts()[0].id.clone();
     let now = || chrono::Utc::now().to_rfc3339();

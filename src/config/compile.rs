@@ -1110,6 +1110,7 @@ fn compile_source(ctx: &mut Ctx, sp: &SourceProfile) -> Option<(prog::Source, Sc
         customer: customer.into_iter().flatten().collect(),
         mirror,
         describes: s.describes.as_ref().map(|d| d.value.clone()),
+        snapshots: s.snapshots,
         time: time.flatten(),
         time_zone: s.event.time_zone.clone(),
         attempt_field: s.event.attempt.clone(),

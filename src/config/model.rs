@@ -140,6 +140,13 @@ pub struct SourceFile {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub describes: Option<Spanned<String>>,
+    /// Each webhook carries the record's whole current state (GHL's contact
+    /// webhooks), rather than reporting something that happened (a payment).
+    /// Then one that changes nothing just after mapper wrote the record is an
+    /// echo, and one whose changes are all older than what is applied is
+    /// stale: neither is synced.
+    #[serde(default)]
+    pub snapshots: bool,
 }
 
 pub fn default_profile() -> Spanned<String> {

@@ -77,6 +77,8 @@ pub struct Source {
     pub mirror: Vec<(String, MirrorValue)>,
     /// The target whose records this source's customers are.
     pub describes: Option<String>,
+    /// Webhooks carry the record's whole state (echo and stale apply).
+    pub snapshots: bool,
     pub time: Option<Selector>,
     pub time_zone: Option<String>,
     pub attempt_field: Option<String>,

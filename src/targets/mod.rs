@@ -309,7 +309,7 @@ impl Executor {
         if let (Some(record), Some(key)) = (&mirror, &customer_id) {
             let values = self.program.mirror_values(source, &payload, &known);
             let change = Change::between(record, &values, event.occurred_at);
-            if src.describes.is_some() && change.fresh.is_empty() {
+            if src.snapshots && change.fresh.is_empty() {
                 let now = crate::store::now_ms();
                 let (kind, note) = if !change.stale.is_empty() {
                     (
@@ -611,6 +611,37 @@ impl Executor {
                             .store
                             .put_link(connection, link_source, link, &fired.target, &id)
                             .await;
+                        // The link holds the other way too when both sides'
+                        // webhooks describe records: a GHL contact synced to
+                        // a Sticky Cards customer is that customer's contact.
+                        if let Some(back_target) = self
+                            .program
+                            .sources
+                            .get(link_source)
+                            .and_then(|s| s.describes.as_deref())
+                        {
+                            for back_source in self.program.sources.values().filter(|s| {
+                                s.describes.as_deref() == Some(fired.target.as_str())
+                                    && !s.mirror.is_empty()
+                            }) {
+                                let known = self
+                                    .store
+                                    .link(connection, &back_source.name, &id, back_target)
+                                    .await;
+                                if matches!(known, Ok(None)) {
+                                    let _ = self
+                                        .store
+                                        .put_link(
+                                            connection,
+                                            &back_source.name,
+                                            &id,
+                                            back_target,
+                                            link,
+                                        )
+                                        .await;
+                                }
+                            }
+                        }
                     }
                     (Some(id), created)
                 }
