@@ -595,8 +595,9 @@ async fn store_costs(reps: u32) -> (Vec<(&'static str, Duration)>, Duration) {
 
 /// Mean time of `claim_due(1)` on a store holding `total` events of
 /// `CUSTOMERS` customers, the oldest `delivered` of them delivered and the
-/// rest waiting: what one claim costs as the measured phase drains.
-async fn claim_cost(total: usize, delivered: &[usize]) -> Vec<(usize, Duration)> {
+/// rest waiting: what one claim costs as the measured phase drains, and
+/// what this bench's own 20 ms poll of `Store::counts()` costs beside it.
+async fn claim_cost(total: usize, delivered: &[usize]) -> Vec<(usize, Duration, Duration)> {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("claim.db");
     let store = Store::open(&format!("sqlite://{}", file.display()))
@@ -642,7 +643,11 @@ async fn claim_cost(total: usize, delivered: &[usize]) -> Vec<(usize, Duration)>
                 .await
                 .expect("put the event back");
         }
-        out.push((done, spent / reps));
+        let t = Instant::now();
+        for _ in 0..reps {
+            store.counts().await.expect("count events");
+        }
+        out.push((done, spent / reps, t.elapsed() / reps));
     }
     let _ = conn.close().await;
     out
@@ -748,9 +753,10 @@ fn main() {
         }
         println!("  {:<32} {sum:>9.2?}", "sum");
         println!("  {:<32} {concurrent:>9.2?}", "sync-log insert, 8 at once");
-        for (done, d) in &claims {
+        for (done, claim, counts) in &claims {
             println!(
-                "claim of one event among {total} stored, {done} of them delivered: {d:>9.2?}"
+                "{total} events stored, {done} of them delivered: one claim {claim:>9.2?}, \
+                 Store::counts() {counts:>9.2?}"
             );
         }
         println!(
