@@ -960,6 +960,10 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
         Dialect::Sqlite => include_str!("../../migrations/sqlite/0004_echo.sql"),
         Dialect::Postgres => include_str!("../../migrations/postgres/0004_echo.sql"),
     };
+    let claim_indexes = match dialect {
+        Dialect::Sqlite => include_str!("../../migrations/sqlite/0005_claim_indexes.sql"),
+        Dialect::Postgres => include_str!("../../migrations/postgres/0005_claim_indexes.sql"),
+    };
     let records = match dialect {
         Dialect::Sqlite => include_str!("../../migrations/sqlite/0002_records.sql"),
         Dialect::Postgres => include_str!("../../migrations/postgres/0002_records.sql"),
@@ -991,6 +995,13 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
             "echo".into(),
             MigrationType::Simple,
             echo.into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            5,
+            "claim_indexes".into(),
+            MigrationType::Simple,
+            claim_indexes.into_sql_str(),
             false,
         ),
     ])
