@@ -67,6 +67,12 @@ pub enum Suppression {
     Stale,
 }
 
+/// A cached listing is listed again after this long.
+const LISTING_TTL: Duration = Duration::from_secs(600);
+/// A key missing from a listing this young is created without listing again
+/// (a create refused as a duplicate still lists again).
+const LISTING_FRESH: Duration = Duration::from_secs(60);
+
 /// A webhook that brings back what the engine wrote within this long is its echo.
 const ECHO_WINDOW_MS: i64 = 10 * 60 * 1000;
 
@@ -171,6 +177,10 @@ pub struct Executor {
     store: Store,
     /// (target, lookup) → key → id, listed once.
     lookups: Mutex<HashMap<(String, String), HashMap<String, String>>>,
+    /// When each lookup was last listed: listings are refreshed after
+    /// `LISTING_TTL` (people add custom fields in GHL while mapper runs),
+    /// and a listing younger than `LISTING_FRESH` is trusted on a miss.
+    listed_at: Mutex<HashMap<(String, String), std::time::Instant>>,
     /// Serialises listing and creating per lookup.
     lookup_gates: Mutex<HashMap<(String, String), Gate>>,
     /// Serialises work on one customer so two events never create it twice.
@@ -231,6 +241,7 @@ impl Executor {
             headers,
             store,
             lookups: Mutex::new(HashMap::new()),
+            listed_at: Mutex::new(HashMap::new()),
             lookup_gates: Mutex::new(HashMap::new()),
             customer_locks: Mutex::new(HashMap::new()),
             limiter: Arc::new(limiter::Limiter::default()),
@@ -855,7 +866,7 @@ impl Executor {
             }
             for (kind, lookup) in &target.lookups {
                 let cache_key = (target.name.clone(), kind.clone());
-                if self.lookups.lock().await.contains_key(&cache_key) {
+                if self.listed_within(&cache_key, LISTING_TTL).await {
                     continue;
                 }
                 let gate = {
@@ -864,7 +875,7 @@ impl Executor {
                 };
                 let _held = gate.lock().await;
                 // Events delivered in parallel wait for the one listing.
-                if self.lookups.lock().await.contains_key(&cache_key) {
+                if self.listed_within(&cache_key, LISTING_TTL).await {
                     continue;
                 }
                 // A failure here is retried when an action needs the lookup.
@@ -872,6 +883,10 @@ impl Executor {
                     .list_lookup(target, lookup, &self.env_value(target))
                     .await
                 {
+                    self.listed_at
+                        .lock()
+                        .await
+                        .insert(cache_key.clone(), std::time::Instant::now());
                     self.lookups.lock().await.insert(cache_key, ids);
                 }
             }
@@ -962,7 +977,22 @@ impl Executor {
             )));
         };
         let scope_env = self.env_value(target);
-        let mut ids = self.list_lookup(target, lookup, &scope_env).await?;
+        let fresh = if self.listed_within(&cache_key, LISTING_FRESH).await {
+            self.lookups.lock().await.get(&cache_key).cloned()
+        } else {
+            None
+        };
+        let mut ids = match fresh {
+            Some(ids) => ids,
+            None => {
+                let ids = self.list_lookup(target, lookup, &scope_env).await?;
+                self.listed_at
+                    .lock()
+                    .await
+                    .insert(cache_key.clone(), std::time::Instant::now());
+                ids
+            }
+        };
         if !ids.contains_key(key)
             && let Some(create) = &lookup.create
             && let Some(decl) = self
@@ -1014,6 +1044,15 @@ impl Executor {
                 target.name, target.name
             ))
         })
+    }
+
+    /// Whether a lookup was listed less than `age` ago.
+    async fn listed_within(&self, cache_key: &(String, String), age: Duration) -> bool {
+        self.listed_at
+            .lock()
+            .await
+            .get(cache_key)
+            .is_some_and(|at| at.elapsed() < age)
     }
 
     /// Lists a lookup: key → id.
