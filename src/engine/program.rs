@@ -87,6 +87,21 @@ pub struct Source {
     pub events: Vec<String>,
 }
 
+impl Source {
+    /// The inbox key that orders delivery of this customer's events:
+    /// `<scope>:<id>`, the scope being the target the source describes (so
+    /// GHL's contact and workflow webhooks share one order) or the source.
+    pub fn ordering_key(&self, customer_id: &str) -> String {
+        let scope = self.describes.as_deref().unwrap_or(&self.name);
+        format!("{scope}:{customer_id}")
+    }
+}
+
+/// The customer id inside an ordering key (see [`Source::ordering_key`]).
+pub fn customer_of_ordering_key(key: &str) -> &str {
+    key.split_once(':').map_or(key, |(_, id)| id)
+}
+
 /// How a mirror value is read from a payload.
 #[derive(Debug)]
 pub enum MirrorValue {

@@ -256,10 +256,7 @@ async fn receive(
         occurred_at,
         // Sources that describe the same records (GHL's contact webhooks and
         // its workflow webhooks) share one delivery order per customer.
-        customer_key: event.customer.as_ref().map(|id| {
-            let scope = source.describes.as_deref().unwrap_or(&source_name);
-            format!("{scope}:{id}")
-        }),
+        customer_key: event.customer.as_deref().map(|id| source.ordering_key(id)),
         headers: serde_json::Value::Object(kept_headers),
         body: body.to_vec(),
         state: if mapped {

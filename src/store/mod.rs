@@ -108,6 +108,16 @@ pub struct ClaimedEvent {
     pub occurred_at: Option<i64>,
 }
 
+impl MirrorRecord {
+    /// Whether `name` holds a value from an event later than `at`.
+    pub fn set_after(&self, name: &str, at: Option<i64>) -> bool {
+        match (at, self.field_times.get(name)) {
+            (Some(at), Some(applied)) => applied.as_i64().is_some_and(|t| t > at),
+            _ => false,
+        }
+    }
+}
+
 /// A source customer as the local database knows them.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CustomerView {
@@ -744,17 +754,38 @@ impl Store {
         occurred_at: Option<i64>,
         event_row: i64,
     ) -> Result<Vec<String>, StoreError> {
-        let mut record = self
+        let record = self
             .mirror(connection, source, customer_id)
             .await?
             .unwrap_or_default();
+        self.update_mirror_from(
+            record,
+            connection,
+            source,
+            customer_id,
+            values,
+            occurred_at,
+            event_row,
+        )
+        .await
+    }
+
+    /// As [`Store::update_mirror`], on a record the caller has just read
+    /// (the worker reads it before planning; one read per event, not two).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn update_mirror_from(
+        &self,
+        mut record: MirrorRecord,
+        connection: &str,
+        source: &str,
+        customer_id: &str,
+        values: &serde_json::Map<String, serde_json::Value>,
+        occurred_at: Option<i64>,
+        event_row: i64,
+    ) -> Result<Vec<String>, StoreError> {
         let mut stale = Vec::new();
         for (name, value) in values {
-            let newer_applied = match (occurred_at, record.field_times.get(name)) {
-                (Some(at), Some(applied)) => applied.as_i64().is_some_and(|t| t > at),
-                _ => false,
-            };
-            if newer_applied {
+            if record.set_after(name, occurred_at) {
                 stale.push(name.clone());
                 continue;
             }

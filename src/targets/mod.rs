@@ -96,11 +96,7 @@ impl Change {
             if same_value(record.fields.get(name), Some(value)) {
                 continue;
             }
-            let newer_applied = match (occurred_at, record.field_times.get(name)) {
-                (Some(at), Some(applied)) => applied.as_i64().is_some_and(|t| t > at),
-                _ => false,
-            };
-            if newer_applied {
+            if record.set_after(name, occurred_at) {
                 change.stale.push(name.clone());
             } else {
                 change.fresh.push(name.clone());
@@ -296,11 +292,11 @@ impl Executor {
         };
         self.preload_lookups().await;
         let known = self.known_ids().await;
-        // The stored key is "<scope>:<id>" (see the server); the mirror is kept by id.
+        // The mirror is kept by the customer id inside the ordering key.
         let customer_id = event
             .customer_key
             .as_deref()
-            .map(|k| k.split_once(':').map_or(k, |(_, id)| id).to_string());
+            .map(|k| crate::engine::program::customer_of_ordering_key(k).to_string());
         let mirror = match &customer_id {
             Some(key) if !src.mirror.is_empty() => {
                 match self.store.mirror(connection, source, key).await {
@@ -315,10 +311,16 @@ impl Executor {
             }
             _ => None,
         };
-        let known_for_mirror = known.clone();
+        // What this event says of the customer, read once: for the echo and
+        // stale checks now, for the mirror after delivery.
+        let values = match &customer_id {
+            Some(_) if !src.mirror.is_empty() => {
+                self.program.mirror_values(source, &payload, &known)
+            }
+            _ => serde_json::Map::new(),
+        };
         let mut previous = mirror.as_ref().map(|m| Value::Object(m.fields.clone()));
         if let (Some(record), Some(key)) = (&mirror, &customer_id) {
-            let values = self.program.mirror_values(source, &payload, &known);
             let change = Change::between(record, &values, event.occurred_at);
             if src.snapshots && change.fresh.is_empty() {
                 let now = crate::store::now_ms();
@@ -398,14 +400,31 @@ impl Executor {
         if let Some(key) = &customer_id
             && !src.mirror.is_empty()
         {
-            let mut values = self
-                .program
-                .mirror_values(source, &payload, &known_for_mirror);
-            match self
-                .store
-                .update_mirror(connection, source, key, &values, event.occurred_at, row)
-                .await
-            {
+            let mut values = values;
+            // A mapping that wrote to the record this source describes has
+            // reflected into this very mirror meanwhile: read it again then.
+            let wrote_own_record = plan
+                .mappings
+                .iter()
+                .any(|f| src.describes.as_deref() == Some(f.target.as_str()));
+            let updated = if !wrote_own_record {
+                self.store
+                    .update_mirror_from(
+                        mirror.unwrap_or_default(),
+                        connection,
+                        source,
+                        key,
+                        &values,
+                        event.occurred_at,
+                        row,
+                    )
+                    .await
+            } else {
+                self.store
+                    .update_mirror(connection, source, key, &values, event.occurred_at, row)
+                    .await
+            };
+            match updated {
                 Ok(stale) => {
                     if !stale.is_empty() {
                         tracing::info!(event = row, customer = %key, fields = ?stale, "older than the mirror's values; kept the newer ones");

@@ -78,11 +78,7 @@ pub async fn run_tick(
             (id, (holds, m.fields.get("days").and_then(Value::as_i64)))
         })
         .collect();
-    let scope_name = program
-        .sources
-        .get(&rule.source)
-        .and_then(|s| s.describes.clone())
-        .unwrap_or_else(|| rule.source.clone());
+    let read_source = program.sources.get(&rule.source);
     let mut events = Vec::new();
     let mut changed_state = Vec::new();
     for (customer_id, mirror) in store.mirrors_of(connection, &rule.source).await? {
@@ -144,7 +140,10 @@ pub async fn run_tick(
             event_id: None,
             dedup_key: format!("{}:{event}:{customer_id}:{tick}", rule.name),
             occurred_at: Some(now),
-            customer_key: Some(format!("{scope_name}:{customer_id}")),
+            customer_key: Some(match read_source {
+                Some(src) => src.ordering_key(&customer_id),
+                None => format!("{}:{customer_id}", rule.source),
+            }),
             headers: json!({}),
             body: body.to_string().into_bytes(),
             state: if program
