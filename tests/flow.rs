@@ -804,4 +804,28 @@ async fn the_inactivity_schedule_tags_and_untags_contacts() {
         before,
         "the same tick stores nothing twice"
     );
+    // A replica that read the rule's state before the first one wrote it
+    // raises the event again; the inbox's de-duplication key keeps one.
+    let mut unseen = serde_json::Map::new();
+    unseen.insert("holds".into(), false.into());
+    store
+        .update_mirror(
+            "default",
+            "schedule/inactive-30d",
+            "cus_old",
+            &unseen,
+            Some(mapper::store::now_ms()),
+            0,
+        )
+        .await
+        .unwrap();
+    let raced = mapper::worker::schedule::run_tick(&store, &program, rule, "default", tick)
+        .await
+        .unwrap();
+    assert_eq!(raced.0, 1, "the second replica raised it too");
+    assert_eq!(
+        events(store.clone()).await,
+        before,
+        "and it was stored once"
+    );
 }
