@@ -517,6 +517,11 @@ impl Executor {
         for key in lock_keys {
             let lock = {
                 let mut locks = self.customer_locks.lock().await;
+                // One entry per identifying value ever seen would grow for
+                // the life of the process: drop those nobody holds or awaits.
+                if locks.len() > 4096 {
+                    locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+                }
                 locks.entry(key).or_default().clone()
             };
             _held.push(lock.lock_owned().await);
