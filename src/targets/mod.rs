@@ -589,6 +589,18 @@ impl Executor {
                                 found = cap.id.select(&answer).and_then(|v| scalar(&v));
                                 created = found.is_some();
                                 if let Some(id) = &found {
+                                    // The log says who was created, not only who failed to be:
+                                    // `mapper log` and resync's summary read it.
+                                    let _ = self
+                                        .store
+                                        .log_attempt(&log(
+                                            "create_customer",
+                                            Some(id),
+                                            describe(create),
+                                            Some(200),
+                                            None,
+                                        ))
+                                        .await;
                                     let keys = Value::Object(
                                         c.keys
                                             .iter()
