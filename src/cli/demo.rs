@@ -78,6 +78,12 @@ async fn demo(opts: DemoOptions<'_>) -> ExitCode {
     env.insert("GHL_LOCATION_ID".into(), ghl.location_id().to_string());
     env.insert("STICKYCARDS_API_BASE_URL".into(), sc.base_url());
     env.insert("STICKYCARDS_API_KEY".into(), sc.api_key().to_string());
+    // Writes to Sticky Cards are held and merged per customer (5 minutes in
+    // production); the demo holds them 2 s, long enough to merge a burst.
+    env.insert(
+        super::serve::COALESCE_WINDOW_ENV.into(),
+        std::env::var(super::serve::COALESCE_WINDOW_ENV).unwrap_or_else(|_| "2s".into()),
+    );
     let env = Arc::new(env);
     let lookup = env.clone();
     let running = match start(
@@ -174,7 +180,13 @@ async fn demo(opts: DemoOptions<'_>) -> ExitCode {
                 })
             })
             .unwrap_or(false);
-        if !busy {
+        let holding = running
+            .store
+            .pending_writes()
+            .await
+            .map(|w| w.iter().any(|w| w.state != "failed"))
+            .unwrap_or(false);
+        if !busy && !holding {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

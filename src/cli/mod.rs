@@ -147,10 +147,23 @@ enum Command {
         /// Events delivered at once; one customer's events always go one at a time, in order
         #[arg(long, env = "MAPPER_WORKERS", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
         workers: u16,
+        /// Hold writes to coalescing targets (Sticky Cards) this long, merged per customer: 0s sends each at once [default: each target's `coalesce.window`, 5m for Sticky Cards]
+        #[arg(long, env = "MAPPER_COALESCE_WINDOW", value_parser = parse_window)]
+        coalesce_window: Option<String>,
         /// Log as JSON lines instead of text
         #[arg(long)]
         log_json: bool,
     },
+}
+
+/// A duration for `--coalesce-window`, checked now rather than ignored later.
+fn parse_window(text: &str) -> Result<String, String> {
+    match crate::config::compile::parse_duration(text) {
+        Some(_) => Ok(text.to_string()),
+        None => Err(format!(
+            "`{text}` is not a duration: a number and a unit, e.g. 0s, 30s, 5m"
+        )),
+    }
 }
 
 /// Runs the command line; returns the process exit code.
@@ -169,12 +182,14 @@ pub fn run() -> ExitCode {
             listen,
             database,
             workers,
+            coalesce_window,
             log_json,
         } => serve::run(serve::ServeOptions {
             mappings: &mappings,
             listen: &listen,
             database: &database,
             workers: usize::from(workers),
+            coalesce_window,
             log_json,
         }),
         Command::Status { database, format } => ops::status(&database, format),

@@ -19,6 +19,8 @@ pub struct ServeOptions<'a> {
     pub database: &'a str,
     /// Events delivered at once.
     pub workers: usize,
+    /// Replaces every coalescing target's window.
+    pub coalesce_window: Option<String>,
     pub log_json: bool,
 }
 
@@ -65,8 +67,16 @@ fn executor_for(program: Arc<Program>, store: &Store, env: &Env) -> crate::targe
             }
         }
     }
-    crate::targets::Executor::new(program, store.clone(), target_env)
+    let executor = crate::targets::Executor::new(program, store.clone(), target_env);
+    // The operator's window, when set, replaces every target's own.
+    match env(COALESCE_WINDOW_ENV).and_then(|w| crate::config::compile::parse_duration(&w)) {
+        Some(window) => executor.with_coalesce_window(window),
+        None => executor,
+    }
 }
+
+/// Overrides the `coalesce.window` of every target (`serve --coalesce-window`).
+pub const COALESCE_WINDOW_ENV: &str = "MAPPER_COALESCE_WINDOW";
 
 /// Starts the receiver and the worker, and (with `watch`) reloads the mapping
 /// folder when it changes.
@@ -100,6 +110,12 @@ pub async fn start(
         store.clone(),
         executor.clone(),
         DEFAULT_CONNECTION.to_string(),
+        stopped.clone(),
+    ));
+    tokio::spawn(crate::worker::coalesce::run(
+        store.clone(),
+        executor.clone(),
+        worker.clone(),
         stopped.clone(),
     ));
     let worker = tokio::spawn(crate::worker::run(
@@ -308,7 +324,11 @@ async fn serve(opts: ServeOptions<'_>) -> ExitCode {
     let Some(program) = load_program(opts.mappings, "serve") else {
         return ExitCode::from(1);
     };
-    let env: Env = Arc::new(|name: &str| std::env::var(name).ok());
+    let window = opts.coalesce_window.clone();
+    let env: Env = Arc::new(move |name: &str| match (name, &window) {
+        (COALESCE_WINDOW_ENV, Some(w)) => Some(w.clone()),
+        _ => std::env::var(name).ok(),
+    });
     let running = match start(
         program,
         Some(opts.mappings.to_path_buf()),

@@ -719,6 +719,75 @@ pub fn compile(loaded: Loaded) -> Compiled {
         }
     }
 
+    // Ownership: each field is a mirror name of a source that describes the
+    // owning target (that is where the owner's last change is known), and
+    // has one owner.
+    let mut owners: HashMap<String, String> = HashMap::new();
+    if let Some((file, p)) = project {
+        for (target, fields) in &p.ownership {
+            let describing: Vec<&prog::Source> = compiled_sources
+                .values()
+                .filter(|src| src.describes.as_deref() == Some(target.as_str()))
+                .collect();
+            if !compiled_targets.contains_key(target) {
+                let pos = fields.first().map(pos_of).unwrap_or(Pos::UNKNOWN);
+                ctx.err(
+                    Code::M009,
+                    file,
+                    pos,
+                    format!("`ownership` names target `{target}`, which is not defined"),
+                );
+                continue;
+            }
+            if describing.is_empty() {
+                let pos = fields.first().map(pos_of).unwrap_or(Pos::UNKNOWN);
+                ctx.err(
+                    Code::M011,
+                    file,
+                    pos,
+                    format!("no source `describes: {target}`, so the owner's changes of its fields are never known"),
+                )
+                .hint = Some(format!("add `describes: {target}` and `mirror:` to the source whose webhooks are about {target}'s records"));
+                continue;
+            }
+            for field in fields {
+                let known = describing
+                    .iter()
+                    .any(|src| src.mirror.iter().any(|(name, _)| *name == field.value));
+                if !known {
+                    let names: Vec<&str> = describing
+                        .iter()
+                        .flat_map(|src| src.mirror.iter().map(|(n, _)| n.as_str()))
+                        .collect();
+                    ctx.err(
+                        Code::M017,
+                        file,
+                        pos_of(field),
+                        format!(
+                            "`{}` is not kept in the mirror of the sources describing `{target}`",
+                            field.value
+                        ),
+                    )
+                    .hint = Some(format!("one of: {}", names.join(", ")));
+                    continue;
+                }
+                if let Some(other) = owners.insert(field.value.clone(), target.clone())
+                    && other != *target
+                {
+                    ctx.err(
+                        Code::M016,
+                        file,
+                        pos_of(field),
+                        format!(
+                            "`{}` is owned by both `{other}` and `{target}`",
+                            field.value
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     let provision: IndexMap<String, IndexMap<String, IndexMap<String, Value>>> = project
         .map(|(_, p)| {
             p.provision
@@ -943,6 +1012,7 @@ pub fn compile(loaded: Loaded) -> Compiled {
                 templates,
                 vars,
                 schedules,
+                owners,
             }),
             Err(e) => {
                 diags.push(Diagnostic::error(
@@ -1272,6 +1342,7 @@ fn compile_target(ctx: &mut Ctx, tp: &TargetProfile) -> Option<prog::Target> {
                         })
                         .collect(),
                     tracks: op.tracks.clone(),
+                    coalesce: compile_op_coalesce(ctx, file, name, op, t.coalesce.is_some()),
                     reflects: op
                         .reflects
                         .iter()
@@ -1313,6 +1384,19 @@ fn compile_target(ctx: &mut Ctx, tp: &TargetProfile) -> Option<prog::Target> {
             );
         }
     }
+    let coalesce_window = t.coalesce.as_ref().and_then(|c| {
+        let window = parse_duration(&c.window.value);
+        if window.is_none() {
+            ctx.err(
+                Code::M011,
+                file,
+                pos_of(&c.window),
+                format!("`window: {}` is not a duration", c.window.value),
+            )
+            .hint = Some("a number and a unit: `0s`, `30s`, `5m`, `1h`".into());
+        }
+        window
+    });
     Some(prog::Target {
         name: t.target.value.clone(),
         profile: t.profile.value.clone(),
@@ -1326,7 +1410,73 @@ fn compile_target(ctx: &mut Ctx, tp: &TargetProfile) -> Option<prog::Target> {
         customer,
         lookups,
         operations,
+        coalesce_window,
     })
+}
+
+/// An operation's `coalesce:` rules; writes are only held when the target
+/// declares a window.
+fn compile_op_coalesce(
+    ctx: &mut Ctx,
+    file: &Path,
+    name: &str,
+    op: &crate::config::model::Operation,
+    target_coalesces: bool,
+) -> Option<prog::Coalesce> {
+    use crate::config::model::OpCoalesce;
+    let rules = op.coalesce.as_ref()?;
+    if !target_coalesces {
+        ctx.err(
+            Code::M011,
+            file,
+            Pos::UNKNOWN,
+            format!("operation `{name}` says how its writes coalesce, but the target declares no `coalesce: {{window: …}}`"),
+        )
+        .hint = Some("add `coalesce: { window: 5m }` at the top of the target file".into());
+        return None;
+    }
+    if op.tracks.is_some() {
+        ctx.err(
+            Code::M011,
+            file,
+            Pos::UNKNOWN,
+            format!("operation `{name}` both `tracks:` a set and coalesces; a held write cannot be compared with the set it will meet"),
+        );
+        return None;
+    }
+    match rules {
+        OpCoalesce::Keyword(_) => Some(prog::Coalesce {
+            sum: vec![],
+            sum_when: None,
+        }),
+        OpCoalesce::Rules(r) => {
+            for p in &r.sum {
+                if !op.params.contains_key(p) {
+                    ctx.err(
+                        Code::M011,
+                        file,
+                        Pos::UNKNOWN,
+                        format!("operation `{name}`: `coalesce.sum` names `{p}`, which is not one of its params"),
+                    );
+                }
+            }
+            let sum_when = match &r.sum_when {
+                Some(text) => {
+                    let scope = Scope {
+                        roots: vec!["params".into()],
+                        env: None,
+                        params: Some(&op.params),
+                    };
+                    Some(ctx.condition(file, pos_of(text), &text.value, &scope)?)
+                }
+                None => None,
+            };
+            Some(prog::Coalesce {
+                sum: r.sum.clone(),
+                sum_when,
+            })
+        }
+    }
 }
 
 fn compile_create(
@@ -1829,6 +1979,25 @@ fn check_literal(ctx: &mut Ctx, file: &Path, op: &str, name: &str, param: &model
 
 /// The built-in source of events raised by `schedules:`.
 pub const SCHEDULE_SOURCE: &str = "schedule";
+
+/// `0s`, `30s`, `15m`, `1h`, `1d` (a bare `0` too): zero allowed.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    if text.trim() == "0" {
+        return Some(std::time::Duration::ZERO);
+    }
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let seconds = match unit.trim() {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(seconds))
+}
 
 /// `30s`, `15m`, `1h`, `1d`.
 fn parse_every(text: &str) -> Option<std::time::Duration> {

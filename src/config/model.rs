@@ -52,6 +52,14 @@ pub struct ProjectFile {
     /// Rules run on a clock over the customer mirror instead of on a webhook.
     #[serde(default)]
     pub schedules: Vec<ScheduleSpec>,
+    /// The side that owns each synced field, by target: `ghl: [email, phone]`.
+    /// Field names are the mirror names of the source that describes the
+    /// target. A write to the owner from another side's event that happened
+    /// before the owner's last change of the field is refused for that field
+    /// and logged as a conflict; the owner's own changes always go through.
+    #[serde(default)]
+    #[schemars(with = "IndexMap<String, Vec<String>>")]
+    pub ownership: IndexMap<String, Vec<Spanned<String>>>,
 }
 
 /// A rule run every `every` over the mirror of one source's customers. For
@@ -341,6 +349,50 @@ pub struct TargetFile {
     /// Operations this API cannot do, with the reason `mapper check` reports.
     #[serde(default)]
     pub unsupported: IndexMap<String, String>,
+    /// Writes held back per customer record and merged over a window, then
+    /// sent as one call (operations say how they merge with `coalesce:`).
+    #[serde(default)]
+    pub coalesce: Option<CoalesceSpec>,
+}
+
+/// How long a target's writes are held back to be merged.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CoalesceSpec {
+    /// From the first held write to the call: `5m`, `30s`; `0s` sends every write at once.
+    /// `mapper serve --coalesce-window` overrides it.
+    #[schemars(with = "String")]
+    pub window: Spanned<String>,
+}
+
+/// How two held writes of one operation to one record become one.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OpCoalesce {
+    /// `latest`: parameter by parameter, the later write's value wins.
+    Keyword(CoalesceKeyword),
+    Rules(CoalesceRules),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CoalesceKeyword {
+    Latest,
+}
+
+/// Merge rules beyond "the later value wins".
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CoalesceRules {
+    /// Parameters a later write adds to the earlier one's (a balance delta)
+    /// instead of replacing; the other parameters of the earlier write stay.
+    #[serde(default)]
+    pub sum: Vec<String>,
+    /// Condition over the later write's `params`: only then is it added
+    /// (`params.mode == 'add'`); otherwise it replaces, as with `latest`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub sum_when: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -474,6 +526,10 @@ pub struct Operation {
     #[serde(default)]
     #[schemars(with = "IndexMap<String, String>")]
     pub reflects: IndexMap<String, Spanned<String>>,
+    /// Hold this operation's writes back and merge them (when the target
+    /// declares `coalesce:`); absent, every write goes out at once.
+    #[serde(default)]
+    pub coalesce: Option<OpCoalesce>,
 }
 
 /// How an operation changes a set kept on the customer's record.

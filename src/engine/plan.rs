@@ -520,6 +520,40 @@ impl Program {
         }))
     }
 
+    /// The request of operation `op` of `target` for `params`, with the
+    /// customer's ids left as placeholders: what delivery sends once it has
+    /// changed an action's parameters (a field refused to its owner, held
+    /// writes merged into one).
+    pub fn render_operation(
+        &self,
+        target: &str,
+        op: &str,
+        params: &Value,
+        input: &PlanInput,
+        event: &Value,
+    ) -> Result<RequestPlan, String> {
+        let Some(t) = self.targets.get(target) else {
+            return Err(format!("target `{target}` is not defined"));
+        };
+        let Some(operation) = t.operations.get(op) else {
+            return Err(format!(
+                "operation `{op}` is not defined by target `{target}`"
+            ));
+        };
+        let env = self.env_value(t, input);
+        let customer = serde_json::json!({
+            "id": placeholder("customer.id"),
+            "card_id": placeholder("customer.card_id"),
+        });
+        let mut scope = Scope::new();
+        scope.set("params", params);
+        scope.set("customer", &customer);
+        scope.set("env", &env);
+        scope.set("known", &input.known);
+        scope.set("event", event);
+        self.render_request(t, &operation.request, &scope)
+    }
+
     fn render_request(
         &self,
         target: &Target,

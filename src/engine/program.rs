@@ -45,6 +45,8 @@ pub struct Program {
     pub vars: Value,
     /// Rules run on a clock over the mirror.
     pub schedules: Vec<Schedule>,
+    /// Field (mirror name) → the target that owns it (`ownership:`).
+    pub owners: HashMap<String, String>,
 }
 
 /// A compiled `schedules:` entry.
@@ -128,6 +130,8 @@ pub struct Target {
     pub customer: Option<CustomerCapability>,
     pub lookups: IndexMap<String, Lookup>,
     pub operations: IndexMap<String, Operation>,
+    /// How long writes of coalescing operations are held back (`coalesce.window`).
+    pub coalesce_window: Option<std::time::Duration>,
 }
 
 #[derive(Debug)]
@@ -174,6 +178,34 @@ pub struct Operation {
     pub tracks: Option<crate::config::model::Tracks>,
     /// What a successful call makes the record hold, by mirror name.
     pub reflects: Vec<(String, StrTpl)>,
+    /// How held writes merge; `None`: never held back.
+    pub coalesce: Option<Coalesce>,
+}
+
+/// How two held writes of one operation to one record become one.
+#[derive(Debug)]
+pub struct Coalesce {
+    /// Parameters a later write adds to the earlier one's.
+    pub sum: Vec<String>,
+    /// Over the later write's `params`: add only when true (always, when absent).
+    pub sum_when: Option<StrTpl>,
+}
+
+impl Operation {
+    /// The parameter a `reflects:` value is copied from, when it is a plain
+    /// `{{ params.a.b }}`: leaving that parameter out leaves the value unwritten.
+    pub fn reflected_param(&self, field: &str) -> Option<Vec<String>> {
+        let (_, tpl) = self.reflects.iter().find(|(name, _)| name == field)?;
+        let StrTpl::Var(steps) = tpl else { return None };
+        let mut path = Vec::new();
+        for step in steps {
+            match step {
+                super::native::Step::Attr(a) => path.push(a.clone()),
+                super::native::Step::Index(_) => return None,
+            }
+        }
+        (path.len() > 1 && path[0] == "params").then(|| path.split_off(1))
+    }
 }
 
 /// One compiled mapping.

@@ -14,6 +14,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
+mod pending;
+pub use pending::{FLUSH_LEASE_MS, Held, HeldWrite, PendingWrite};
+
 /// The connection used when none is configured.
 pub const DEFAULT_CONNECTION: &str = "default";
 
@@ -116,6 +119,60 @@ impl MirrorRecord {
             _ => false,
         }
     }
+
+    /// When `name` last took a new value (epoch ms), if known.
+    pub fn changed_at(&self, name: &str) -> Option<i64> {
+        self.changed_times.get(name).and_then(|t| t.as_i64())
+    }
+}
+
+/// Equal for the purpose of sync: case, surrounding blanks, number spelling
+/// ("10" and 10.0) and list order do not count, and a missing value equals an
+/// empty one.
+pub fn same_value(a: Option<&serde_json::Value>, b: Option<&serde_json::Value>) -> bool {
+    use serde_json::Value;
+    fn empty(v: Option<&Value>) -> bool {
+        match v {
+            None | Some(Value::Null) => true,
+            Some(Value::String(s)) => s.trim().is_empty(),
+            Some(Value::Array(a)) => a.is_empty(),
+            Some(Value::Object(o)) => o.is_empty(),
+            _ => false,
+        }
+    }
+    fn norm(v: &Value) -> String {
+        match v {
+            Value::String(s) => {
+                let t = s.trim();
+                match t.parse::<f64>() {
+                    Ok(n)
+                        if !t.is_empty()
+                            && t.chars()
+                                .all(|c| c.is_ascii_digit() || c == '.' || c == '-') =>
+                    {
+                        n.to_string()
+                    }
+                    _ => t.to_lowercase(),
+                }
+            }
+            Value::Number(n) => n.as_f64().map(|f| f.to_string()).unwrap_or_default(),
+            other => other.to_string(),
+        }
+    }
+    if empty(a) && empty(b) {
+        return true;
+    }
+    match (a, b) {
+        (Some(Value::Array(x)), Some(Value::Array(y))) => {
+            let mut x: Vec<String> = x.iter().map(norm).collect();
+            let mut y: Vec<String> = y.iter().map(norm).collect();
+            x.sort();
+            y.sort();
+            x == y
+        }
+        (Some(x), Some(y)) => norm(x) == norm(y),
+        _ => false,
+    }
 }
 
 /// A source customer as the local database knows them.
@@ -141,6 +198,10 @@ pub struct MirrorRecord {
     pub fields: serde_json::Map<String, serde_json::Value>,
     /// Field name → occurrence time (epoch ms) of the event that set it.
     pub field_times: serde_json::Map<String, serde_json::Value>,
+    /// Field name → occurrence time of the event that last changed it (a
+    /// snapshot repeating a value confirms it without changing it): what
+    /// ownership compares a write's event against.
+    pub changed_times: serde_json::Map<String, serde_json::Value>,
     pub last_activity: Option<i64>,
     pub updated_at: i64,
     /// When the engine last wrote these values to the record itself.
@@ -188,6 +249,8 @@ pub enum StoreError {
     WriterGone,
     #[error("unsupported database URL `{0}`: use sqlite://FILE or postgres://…")]
     Url(String),
+    #[error("the database is busy: {0}")]
+    Busy(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +269,13 @@ pub struct Store {
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// Epoch milliseconds as RFC 3339 (UTC, seconds), for people.
+pub fn format_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| ms.to_string())
 }
 
 impl Store {
@@ -720,7 +790,7 @@ impl Store {
         customer_id: &str,
     ) -> Result<Option<MirrorRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT fields, field_times, last_activity, updated_at, written_at FROM mirror \
+            "SELECT fields, field_times, last_activity, updated_at, written_at, changed_times FROM mirror \
              WHERE connection = $1 AND source = $2 AND customer_id = $3",
         )
         .bind(connection)
@@ -739,6 +809,7 @@ impl Store {
             last_activity: row.try_get(2)?,
             updated_at: row.try_get(3)?,
             written_at: row.try_get(4)?,
+            changed_times: object(row.try_get(5)?),
         }))
     }
 
@@ -789,6 +860,11 @@ impl Store {
                 stale.push(name.clone());
                 continue;
             }
+            if let Some(at) = occurred_at
+                && !same_value(record.fields.get(name), Some(value))
+            {
+                record.changed_times.insert(name.clone(), at.into());
+            }
             record.fields.insert(name.clone(), value.clone());
             match occurred_at {
                 Some(at) => record.field_times.insert(name.clone(), at.into()),
@@ -798,10 +874,10 @@ impl Store {
         let activity = occurred_at.unwrap_or_else(now_ms);
         let last_activity = record.last_activity.map_or(activity, |t| t.max(activity));
         sqlx::query(
-            "INSERT INTO mirror (connection, source, customer_id, fields, field_times, last_activity, last_event_row, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+            "INSERT INTO mirror (connection, source, customer_id, fields, field_times, last_activity, last_event_row, updated_at, changed_times) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (connection, source, customer_id) DO UPDATE SET fields = $4, field_times = $5, \
-             last_activity = $6, last_event_row = $7, updated_at = $8",
+             last_activity = $6, last_event_row = $7, updated_at = $8, changed_times = $9",
         )
         .bind(connection)
         .bind(source)
@@ -811,6 +887,7 @@ impl Store {
         .bind(last_activity)
         .bind(event_row)
         .bind(now_ms())
+        .bind(serde_json::Value::Object(record.changed_times).to_string())
         .execute(&self.pool)
         .await?;
         Ok(stale)
@@ -818,13 +895,16 @@ impl Store {
 
     /// Records what the engine just wrote to a record that `source`'s
     /// webhooks describe, as if the source had said it: the webhook the
-    /// write causes then changes nothing.
+    /// write causes then changes nothing. `learnt_at` is when what was
+    /// written happened on the other side (the occurrence time of the event
+    /// it came from): the time of the values' change, for ownership.
     pub async fn reflect(
         &self,
         connection: &str,
         source: &str,
         customer_id: &str,
         values: &serde_json::Map<String, serde_json::Value>,
+        learnt_at: Option<i64>,
     ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut record = self
@@ -832,14 +912,19 @@ impl Store {
             .await?
             .unwrap_or_default();
         for (name, value) in values {
+            if !same_value(record.fields.get(name), Some(value)) {
+                record
+                    .changed_times
+                    .insert(name.clone(), learnt_at.unwrap_or(now).into());
+            }
             record.fields.insert(name.clone(), value.clone());
             record.field_times.insert(name.clone(), now.into());
         }
         sqlx::query(
-            "INSERT INTO mirror (connection, source, customer_id, fields, field_times, last_activity, updated_at, written_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+            "INSERT INTO mirror (connection, source, customer_id, fields, field_times, last_activity, updated_at, written_at, changed_times) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) \
              ON CONFLICT (connection, source, customer_id) DO UPDATE SET fields = $4, field_times = $5, \
-             updated_at = $7, written_at = $7",
+             updated_at = $7, written_at = $7, changed_times = $8",
         )
         .bind(connection)
         .bind(source)
@@ -848,6 +933,7 @@ impl Store {
         .bind(serde_json::Value::Object(record.field_times).to_string())
         .bind(record.last_activity)
         .bind(now)
+        .bind(serde_json::Value::Object(record.changed_times).to_string())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -882,7 +968,7 @@ impl Store {
         source: &str,
     ) -> Result<Vec<(String, MirrorRecord)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT customer_id, fields, field_times, last_activity, updated_at, written_at FROM mirror \
+            "SELECT customer_id, fields, field_times, last_activity, updated_at, written_at, changed_times FROM mirror \
              WHERE connection = $1 AND source = $2 ORDER BY customer_id",
         )
         .bind(connection)
@@ -903,6 +989,7 @@ impl Store {
                         last_activity: r.try_get(3)?,
                         updated_at: r.try_get(4)?,
                         written_at: r.try_get(5)?,
+                        changed_times: object(r.try_get(6)?),
                     },
                 ))
             })
@@ -979,63 +1066,40 @@ impl Store {
 fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
     use sqlx::SqlSafeStr;
     use sqlx::migrate::{Migration, MigrationType, Migrator};
-    let sql = match dialect {
-        Dialect::Sqlite => include_str!("../../migrations/sqlite/0001_inbox.sql"),
-        Dialect::Postgres => include_str!("../../migrations/postgres/0001_inbox.sql"),
-    };
-    let order_mirror = match dialect {
-        Dialect::Sqlite => include_str!("../../migrations/sqlite/0003_order_mirror.sql"),
-        Dialect::Postgres => include_str!("../../migrations/postgres/0003_order_mirror.sql"),
-    };
-    let echo = match dialect {
-        Dialect::Sqlite => include_str!("../../migrations/sqlite/0004_echo.sql"),
-        Dialect::Postgres => include_str!("../../migrations/postgres/0004_echo.sql"),
-    };
-    let claim_indexes = match dialect {
-        Dialect::Sqlite => include_str!("../../migrations/sqlite/0005_claim_indexes.sql"),
-        Dialect::Postgres => include_str!("../../migrations/postgres/0005_claim_indexes.sql"),
-    };
-    let records = match dialect {
-        Dialect::Sqlite => include_str!("../../migrations/sqlite/0002_records.sql"),
-        Dialect::Postgres => include_str!("../../migrations/postgres/0002_records.sql"),
-    };
-    Migrator::with_migrations(vec![
-        Migration::new(
-            1,
-            "inbox".into(),
-            MigrationType::Simple,
-            sql.into_sql_str(),
-            false,
+    macro_rules! both {
+        ($file:literal) => {
+            match dialect {
+                Dialect::Sqlite => include_str!(concat!("../../migrations/sqlite/", $file)),
+                Dialect::Postgres => include_str!(concat!("../../migrations/postgres/", $file)),
+            }
+        };
+    }
+    let steps: [(i64, &str, &'static str); 6] = [
+        (1, "inbox", both!("0001_inbox.sql")),
+        (2, "records", both!("0002_records.sql")),
+        (3, "order_mirror", both!("0003_order_mirror.sql")),
+        (4, "echo", both!("0004_echo.sql")),
+        (5, "claim_indexes", both!("0005_claim_indexes.sql")),
+        (
+            7,
+            "ownership_coalesce",
+            both!("0007_ownership_coalesce.sql"),
         ),
-        Migration::new(
-            2,
-            "records".into(),
-            MigrationType::Simple,
-            records.into_sql_str(),
-            false,
-        ),
-        Migration::new(
-            3,
-            "order_mirror".into(),
-            MigrationType::Simple,
-            order_mirror.into_sql_str(),
-            false,
-        ),
-        Migration::new(
-            4,
-            "echo".into(),
-            MigrationType::Simple,
-            echo.into_sql_str(),
-            false,
-        ),
-        Migration::new(
-            5,
-            "claim_indexes".into(),
-            MigrationType::Simple,
-            claim_indexes.into_sql_str(),
-            false,
-        ),
-    ])
+    ];
+    Migrator::with_migrations(
+        steps
+            .into_iter()
+            .map(|(version, name, sql)| {
+                Migration::new(
+                    version,
+                    name.to_string().into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
 }
 
 fn normalize_url(url: &str) -> Result<(Dialect, String), StoreError> {

@@ -106,51 +106,127 @@ impl Change {
     }
 }
 
-/// Equal for the purpose of sync: case, surrounding blanks, number spelling
-/// ("10" and 10.0) and list order do not count, and a missing value equals an
-/// empty one.
-fn same_value(a: Option<&Value>, b: Option<&Value>) -> bool {
-    fn empty(v: Option<&Value>) -> bool {
-        match v {
-            None | Some(Value::Null) => true,
-            Some(Value::String(s)) => s.trim().is_empty(),
-            Some(Value::Array(a)) => a.is_empty(),
-            Some(Value::Object(o)) => o.is_empty(),
-            _ => false,
-        }
+use crate::store::same_value;
+
+/// The event a mapping runs for, as delivery needs it.
+struct EventRef<'a> {
+    row: i64,
+    connection: &'a str,
+    source: &'a str,
+    attempt: i64,
+    occurred_at: Option<i64>,
+    /// The plan's `event` (templates of a re-rendered request read it).
+    info: &'a Value,
+}
+
+/// Fields of an action refused to their owner.
+struct Refusal {
+    /// The action's parameters without the refused ones; `None` when
+    /// nothing is left worth sending.
+    params: Option<Value>,
+    /// For the sync log.
+    note: String,
+}
+
+/// Whether a parameter value would write anything.
+fn has_value(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::String(s) => !s.trim().is_empty(),
+        Value::Object(m) => m.values().any(has_value),
+        _ => true,
     }
-    fn norm(v: &Value) -> String {
-        match v {
-            Value::String(s) => {
-                let t = s.trim();
-                match t.parse::<f64>() {
-                    Ok(n)
-                        if !t.is_empty()
-                            && t.chars()
-                                .all(|c| c.is_ascii_digit() || c == '.' || c == '-') =>
-                    {
-                        n.to_string()
+}
+
+/// Removes `path` from a parameter tree; true when it was there.
+fn remove_path(params: &mut Value, path: &[String]) -> bool {
+    match path {
+        [] => false,
+        [last] => params
+            .as_object_mut()
+            .is_some_and(|m| m.remove(last).is_some()),
+        [first, rest @ ..] => params
+            .get_mut(first)
+            .is_some_and(|inner| remove_path(inner, rest)),
+    }
+}
+
+fn param_at<'v>(params: &'v Value, path: &[String]) -> Option<&'v Value> {
+    path.iter().try_fold(params, |v, key| v.get(key))
+}
+
+/// Two held writes of one operation as one: the later's values win,
+/// parameter by parameter (maps such as custom fields merge key by key),
+/// except the `sum` parameters of a later write that adds (`sum_when`),
+/// which are added to the earlier's while its other parameters stay.
+fn merge_held(
+    program: &Program,
+    rule: &crate::engine::program::Coalesce,
+    earlier: &Value,
+    later: &Value,
+) -> Value {
+    fn deep_merge(into: &mut Value, from: &Value) {
+        match (into, from) {
+            (Value::Object(a), Value::Object(b)) => {
+                for (k, v) in b {
+                    match a.get_mut(k) {
+                        Some(existing) if existing.is_object() && v.is_object() => {
+                            deep_merge(existing, v)
+                        }
+                        _ => {
+                            a.insert(k.clone(), v.clone());
+                        }
                     }
-                    _ => t.to_lowercase(),
                 }
             }
-            Value::Number(n) => n.as_f64().map(|f| f.to_string()).unwrap_or_default(),
-            other => other.to_string(),
+            (into, from) => *into = from.clone(),
         }
     }
-    if empty(a) && empty(b) {
-        return true;
+    let adds = !rule.sum.is_empty()
+        && match &rule.sum_when {
+            None => true,
+            Some(cond) => {
+                let mut scope = Scope::new();
+                scope.set("params", later);
+                program
+                    .templates
+                    .truthy_scope(cond, &scope)
+                    .unwrap_or(false)
+            }
+        };
+    let mut merged = earlier.clone();
+    if !adds {
+        deep_merge(&mut merged, later);
+        return merged;
     }
-    match (a, b) {
-        (Some(Value::Array(x)), Some(Value::Array(y))) => {
-            let mut x: Vec<String> = x.iter().map(norm).collect();
-            let mut y: Vec<String> = y.iter().map(norm).collect();
-            x.sort();
-            y.sort();
-            x == y
+    let number =
+        |v: Option<&Value>| v.and_then(|v| v.as_f64().or_else(|| v.as_str()?.trim().parse().ok()));
+    if let (Value::Object(m), Value::Object(l)) = (&mut merged, later) {
+        for (k, v) in l {
+            if rule.sum.contains(k) {
+                let total = number(m.get(k)).unwrap_or(0.0) + number(Some(v)).unwrap_or(0.0);
+                let total = if total.fract() == 0.0 && total.abs() < 9.0e15 {
+                    Value::from(total as i64)
+                } else {
+                    Value::from(total)
+                };
+                m.insert(k.clone(), total);
+            } else if !m.contains_key(k) {
+                m.insert(k.clone(), v.clone());
+            }
         }
-        (Some(x), Some(y)) => norm(x) == norm(y),
-        _ => false,
+    }
+    merged
+}
+
+/// A value on one line, shortened for the sync log.
+fn compact(v: &Value) -> String {
+    let text = v.to_string();
+    if text.chars().count() > 300 {
+        let cut: String = text.chars().take(300).collect();
+        format!("{cut}…")
+    } else {
+        text
     }
 }
 
@@ -187,6 +263,8 @@ pub struct Executor {
     /// Per target: `env` and the rendered headers, fixed for the executor's life.
     env_values: HashMap<String, Value>,
     headers: HashMap<String, Vec<(String, String)>>,
+    /// Per coalescing target: how long its writes are held (none when zero).
+    coalesce_windows: HashMap<String, Duration>,
 }
 
 impl Executor {
@@ -212,6 +290,11 @@ impl Executor {
             .unwrap_or_else(|_| reqwest::Client::new());
         let mut env_values = HashMap::new();
         let mut headers = HashMap::new();
+        let coalesce_windows = program
+            .targets
+            .values()
+            .filter_map(|t| Some((t.name.clone(), t.coalesce_window.filter(|w| !w.is_zero())?)))
+            .collect();
         for target in program.targets.values() {
             let value = env_value_of(target, &env);
             let rendered: Vec<(String, String)> = {
@@ -241,7 +324,26 @@ impl Executor {
             lookup_gates: Mutex::new(HashMap::new()),
             customer_locks: Mutex::new(HashMap::new()),
             limiter: Arc::new(limiter::Limiter::default()),
+            coalesce_windows,
         }
+    }
+
+    /// This executor with every coalescing target's window replaced
+    /// (`serve --coalesce-window`); zero sends every write at once.
+    pub fn with_coalesce_window(mut self, window: Duration) -> Executor {
+        self.coalesce_windows = self
+            .program
+            .targets
+            .values()
+            .filter(|t| t.coalesce_window.is_some() && !window.is_zero())
+            .map(|t| (t.name.clone(), window))
+            .collect();
+        self
+    }
+
+    /// How long writes to `target` are held, when they are.
+    fn coalesce_window(&self, target: &str) -> Option<Duration> {
+        self.coalesce_windows.get(target).copied()
     }
 
     /// The mapping set this executor delivers with.
@@ -389,9 +491,20 @@ impl Executor {
         if let Some(err) = plan.errors.first() {
             return Outcome::Permanent(format!("mapping `{}`: {}", err.mapping, err.error));
         }
+        let event_info = serde_json::to_value(&plan.event).unwrap_or(Value::Null);
         for fired in &plan.mappings {
             let outcome = self
-                .run_mapping(row, connection, source, fired, attempt)
+                .run_mapping(
+                    &EventRef {
+                        row,
+                        connection,
+                        source,
+                        attempt,
+                        occurred_at: event.occurred_at,
+                        info: &event_info,
+                    },
+                    fired,
+                )
                 .await;
             if outcome != Outcome::Delivered {
                 return outcome;
@@ -449,14 +562,8 @@ impl Executor {
         Outcome::Delivered
     }
 
-    async fn run_mapping(
-        &self,
-        row: i64,
-        connection: &str,
-        source: &str,
-        fired: &FiredMapping,
-        attempt: i64,
-    ) -> Outcome {
+    async fn run_mapping(&self, ev: &EventRef<'_>, fired: &FiredMapping) -> Outcome {
+        let (row, connection, source, attempt) = (ev.row, ev.connection, ev.source, ev.attempt);
         let Some(target) = self.program.targets.get(&fired.target) else {
             return Outcome::Permanent(format!("target `{}` is not defined", fired.target));
         };
@@ -613,6 +720,7 @@ impl Executor {
                                         id,
                                         &cap.reflects,
                                         &[("keys", &keys), ("answer", &answer)],
+                                        ev.occurred_at,
                                     )
                                     .await;
                                 }
@@ -698,6 +806,87 @@ impl Executor {
             if action.only_if_created && !created {
                 continue;
             }
+            let op = target.operations.get(&action.op);
+            // A field its owner changed after this event happened is not
+            // this event's to write: leave it out, or the whole action when
+            // nothing else is left to send.
+            let mut params = std::borrow::Cow::Borrowed(&action.params);
+            let mut planned = std::borrow::Cow::Borrowed(&action.request);
+            if let (Some(id), Some(op)) = (customer_id.as_deref(), op)
+                && let Some(refusal) = self
+                    .refused_fields(ev, target, op, &action.params, id)
+                    .await
+            {
+                let _ = self
+                    .store
+                    .log_attempt(&log("conflict", Some(id), refusal.note.clone(), None, None))
+                    .await;
+                tracing::info!(event = row, mapping = %fired.name, "{}", refusal.note);
+                match refusal.params {
+                    None => continue,
+                    Some(kept) => {
+                        let input = PlanInput {
+                            env: self.env.clone(),
+                            mask_secrets: false,
+                            known: self.known_ids().await,
+                            previous: None,
+                        };
+                        match self.program.render_operation(
+                            &target.name,
+                            &action.op,
+                            &kept,
+                            &input,
+                            ev.info,
+                        ) {
+                            Ok(r) => planned = std::borrow::Cow::Owned(r),
+                            Err(e) => return Outcome::Permanent(e),
+                        }
+                        params = std::borrow::Cow::Owned(kept);
+                    }
+                }
+            }
+            if let (Some(id), Some(op)) = (customer_id.as_deref(), op)
+                && let Some(rule) = &op.coalesce
+                && let Some(window) = self.coalesce_window(&target.name)
+            {
+                let write = crate::store::HeldWrite {
+                    connection: connection.to_string(),
+                    target: target.name.clone(),
+                    record_id: id.to_string(),
+                    op: action.op.clone(),
+                    params: params.as_ref().clone(),
+                    mapping: fired.name.clone(),
+                    event_row: row,
+                    occurred_at: ev.occurred_at,
+                };
+                let held = self
+                    .store
+                    .hold_write(&write, window.as_millis() as i64, |earlier, later| {
+                        merge_held(&self.program, rule, earlier, later)
+                    })
+                    .await;
+                match held {
+                    Ok(held) => {
+                        let note = format!(
+                            "held to coalesce ({} write(s) so far); goes out at {} {}",
+                            held.writes,
+                            crate::store::format_ms(held.due_at),
+                            compact(params.as_ref())
+                        );
+                        let _ = self
+                            .store
+                            .log_attempt(&log(&action.op, Some(id), note, None, None))
+                            .await;
+                        continue;
+                    }
+                    Err(e) => {
+                        return Outcome::Transient {
+                            error: format!("cannot hold a write to coalesce: {e}"),
+                            retry_after: None,
+                        };
+                    }
+                }
+            }
             let record = match customer_id.as_deref() {
                 Some(id) => self
                     .store
@@ -707,7 +896,7 @@ impl Executor {
                 None => Value::Null,
             };
             let mut request = match self
-                .resolve(target, &action.request, customer_id.as_deref(), &record)
+                .resolve(target, &planned, customer_id.as_deref(), &record)
                 .await
             {
                 Ok(r) => r,
@@ -738,15 +927,14 @@ impl Executor {
             }
             match self.send(target, &request).await {
                 Answer::Ok(answer) => {
-                    if let (Some(id), Some(op)) =
-                        (customer_id.as_deref(), target.operations.get(&action.op))
-                    {
+                    if let (Some(id), Some(op)) = (customer_id.as_deref(), op) {
                         self.reflect(
                             connection,
                             target,
                             id,
                             &op.reflects,
-                            &[("params", &action.params), ("answer", &answer)],
+                            &[("params", params.as_ref()), ("answer", &answer)],
+                            ev.occurred_at,
                         )
                         .await;
                     }
@@ -768,9 +956,7 @@ impl Executor {
                             None,
                         ))
                         .await;
-                    if let (Some(id), Some(op)) =
-                        (customer_id.as_deref(), target.operations.get(&action.op))
-                    {
+                    if let (Some(id), Some(op)) = (customer_id.as_deref(), op) {
                         let kept: serde_json::Map<String, Value> = op
                             .remember
                             .iter()
@@ -809,6 +995,239 @@ impl Executor {
         Outcome::Delivered
     }
 
+    /// The fields of an action its target owns and changed after the event
+    /// happened (ownership: in `mapper.yaml`), with what is left to send.
+    /// An event of the owner's own side is never refused.
+    async fn refused_fields(
+        &self,
+        ev: &EventRef<'_>,
+        target: &Target,
+        op: &crate::engine::program::Operation,
+        params: &Value,
+        record_id: &str,
+    ) -> Option<Refusal> {
+        let occurred_at = ev.occurred_at?;
+        if self.program.owners.is_empty()
+            || self
+                .program
+                .sources
+                .get(ev.source)
+                .is_some_and(|s| s.describes.as_deref() == Some(target.name.as_str()))
+        {
+            return None;
+        }
+        if !op
+            .reflects
+            .iter()
+            .any(|(field, _)| self.program.owners.get(field) == Some(&target.name))
+        {
+            return None;
+        }
+        let mut mirrors = Vec::new();
+        for src in self.program.sources.values().filter(|s| {
+            s.describes.as_deref() == Some(target.name.as_str()) && !s.mirror.is_empty()
+        }) {
+            if let Ok(Some(m)) = self.store.mirror(ev.connection, &src.name, record_id).await {
+                mirrors.push(m);
+            }
+        }
+        // Which owned fields this call would set: a plain copy of a parameter
+        // when that parameter has a value; otherwise whatever the `reflects:`
+        // template gives (a balance delta sets no balance, so it is never
+        // refused: adding points does not overwrite the owner's value).
+        let mirror = mirrors
+            .first()
+            .map(|m| Value::Object(m.fields.clone()))
+            .unwrap_or(Value::Null);
+        let owned: Vec<(&String, Option<Vec<String>>)> = {
+            let mut scope = Scope::new();
+            scope.set("params", params);
+            scope.set("answer", &Value::Null);
+            scope.set("mirror", &mirror);
+            op.reflects
+                .iter()
+                .filter(|(field, _)| self.program.owners.get(field) == Some(&target.name))
+                .map(|(field, tpl)| (field, op.reflected_param(field), tpl))
+                .filter(|(_, path, tpl)| match path {
+                    Some(path) => param_at(params, path).is_some_and(has_value),
+                    None => self
+                        .program
+                        .templates
+                        .eval_scope(tpl, &scope)
+                        .is_ok_and(|v| has_value(&v)),
+                })
+                .map(|(field, path, _)| (field, path))
+                .collect()
+        };
+        if owned.is_empty() {
+            return None;
+        }
+        let mut refused = Vec::new();
+        let mut kept = params.clone();
+        let mut whole = false;
+        for (field, path) in owned {
+            let Some(changed) = mirrors.iter().filter_map(|m| m.changed_at(field)).max() else {
+                continue;
+            };
+            if changed <= occurred_at {
+                continue;
+            }
+            refused.push(format!(
+                "`{field}` (changed {})",
+                crate::store::format_ms(changed)
+            ));
+            match path {
+                Some(path) => {
+                    remove_path(&mut kept, &path);
+                }
+                None => whole = true,
+            }
+        }
+        if refused.is_empty() {
+            return None;
+        }
+        let left = !whole && has_value(&kept);
+        let note = format!(
+            "conflict: {} owns {}, changed there after this event ({}); {}",
+            target.name,
+            refused.join(", "),
+            crate::store::format_ms(occurred_at),
+            if left {
+                "sent without them"
+            } else {
+                "nothing sent"
+            }
+        );
+        Some(Refusal {
+            params: left.then_some(kept),
+            note,
+        })
+    }
+
+    /// Sends one held (coalesced) write, and says how many calls it took.
+    pub async fn flush(&self, write: &crate::store::PendingWrite) -> (Outcome, u64) {
+        TALLY
+            .scope(Tally::default(), async {
+                let outcome = self.flush_counted(write).await;
+                let (calls, paused) = TALLY.with(|t| (t.calls.get(), t.paused.get()));
+                let outcome = match (outcome, paused) {
+                    (Outcome::Transient { error, .. }, Some(until)) => {
+                        Outcome::Paused { error, until }
+                    }
+                    (other, _) => other,
+                };
+                (outcome, calls)
+            })
+            .await
+    }
+
+    async fn flush_counted(&self, write: &crate::store::PendingWrite) -> Outcome {
+        let Some(target) = self.program.targets.get(&write.target) else {
+            return Outcome::Permanent(format!("target `{}` is no longer defined", write.target));
+        };
+        let Some(op) = target.operations.get(&write.op) else {
+            return Outcome::Permanent(format!(
+                "operation `{}` is no longer defined by target `{}`",
+                write.op, write.target
+            ));
+        };
+        self.preload_lookups().await;
+        let input = PlanInput {
+            env: self.env.clone(),
+            mask_secrets: false,
+            known: self.known_ids().await,
+            previous: None,
+        };
+        let planned = match self.program.render_operation(
+            &write.target,
+            &write.op,
+            &write.params,
+            &input,
+            &Value::Null,
+        ) {
+            Ok(p) => p,
+            Err(e) => return Outcome::Permanent(e),
+        };
+        let record = self
+            .store
+            .record_fields(&write.connection, &write.target, &write.record_id)
+            .await
+            .unwrap_or_default();
+        let request = match self
+            .resolve(target, &planned, Some(&write.record_id), &record)
+            .await
+        {
+            Ok(r) => r,
+            Err(outcome) => return outcome,
+        };
+        let entry = |status: Option<u16>, error: Option<String>| SyncLogEntry {
+            connection: write.connection.clone(),
+            event_row: write.event_rows.last().copied().unwrap_or(0),
+            mapping: write.mappings.join(", "),
+            action: write.op.clone(),
+            target: write.target.clone(),
+            customer: Some(write.record_id.clone()),
+            request: format!(
+                "coalesced {} write(s) of event(s) {:?}: {}",
+                write.writes,
+                write.event_rows,
+                describe(&request)
+            ),
+            status: status.map(i64::from),
+            error,
+            attempt: write.attempts + 1,
+        };
+        match self.send(target, &request).await {
+            Answer::Ok(answer) => {
+                self.reflect(
+                    &write.connection,
+                    target,
+                    &write.record_id,
+                    &op.reflects,
+                    &[("params", &write.params), ("answer", &answer)],
+                    write.occurred_at,
+                )
+                .await;
+                let kept: serde_json::Map<String, Value> = op
+                    .remember
+                    .iter()
+                    .filter_map(|(name, path)| Some((name.clone(), path.select(&answer)?)))
+                    .collect();
+                if !kept.is_empty() {
+                    let _ = self
+                        .store
+                        .remember(&write.connection, &write.target, &write.record_id, &kept)
+                        .await;
+                }
+                let _ = self.store.log_attempt(&entry(Some(200), None)).await;
+                Outcome::Delivered
+            }
+            Answer::Failed {
+                status,
+                error,
+                transient,
+                retry_after,
+            } => {
+                self.fail(entry(status, Some(error)), transient, retry_after)
+                    .await
+            }
+        }
+    }
+
+    /// How two held writes of `op` on `target` merge (for the store's retry path).
+    pub fn merge_held(&self, target: &str, op: &str, earlier: &Value, later: &Value) -> Value {
+        match self
+            .program
+            .targets
+            .get(target)
+            .and_then(|t| t.operations.get(op))
+            .and_then(|o| o.coalesce.as_ref())
+        {
+            Some(rule) => merge_held(&self.program, rule, earlier, later),
+            None => later.clone(),
+        }
+    }
+
     /// Records in the mirrors of the sources that describe `target` what a
     /// successful call made `record_id` hold, so its webhook is an echo.
     async fn reflect(
@@ -818,6 +1237,7 @@ impl Executor {
         record_id: &str,
         reflects: &[(String, crate::engine::template::StrTpl)],
         inputs: &[(&str, &Value)],
+        learnt_at: Option<i64>,
     ) {
         if reflects.is_empty() {
             return;
@@ -857,7 +1277,7 @@ impl Executor {
             if !values.is_empty()
                 && let Err(e) = self
                     .store
-                    .reflect(connection, &src.name, record_id, &values)
+                    .reflect(connection, &src.name, record_id, &values, learnt_at)
                     .await
             {
                 tracing::warn!(error = %e, "cannot record what was written; its webhook will be synced as a change");

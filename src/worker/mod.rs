@@ -1,6 +1,7 @@
 //! Workers: take due events from the inbox, deliver them, record the outcome,
 //! retry transient failures with exponential backoff and jitter.
 
+pub mod coalesce;
 pub mod schedule;
 
 use crate::store::{ClaimedEvent, EventState, Store, now_ms};

@@ -48,6 +48,9 @@ pub fn serve_in(
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("mapper.db").display());
     let mut command = Command::new(env!("CARGO_BIN_EXE_mapper"));
+    // Most tests assert each write as it happens: no holding back unless a
+    // test asks for a window.
+    command.env("MAPPER_COALESCE_WINDOW", "0s");
     for (k, v) in extra_env {
         command.env(k, v);
     }
