@@ -279,3 +279,51 @@ fn a_broken_project_file_does_not_cascade() {
             .any(|d| !d.is_error() && d.message.contains("did not run"))
     );
 }
+
+/// The shipped set with `ownership:` replaced.
+fn shipped_with_ownership(ownership: &str) -> (tempfile::TempDir, Vec<Diagnostic>) {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(Path::new("mappings"), &dir.path().join("mappings"));
+    copy_dir(Path::new("schemas"), &dir.path().join("schemas"));
+    copy_dir(Path::new("examples"), &dir.path().join("examples"));
+    let project = dir.path().join("mappings/mapper.yaml");
+    let text = std::fs::read_to_string(&project).unwrap();
+    let cut = text.find("\nownership:").unwrap();
+    std::fs::write(&project, format!("{}\n{ownership}", &text[..cut])).unwrap();
+    let compiled = compile_dir(&dir.path().join("mappings"));
+    (dir, compiled.diagnostics)
+}
+
+#[test]
+fn ownership_names_mirror_fields_of_the_owner_and_one_owner_each() {
+    let (_dir, diags) = shipped_with_ownership(
+        "ownership:\n  ghl: [first_nmae, phone]\n  stickycards: [phone]\n  crm: [email]\n",
+    );
+    let errors: Vec<&Diagnostic> = diags.iter().filter(|d| d.is_error()).collect();
+    let typo = errors
+        .iter()
+        .find(|d| d.code.as_str() == "M017")
+        .unwrap_or_else(|| panic!("{diags:#?}"));
+    assert!(typo.message.contains("first_nmae"), "{typo:?}");
+    assert!(
+        typo.hint.as_deref().unwrap_or("").contains("first_name"),
+        "{typo:?}"
+    );
+    assert!(
+        typo.file.ends_with("mapper.yaml") && typo.line > 1 && typo.col == 9,
+        "{typo:?}"
+    );
+    let twice = errors
+        .iter()
+        .find(|d| d.code.as_str() == "M016")
+        .unwrap_or_else(|| panic!("{diags:#?}"));
+    assert!(twice.message.contains("owned by both"), "{twice:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|d| d.code.as_str() == "M009" && d.message.contains("`crm`")),
+        "{diags:#?}"
+    );
+    let (_dir, diags) = shipped_with_ownership("ownership:\n  ghl: [phone]\n");
+    assert!(diags.iter().all(|d| !d.is_error()), "{diags:#?}");
+}

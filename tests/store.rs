@@ -332,3 +332,135 @@ async fn unusable_urls_are_refused_with_the_reason() {
         .to_string();
     assert!(err.contains("unsupported database URL"), "{err}");
 }
+
+/// Held writes: merged per record and operation, claimed once due, put
+/// back with the writes that came meanwhile, and failed for the operator.
+async fn held_writes(store: Store) {
+    use mapper::store::HeldWrite;
+    let sum = |a: &serde_json::Value, b: &serde_json::Value| serde_json::json!({"amount": a["amount"].as_i64().unwrap_or(0) + b["amount"].as_i64().unwrap_or(0)});
+    let write = |record: &str, amount: i64, row: i64| HeldWrite {
+        connection: "default".into(),
+        target: "stickycards".into(),
+        record_id: record.into(),
+        op: "change_card_balance".into(),
+        params: serde_json::json!({"amount": amount}),
+        mapping: "ghl-bonus-points-changed".into(),
+        event_row: row,
+        occurred_at: Some(1_700_000_000_000 + row),
+    };
+    let first = store
+        .hold_write(&write("cus_1", 10, 1), 0, sum)
+        .await
+        .unwrap();
+    assert_eq!(first.writes, 1);
+    // Concurrent writers on one record (replicas) all land in one row.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        let w = write("cus_1", 1, 10 + i);
+        tasks.push(tokio::spawn(
+            async move { store.hold_write(&w, 0, sum).await },
+        ));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().id, first.id);
+    }
+    store
+        .hold_write(&write("cus_2", 5, 2), 60_000, sum)
+        .await
+        .unwrap();
+    let held = store.pending_writes().await.unwrap();
+    assert_eq!(held.len(), 2, "{held:?}");
+    assert_eq!(held[0].params["amount"], 18);
+    assert_eq!(held[0].writes, 9);
+    assert_eq!(held[0].event_rows.len(), 9);
+
+    // Only the due one is claimed; a second claim finds nothing.
+    let due = store.claim_due_writes(10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].record_id, "cus_1");
+    assert_eq!(due[0].state, "flushing");
+    assert!(store.claim_due_writes(10).await.unwrap().is_empty());
+
+    // A write arriving while it is being sent opens a new row; a failed send
+    // takes it back, the new one merged on top.
+    store
+        .hold_write(&write("cus_1", 100, 30), 60_000, sum)
+        .await
+        .unwrap();
+    store
+        .retry_write(&due[0], 0, "503 from the target", true, sum)
+        .await
+        .unwrap();
+    let held = store.pending_writes().await.unwrap();
+    let cus_1: Vec<_> = held.iter().filter(|w| w.record_id == "cus_1").collect();
+    assert_eq!(cus_1.len(), 1, "{held:?}");
+    assert_eq!(cus_1[0].params["amount"], 118);
+    assert_eq!(cus_1[0].writes, 10);
+    assert_eq!(cus_1[0].attempts, 1);
+    assert_eq!(cus_1[0].state, "waiting");
+    assert_eq!(cus_1[0].last_error.as_deref(), Some("503 from the target"));
+
+    let due = store.claim_due_writes(10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    store
+        .fail_write(due[0].id, 8, "400: no such card")
+        .await
+        .unwrap();
+    store
+        .hold_write(&write("cus_1", 7, 40), 0, sum)
+        .await
+        .unwrap();
+    let held = store.pending_writes().await.unwrap();
+    assert_eq!(
+        held.iter().filter(|w| w.record_id == "cus_1").count(),
+        2,
+        "a failed row stays for the operator; new writes start a new one"
+    );
+    let due = store.claim_due_writes(10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].params["amount"], 7);
+    store.finish_write(due[0].id).await.unwrap();
+    assert_eq!(store.pending_writes().await.unwrap().len(), 2);
+
+    // The mirror knows when each value last changed, not just when it was confirmed.
+    let values =
+        |phone: &str| serde_json::Map::from_iter([("phone".to_string(), serde_json::json!(phone))]);
+    store
+        .update_mirror("default", "ghl", "c1", &values("+1555"), Some(100), 1)
+        .await
+        .unwrap();
+    store
+        .update_mirror("default", "ghl", "c1", &values("+1555"), Some(200), 2)
+        .await
+        .unwrap();
+    let m = store.mirror("default", "ghl", "c1").await.unwrap().unwrap();
+    assert_eq!(m.changed_at("phone"), Some(100));
+    assert!(m.set_after("phone", Some(150)));
+    store
+        .reflect("default", "ghl", "c1", &values("+1666"), Some(250))
+        .await
+        .unwrap();
+    let m = store.mirror("default", "ghl", "c1").await.unwrap().unwrap();
+    assert_eq!(
+        m.changed_at("phone"),
+        Some(250),
+        "written by mapper, learnt at 250"
+    );
+}
+
+#[tokio::test]
+async fn held_writes_on_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("held.db").display());
+    held_writes(Store::open(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn held_writes_on_postgres() {
+    let Some((store, name, _, admin)) = fresh_postgres("held").await else {
+        return;
+    };
+    held_writes(store).await;
+    drop_postgres(name, admin).await;
+}

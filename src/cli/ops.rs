@@ -10,13 +10,18 @@ pub fn status(database: &str, format: Format) -> ExitCode {
         let Some(store) = super::open_store(database).await else {
             return ExitCode::from(1);
         };
-        let (counts, errors) = match (store.counts().await, store.last_errors(10).await) {
-            (Ok(c), Ok(e)) => (c, e),
-            (Err(e), _) | (_, Err(e)) => {
+        let (counts, errors, held) = match (
+            store.counts().await,
+            store.last_errors(10).await,
+            store.pending_writes().await,
+        ) {
+            (Ok(c), Ok(e), Ok(h)) => (c, e, h),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 eprintln!("error: {e}");
                 return ExitCode::from(1);
             }
         };
+        let now = crate::store::now_ms();
         let states = [
             "received",
             "retrying",
@@ -41,6 +46,13 @@ pub fn status(database: &str, format: Format) -> ExitCode {
                     "last_errors": errors.iter().map(|(id, source, event, state, error)| serde_json::json!({
                         "id": id, "source": source, "event": event, "state": state, "error": error
                     })).collect::<Vec<_>>(),
+                    "held_writes": held.iter().map(|w| serde_json::json!({
+                        "id": w.id, "target": w.target, "record": w.record_id, "op": w.op,
+                        "state": w.state, "writes": w.writes, "params": w.params,
+                        "mappings": w.mappings, "events": w.event_rows,
+                        "due_at": crate::store::format_ms(w.due_at), "attempts": w.attempts,
+                        "last_error": w.last_error,
+                    })).collect::<Vec<_>>(),
                 });
                 println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
             }
@@ -63,6 +75,39 @@ pub fn status(database: &str, format: Format) -> ExitCode {
                             "{:<14} {:<40} {:<10} {:>8}",
                             c.source, c.event_type, c.state, c.count
                         );
+                    }
+                }
+                if !held.is_empty() {
+                    let waiting = held.iter().filter(|w| w.state != "failed").count();
+                    let writes: i64 = held.iter().map(|w| w.writes).sum();
+                    println!(
+                        "\nheld writes (coalesced): {waiting} call(s) waiting for {writes} write(s), {} failed",
+                        held.len() - waiting
+                    );
+                    println!(
+                        "{:<12} {:<24} {:<20} {:<9} {:>6} {:<12} PARAMS",
+                        "TARGET", "RECORD", "OP", "STATE", "WRITES", "DUE"
+                    );
+                    for w in held.iter().take(50) {
+                        let due = match w.state.as_str() {
+                            "failed" => "-".to_string(),
+                            _ if w.due_at <= now => "now".to_string(),
+                            _ => format!("in {}s", (w.due_at - now + 999) / 1000),
+                        };
+                        let mut params = w.params.to_string();
+                        if params.chars().count() > 60 {
+                            params = params.chars().take(60).collect::<String>() + "…";
+                        }
+                        println!(
+                            "{:<12} {:<24} {:<20} {:<9} {:>6} {:<12} {params}",
+                            w.target, w.record_id, w.op, w.state, w.writes, due
+                        );
+                        if let Some(error) = &w.last_error {
+                            println!("{:>12} last error: {error}", "");
+                        }
+                    }
+                    if held.len() > 50 {
+                        println!("… and {} more (--format json lists all)", held.len() - 50);
                     }
                 }
                 if !errors.is_empty() {

@@ -1913,4 +1913,95 @@ mod tests {
         assert_eq!(change.fresh.len(), 2);
         assert!(change.stale.is_empty());
     }
+
+    fn shipped() -> Program {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
+        match crate::config::compile::compile_dir(&root).program {
+            Some(p) => p,
+            None => panic!("the shipped mappings do not compile"),
+        }
+    }
+
+    #[test]
+    fn held_balance_writes_add_up_until_an_absolute_balance_replaces_them() {
+        let program = shipped();
+        let op = &program.targets["stickycards"].operations["change_card_balance"];
+        let rule = op
+            .coalesce
+            .as_ref()
+            .unwrap_or_else(|| panic!("not coalesced"));
+        let merge = |a: Value, b: Value| merge_held(&program, rule, &a, &b);
+        let add = |n: i64| json!({"amount": n, "mode": "add"});
+        assert_eq!(merge(add(10), add(15)), add(25));
+        assert_eq!(merge(add(10), add(-15)), add(-5));
+        assert_eq!(
+            merge(add(10), json!({"amount": 40, "mode": "set"})),
+            json!({"amount": 40, "mode": "set"}),
+            "a later absolute balance replaces the deltas"
+        );
+        assert_eq!(
+            merge(json!({"amount": 40, "mode": "set"}), add(5)),
+            json!({"amount": 45, "mode": "set"}),
+            "a delta after an absolute balance adds to it"
+        );
+        assert_eq!(
+            merge(json!({"amount": 40}), json!({"amount": 7})),
+            json!({"amount": 7}),
+            "no mode means set"
+        );
+    }
+
+    #[test]
+    fn held_customer_writes_keep_the_latest_value_of_each_field() {
+        let program = shipped();
+        let op = &program.targets["stickycards"].operations["upsert_customer"];
+        let rule = op
+            .coalesce
+            .as_ref()
+            .unwrap_or_else(|| panic!("not coalesced"));
+        let merged = merge_held(
+            &program,
+            rule,
+            &json!({"first_name": "Rosa", "email": "r@x.com", "extra": {"a": 1, "b": 2}}),
+            &json!({"first_name": "Rosalie", "phone": "+1", "extra": {"b": 3}}),
+        );
+        assert_eq!(
+            merged,
+            json!({"first_name": "Rosalie", "email": "r@x.com", "extra": {"a": 1, "b": 3}, "phone": "+1"})
+        );
+    }
+
+    #[test]
+    fn a_refused_parameter_is_taken_out_of_its_tree() {
+        let mut params = json!({"first_name": "Ana", "custom_fields": {"card_status": "x", "loyalty_points": 3}});
+        assert!(remove_path(
+            &mut params,
+            &["custom_fields".into(), "card_status".into()]
+        ));
+        assert!(remove_path(&mut params, &["first_name".into()]));
+        assert!(!remove_path(&mut params, &["phone".into()]));
+        assert_eq!(params, json!({"custom_fields": {"loyalty_points": 3}}));
+        assert!(has_value(&params));
+        assert!(!has_value(&json!({"custom_fields": {}, "email": " "})));
+    }
+
+    #[test]
+    fn plain_parameter_copies_are_known_as_such() {
+        let program = shipped();
+        let upsert = &program.targets["ghl"].operations["upsert_contact"];
+        assert_eq!(
+            upsert.reflected_param("phone"),
+            Some(vec!["phone".to_string()])
+        );
+        assert_eq!(
+            upsert.reflected_param("card_status"),
+            Some(vec!["custom_fields".to_string(), "card_status".to_string()])
+        );
+        let balance = &program.targets["stickycards"].operations["change_card_balance"];
+        assert_eq!(
+            balance.reflected_param("loyalty_points"),
+            None,
+            "computed, not copied"
+        );
+    }
 }
