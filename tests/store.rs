@@ -422,6 +422,39 @@ async fn held_writes(store: Store) {
     assert_eq!(due[0].params["amount"], 7);
     store.finish_write(due[0].id).await.unwrap();
     assert_eq!(store.pending_writes().await.unwrap().len(), 2);
+    let counts = store.held_counts().await.unwrap();
+    assert!(
+        counts.contains(&(
+            "stickycards".into(),
+            "change_card_balance".into(),
+            "failed".into(),
+            1,
+            10
+        )),
+        "{counts:?}"
+    );
+
+    // The operator re-queues the failed one, unless newer writes already wait.
+    store
+        .hold_write(&write("cus_1", 1, 50), 60_000, sum)
+        .await
+        .unwrap();
+    assert_eq!(store.replay_failed_writes().await.unwrap(), (0, 1));
+    let open = store
+        .pending_writes()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|w| w.record_id == "cus_1" && w.state == "waiting")
+        .unwrap();
+    store.finish_write(open.id).await.unwrap();
+    assert_eq!(store.replay_failed_writes().await.unwrap(), (1, 0));
+    let back: Vec<_> = store.claim_due_writes(10).await.unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(
+        (back[0].params["amount"].as_i64(), back[0].attempts),
+        (Some(118), 0)
+    );
 
     // The mirror knows when each value last changed, not just when it was confirmed.
     let values =

@@ -91,6 +91,9 @@ enum Command {
         /// Only events in this state (dead or unmapped; default both)
         #[arg(long, value_parser = ops::parse_state)]
         state: Vec<crate::store::EventState>,
+        /// Re-queue the held (coalesced) writes that failed, instead of events
+        #[arg(long, conflicts_with_all = ["id", "source", "event", "since", "state"])]
+        held: bool,
     },
     /// The sync log (every delivery attempt) of one event or one customer.
     Log {
@@ -206,6 +209,7 @@ pub fn run() -> ExitCode {
             event,
             since,
             state,
+            held,
         } => ops::replay(
             &database,
             crate::store::ReplayFilter {
@@ -215,6 +219,7 @@ pub fn run() -> ExitCode {
                 event_type: event,
                 since_ms: since,
             },
+            held,
         ),
         Command::Demo {
             mappings,

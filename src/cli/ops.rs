@@ -122,12 +122,31 @@ pub fn status(database: &str, format: Format) -> ExitCode {
     })
 }
 
-/// Re-queues dead or unmapped events and says how many.
-pub fn replay(database: &str, filter: ReplayFilter) -> ExitCode {
+/// Re-queues dead or unmapped events and says how many; with `held`,
+/// the held writes that failed instead.
+pub fn replay(database: &str, filter: ReplayFilter, held: bool) -> ExitCode {
     super::block_on(async {
         let Some(store) = super::open_store(database).await else {
             return ExitCode::from(1);
         };
+        if held {
+            return match store.replay_failed_writes().await {
+                Ok((n, 0)) => {
+                    println!("re-queued {n} held write(s)");
+                    ExitCode::SUCCESS
+                }
+                Ok((n, left)) => {
+                    println!(
+                        "re-queued {n} held write(s); {left} left failed: newer writes of the same record and operation are waiting and go out on their own"
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         match store.replay(&filter).await {
             Ok(n) => {
                 println!("re-queued {n} event(s)");

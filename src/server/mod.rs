@@ -378,5 +378,19 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             ));
         }
     }
+    if let Ok(held) = state.store.held_counts().await {
+        out.push_str("# TYPE mapper_held_writes gauge\n");
+        for (target, op, st, rows, _) in &held {
+            out.push_str(&format!(
+                "mapper_held_writes{{target=\"{target}\",op=\"{op}\",state=\"{st}\"}} {rows}\n"
+            ));
+        }
+        out.push_str("# TYPE mapper_held_writes_merged gauge\n");
+        for (target, op, st, _, writes) in &held {
+            out.push_str(&format!(
+                "mapper_held_writes_merged{{target=\"{target}\",op=\"{op}\",state=\"{st}\"}} {writes}\n"
+            ));
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -310,4 +310,49 @@ impl Store {
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(StoreError::from)
     }
+
+    /// Held writes by target, operation and state: (target, op, state, rows, writes merged).
+    pub async fn held_counts(&self) -> Result<Vec<(String, String, String, i64, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT target, op, state, COUNT(*), CAST(SUM(writes) AS BIGINT) FROM pending_writes \
+             GROUP BY target, op, state ORDER BY target, op, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get(3)?,
+                    r.try_get(4)?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Puts failed held writes back to be sent now, with fresh attempts;
+    /// returns (re-queued, left failed because newer writes of the same
+    /// record and operation are already waiting — they go out on their own).
+    pub async fn replay_failed_writes(&self) -> Result<(u64, u64), StoreError> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE pending_writes SET state = 'waiting', due_at = $1, attempts = 0, updated_at = $1 \
+             WHERE state = 'failed' AND NOT EXISTS (SELECT 1 FROM pending_writes open \
+             WHERE open.state = 'waiting' AND open.connection = pending_writes.connection \
+             AND open.target = pending_writes.target AND open.record_id = pending_writes.record_id \
+             AND open.op = pending_writes.op)",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let left: i64 = sqlx::query("SELECT COUNT(*) FROM pending_writes WHERE state = 'failed'")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok((done, left.max(0) as u64))
+    }
 }
