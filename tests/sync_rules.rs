@@ -313,3 +313,118 @@ async fn a_field_its_owner_changed_later_is_refused_and_logged_as_a_conflict() {
     assert_eq!(now.first_name.as_deref(), Some("Ann"));
     assert_eq!(value(&now, &points), Some(41.0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_write_the_owner_overtook_while_it_waited_is_refused_when_due() {
+    use mapper::sandbox::StickyCardsWebhooks;
+    let (key, pem) = signing_key();
+    let (ghl, sc) = simulators().await;
+    let s = serve_in(
+        &ghl,
+        &sc,
+        &[
+            ("GHL_WEBHOOK_PUBLIC_KEY", pem.as_str()),
+            ("MAPPER_COALESCE_WINDOW", "3s"),
+        ],
+        "mappings",
+    );
+    ghl.set_webhooks(Some(GhlWebhooks::new(
+        format!("{}/webhooks/ghl", s.base),
+        key,
+    )))
+    .unwrap();
+    sc.set_webhooks(Some(StickyCardsWebhooks::new(format!(
+        "{}/webhooks/stickycards?token=sc-token",
+        s.base
+    ))))
+    .unwrap();
+    let created: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/contacts/", ghl.base_url()))
+        .bearer_auth(ghl.token())
+        .header("Version", "2021-07-28")
+        .json(&serde_json::json!({
+            "locationId": ghl.location_id(), "firstName": "Noor",
+            "email": "noor@example.com", "phone": "+14155550177"
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let contact = created["contact"]["id"].as_str().unwrap().to_string();
+    rest(&s, &ghl).await;
+    sc.webhooks_idle().await;
+    rest(&s, &ghl).await;
+    let card = sc.cards()[0].clone();
+    // Wait for the creation's held writes to go out first.
+    for _ in 0..80 {
+        if status(&s)["held_writes"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status_field = ghl
+        .custom_fields()
+        .into_iter()
+        .find(|f| f.field_key == "contact.card_status")
+        .map(|f| f.id);
+    let status_field = match status_field {
+        Some(id) => id,
+        None => custom_field(&ghl, "Card Status", "card_status").await,
+    };
+
+    // Someone marks the card inactive in GHL: the status write is held...
+    ghl.edit_contact(&contact, |c| {
+        c.custom_fields.retain(|f| f.id != status_field);
+        c.custom_fields.push(CustomFieldValue {
+            id: status_field.clone(),
+            value: "inactive".into(),
+        });
+    })
+    .unwrap();
+    rest(&s, &ghl).await;
+    let held = status(&s)["held_writes"].clone();
+    assert!(
+        held.as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["op"] == "set_card_status"),
+        "{held:#}"
+    );
+    // ...and before it goes out, the card (Sticky Cards owns its status) is installed.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    sc.install_card(&card.id).unwrap();
+    sc.webhooks_idle().await;
+    rest(&s, &ghl).await;
+    for _ in 0..80 {
+        if status(&s)["held_writes"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(status(&s)["held_writes"].as_array().unwrap().is_empty());
+    let status_calls: Vec<_> = sc
+        .request_log()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/status"))
+        .collect();
+    assert!(
+        status_calls.is_empty(),
+        "the owner's newer status stays: {status_calls:?}"
+    );
+    assert_eq!(
+        sc.card(&card.id).unwrap().status,
+        "Active",
+        "not deactivated"
+    );
+    let store = Store::open(&s.db).await.unwrap();
+    let customer = sc.customers()[0].id.clone();
+    let log = store.sync_log(None, Some(customer.as_str())).await.unwrap();
+    assert!(
+        log.iter().any(|e| e.action == "conflict"
+            && e.request.starts_with("while held:")
+            && e.request.contains("card_status")),
+        "{log:#?}"
+    );
+}

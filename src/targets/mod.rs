@@ -814,7 +814,13 @@ impl Executor {
             let mut planned = std::borrow::Cow::Borrowed(&action.request);
             if let (Some(id), Some(op)) = (customer_id.as_deref(), op)
                 && let Some(refusal) = self
-                    .refused_fields(ev, target, op, &action.params, id)
+                    .refused_fields(
+                        (ev.connection, ev.source, ev.occurred_at),
+                        target,
+                        op,
+                        &action.params,
+                        id,
+                    )
                     .await
             {
                 let _ = self
@@ -1000,18 +1006,18 @@ impl Executor {
     /// An event of the owner's own side is never refused.
     async fn refused_fields(
         &self,
-        ev: &EventRef<'_>,
+        (connection, source, occurred_at): (&str, &str, Option<i64>),
         target: &Target,
         op: &crate::engine::program::Operation,
         params: &Value,
         record_id: &str,
     ) -> Option<Refusal> {
-        let occurred_at = ev.occurred_at?;
+        let occurred_at = occurred_at?;
         if self.program.owners.is_empty()
             || self
                 .program
                 .sources
-                .get(ev.source)
+                .get(source)
                 .is_some_and(|s| s.describes.as_deref() == Some(target.name.as_str()))
         {
             return None;
@@ -1027,7 +1033,7 @@ impl Executor {
         for src in self.program.sources.values().filter(|s| {
             s.describes.as_deref() == Some(target.name.as_str()) && !s.mirror.is_empty()
         }) {
-            if let Ok(Some(m)) = self.store.mirror(ev.connection, &src.name, record_id).await {
+            if let Ok(Some(m)) = self.store.mirror(connection, &src.name, record_id).await {
                 mirrors.push(m);
             }
         }
@@ -1131,6 +1137,43 @@ impl Executor {
                 write.op, write.target
             ));
         };
+        // The owner may have changed a field while the write waited: check
+        // again, against the latest event the held write carries.
+        let origin = write
+            .mappings
+            .iter()
+            .find_map(|name| self.program.mappings.iter().find(|m| &m.name == name))
+            .map(|m| m.source.clone())
+            .unwrap_or_default();
+        let mut params = std::borrow::Cow::Borrowed(&write.params);
+        if let Some(refusal) = self
+            .refused_fields(
+                (&write.connection, &origin, write.occurred_at),
+                target,
+                op,
+                &write.params,
+                &write.record_id,
+            )
+            .await
+        {
+            let entry = SyncLogEntry {
+                connection: write.connection.clone(),
+                event_row: write.event_rows.last().copied().unwrap_or(0),
+                mapping: write.mappings.join(", "),
+                action: "conflict".into(),
+                target: write.target.clone(),
+                customer: Some(write.record_id.clone()),
+                request: format!("while held: {}", refusal.note),
+                status: None,
+                error: None,
+                attempt: write.attempts + 1,
+            };
+            let _ = self.store.log_attempt(&entry).await;
+            match refusal.params {
+                Some(kept) => params = std::borrow::Cow::Owned(kept),
+                None => return Outcome::Delivered,
+            }
+        }
         self.preload_lookups().await;
         let input = PlanInput {
             env: self.env.clone(),
@@ -1141,7 +1184,7 @@ impl Executor {
         let planned = match self.program.render_operation(
             &write.target,
             &write.op,
-            &write.params,
+            &params,
             &input,
             &Value::Null,
         ) {
@@ -1184,7 +1227,7 @@ impl Executor {
                     target,
                     &write.record_id,
                     &op.reflects,
-                    &[("params", &write.params), ("answer", &answer)],
+                    &[("params", params.as_ref()), ("answer", &answer)],
                     write.occurred_at,
                 )
                 .await;

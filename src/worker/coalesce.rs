@@ -24,6 +24,27 @@ pub async fn run(
     config: WorkerConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // One process owns a SQLite file: a write it was sending when it died
+    // goes out again now, not when its lease ends.
+    if !store.is_postgres()
+        && let Ok(held) = store.pending_writes().await
+    {
+        let executor = executor.load_full();
+        for write in held.iter().filter(|w| w.state == "flushing") {
+            let merge = |a: &serde_json::Value, b: &serde_json::Value| {
+                executor.merge_held(&write.target, &write.op, a, b)
+            };
+            let _ = store
+                .retry_write(
+                    write,
+                    now_ms(),
+                    "mapper stopped while sending it",
+                    false,
+                    merge,
+                )
+                .await;
+        }
+    }
     loop {
         if *shutdown.borrow() {
             return;
