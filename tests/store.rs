@@ -471,7 +471,7 @@ async fn held_writes(store: Store) {
     assert_eq!(m.changed_at("phone"), Some(100));
     assert!(m.set_after("phone", Some(150)));
     store
-        .reflect("default", "ghl", "c1", &values("+1666"), Some(250))
+        .reflect("default", "ghl", "c1", &values("+1666"), Some(250), 260)
         .await
         .unwrap();
     let m = store.mirror("default", "ghl", "c1").await.unwrap().unwrap();

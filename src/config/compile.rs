@@ -196,10 +196,15 @@ impl Ctx {
     }
 
     fn tpl(&mut self, file: &Path, pos: Pos, text: &str, scope: &Scope) -> Option<StrTpl> {
+        self.tpl_info(file, pos, text, scope).map(|info| info.tpl)
+    }
+
+    /// As [`Ctx::tpl`], with what the compiler learnt (the names it reads).
+    fn tpl_info(&mut self, file: &Path, pos: Pos, text: &str, scope: &Scope) -> Option<TplInfo> {
         match self.tb.add(text) {
             Ok(info) => {
                 self.check_info(file, pos, &info, scope);
-                Some(info.tpl)
+                Some(info)
             }
             Err(e) => {
                 let at = self.inner(file, pos, e.offset.unwrap_or(0));
@@ -1327,6 +1332,27 @@ fn compile_target(ctx: &mut Ctx, tp: &TargetProfile) -> Option<prog::Target> {
             env: Some(env),
             params: Some(&op.params),
         };
+        let mut reflects = Vec::new();
+        let mut relative = Vec::new();
+        for (field, text) in &op.reflects {
+            let scope = Scope {
+                roots: vec!["params".into(), "answer".into(), "mirror".into()],
+                env: None,
+                params: Some(&op.params),
+            };
+            if let Some(info) = ctx.tpl_info(file, pos_of(text), &text.value, &scope) {
+                // Computed from what the record holds now (tags + the new
+                // ones): the call changes the value rather than replacing it.
+                if info
+                    .vars
+                    .iter()
+                    .any(|v| v == "mirror" || v.starts_with("mirror."))
+                {
+                    relative.push(field.clone());
+                }
+                reflects.push((field.clone(), info.tpl));
+            }
+        }
         if let Some(request) = ctx.request(file, &op.request, &scope) {
             operations.insert(
                 name.clone(),
@@ -1343,21 +1369,8 @@ fn compile_target(ctx: &mut Ctx, tp: &TargetProfile) -> Option<prog::Target> {
                         .collect(),
                     tracks: op.tracks.clone(),
                     coalesce: compile_op_coalesce(ctx, file, name, op, t.coalesce.is_some()),
-                    reflects: op
-                        .reflects
-                        .iter()
-                        .filter_map(|(name, text)| {
-                            let scope = Scope {
-                                roots: vec!["params".into(), "answer".into(), "mirror".into()],
-                                env: None,
-                                params: Some(&op.params),
-                            };
-                            Some((
-                                name.clone(),
-                                ctx.tpl(file, pos_of(text), &text.value, &scope)?,
-                            ))
-                        })
-                        .collect(),
+                    reflects,
+                    relative,
                 },
             );
         }

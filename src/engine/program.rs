@@ -178,6 +178,10 @@ pub struct Operation {
     pub tracks: Option<crate::config::model::Tracks>,
     /// What a successful call makes the record hold, by mirror name.
     pub reflects: Vec<(String, StrTpl)>,
+    /// Reflected values computed from what the record holds (`mirror`): the
+    /// call changes them (adds tags) rather than replacing them, so a newer
+    /// value on the target never refuses it.
+    pub relative: Vec<String>,
     /// How held writes merge; `None`: never held back.
     pub coalesce: Option<Coalesce>,
 }

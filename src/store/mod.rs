@@ -264,6 +264,11 @@ enum Dialect {
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    /// One read-modify-write of a customer's mirror at a time in this
+    /// process: an event's update and the reflection of another event's
+    /// write must not erase each other.
+    mirror_locks:
+        std::sync::Arc<std::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 /// Milliseconds since the epoch.
@@ -313,7 +318,11 @@ impl Store {
                 source,
             })?;
         migrator(dialect).run(&pool).await?;
-        Ok(Store { pool, dialect })
+        Ok(Store {
+            pool,
+            dialect,
+            mirror_locks: Default::default(),
+        })
     }
 
     /// True when the database answers.
@@ -782,6 +791,31 @@ impl Store {
         Ok(())
     }
 
+    /// Holds the mirror of one customer for a read-modify-write.
+    async fn lock_mirror(
+        &self,
+        connection: &str,
+        source: &str,
+        customer_id: &str,
+    ) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = match self.mirror_locks.lock() {
+                Ok(l) => l,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            // Entries nobody holds are dropped once there are many: one per
+            // customer ever seen would grow for the life of the process.
+            if locks.len() > 4096 {
+                locks.retain(|_, l| std::sync::Arc::strong_count(l) > 1);
+            }
+            locks
+                .entry(format!("{connection}|{source}|{customer_id}"))
+                .or_default()
+                .clone()
+        };
+        lock.lock_owned().await
+    }
+
     /// The mirror of one source customer, if the engine has seen them.
     pub async fn mirror(
         &self,
@@ -825,11 +859,12 @@ impl Store {
         occurred_at: Option<i64>,
         event_row: i64,
     ) -> Result<Vec<String>, StoreError> {
+        let _held = self.lock_mirror(connection, source, customer_id).await;
         let record = self
             .mirror(connection, source, customer_id)
             .await?
             .unwrap_or_default();
-        self.update_mirror_from(
+        self.write_mirror(
             record,
             connection,
             source,
@@ -842,9 +877,34 @@ impl Store {
     }
 
     /// As [`Store::update_mirror`], on a record the caller has just read
-    /// (the worker reads it before planning; one read per event, not two).
+    /// (the worker reads it before planning; one read per event, not two)
+    /// and that nothing can have changed since: the caller made no call.
     #[allow(clippy::too_many_arguments)]
     pub async fn update_mirror_from(
+        &self,
+        record: MirrorRecord,
+        connection: &str,
+        source: &str,
+        customer_id: &str,
+        values: &serde_json::Map<String, serde_json::Value>,
+        occurred_at: Option<i64>,
+        event_row: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let _held = self.lock_mirror(connection, source, customer_id).await;
+        self.write_mirror(
+            record,
+            connection,
+            source,
+            customer_id,
+            values,
+            occurred_at,
+            event_row,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn write_mirror(
         &self,
         mut record: MirrorRecord,
         connection: &str,
@@ -898,6 +958,8 @@ impl Store {
     /// write causes then changes nothing. `learnt_at` is when what was
     /// written happened on the other side (the occurrence time of the event
     /// it came from): the time of the values' change, for ownership.
+    /// `applied_at` is when the target applied it at the earliest (the
+    /// request's departure): the values' time against later webhooks.
     pub async fn reflect(
         &self,
         connection: &str,
@@ -905,8 +967,10 @@ impl Store {
         customer_id: &str,
         values: &serde_json::Map<String, serde_json::Value>,
         learnt_at: Option<i64>,
+        applied_at: i64,
     ) -> Result<(), StoreError> {
         let now = now_ms();
+        let _held = self.lock_mirror(connection, source, customer_id).await;
         let mut record = self
             .mirror(connection, source, customer_id)
             .await?
@@ -918,7 +982,7 @@ impl Store {
                     .insert(name.clone(), learnt_at.unwrap_or(now).into());
             }
             record.fields.insert(name.clone(), value.clone());
-            record.field_times.insert(name.clone(), now.into());
+            record.field_times.insert(name.clone(), applied_at.into());
         }
         sqlx::query(
             "INSERT INTO mirror (connection, source, customer_id, fields, field_times, last_activity, updated_at, written_at, changed_times) \

@@ -119,8 +119,11 @@ struct EventRef<'a> {
     info: &'a Value,
 }
 
-/// Fields of an action refused to their owner.
+/// Fields of an action refused: their owner, or the target record, holds
+/// a newer value.
 struct Refusal {
+    /// `conflict` (an owned field) or `stale`, as the sync log says.
+    action: &'static str,
     /// The action's parameters without the refused ones; `None` when
     /// nothing is left worth sending.
     params: Option<Value>,
@@ -514,13 +517,11 @@ impl Executor {
             && !src.mirror.is_empty()
         {
             let mut values = values;
-            // A mapping that wrote to the record this source describes has
-            // reflected into this very mirror meanwhile: read it again then.
-            let wrote_own_record = plan
-                .mappings
-                .iter()
-                .any(|f| src.describes.as_deref() == Some(f.target.as_str()));
-            let updated = if !wrote_own_record {
+            // While mappings called targets, this mirror may have changed: a
+            // write of ours to the record it describes, or another source's
+            // event writing to it, reflected what it made the record hold.
+            // Read it again then, or that would be erased.
+            let updated = if plan.mappings.is_empty() {
                 self.store
                     .update_mirror_from(
                         mirror.unwrap_or_default(),
@@ -691,6 +692,7 @@ impl Executor {
                             target.customer.as_ref().and_then(|t| t.create.as_ref()),
                         )
                     {
+                        let sent_at = crate::store::now_ms();
                         match self.send(target, create).await {
                             Answer::Ok(answer) => {
                                 found = cap.id.select(&answer).and_then(|v| scalar(&v));
@@ -720,7 +722,7 @@ impl Executor {
                                         id,
                                         &cap.reflects,
                                         &[("keys", &keys), ("answer", &answer)],
-                                        ev.occurred_at,
+                                        (ev.occurred_at, sent_at),
                                     )
                                     .await;
                                 }
@@ -825,7 +827,13 @@ impl Executor {
             {
                 let _ = self
                     .store
-                    .log_attempt(&log("conflict", Some(id), refusal.note.clone(), None, None))
+                    .log_attempt(&log(
+                        refusal.action,
+                        Some(id),
+                        refusal.note.clone(),
+                        None,
+                        None,
+                    ))
                     .await;
                 tracing::info!(event = row, mapping = %fired.name, "{}", refusal.note);
                 match refusal.params {
@@ -931,6 +939,7 @@ impl Executor {
                     .await;
                 continue;
             }
+            let sent_at = crate::store::now_ms();
             match self.send(target, &request).await {
                 Answer::Ok(answer) => {
                     if let (Some(id), Some(op)) = (customer_id.as_deref(), op) {
@@ -940,7 +949,7 @@ impl Executor {
                             id,
                             &op.reflects,
                             &[("params", params.as_ref()), ("answer", &answer)],
-                            ev.occurred_at,
+                            (ev.occurred_at, sent_at),
                         )
                         .await;
                     }
@@ -1001,9 +1010,12 @@ impl Executor {
         Outcome::Delivered
     }
 
-    /// The fields of an action its target owns and changed after the event
-    /// happened (ownership: in `mapper.yaml`), with what is left to send.
-    /// An event of the owner's own side is never refused.
+    /// The fields of an action the target record took a newer value of
+    /// after the event happened, with what is left to send. Such a write
+    /// would put older information over newer: webhooks arrive out of order
+    /// and late. A field the target owns (`ownership:` in `mapper.yaml`) is
+    /// a *conflict*; any other is *stale*. Events of the target's own side
+    /// are never refused (their own staleness is the mirror's business).
     async fn refused_fields(
         &self,
         (connection, source, occurred_at): (&str, &str, Option<i64>),
@@ -1013,19 +1025,12 @@ impl Executor {
         record_id: &str,
     ) -> Option<Refusal> {
         let occurred_at = occurred_at?;
-        if self.program.owners.is_empty()
+        if op.reflects.is_empty()
             || self
                 .program
                 .sources
                 .get(source)
                 .is_some_and(|s| s.describes.as_deref() == Some(target.name.as_str()))
-        {
-            return None;
-        }
-        if !op
-            .reflects
-            .iter()
-            .any(|(field, _)| self.program.owners.get(field) == Some(&target.name))
         {
             return None;
         }
@@ -1037,22 +1042,25 @@ impl Executor {
                 mirrors.push(m);
             }
         }
-        // Which owned fields this call would set: a plain copy of a parameter
-        // when that parameter has a value; otherwise whatever the `reflects:`
+        if mirrors.is_empty() {
+            return None;
+        }
+        // Which fields this call would set: a plain copy of a parameter when
+        // that parameter has a value; otherwise whatever the `reflects:`
         // template gives (a balance delta sets no balance, so it is never
-        // refused: adding points does not overwrite the owner's value).
+        // refused: adding points does not overwrite the newer value).
         let mirror = mirrors
             .first()
             .map(|m| Value::Object(m.fields.clone()))
             .unwrap_or(Value::Null);
-        let owned: Vec<(&String, Option<Vec<String>>)> = {
+        let written: Vec<(&String, Option<Vec<String>>)> = {
             let mut scope = Scope::new();
             scope.set("params", params);
             scope.set("answer", &Value::Null);
             scope.set("mirror", &mirror);
             op.reflects
                 .iter()
-                .filter(|(field, _)| self.program.owners.get(field) == Some(&target.name))
+                .filter(|(field, _)| !op.relative.contains(field))
                 .map(|(field, tpl)| (field, op.reflected_param(field), tpl))
                 .filter(|(_, path, tpl)| match path {
                     Some(path) => param_at(params, path).is_some_and(has_value),
@@ -1065,23 +1073,22 @@ impl Executor {
                 .map(|(field, path, _)| (field, path))
                 .collect()
         };
-        if owned.is_empty() {
-            return None;
-        }
-        let mut refused = Vec::new();
+        let (mut conflicts, mut stale) = (Vec::new(), Vec::new());
         let mut kept = params.clone();
         let mut whole = false;
-        for (field, path) in owned {
+        for (field, path) in written {
             let Some(changed) = mirrors.iter().filter_map(|m| m.changed_at(field)).max() else {
                 continue;
             };
             if changed <= occurred_at {
                 continue;
             }
-            refused.push(format!(
-                "`{field}` (changed {})",
-                crate::store::format_ms(changed)
-            ));
+            let what = format!("`{field}` (changed {})", crate::store::format_ms(changed));
+            if self.program.owners.get(field) == Some(&target.name) {
+                conflicts.push(what);
+            } else {
+                stale.push(what);
+            }
             match path {
                 Some(path) => {
                     remove_path(&mut kept, &path);
@@ -1089,14 +1096,25 @@ impl Executor {
                 None => whole = true,
             }
         }
-        if refused.is_empty() {
+        if conflicts.is_empty() && stale.is_empty() {
             return None;
         }
         let left = !whole && has_value(&kept);
+        let mut said = Vec::new();
+        if !conflicts.is_empty() {
+            said.push(format!("{} owns {}", target.name, conflicts.join(", ")));
+        }
+        if !stale.is_empty() {
+            said.push(format!("{} holds newer {}", target.name, stale.join(", ")));
+        }
         let note = format!(
-            "conflict: {} owns {}, changed there after this event ({}); {}",
-            target.name,
-            refused.join(", "),
+            "{}: {}, changed there after this event ({}); {}",
+            if conflicts.is_empty() {
+                "stale"
+            } else {
+                "conflict"
+            },
+            said.join("; "),
             crate::store::format_ms(occurred_at),
             if left {
                 "sent without them"
@@ -1105,6 +1123,11 @@ impl Executor {
             }
         );
         Some(Refusal {
+            action: if conflicts.is_empty() {
+                "stale"
+            } else {
+                "conflict"
+            },
             params: left.then_some(kept),
             note,
         })
@@ -1160,7 +1183,7 @@ impl Executor {
                 connection: write.connection.clone(),
                 event_row: write.event_rows.last().copied().unwrap_or(0),
                 mapping: write.mappings.join(", "),
-                action: "conflict".into(),
+                action: refusal.action.into(),
                 target: write.target.clone(),
                 customer: Some(write.record_id.clone()),
                 request: format!("while held: {}", refusal.note),
@@ -1220,6 +1243,7 @@ impl Executor {
             error,
             attempt: write.attempts + 1,
         };
+        let sent_at = crate::store::now_ms();
         match self.send(target, &request).await {
             Answer::Ok(answer) => {
                 self.reflect(
@@ -1228,7 +1252,7 @@ impl Executor {
                     &write.record_id,
                     &op.reflects,
                     &[("params", params.as_ref()), ("answer", &answer)],
-                    write.occurred_at,
+                    (write.occurred_at, sent_at),
                 )
                 .await;
                 let kept: serde_json::Map<String, Value> = op
@@ -1273,6 +1297,11 @@ impl Executor {
 
     /// Records in the mirrors of the sources that describe `target` what a
     /// successful call made `record_id` hold, so its webhook is an echo.
+    /// `times`: when what was written happened on the other side (the
+    /// event's occurrence), and when the request left — the target changed
+    /// the record after that, so a webhook about it is never older; the
+    /// answer's arrival would be later than webhooks of changes people made
+    /// meanwhile, and would make them look stale.
     async fn reflect(
         &self,
         connection: &str,
@@ -1280,7 +1309,7 @@ impl Executor {
         record_id: &str,
         reflects: &[(String, crate::engine::template::StrTpl)],
         inputs: &[(&str, &Value)],
-        learnt_at: Option<i64>,
+        (learnt_at, sent_at): (Option<i64>, i64),
     ) {
         if reflects.is_empty() {
             return;
@@ -1320,7 +1349,9 @@ impl Executor {
             if !values.is_empty()
                 && let Err(e) = self
                     .store
-                    .reflect(connection, &src.name, record_id, &values, learnt_at)
+                    .reflect(
+                        connection, &src.name, record_id, &values, learnt_at, sent_at,
+                    )
                     .await
             {
                 tracing::warn!(error = %e, "cannot record what was written; its webhook will be synced as a change");
