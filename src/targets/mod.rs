@@ -108,6 +108,44 @@ impl Change {
 
 use crate::store::same_value;
 
+/// Runs one delivery with its own tally: the calls it made, and a failure
+/// caused by a spent daily budget turned into a pause.
+async fn counted(delivery: impl std::future::Future<Output = Outcome>) -> (Outcome, u64) {
+    TALLY
+        .scope(Tally::default(), async {
+            let outcome = delivery.await;
+            let (calls, paused) = TALLY.with(|t| (t.calls.get(), t.paused.get()));
+            let outcome = match (outcome, paused) {
+                (Outcome::Transient { error, .. }, Some(until)) => Outcome::Paused { error, until },
+                (other, _) => other,
+            };
+            (outcome, calls)
+        })
+        .await
+}
+
+/// A sync log entry about a held write (logged against its latest event).
+fn held_entry(
+    write: &crate::store::PendingWrite,
+    action: &str,
+    request: String,
+    status: Option<u16>,
+    error: Option<String>,
+) -> SyncLogEntry {
+    SyncLogEntry {
+        connection: write.connection.clone(),
+        event_row: write.event_rows.last().copied().unwrap_or(0),
+        mapping: write.mappings.join(", "),
+        action: action.to_string(),
+        target: write.target.clone(),
+        customer: Some(write.record_id.clone()),
+        request,
+        status: status.map(i64::from),
+        error,
+        attempt: write.attempts + 1,
+    }
+}
+
 /// The event a mapping runs for, as delivery needs it.
 struct EventRef<'a> {
     row: i64,
@@ -363,19 +401,7 @@ impl Executor {
 
     /// Delivers one stored event and says how many target calls it took.
     pub async fn deliver(&self, event: &ClaimedEvent) -> (Outcome, u64) {
-        TALLY
-            .scope(Tally::default(), async {
-                let outcome = self.deliver_counted(event).await;
-                let (calls, paused) = TALLY.with(|t| (t.calls.get(), t.paused.get()));
-                let outcome = match (outcome, paused) {
-                    (Outcome::Transient { error, .. }, Some(until)) => {
-                        Outcome::Paused { error, until }
-                    }
-                    (other, _) => other,
-                };
-                (outcome, calls)
-            })
-            .await
+        counted(self.deliver_counted(event)).await
     }
 
     /// Plans the event against the customer's mirror, runs each fired
@@ -943,12 +969,13 @@ impl Executor {
             match self.send(target, &request).await {
                 Answer::Ok(answer) => {
                     if let (Some(id), Some(op)) = (customer_id.as_deref(), op) {
-                        self.reflect(
+                        self.record_answer(
                             connection,
                             target,
+                            op,
                             id,
-                            &op.reflects,
-                            &[("params", params.as_ref()), ("answer", &answer)],
+                            &params,
+                            &answer,
                             (ev.occurred_at, sent_at),
                         )
                         .await;
@@ -971,19 +998,6 @@ impl Executor {
                             None,
                         ))
                         .await;
-                    if let (Some(id), Some(op)) = (customer_id.as_deref(), op) {
-                        let kept: serde_json::Map<String, Value> = op
-                            .remember
-                            .iter()
-                            .filter_map(|(name, path)| Some((name.clone(), path.select(&answer)?)))
-                            .collect();
-                        if !kept.is_empty() {
-                            let _ = self
-                                .store
-                                .remember(connection, &fired.target, id, &kept)
-                                .await;
-                        }
-                    }
                 }
                 Answer::Failed {
                     status,
@@ -1135,19 +1149,7 @@ impl Executor {
 
     /// Sends one held (coalesced) write, and says how many calls it took.
     pub async fn flush(&self, write: &crate::store::PendingWrite) -> (Outcome, u64) {
-        TALLY
-            .scope(Tally::default(), async {
-                let outcome = self.flush_counted(write).await;
-                let (calls, paused) = TALLY.with(|t| (t.calls.get(), t.paused.get()));
-                let outcome = match (outcome, paused) {
-                    (Outcome::Transient { error, .. }, Some(until)) => {
-                        Outcome::Paused { error, until }
-                    }
-                    (other, _) => other,
-                };
-                (outcome, calls)
-            })
-            .await
+        counted(self.flush_counted(write)).await
     }
 
     async fn flush_counted(&self, write: &crate::store::PendingWrite) -> Outcome {
@@ -1179,19 +1181,11 @@ impl Executor {
             )
             .await
         {
-            let entry = SyncLogEntry {
-                connection: write.connection.clone(),
-                event_row: write.event_rows.last().copied().unwrap_or(0),
-                mapping: write.mappings.join(", "),
-                action: refusal.action.into(),
-                target: write.target.clone(),
-                customer: Some(write.record_id.clone()),
-                request: format!("while held: {}", refusal.note),
-                status: None,
-                error: None,
-                attempt: write.attempts + 1,
-            };
-            let _ = self.store.log_attempt(&entry).await;
+            let note = format!("while held: {}", refusal.note);
+            let _ = self
+                .store
+                .log_attempt(&held_entry(write, refusal.action, note, None, None))
+                .await;
             match refusal.params {
                 Some(kept) => params = std::borrow::Cow::Owned(kept),
                 None => return Outcome::Delivered,
@@ -1226,46 +1220,28 @@ impl Executor {
             Ok(r) => r,
             Err(outcome) => return outcome,
         };
-        let entry = |status: Option<u16>, error: Option<String>| SyncLogEntry {
-            connection: write.connection.clone(),
-            event_row: write.event_rows.last().copied().unwrap_or(0),
-            mapping: write.mappings.join(", "),
-            action: write.op.clone(),
-            target: write.target.clone(),
-            customer: Some(write.record_id.clone()),
-            request: format!(
-                "coalesced {} write(s) of event(s) {:?}: {}",
-                write.writes,
-                write.event_rows,
-                describe(&request)
-            ),
-            status: status.map(i64::from),
-            error,
-            attempt: write.attempts + 1,
+        let summary = format!(
+            "coalesced {} write(s) of event(s) {:?}: {}",
+            write.writes,
+            write.event_rows,
+            describe(&request)
+        );
+        let entry = |status: Option<u16>, error: Option<String>| {
+            held_entry(write, &write.op, summary.clone(), status, error)
         };
         let sent_at = crate::store::now_ms();
         match self.send(target, &request).await {
             Answer::Ok(answer) => {
-                self.reflect(
+                self.record_answer(
                     &write.connection,
                     target,
+                    op,
                     &write.record_id,
-                    &op.reflects,
-                    &[("params", params.as_ref()), ("answer", &answer)],
+                    &params,
+                    &answer,
                     (write.occurred_at, sent_at),
                 )
                 .await;
-                let kept: serde_json::Map<String, Value> = op
-                    .remember
-                    .iter()
-                    .filter_map(|(name, path)| Some((name.clone(), path.select(&answer)?)))
-                    .collect();
-                if !kept.is_empty() {
-                    let _ = self
-                        .store
-                        .remember(&write.connection, &write.target, &write.record_id, &kept)
-                        .await;
-                }
                 let _ = self.store.log_attempt(&entry(Some(200), None)).await;
                 Outcome::Delivered
             }
@@ -1278,6 +1254,42 @@ impl Executor {
                 self.fail(entry(status, Some(error)), transient, retry_after)
                     .await
             }
+        }
+    }
+
+    /// What a successful call of `op` taught about the record: what it now
+    /// holds (`reflects:`, for its webhook to be an echo) and the answer's
+    /// values kept for later requests (`remember:`).
+    #[allow(clippy::too_many_arguments)]
+    async fn record_answer(
+        &self,
+        connection: &str,
+        target: &Target,
+        op: &crate::engine::program::Operation,
+        record_id: &str,
+        params: &Value,
+        answer: &Value,
+        times: (Option<i64>, i64),
+    ) {
+        self.reflect(
+            connection,
+            target,
+            record_id,
+            &op.reflects,
+            &[("params", params), ("answer", answer)],
+            times,
+        )
+        .await;
+        let kept: serde_json::Map<String, Value> = op
+            .remember
+            .iter()
+            .filter_map(|(name, path)| Some((name.clone(), path.select(answer)?)))
+            .collect();
+        if !kept.is_empty() {
+            let _ = self
+                .store
+                .remember(connection, &target.name, record_id, &kept)
+                .await;
         }
     }
 
