@@ -481,16 +481,16 @@ impl Store {
     /// other replicas may be working on theirs, so only expired leases count,
     /// and `claim_due` takes those anyway.
     pub async fn recover_processing(&self) -> Result<u64, StoreError> {
+        // A claim set `next_attempt_at` to the end of its lease: due now, not then.
         let sql = match self.dialect {
-            Dialect::Sqlite => "UPDATE events SET state = 'received' WHERE state = 'processing'",
+            Dialect::Sqlite => {
+                "UPDATE events SET state = 'received', next_attempt_at = $1 WHERE state = 'processing'"
+            }
             Dialect::Postgres => {
                 "UPDATE events SET state = 'received' WHERE state = 'processing' AND next_attempt_at <= $1"
             }
         };
-        let mut query = sqlx::query(sql);
-        if self.dialect == Dialect::Postgres {
-            query = query.bind(now_ms());
-        }
+        let query = sqlx::query(sql).bind(now_ms());
         let r = query.execute(&self.pool).await?;
         Ok(r.rows_affected())
     }
