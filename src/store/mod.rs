@@ -7,6 +7,8 @@
 //! Every row is keyed by a *connection* (one GHL location with its source
 //! accounts); a single deployment uses `default`.
 
+pub mod resync;
+
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
@@ -995,6 +997,10 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
         Dialect::Sqlite => include_str!("../../migrations/sqlite/0005_claim_indexes.sql"),
         Dialect::Postgres => include_str!("../../migrations/postgres/0005_claim_indexes.sql"),
     };
+    let resync = match dialect {
+        Dialect::Sqlite => include_str!("../../migrations/sqlite/0006_resync.sql"),
+        Dialect::Postgres => include_str!("../../migrations/postgres/0006_resync.sql"),
+    };
     let records = match dialect {
         Dialect::Sqlite => include_str!("../../migrations/sqlite/0002_records.sql"),
         Dialect::Postgres => include_str!("../../migrations/postgres/0002_records.sql"),
@@ -1033,6 +1039,13 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
             "claim_indexes".into(),
             MigrationType::Simple,
             claim_indexes.into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            6,
+            "resync".into(),
+            MigrationType::Simple,
+            resync.into_sql_str(),
             false,
         ),
     ])
