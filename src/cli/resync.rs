@@ -42,7 +42,9 @@ pub struct ResyncOptions<'a> {
     pub from_mirror: Option<&'a str>,
     /// …or import this export, whose fields are mirror names of `source`.
     pub import: Option<&'a Path>,
+    /// How the export is written (default: from its extension).
     pub format: Option<ImportFormat>,
+    /// The source whose mirror names the export uses.
     pub source: Option<&'a str>,
     /// Run name: continued when it exists.
     pub run: Option<&'a str>,
@@ -53,7 +55,9 @@ pub struct ResyncOptions<'a> {
     pub relink: bool,
     /// Only the first N customers (rows of an export).
     pub limit: Option<usize>,
+    /// The mapping folder.
     pub mappings: &'a Path,
+    /// The database URL.
     pub database: &'a str,
     /// Snapshots delivered at once.
     pub workers: usize,
@@ -199,118 +203,19 @@ async fn resync(opts: ResyncOptions<'_>, bar: ProgressBar) -> ExitCode {
         return ExitCode::from(1);
     };
     let target = opts.target;
-    let Some(target_profile) = program.targets.get(target) else {
-        return usage(format!(
-            "unknown target `{target}`; the mapping folder defines {}",
-            names(program.targets.keys())
-        ));
+    let (source_name, importing) = match check_command(&opts, &program) {
+        Ok(checked) => checked,
+        Err(code) => return code,
     };
-    if !program.sources.contains_key(RESYNC_SOURCE) {
-        return usage(format!(
-            "the mapping folder has no `{RESYNC_SOURCE}` source: add mappings/sources/{RESYNC_SOURCE}.yaml (`verify: {{method: internal}}`) and schemas/events/{RESYNC_SOURCE}/{SNAPSHOT_EVENT}.schema.json"
-        ));
-    }
-    let handled_targets: Vec<String> = program
-        .by_event
-        .get(&(RESYNC_SOURCE.to_string(), SNAPSHOT_EVENT.to_string()))
-        .into_iter()
-        .flatten()
-        .filter_map(|&i| program.mappings.get(i).map(|m| m.target.clone()))
-        .collect();
-    if !handled_targets.iter().any(|t| t == target) {
-        return usage(format!(
-            "no mapping handles `{RESYNC_SOURCE}` / {SNAPSHOT_EVENT} for target `{target}`{}; add one (see mappings/resync-ghl/)",
-            if handled_targets.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " (they write to {})",
-                    names(handled_targets.iter().collect::<HashSet<_>>())
-                )
-            }
-        ));
-    }
-    let (source_name, importing) = match (opts.from_mirror, opts.import, opts.source) {
-        (Some(s), None, _) => (s, None),
-        (None, Some(file), Some(s)) => (s, Some(file)),
-        (None, Some(_), None) => {
-            return usage("--import needs --source: the source whose mirror names the file uses");
-        }
-        _ => return usage("give either --from-mirror SOURCE or --import FILE --source SOURCE"),
-    };
-    let Some(source) = program.sources.get(source_name) else {
-        return usage(format!(
-            "unknown source `{source_name}`; the mapping folder defines {}",
-            names(
-                program
-                    .sources
-                    .values()
-                    .filter(|s| s.verify.method != crate::config::model::VerifyMethod::Internal)
-                    .map(|s| &s.name)
-            )
-        ));
-    };
-    if source.verify.method == crate::config::model::VerifyMethod::Internal {
-        return usage(format!(
-            "`{source_name}` holds mapper's own events, not customers"
-        ));
-    }
-    if importing.is_none() && source.mirror.is_empty() {
-        return usage(format!(
-            "source `{source_name}` keeps no mirror (declare `mirror:` in its source file), so there is nothing to rebuild from"
-        ));
-    }
-    let unset: Vec<&String> = target_profile
-        .env
-        .iter()
-        .filter(|(name, decl)| {
-            decl.default.is_none() && std::env::var(name.as_str()).map_or(true, |v| v.is_empty())
-        })
-        .map(|(name, _)| name)
-        .collect();
-    if !unset.is_empty() {
-        return usage(format!(
-            "target `{target}` needs {} (unset)",
-            unset
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
 
     // The customers, and the export lines that are none.
     let mut bad_lines = Vec::new();
     let (customers, origin) = match importing {
         Some(path) => {
-            let format = match opts.format.or_else(|| ImportFormat::of_path(path)) {
-                Some(f) => f,
-                None => {
-                    return usage(format!(
-                        "cannot tell the format of {} from its name: give --format csv or --format jsonl",
-                        path.display()
-                    ));
-                }
+            let customers = match read_export(path, &opts, &program, source_name, &mut bad_lines) {
+                Ok(c) => c,
+                Err(code) => return code,
             };
-            let text = match std::fs::read(path) {
-                Ok(bytes) => match String::from_utf8(bytes) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        return usage(format!(
-                            "{} is not UTF-8 text (byte {})",
-                            path.display(),
-                            e.utf8_error().valid_up_to()
-                        ));
-                    }
-                },
-                Err(e) => return usage(format!("cannot read {}: {e}", path.display())),
-            };
-            let export = match import::parse(&text, format, &program.settings.phone_region) {
-                Ok(e) => e,
-                Err(e) => return usage(format!("{}: {e}", path.display())),
-            };
-            let customers =
-                exported_customers(export, &program, source_name, opts.limit, &mut bad_lines);
             let file = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
             (customers, format!("import:{}", file.display()))
         }
@@ -336,57 +241,9 @@ async fn resync(opts: ResyncOptions<'_>, bar: ProgressBar) -> ExitCode {
         customers
     };
 
-    // The run: the one named, else an interrupted one of the same command, else a new one.
-    let existing = match opts.run {
-        Some(name) => store.resync_run(DEFAULT_CONNECTION, name).await,
-        None => {
-            store
-                .unfinished_resync_run(DEFAULT_CONNECTION, target, source_name, &origin)
-                .await
-        }
-    };
-    let existing = match existing {
-        Ok(e) => e,
-        Err(e) => return failure(e),
-    };
-    if let Some(run) = &existing
-        && (run.target != target
-            || run.source != source_name
-            || run.origin.starts_with("import:") != origin.starts_with("import:"))
-    {
-        return usage(format!(
-            "run `{}` writes {} customers ({}) to `{}`; name this one otherwise",
-            run.name, run.source, run.origin, run.target
-        ));
-    }
-    let run = match existing {
-        Some(run) => {
-            eprintln!(
-                "resync: continuing run {} (started {})",
-                run.name,
-                rfc3339(run.started_at)
-            );
-            run
-        }
-        None => {
-            let started_at = now_ms();
-            let name = match opts.run {
-                Some(n) => n.to_string(),
-                None => match fresh_run_name(&store, target, source_name, started_at).await {
-                    Ok(n) => n,
-                    Err(e) => return failure(e),
-                },
-            };
-            eprintln!("resync: run {name}");
-            ResyncRun {
-                name,
-                target: target.to_string(),
-                source: source_name.to_string(),
-                origin: origin.clone(),
-                started_at,
-                finished_at: None,
-            }
-        }
+    let run = match choose_run(&store, opts.run, target, source_name, &origin).await {
+        Ok(r) => r,
+        Err(code) => return code,
     };
 
     // Snapshots of the customers the run has not stored yet.
@@ -480,6 +337,157 @@ async fn resync(opts: ResyncOptions<'_>, bar: ProgressBar) -> ExitCode {
     }
 }
 
+/// Refuses a command that cannot run: an unknown target or source, no
+/// mapping for snapshots on the target, a target variable unset. Gives the
+/// source and the export file, if one is imported.
+fn check_command<'a>(
+    opts: &ResyncOptions<'a>,
+    program: &Program,
+) -> Result<(&'a str, Option<&'a Path>), ExitCode> {
+    let target = opts.target;
+    let Some(target_profile) = program.targets.get(target) else {
+        return Err(usage(format!(
+            "unknown target `{target}`; the mapping folder defines {}",
+            names(program.targets.keys())
+        )));
+    };
+    if !program.sources.contains_key(RESYNC_SOURCE) {
+        return Err(usage(format!(
+            "the mapping folder has no `{RESYNC_SOURCE}` source: add mappings/sources/{RESYNC_SOURCE}.yaml (`verify: {{method: internal}}`) and schemas/events/{RESYNC_SOURCE}/{SNAPSHOT_EVENT}.schema.json"
+        )));
+    }
+    let handled_targets: Vec<String> = program
+        .by_event
+        .get(&(RESYNC_SOURCE.to_string(), SNAPSHOT_EVENT.to_string()))
+        .into_iter()
+        .flatten()
+        .filter_map(|&i| program.mappings.get(i).map(|m| m.target.clone()))
+        .collect();
+    if !handled_targets.iter().any(|t| t == target) {
+        return Err(usage(format!(
+            "no mapping handles `{RESYNC_SOURCE}` / {SNAPSHOT_EVENT} for target `{target}`{}; add one (see mappings/resync-ghl/)",
+            if handled_targets.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (they write to {})",
+                    names(handled_targets.iter().collect::<HashSet<_>>())
+                )
+            }
+        )));
+    }
+    let (source_name, importing) = match (opts.from_mirror, opts.import, opts.source) {
+        (Some(s), None, _) => (s, None),
+        (None, Some(file), Some(s)) => (s, Some(file)),
+        (None, Some(_), None) => {
+            return Err(usage(
+                "--import needs --source: the source whose mirror names the file uses",
+            ));
+        }
+        _ => {
+            return Err(usage(
+                "give either --from-mirror SOURCE or --import FILE --source SOURCE",
+            ));
+        }
+    };
+    let Some(source) = program.sources.get(source_name) else {
+        return Err(usage(format!(
+            "unknown source `{source_name}`; the mapping folder defines {}",
+            names(
+                program
+                    .sources
+                    .values()
+                    .filter(|s| s.verify.method != crate::config::model::VerifyMethod::Internal)
+                    .map(|s| &s.name)
+            )
+        )));
+    };
+    if source.verify.method == crate::config::model::VerifyMethod::Internal {
+        return Err(usage(format!(
+            "`{source_name}` holds mapper's own events, not customers"
+        )));
+    }
+    if importing.is_none() && source.mirror.is_empty() {
+        return Err(usage(format!(
+            "source `{source_name}` keeps no mirror (declare `mirror:` in its source file), so there is nothing to rebuild from"
+        )));
+    }
+    let unset: Vec<&String> = target_profile
+        .env
+        .iter()
+        .filter(|(name, decl)| {
+            decl.default.is_none() && std::env::var(name.as_str()).map_or(true, |v| v.is_empty())
+        })
+        .map(|(name, _)| name)
+        .collect();
+    if !unset.is_empty() {
+        return Err(usage(format!(
+            "target `{target}` needs {} (unset)",
+            unset
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+
+    Ok((source_name, importing))
+}
+
+/// The run to go on with: the one named, else an interrupted one of the
+/// same command, else a new one (not stored until its snapshots are).
+async fn choose_run(
+    store: &Store,
+    named: Option<&str>,
+    target: &str,
+    source_name: &str,
+    origin: &str,
+) -> Result<ResyncRun, ExitCode> {
+    let existing = match named {
+        Some(name) => store.resync_run(DEFAULT_CONNECTION, name).await,
+        None => {
+            store
+                .unfinished_resync_run(DEFAULT_CONNECTION, target, source_name, origin)
+                .await
+        }
+    };
+    let existing = existing.map_err(failure)?;
+    if let Some(run) = &existing
+        && (run.target != target
+            || run.source != source_name
+            || run.origin.starts_with("import:") != origin.starts_with("import:"))
+    {
+        return Err(usage(format!(
+            "run `{}` writes {} customers ({}) to `{}`; name this one otherwise",
+            run.name, run.source, run.origin, run.target
+        )));
+    }
+    if let Some(run) = existing {
+        eprintln!(
+            "resync: continuing run {} (started {})",
+            run.name,
+            rfc3339(run.started_at)
+        );
+        return Ok(run);
+    }
+    let started_at = now_ms();
+    let name = match named {
+        Some(n) => n.to_string(),
+        None => fresh_run_name(store, target, source_name, started_at)
+            .await
+            .map_err(failure)?,
+    };
+    eprintln!("resync: run {name}");
+    Ok(ResyncRun {
+        name,
+        target: target.to_string(),
+        source: source_name.to_string(),
+        origin: origin.to_string(),
+        started_at,
+        finished_at: None,
+    })
+}
+
 /// `a`, `b`, … for messages.
 fn names<'a>(items: impl IntoIterator<Item = &'a String>) -> String {
     let mut v: Vec<&str> = items.into_iter().map(String::as_str).collect();
@@ -518,6 +526,40 @@ async fn fresh_run_name(
         name = format!("{base}-{n}");
     }
     Ok(name)
+}
+
+/// The customers of an export file; its broken lines go to `bad_lines`.
+fn read_export(
+    path: &Path,
+    opts: &ResyncOptions<'_>,
+    program: &Program,
+    source_name: &str,
+    bad_lines: &mut Vec<import::BadLine>,
+) -> Result<Vec<Customer>, ExitCode> {
+    let Some(format) = opts.format.or_else(|| ImportFormat::of_path(path)) else {
+        return Err(usage(format!(
+            "cannot tell the format of {} from its name: give --format csv or --format jsonl",
+            path.display()
+        )));
+    };
+    let bytes =
+        std::fs::read(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        usage(format!(
+            "{} is not UTF-8 text (byte {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    let export = import::parse(&text, format, &program.settings.phone_region)
+        .map_err(|e| usage(format!("{}: {e}", path.display())))?;
+    Ok(exported_customers(
+        export,
+        program,
+        source_name,
+        opts.limit,
+        bad_lines,
+    ))
 }
 
 /// The customers of an export, in line order, up to `limit` lines; lines

@@ -13,6 +13,7 @@ pub const RESYNC_SOURCE: &str = "resync";
 /// One run of `mapper resync`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResyncRun {
+    /// Unique per connection; the prefix of its snapshots' keys.
     pub name: String,
     /// The target the run writes to.
     pub target: String,
@@ -20,6 +21,7 @@ pub struct ResyncRun {
     pub source: String,
     /// `mirror`, or `import:<file>`.
     pub origin: String,
+    /// When it was started (epoch ms).
     pub started_at: i64,
     /// When every snapshot of the run reached a final state; `None` while it
     /// is under way or was interrupted.
@@ -31,6 +33,7 @@ pub struct ResyncRun {
 pub struct SnapshotOutcome {
     /// Its delivery id.
     pub id: i64,
+    /// The customer's id on the run's source.
     pub customer_id: String,
     /// The event state (`received`, `retrying`, `processing`, `delivered`, `dead`, …).
     pub state: String,
@@ -38,6 +41,7 @@ pub struct SnapshotOutcome {
     pub created: bool,
     /// Its sync log has a call the target answered with success.
     pub called: bool,
+    /// Why its last attempt failed, if it did.
     pub last_error: Option<String>,
 }
 

@@ -43,7 +43,9 @@ pub struct Row {
 /// A line of the export that is not a customer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadLine {
+    /// The line it starts on (1-based).
     pub line: usize,
+    /// What is wrong with it.
     pub reason: String,
 }
 
@@ -52,7 +54,9 @@ pub struct BadLine {
 pub struct Export {
     /// The CSV header (the JSON lines' keys are per line).
     pub columns: Vec<String>,
+    /// The customers, in line order.
     pub rows: Vec<Row>,
+    /// The lines that are not customers, in line order.
     pub bad: Vec<BadLine>,
 }
 
