@@ -542,6 +542,71 @@ async fn a_killed_run_is_continued_without_creating_anything_twice() {
     assert!(writes(&ghl.request_log()).is_empty());
 }
 
+/// The other way: GHL contacts (as their webhooks left them in the mirror)
+/// become Sticky Cards customers with their names, email, phone and
+/// segments (tags without `vars.not_segments`); once done, a second run
+/// finds them up to date.
+#[tokio::test(flavor = "multi_thread")]
+async fn ghl_contacts_are_resynced_to_sticky_cards_once() {
+    let (ghl, sc) = simulators().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("mapper.db").display());
+    let store = Store::open(&db).await.unwrap();
+    for (id, fields) in [
+        (
+            "ghl_c_1",
+            json!({"email": "rosa.diaz@example.com", "phone": "+14155550111", "first_name": "Rosa",
+                   "last_name": "Diaz", "tags": ["VIP", "card holder", "Brunch Club"]}),
+        ),
+        (
+            "ghl_c_2",
+            json!({"email": "ivo.pires@example.com", "first_name": "Ivo", "tags": ["referrer"]}),
+        ),
+    ] {
+        let Value::Object(fields) = fields else {
+            unreachable!()
+        };
+        store
+            .update_mirror(
+                "default",
+                "ghl",
+                id,
+                &fields,
+                Some(mapper::store::now_ms()),
+                0,
+            )
+            .await
+            .unwrap();
+    }
+    let args = ["--target", "stickycards", "--from-mirror", "ghl"];
+    let out = resync(&db, "mappings", &ghl, &sc, &args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "created 2, updated 0, unchanged 0, failed 0",
+        "{}",
+        stderr(&out)
+    );
+    let rosa = sc.customer_by_email("rosa.diaz@example.com").unwrap();
+    assert_eq!(rosa.first_name.as_deref(), Some("Rosa"));
+    assert_eq!(rosa.last_name.as_deref(), Some("Diaz"));
+    assert_eq!(rosa.phone.as_deref(), Some("+14155550111"));
+    assert_eq!(rosa.segments, ["vip", "brunch club"]);
+    let ivo = sc.customer_by_email("ivo.pires@example.com").unwrap();
+    assert!(ivo.segments.is_empty(), "{:?}", ivo.segments);
+    assert!(sc.cards().is_empty(), "a resync issues no card");
+
+    sc.clear_request_log();
+    let again = resync(&db, "mappings", &ghl, &sc, &args).await;
+    assert_eq!(
+        stdout(&again),
+        "created 0, updated 0, unchanged 2, failed 0",
+        "{}",
+        stderr(&again)
+    );
+    assert!(writes(&sc.request_log()).is_empty());
+}
+
 /// The most requests that arrived within any `window`.
 fn busiest_window(log: &[LoggedRequest], window: Duration) -> usize {
     let mut times: Vec<Instant> = log.iter().map(|r| r.received).collect();
