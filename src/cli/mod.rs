@@ -4,6 +4,7 @@ mod check;
 mod demo;
 mod ops;
 mod plan;
+mod resync;
 mod serve;
 mod test;
 
@@ -132,6 +133,53 @@ enum Command {
         #[arg(long)]
         keep_running: bool,
     },
+    /// Rebuild a target from the mirror of a source, or import a customer
+    /// export (CSV or JSON lines), through the inbox; resumable with --run.
+    #[command(group(clap::ArgGroup::new("input").required(true).args(["from_mirror", "import"])))]
+    Resync {
+        /// Target to write to (e.g. ghl)
+        #[arg(long)]
+        target: String,
+        /// Rebuild from the mirror of this source's customers (e.g. stickycards)
+        #[arg(long, value_name = "SOURCE")]
+        from_mirror: Option<String>,
+        /// Import this export: CSV with a header of mirror names, or JSON lines
+        #[arg(long, value_name = "FILE", requires = "source")]
+        import: Option<PathBuf>,
+        /// Format of the export [default: from its extension]
+        #[arg(long, value_enum, requires = "import")]
+        format: Option<resync::ImportFormat>,
+        /// The source whose mirror names the export uses (e.g. stickycards)
+        #[arg(long, conflicts_with = "from_mirror")]
+        source: Option<String>,
+        /// Run name; an existing run is continued [default: the interrupted
+        /// run of the same command, else TARGET-from-SOURCE-TIME]
+        #[arg(long)]
+        run: Option<String>,
+        /// Send every value, whatever the target is known to hold
+        #[arg(long)]
+        force: bool,
+        /// Forget the customers' links to the target first (its records are
+        /// gone): match them again by phone and email; implies --force
+        #[arg(long)]
+        relink: bool,
+        /// Only the first N customers (rows of an export)
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Mapping folder
+        #[arg(long, env = "MAPPER_MAPPINGS", default_value = "mappings")]
+        mappings: PathBuf,
+        /// Database URL: sqlite://FILE or postgres://…
+        #[arg(
+            long,
+            env = "MAPPER_DATABASE_URL",
+            default_value = "sqlite://mapper.db"
+        )]
+        database: String,
+        /// Snapshots delivered at once (each a different customer)
+        #[arg(long, env = "MAPPER_WORKERS", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+        workers: u16,
+    },
     /// Receive webhooks: verify, store durably in the inbox, acknowledge.
     Serve {
         /// Mapping folder
@@ -194,6 +242,33 @@ pub fn run() -> ExitCode {
             workers: usize::from(workers),
             coalesce_window,
             log_json,
+        }),
+        Command::Resync {
+            target,
+            from_mirror,
+            import,
+            format,
+            source,
+            run,
+            force,
+            relink,
+            limit,
+            mappings,
+            database,
+            workers,
+        } => resync::run(resync::ResyncOptions {
+            target: &target,
+            from_mirror: from_mirror.as_deref(),
+            import: import.as_deref(),
+            format,
+            source: source.as_deref(),
+            run: run.as_deref(),
+            force,
+            relink,
+            limit,
+            mappings: &mappings,
+            database: &database,
+            workers: usize::from(workers),
         }),
         Command::Status { database, format } => ops::status(&database, format),
         Command::Log {

@@ -58,7 +58,12 @@ impl Running {
 /// How `serve` reads environment variables (sources' secrets, targets' URLs and credentials).
 pub type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
-fn executor_for(program: Arc<Program>, store: &Store, env: &Env) -> crate::targets::Executor {
+/// An executor over `program` with the targets' variables read from `env`.
+pub(crate) fn executor_for(
+    program: Arc<Program>,
+    store: &Store,
+    env: &Env,
+) -> crate::targets::Executor {
     let mut target_env = BTreeMap::new();
     for target in program.targets.values() {
         for name in target.env.keys() {
@@ -361,7 +366,8 @@ async fn serve(opts: ServeOptions<'_>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn shutdown_signal() {
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -7,6 +7,8 @@
 //! Every row is keyed by a *connection* (one GHL location with its source
 //! accounts); a single deployment uses `default`.
 
+pub mod resync;
+
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
@@ -560,16 +562,16 @@ impl Store {
     /// other replicas may be working on theirs, so only expired leases count,
     /// and `claim_due` takes those anyway.
     pub async fn recover_processing(&self) -> Result<u64, StoreError> {
+        // A claim set `next_attempt_at` to the end of its lease: due now, not then.
         let sql = match self.dialect {
-            Dialect::Sqlite => "UPDATE events SET state = 'received' WHERE state = 'processing'",
+            Dialect::Sqlite => {
+                "UPDATE events SET state = 'received', next_attempt_at = $1 WHERE state = 'processing'"
+            }
             Dialect::Postgres => {
                 "UPDATE events SET state = 'received' WHERE state = 'processing' AND next_attempt_at <= $1"
             }
         };
-        let mut query = sqlx::query(sql);
-        if self.dialect == Dialect::Postgres {
-            query = query.bind(now_ms());
-        }
+        let query = sqlx::query(sql).bind(now_ms());
         let r = query.execute(&self.pool).await?;
         Ok(r.rows_affected())
     }
@@ -1138,12 +1140,13 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
             }
         };
     }
-    let steps: [(i64, &str, &'static str); 6] = [
+    let steps: [(i64, &str, &'static str); 7] = [
         (1, "inbox", both!("0001_inbox.sql")),
         (2, "records", both!("0002_records.sql")),
         (3, "order_mirror", both!("0003_order_mirror.sql")),
         (4, "echo", both!("0004_echo.sql")),
         (5, "claim_indexes", both!("0005_claim_indexes.sql")),
+        (6, "resync", both!("0006_resync.sql")),
         (
             7,
             "ownership_coalesce",
