@@ -143,11 +143,8 @@ pub fn run(opts: ResyncOptions) -> ExitCode {
 /// which include every retry, and errors).
 fn init_logging(bar: &ProgressBar) {
     use std::io::IsTerminal;
-    // The executor warns about every `reflects:` value whose parameter a
-    // call did not send; a resync sends only what changed, so that is most of them.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,sqlx=error,mapper::targets=error")
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx=error"));
     let bar = bar.clone();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -845,7 +842,10 @@ async fn deliver(
         return Ok((tally, false));
     }
     let env: super::serve::Env = Arc::new(|name: &str| std::env::var(name).ok());
-    let executor = super::serve::executor_for(Arc::new(program), store, &env);
+    // One snapshot is one write per customer and operation: holding it back
+    // to merge saves nothing, and this process ends when the run does.
+    let executor = super::serve::executor_for(Arc::new(program), store, &env)
+        .with_coalesce_window(Duration::ZERO);
     let executor = Arc::new(arc_swap::ArcSwap::from_pointee(executor));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let worker = tokio::spawn(crate::worker::run(
@@ -853,6 +853,8 @@ async fn deliver(
         executor,
         crate::worker::WorkerConfig {
             concurrency: workers.max(1),
+            // A `serve` may be running on this database: what it holds is its own.
+            recover_processing: false,
             ..Default::default()
         },
         stopped,

@@ -224,7 +224,9 @@ impl Store {
     }
 
     /// Puts a run's dead snapshots back in the queue with fresh attempts
-    /// (continuing a run retries what failed); says how many.
+    /// (continuing a run retries what failed), and on SQLite the ones a
+    /// killed run left being delivered (one process per file: nobody else
+    /// holds them, and their lease would keep them for 10 minutes); says how many.
     pub async fn requeue_dead_snapshots(
         &self,
         connection: &str,
@@ -233,13 +235,15 @@ impl Store {
         let (prefix, len) = run_prefix(run);
         let r = sqlx::query(
             "UPDATE events SET state = 'received', attempts = 0, next_attempt_at = $1, last_error = NULL \
-             WHERE connection = $2 AND source = $3 AND state = 'dead' AND substr(dedup_key, 1, $4) = $5",
+             WHERE connection = $2 AND source = $3 AND substr(dedup_key, 1, $4) = $5 \
+             AND (state = 'dead' OR (state = 'processing' AND $6 = 1))",
         )
         .bind(now_ms())
         .bind(connection)
         .bind(RESYNC_SOURCE)
         .bind(len)
         .bind(&prefix)
+        .bind(i64::from(!self.is_postgres()))
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected())

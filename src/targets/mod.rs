@@ -1345,6 +1345,8 @@ impl Executor {
                     .filter_map(|(name, tpl)| {
                         let v = match self.program.templates.eval_scope(tpl, &scope) {
                             Ok(v) => v,
+                            // A parameter this call did not send: nothing written there.
+                            Err(crate::engine::template::EvalError::Missing(_)) => return None,
                             Err(e) => {
                                 tracing::warn!(target = %target.name, value = %name, error = ?e, "a `reflects:` template failed; its webhook will look like a change");
                                 return None;

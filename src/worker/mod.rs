@@ -25,6 +25,9 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// Sleep when nothing is due.
     pub idle: Duration,
+    /// At start, re-queue events left `processing` by a stopped process
+    /// (SQLite). Off for a process that runs beside `serve` (resync).
+    pub recover_processing: bool,
 }
 
 impl Default for WorkerConfig {
@@ -36,6 +39,7 @@ impl Default for WorkerConfig {
             batch: 32,
             concurrency: 8,
             idle: Duration::from_millis(200),
+            recover_processing: true,
         }
     }
 }
@@ -73,7 +77,8 @@ pub async fn run(
     config: WorkerConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    if let Ok(n) = store.recover_processing().await
+    if config.recover_processing
+        && let Ok(n) = store.recover_processing().await
         && n > 0
     {
         tracing::info!(
@@ -189,7 +194,33 @@ async fn deliver_one(
         _ => "dead",
     };
     crate::server::telemetry::event_processed(label, calls);
-    let result = match &outcome {
+    // A database busy for a moment (SQLite's writer lock held past its
+    // timeout) must not leave the event `processing` until its lease ends,
+    // with every later event of the customer waiting behind it.
+    let mut result = record_outcome(store, config, event, &outcome).await;
+    let mut pause = Duration::from_millis(250);
+    for _ in 0..8 {
+        let Err(e) = &result else { break };
+        tracing::warn!(event = event.id, error = %e, retry_in_ms = pause.as_millis() as u64, "cannot record the outcome yet");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(10));
+        result = record_outcome(store, config, event, &outcome).await;
+    }
+    if let Err(e) = result {
+        // The event stays `processing`; its lease ends and it is taken again.
+        tracing::error!(event = event.id, error = %e, "cannot record the outcome");
+    }
+    matches!(outcome, Outcome::Delivered | Outcome::Suppressed { .. })
+}
+
+/// Writes how one delivery ended into the inbox.
+async fn record_outcome(
+    store: &Store,
+    config: &WorkerConfig,
+    event: &ClaimedEvent,
+    outcome: &Outcome,
+) -> Result<(), crate::store::StoreError> {
+    match outcome {
         Outcome::Delivered => {
             store
                 .finish(event.id, EventState::Delivered, now_ms(), None)
@@ -227,12 +258,7 @@ async fn deliver_one(
                 .finish(event.id, EventState::Dead, now_ms(), Some(error))
                 .await
         }
-    };
-    if let Err(e) = result {
-        // The event stays `processing`; the next start re-queues it.
-        tracing::error!(event = event.id, error = %e, "cannot record the outcome");
     }
-    matches!(outcome, Outcome::Delivered | Outcome::Suppressed { .. })
 }
 
 fn event_connection(claimed: &[crate::store::ClaimedEvent]) -> String {
