@@ -1737,6 +1737,52 @@ async fn webhooks_can_be_turned_on_repointed_and_off_after_start() {
     assert_eq!(sc.webhooks_sent().len(), 1);
 }
 
+#[tokio::test]
+async fn jittered_webhooks_overtake_each_other_and_some_are_sent_twice() {
+    // The soak of the two-way sync needs webhooks as unruly as the
+    // platforms' can be: out of order, and some of them twice.
+    let receiver = Receiver::start().await;
+    let mut hooks =
+        StickyCardsWebhooks::new(format!("{}/webhooks/stickycards?token=t", receiver.base));
+    hooks.delivery.jitter = Duration::from_millis(200);
+    hooks.delivery.duplicate_every = Some(4);
+    hooks.delivery.seed = 7;
+    let sc = StickyCardsSandbox::start(StickyCardsConfig {
+        webhooks: Some(hooks),
+        ..StickyCardsConfig::default()
+    })
+    .await
+    .unwrap();
+    let customer = sc.add_customer(Some("Jo"), Some("jo@example.com"), None);
+    let card = sc.add_card(Some(&customer.id), 0);
+    for balance in 1..=20 {
+        sc.set_card_balance(&card.id, balance).unwrap();
+    }
+    idle(sc.webhooks_idle()).await;
+    assert_eq!(sc.webhooks_pending(), 0);
+    let got = receiver.take();
+    // Every 4th of the 20 came twice, with the same body.
+    assert_eq!(got.len(), 25);
+    let balances: Vec<i64> = got
+        .iter()
+        .map(|r| r.json()["card"]["balance"].as_i64().unwrap())
+        .collect();
+    let mut distinct = balances.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct, (1..=20).collect::<Vec<_>>());
+    for twice in [4, 8, 12, 16, 20] {
+        assert_eq!(balances.iter().filter(|b| **b == twice).count(), 2);
+    }
+    assert!(
+        !balances.is_sorted(),
+        "with 200 ms of jitter, later changes overtake earlier ones: {balances:?}"
+    );
+    let sent = sc.webhooks_sent();
+    assert_eq!(sent.len(), 25);
+    assert!(sent.iter().all(|w| w.delivered() && w.attempts == 1));
+}
+
 async fn start_sticky_with_webhooks(
     receiver: &Receiver,
     format: StickyCardsWebhookFormat,

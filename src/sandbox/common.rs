@@ -563,8 +563,9 @@ pub(crate) fn phone_key(phone: &str) -> String {
 
 // ---------------------------------------------------------------- webhooks
 
-/// How a simulator delivers its webhooks: one at a time, in the order of the
-/// changes, each `delay` after its change.
+/// How a simulator delivers its webhooks: by default one at a time, in the
+/// order of the changes, each `delay` after its change; `jitter` and
+/// `duplicate_every` make it as unruly as the real platforms can be.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WebhookDelivery {
     /// Time between a change and its webhook leaving (the real platforms
@@ -578,6 +579,21 @@ pub struct WebhookDelivery {
     pub backoff: Duration,
     /// Retry any failure (non-2xx answer or none); otherwise only 429.
     pub retry_any_failure: bool,
+    /// Up to this much more delay, drawn per webhook. The real platforms
+    /// send from many workers and promise no order, so a receiver must
+    /// cope with a later change's webhook arriving first: above zero,
+    /// webhooks leave independently (`delay` + a draw in `0..jitter`) and
+    /// overtake each other. Zero (the default) keeps the strict order.
+    pub jitter: Duration,
+    /// Every n-th webhook is delivered a second time, same body and
+    /// signature, `delay` (+ a jitter draw) after the first answer: a
+    /// platform that thinks an acknowledgement was lost sends again, and a
+    /// receiver must store the event once. `None` (the default) sends each
+    /// webhook once.
+    pub duplicate_every: Option<u32>,
+    /// Seeds the jitter draws, so that a run that went wrong can be drawn
+    /// again the same way (the network's own timing aside).
+    pub seed: u64,
 }
 
 impl WebhookDelivery {
@@ -590,6 +606,9 @@ impl WebhookDelivery {
             retries: 3,
             backoff: Duration::from_millis(50),
             retry_any_failure: false,
+            jitter: Duration::ZERO,
+            duplicate_every: None,
+            seed: 0,
         }
     }
 
@@ -633,6 +652,7 @@ pub(crate) type SignFn = Box<dyn Fn(&[u8]) -> Vec<(&'static str, String)> + Send
 /// outlives a change of [`Outbox`].
 pub(crate) type WebhookLog = Arc<Mutex<Vec<SentWebhook>>>;
 
+#[derive(Clone)]
 struct Job {
     kind: String,
     body: Value,
@@ -737,20 +757,100 @@ async fn deliver_all(
     sent: WebhookLog,
     pending: Arc<watch::Sender<usize>>,
 ) {
+    let courier = Arc::new(courier);
+    let delay = courier.delivery.delay;
+    let jitter = courier.delivery.jitter;
+    let every = courier.delivery.duplicate_every.filter(|n| *n > 0);
+    let mut draws = Draws::new(courier.delivery.seed);
+    let mut received = 0u64;
+    // Deliveries that overlap (with jitter); aborted with this task, as the
+    // outbox promises that nothing leaves once it is dropped.
+    let mut overlapping = tokio::task::JoinSet::new();
     while let Some(job) = jobs.recv().await {
-        tokio::time::sleep_until(job.due).await;
-        let record = courier.deliver(job).await;
-        if !record.delivered() {
-            tracing::warn!(
-                kind = %record.kind,
-                status = ?record.status,
-                error = ?record.error,
-                attempts = record.attempts,
-                "sandbox webhook dropped"
-            );
+        received += 1;
+        let copy = every.is_some_and(|n| received.is_multiple_of(u64::from(n)));
+        if copy {
+            // Counted before the first delivery ends, so `idle` never sees
+            // a moment with nothing pending between the two.
+            pending.send_modify(|n| *n += 1);
         }
-        lock(&sent).push(record);
-        pending.send_modify(|n| *n = n.saturating_sub(1));
+        if jitter.is_zero() {
+            tokio::time::sleep_until(job.due).await;
+            let again = copy.then(|| job.clone());
+            deliver_logged(&courier, job, &sent, &pending).await;
+            if let Some(job) = again {
+                tokio::time::sleep(delay).await;
+                deliver_logged(&courier, job, &sent, &pending).await;
+            }
+        } else {
+            let (first, second) = (draws.below(jitter), draws.below(jitter));
+            let (courier, sent, pending) = (
+                Arc::clone(&courier),
+                Arc::clone(&sent),
+                Arc::clone(&pending),
+            );
+            overlapping.spawn(async move {
+                tokio::time::sleep_until(job.due + first).await;
+                let again = copy.then(|| job.clone());
+                deliver_logged(&courier, job, &sent, &pending).await;
+                if let Some(job) = again {
+                    tokio::time::sleep(delay + second).await;
+                    deliver_logged(&courier, job, &sent, &pending).await;
+                }
+            });
+            while overlapping.try_join_next().is_some() {}
+        }
+    }
+    while overlapping.join_next().await.is_some() {}
+}
+
+/// Delivers one webhook, logs it and counts it off `pending`.
+async fn deliver_logged(
+    courier: &Courier,
+    job: Job,
+    sent: &WebhookLog,
+    pending: &watch::Sender<usize>,
+) {
+    let record = courier.deliver(job).await;
+    if !record.delivered() {
+        tracing::warn!(
+            kind = %record.kind,
+            status = ?record.status,
+            error = ?record.error,
+            attempts = record.attempts,
+            "sandbox webhook dropped"
+        );
+    }
+    lock(sent).push(record);
+    pending.send_modify(|n| *n = n.saturating_sub(1));
+}
+
+/// Deterministic draws for the delivery jitter (xorshift64*): no
+/// dependency, and the same seed gives the same delays.
+struct Draws(u64);
+
+impl Draws {
+    fn new(seed: u64) -> Draws {
+        // xorshift never leaves 0; any other state will do.
+        Draws((seed ^ 0x9E37_79B9_7F4A_7C15).max(1))
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A duration in `0..limit` (zero when `limit` is zero).
+    fn below(&mut self, limit: Duration) -> Duration {
+        let nanos = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX);
+        if nanos == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(self.next() % nanos)
     }
 }
 

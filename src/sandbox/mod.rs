@@ -35,7 +35,9 @@
 //! through its API or by hand (`edit_contact`, `edit_customer`,
 //! `set_card_balance`, …): queued while the change is made, delivered one
 //! at a time in order, [`WebhookDelivery::delay`] later, logged as
-//! [`SentWebhook`]s. `webhooks_idle().await` returns when the queue is
+//! [`SentWebhook`]s (or, opted into with [`WebhookDelivery::jitter`] and
+//! [`WebhookDelivery::duplicate_every`], out of order and some twice, as
+//! the real platforms may). `webhooks_idle().await` returns when the queue is
 //! empty, so a test can wait for quiescence. As the engine needs the
 //! simulators' URLs before it listens, `set_webhooks` turns webhooks on (or
 //! re-points them) after start:

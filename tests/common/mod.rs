@@ -150,3 +150,119 @@ pub async fn simulators() -> (GhlSandbox, StickyCardsSandbox) {
         .unwrap();
     (ghl, sc)
 }
+
+/// Waits until neither simulator has a webhook to send, every stored event
+/// is in a final state and the number of events has stopped growing (a
+/// loop keeps it growing until `limit`, then this panics). Returns the
+/// number of events stored.
+pub async fn rest_within(
+    store: &Store,
+    ghl: &GhlSandbox,
+    sc: &StickyCardsSandbox,
+    limit: Duration,
+) -> i64 {
+    let deadline = std::time::Instant::now() + limit;
+    let finals = ["delivered", "dead", "unmapped", "echo", "stale"];
+    let mut last = -1;
+    let mut quiet = 0;
+    while std::time::Instant::now() < deadline {
+        let counts = store.counts().await.unwrap();
+        let total: i64 = counts.iter().map(|c| c.count).sum();
+        let settled = counts.iter().all(|c| finals.contains(&c.state.as_str()))
+            && ghl.webhooks_pending() == 0
+            && sc.webhooks_pending() == 0;
+        if settled && total == last {
+            // Twice in a row, 400 ms apart: a webhook that a delivery just
+            // caused has had the time to leave (delay and jitter) and be
+            // stored.
+            quiet += 1;
+            if quiet >= 2 {
+                return total;
+            }
+        } else {
+            quiet = 0;
+        }
+        last = total;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let counts = store.counts().await.unwrap();
+    // An event whose outcome could not be stored stays `processing` for
+    // its whole lease (finding 5 of tests/soak_findings.rs).
+    let stuck = counts.iter().any(|c| c.state == "processing");
+    panic!(
+        "no rest within {limit:?}{}: {counts:?}, {} + {} webhooks pending",
+        if stuck {
+            " (events left `processing`: see serve's log, SERVE_LOG=1)"
+        } else {
+            ""
+        },
+        ghl.webhooks_pending(),
+        sc.webhooks_pending()
+    );
+}
+
+/// Posts a GHL webhook body to serve, signed as GHL signs it (Ed25519 over
+/// the exact bytes, in `x-ghl-signature`); the status and the answer.
+pub async fn post_ghl(
+    s: &Serve,
+    key: &ed25519_dalek::SigningKey,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    use base64::Engine as _;
+    use ed25519_dalek::Signer as _;
+    let bytes = serde_json::to_vec(body).unwrap();
+    let signature = base64::engine::general_purpose::STANDARD.encode(key.sign(&bytes).to_bytes());
+    let response = reqwest::Client::new()
+        .post(format!("{}/webhooks/ghl", s.base))
+        .header("content-type", "application/json")
+        .header("x-ghl-signature", signature)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// A webhook receiver that keeps what it gets (answering 200), so that a
+/// test can hand the webhooks to serve itself, in the order it chooses.
+pub struct Held {
+    pub url: String,
+    got: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Held {
+    pub async fn start() -> Held {
+        use std::sync::{Arc, Mutex};
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let keep = Arc::clone(&got);
+        let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+            let keep = Arc::clone(&keep);
+            async move {
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    keep.lock().unwrap().push(v);
+                }
+                axum::http::StatusCode::OK
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hold", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Held {
+            url,
+            got,
+            _task: task,
+        }
+    }
+
+    /// The bodies received so far, oldest first, and forgets them.
+    pub fn take(&self) -> Vec<serde_json::Value> {
+        std::mem::take(&mut *self.got.lock().unwrap())
+    }
+}
