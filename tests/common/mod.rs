@@ -168,7 +168,15 @@ pub async fn rest_within(
     while std::time::Instant::now() < deadline {
         let counts = store.counts().await.unwrap();
         let total: i64 = counts.iter().map(|c| c.count).sum();
+        // Writes held to coalesce are work still to do, and their calls cause webhooks.
+        let holding = store
+            .pending_writes()
+            .await
+            .unwrap()
+            .iter()
+            .any(|w| w.state != "failed");
         let settled = counts.iter().all(|c| finals.contains(&c.state.as_str()))
+            && !holding
             && ghl.webhooks_pending() == 0
             && sc.webhooks_pending() == 0;
         if settled && total == last {
