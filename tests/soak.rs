@@ -553,9 +553,12 @@ async fn a_few_thousand_mixed_changes_come_to_rest_with_both_sides_equal() {
     }
     assert!(!late.is_empty(), "some email changed: {made:?}");
 
-    // Before the campaign tag below: contacts with a tag that is not (or
-    // no longer) a segment. Printed, not asserted: a removal reaches Sticky
-    // Cards only with the next tag applied, by design.
+    // Before the campaign tag below: contacts with a tag that is not a
+    // segment. Printed, not asserted (SOAK_VERBOSE=1 lists them): set_segments
+    // replaces the customer's list, so a segment added in Sticky Cards while
+    // a GHL tag change of the same person is on its way can be replaced
+    // away, while the engine has already tagged the contact with it; the
+    // next tag change in GHL sets the list right again.
     let not_segments = not_segments();
     let behind = people
         .iter()
@@ -565,7 +568,14 @@ async fn a_few_thousand_mixed_changes_come_to_rest_with_both_sides_equal() {
                 &sc.customer(&p.customer).unwrap(),
                 &not_segments,
             );
-            !tags.is_subset(&linked)
+            let behind = !tags.is_subset(&linked);
+            if behind && std::env::var("SOAK_VERBOSE").is_ok() {
+                eprintln!(
+                    "behind: {} / {}: tags {tags:?}, segments {linked:?}",
+                    p.contact, p.customer
+                );
+            }
+            behind
         })
         .count();
 
