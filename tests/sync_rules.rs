@@ -8,7 +8,10 @@ use std::process::Command;
 use std::time::Duration;
 
 mod common;
-use common::{Serve, post, serve_in, settle_within, simulators};
+use common::{
+    Serve, create_contact, create_custom_field as custom_field, post, serve_in, settle_within,
+    simulators,
+};
 
 /// An Ed25519 key pair: the simulator signs with it, serve checks with the PEM.
 fn signing_key() -> (ed25519_dalek::SigningKey, String) {
@@ -19,27 +22,6 @@ fn signing_key() -> (ed25519_dalek::SigningKey, String) {
         .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
         .unwrap();
     (key, pem)
-}
-
-/// Creates a GHL custom field the way a person does in the GHL UI; its id.
-async fn custom_field(ghl: &GhlSandbox, name: &str, key: &str) -> String {
-    reqwest::Client::new()
-        .post(format!(
-            "{}/locations/{}/customFields",
-            ghl.base_url(),
-            ghl.location_id()
-        ))
-        .bearer_auth(ghl.token())
-        .header("Version", "2021-07-28")
-        .json(&serde_json::json!({"name": name, "dataType": "NUMERICAL", "model": "contact"}))
-        .send()
-        .await
-        .unwrap();
-    ghl.custom_fields()
-        .into_iter()
-        .find(|f| f.field_key == format!("contact.{key}"))
-        .unwrap()
-        .id
 }
 
 async fn rest(s: &Serve, ghl: &GhlSandbox) {
@@ -96,22 +78,14 @@ async fn writes_to_sticky_cards_in_one_window_go_out_as_one_call_per_operation()
 
     // A contact created in GHL: the customer is created (a create cannot
     // wait: later writes need its id) and issued a card; its fields wait.
-    let created: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/contacts/", ghl.base_url()))
-        .bearer_auth(ghl.token())
-        .header("Version", "2021-07-28")
-        .json(&serde_json::json!({
-            "locationId": ghl.location_id(),
+    let contact = create_contact(
+        &ghl,
+        serde_json::json!({
             "firstName": "Rosa", "lastName": "Diaz",
             "email": "rosa.diaz@example.com", "phone": "+14155550111"
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let contact = created["contact"]["id"].as_str().unwrap().to_string();
+        }),
+    )
+    .await;
     rest(&s, &ghl).await;
     assert_eq!(sc.customers().len(), 1);
     assert_eq!(sc.cards().len(), 1, "the card is issued at once");
@@ -338,21 +312,13 @@ async fn a_held_write_the_owner_overtook_while_it_waited_is_refused_when_due() {
         s.base
     ))))
     .unwrap();
-    let created: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/contacts/", ghl.base_url()))
-        .bearer_auth(ghl.token())
-        .header("Version", "2021-07-28")
-        .json(&serde_json::json!({
-            "locationId": ghl.location_id(), "firstName": "Noor",
+    let contact = create_contact(
+        &ghl,
+        serde_json::json!({ "firstName": "Noor",
             "email": "noor@example.com", "phone": "+14155550177"
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let contact = created["contact"]["id"].as_str().unwrap().to_string();
+        }),
+    )
+    .await;
     rest(&s, &ghl).await;
     sc.webhooks_idle().await;
     rest(&s, &ghl).await;

@@ -274,3 +274,42 @@ impl Held {
         std::mem::take(&mut *self.got.lock().unwrap())
     }
 }
+
+/// Creates a contact through GHL's API, as a person does in GHL; its id.
+pub async fn create_contact(ghl: &GhlSandbox, fields: serde_json::Value) -> String {
+    let mut body = fields;
+    body["locationId"] = ghl.location_id().into();
+    let created: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/contacts/", ghl.base_url()))
+        .bearer_auth(ghl.token())
+        .header("Version", "2021-07-28")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    created["contact"]["id"].as_str().unwrap().to_string()
+}
+
+/// Creates a NUMERICAL contact custom field, as a person does in GHL; its id.
+pub async fn create_custom_field(ghl: &GhlSandbox, name: &str, key: &str) -> String {
+    reqwest::Client::new()
+        .post(format!(
+            "{}/locations/{}/customFields",
+            ghl.base_url(),
+            ghl.location_id()
+        ))
+        .bearer_auth(ghl.token())
+        .header("Version", "2021-07-28")
+        .json(&serde_json::json!({"name": name, "dataType": "NUMERICAL", "model": "contact"}))
+        .send()
+        .await
+        .unwrap();
+    ghl.custom_fields()
+        .into_iter()
+        .find(|f| f.field_key == format!("contact.{key}"))
+        .unwrap()
+        .id
+}
