@@ -677,7 +677,8 @@ async fn a_few_thousand_mixed_changes_come_to_rest_with_both_sides_equal() {
         per_change <= 1.6,
         "{api_calls} API calls for {changes} changes ({per_change:.2} per change)"
     );
-    assert!(took < Duration::from_secs(180), "took {took:?}");
+    // How long it took is in the `details:` line, not asserted: speed is
+    // for benchmarks, and every wait above is bounded on its own.
 
     // Both sides equal on what the mappings sync.
     let mut points = Vec::new();
