@@ -825,17 +825,20 @@ async fn deliver_logged(
     pending.send_modify(|n| *n = n.saturating_sub(1));
 }
 
-/// Deterministic draws for the delivery jitter (xorshift64*): no
-/// dependency, and the same seed gives the same delays.
-struct Draws(u64);
+/// Deterministic draws (xorshift64*) for the delivery jitter and for tests
+/// that drive the simulators: no dependency, and the same seed gives the
+/// same sequence.
+pub struct Draws(u64);
 
 impl Draws {
-    fn new(seed: u64) -> Draws {
+    /// A sequence that only `seed` decides.
+    pub fn new(seed: u64) -> Draws {
         // xorshift never leaves 0; any other state will do.
         Draws((seed ^ 0x9E37_79B9_7F4A_7C15).max(1))
     }
 
-    fn next(&mut self) -> u64 {
+    /// The next draw.
+    pub fn draw(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -850,7 +853,7 @@ impl Draws {
         if nanos == 0 {
             return Duration::ZERO;
         }
-        Duration::from_nanos(self.next() % nanos)
+        Duration::from_nanos(self.draw() % nanos)
     }
 }
 

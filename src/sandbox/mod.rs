@@ -62,7 +62,7 @@ pub mod ghl;
 pub mod stickycards;
 mod validate;
 
-pub use common::{Fault, LoggedRequest, RateLimit, SentWebhook, WebhookDelivery};
+pub use common::{Draws, Fault, LoggedRequest, RateLimit, SentWebhook, WebhookDelivery};
 pub use ghl::{GhlConfig, GhlSandbox, GhlWebhooks};
 pub use stickycards::{
     StickyCardsConfig, StickyCardsSandbox, StickyCardsWebhookFormat, StickyCardsWebhooks,
