@@ -521,9 +521,7 @@ impl Program {
     }
 
     /// The request of operation `op` of `target` for `params`, with the
-    /// customer's ids left as placeholders: what delivery sends once it has
-    /// changed an action's parameters (a field refused to its owner, held
-    /// writes merged into one).
+    /// customer's ids left as placeholders: what `plan` shows.
     pub fn render_operation(
         &self,
         target: &str,
@@ -531,6 +529,26 @@ impl Program {
         params: &Value,
         input: &PlanInput,
         event: &Value,
+    ) -> Result<RequestPlan, String> {
+        let customer = serde_json::json!({
+            "id": placeholder("customer.id"),
+            "card_id": placeholder("customer.card_id"),
+        });
+        self.render_operation_for(target, op, params, input, event, &customer)
+    }
+
+    /// The request of operation `op` of `target` for `params`, for a
+    /// customer delivery has found: `customer` holds its id and what is
+    /// known of its record (the mirror of the source describing the target,
+    /// and values earlier answers taught). What delivery sends.
+    pub fn render_operation_for(
+        &self,
+        target: &str,
+        op: &str,
+        params: &Value,
+        input: &PlanInput,
+        event: &Value,
+        customer: &Value,
     ) -> Result<RequestPlan, String> {
         let Some(t) = self.targets.get(target) else {
             return Err(format!("target `{target}` is not defined"));
@@ -541,20 +559,18 @@ impl Program {
             ));
         };
         let env = self.env_value(t, input);
-        let customer = serde_json::json!({
-            "id": placeholder("customer.id"),
-            "card_id": placeholder("customer.card_id"),
-        });
         let mut scope = Scope::new();
         scope.set("params", params);
-        scope.set("customer", &customer);
+        scope.set("customer", customer);
         scope.set("env", &env);
         scope.set("known", &input.known);
         scope.set("event", event);
         self.render_request(t, &operation.request, &scope)
     }
 
-    fn render_request(
+    /// Renders one request of a target (an operation's, a lookup's listing
+    /// or creation) in `scope`: the one renderer of requests.
+    pub fn render_request(
         &self,
         target: &Target,
         req: &Request,
