@@ -1847,13 +1847,7 @@ async fn stickycards_webhooks_follow_api_changes_in_the_seed_shape() {
     let balance = format!("/cards/{card_id}/balance");
     sticky(&sandbox, "PUT", &balance, Some(json!({"balance": 10}))).await;
     sticky(&sandbox, "PUT", &balance, Some(json!({"balance": 10}))).await; // unchanged
-    sticky(
-        &sandbox,
-        "PUT",
-        &balance,
-        Some(json!({"balance": 15})),
-    )
-    .await;
+    sticky(&sandbox, "PUT", &balance, Some(json!({"balance": 15}))).await;
     let segments = format!("/customers/{customer_id}/segments");
     sticky(
         &sandbox,

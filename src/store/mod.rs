@@ -7,8 +7,8 @@
 //! Every row is keyed by a *connection* (one GHL location with its source
 //! accounts); a single deployment uses `default`.
 
-pub mod resync;
 mod journal;
+pub mod resync;
 pub use journal::WriteTx;
 
 use serde::Serialize;
@@ -747,7 +747,13 @@ impl Store {
             .mirror(connection, source, customer_id)
             .await?
             .unwrap_or_default();
-        crate::targets::sync::apply_reflection(&mut record, values, learnt_at, applied_at, now_ms());
+        crate::targets::sync::apply_reflection(
+            &mut record,
+            values,
+            learnt_at,
+            applied_at,
+            now_ms(),
+        );
         tx.put_mirror(connection, source, customer_id, &record, None)
             .await?;
         tx.commit().await

@@ -51,7 +51,10 @@ impl Locks {
                 locks.entry(key).or_default().clone()
             };
             // A lock this event already holds (two mappings, one person) is not taken twice.
-            if held.iter().any(|g| Arc::ptr_eq(OwnedMutexGuard::mutex(g), &lock)) {
+            if held
+                .iter()
+                .any(|g| Arc::ptr_eq(OwnedMutexGuard::mutex(g), &lock))
+            {
                 continue;
             }
             held.push(lock.lock_owned().await);
@@ -87,21 +90,42 @@ pub async fn find_or_create(
         other => other.to_string(),
     });
     if let Some(link) = &link {
-        match journal.link_of(&ex.store, link_source, link, &target.name).await {
+        match journal
+            .link_of(&ex.store, link_source, link, &target.name)
+            .await
+        {
             Ok(Some(id)) => {
-                return Ok(Some(Found { id, created: false, create_answer: None }));
+                return Ok(Some(Found {
+                    id,
+                    created: false,
+                    create_answer: None,
+                }));
             }
             Ok(None) => {}
             Err(e) => return Err(Outcome::store(e)),
         }
     }
-    let log = |action: &str, customer: Option<&str>, request: String, status: Option<u16>, error: Option<String>| {
-        ev.entry(mapping, &target.name, action, customer, request, status, error)
+    let log = |action: &str,
+               customer: Option<&str>,
+               request: String,
+               status: Option<u16>,
+               error: Option<String>| {
+        ev.entry(
+            mapping,
+            &target.name,
+            action,
+            customer,
+            request,
+            status,
+            error,
+        )
     };
     let mut found = None;
     if let Some(cap) = &target.customer {
         for (request, key) in plan.find.iter().zip(&plan.keys) {
-            let Some((_, id_path)) = cap.find.get(&key.key) else { continue };
+            let Some((_, id_path)) = cap.find.get(&key.key) else {
+                continue;
+            };
             match ex.http.send(target, request).await {
                 Answer::Ok(answer) => {
                     if let Some(id) = id_path.select(&answer).and_then(|v| scalar(&v)) {
@@ -110,7 +134,13 @@ pub async fn find_or_create(
                     }
                 }
                 Answer::Failed(failure) => {
-                    journal.log(log("find_customer", None, describe(request), failure.status, Some(failure.error.clone())));
+                    journal.log(log(
+                        "find_customer",
+                        None,
+                        describe(request),
+                        failure.status,
+                        Some(failure.error.clone()),
+                    ));
                     return Err(Outcome::from_failure(failure));
                 }
             }
@@ -118,7 +148,10 @@ pub async fn find_or_create(
     }
     let mut created = None;
     if found.is_none()
-        && let (Some(create), Some(cap)) = (&plan.create, target.customer.as_ref().and_then(|t| t.create.as_ref()))
+        && let (Some(create), Some(cap)) = (
+            &plan.create,
+            target.customer.as_ref().and_then(|t| t.create.as_ref()),
+        )
     {
         let mut request: RequestPlan = create.clone();
         for body in carried {
@@ -134,24 +167,47 @@ pub async fn find_or_create(
                 if let Some(id) = &found {
                     // The log says who was created, not only who failed to be:
                     // `mapper log` and resync's summary read it.
-                    journal.log(log("create_customer", Some(id), describe(&request), Some(200), None));
+                    journal.log(log(
+                        "create_customer",
+                        Some(id),
+                        describe(&request),
+                        Some(200),
+                        None,
+                    ));
                     created = Some((answer, sent_at));
                 }
             }
             // "This location does not allow duplicated contacts": the answer names it.
-            Answer::Failed(Failure { status: Some(400), error, body, .. }) if cap.duplicate_id.is_some() => {
+            Answer::Failed(Failure {
+                status: Some(400),
+                error,
+                body,
+                ..
+            }) if cap.duplicate_id.is_some() => {
                 found = cap
                     .duplicate_id
                     .as_ref()
                     .and_then(|p| p.select(&body))
                     .and_then(|v| scalar(&v));
                 if found.is_none() {
-                    journal.log(log("create_customer", None, describe(&request), Some(400), Some(error.clone())));
+                    journal.log(log(
+                        "create_customer",
+                        None,
+                        describe(&request),
+                        Some(400),
+                        Some(error.clone()),
+                    ));
                     return Err(Outcome::Permanent(error));
                 }
             }
             Answer::Failed(failure) => {
-                journal.log(log("create_customer", None, describe(&request), failure.status, Some(failure.error.clone())));
+                journal.log(log(
+                    "create_customer",
+                    None,
+                    describe(&request),
+                    failure.status,
+                    Some(failure.error.clone()),
+                ));
                 return Err(Outcome::from_failure(failure));
             }
         }
@@ -162,13 +218,15 @@ pub async fn find_or_create(
         // The link holds the other way too when both sides' webhooks
         // describe records: a GHL contact synced to a Sticky Cards customer
         // is that customer's contact.
-        if let Some(back_target) = ex.program.sources.get(link_source).and_then(|s| s.describes.as_deref()) {
-            for back in ex
-                .program
-                .sources
-                .values()
-                .filter(|s| s.describes.as_deref() == Some(target.name.as_str()) && !s.mirror.is_empty())
-            {
+        if let Some(back_target) = ex
+            .program
+            .sources
+            .get(link_source)
+            .and_then(|s| s.describes.as_deref())
+        {
+            for back in ex.program.sources.values().filter(|s| {
+                s.describes.as_deref() == Some(target.name.as_str()) && !s.mirror.is_empty()
+            }) {
                 journal.link((&back.name, &id), (back_target, link), true);
             }
         }

@@ -79,7 +79,11 @@ impl Http {
         let method =
             reqwest::Method::from_bytes(request.method.as_bytes()).unwrap_or(reqwest::Method::POST);
         let url = url_with_query(request);
-        if let Err(until) = self.limiter.acquire(&target.name, target.rate_limit.as_ref()).await {
+        if let Err(until) = self
+            .limiter
+            .acquire(&target.name, target.rate_limit.as_ref())
+            .await
+        {
             return pause(target, until);
         }
         let _ = TALLY.try_with(|t| t.calls.set(t.calls.get() + 1));
@@ -93,13 +97,20 @@ impl Http {
         }
         let response = match builder.send().await {
             Ok(r) => {
-                crate::server::telemetry::target_call(&target.name, Some(r.status().as_u16()), started.elapsed());
+                crate::server::telemetry::target_call(
+                    &target.name,
+                    Some(r.status().as_u16()),
+                    started.elapsed(),
+                );
                 r
             }
             Err(e) => {
                 crate::server::telemetry::target_call(&target.name, None, started.elapsed());
                 let why = if e.is_timeout() {
-                    format!("no answer within {} s (timed out)", target.timeout.as_secs())
+                    format!(
+                        "no answer within {} s (timed out)",
+                        target.timeout.as_secs()
+                    )
                 } else if e.is_connect() {
                     format!("cannot connect: {}", error_chain(&e))
                 } else {
@@ -147,7 +158,11 @@ impl Http {
             .as_ref()
             .and_then(|p| p.select(&json))
             .map(|m| match m {
-                Value::Array(items) => items.iter().filter_map(scalar).collect::<Vec<_>>().join("; "),
+                Value::Array(items) => items
+                    .iter()
+                    .filter_map(scalar)
+                    .collect::<Vec<_>>()
+                    .join("; "),
                 other => scalar(&other).unwrap_or_else(|| other.to_string()),
             })
             .unwrap_or_else(|| text.chars().take(300).collect());

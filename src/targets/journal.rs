@@ -14,7 +14,9 @@
 //! commit is paid once per group, not once per event.
 
 use super::sync;
-use crate::store::{EventState, MirrorRecord, RunSummary, Store, StoreError, SyncLogEntry, WriteTx, now_ms};
+use crate::store::{
+    EventState, MirrorRecord, RunSummary, Store, StoreError, SyncLogEntry, WriteTx, now_ms,
+};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -116,7 +118,12 @@ impl Journal {
     }
 
     /// A link between a source customer and a target record.
-    pub fn link(&mut self, (source, source_id): (&str, &str), (target, target_id): (&str, &str), keep: bool) {
+    pub fn link(
+        &mut self,
+        (source, source_id): (&str, &str),
+        (target, target_id): (&str, &str),
+        keep: bool,
+    ) {
         self.intents.push(Intent::Link {
             source: source.into(),
             source_id: source_id.into(),
@@ -138,7 +145,13 @@ impl Journal {
     }
 
     /// What a write made a record hold, in the mirror of a source describing it.
-    pub fn reflect(&mut self, source: &str, customer_id: &str, values: Map<String, Value>, (learnt_at, applied_at): (Option<i64>, i64)) {
+    pub fn reflect(
+        &mut self,
+        source: &str,
+        customer_id: &str,
+        values: Map<String, Value>,
+        (learnt_at, applied_at): (Option<i64>, i64),
+    ) {
         if !values.is_empty() {
             self.intents.push(Intent::Reflect {
                 source: source.into(),
@@ -176,28 +189,51 @@ impl Journal {
 
     /// The target id linked to a source customer: this delivery's own link
     /// first, then the store's.
-    pub async fn link_of(&self, store: &Store, source: &str, source_id: &str, target: &str) -> Result<Option<String>, StoreError> {
+    pub async fn link_of(
+        &self,
+        store: &Store,
+        source: &str,
+        source_id: &str,
+        target: &str,
+    ) -> Result<Option<String>, StoreError> {
         let mine = self.intents.iter().rev().find_map(|i| match i {
-            Intent::Link { source: s, source_id: id, target: t, target_id, keep: false }
-                if s == source && id == source_id && t == target =>
-            {
-                Some(target_id.clone())
-            }
+            Intent::Link {
+                source: s,
+                source_id: id,
+                target: t,
+                target_id,
+                keep: false,
+            } if s == source && id == source_id && t == target => Some(target_id.clone()),
             _ => None,
         });
         match mine {
             Some(id) => Ok(Some(id)),
-            None => store.link(&self.connection, source, source_id, target).await,
+            None => {
+                store
+                    .link(&self.connection, source, source_id, target)
+                    .await
+            }
         }
     }
 
     /// What is known of a target record: the store's with this delivery's
     /// remembered values on top.
-    pub async fn record_fields(&self, store: &Store, target: &str, target_id: &str) -> Result<Value, StoreError> {
-        let mut known = store.record_fields(&self.connection, target, target_id).await?;
+    pub async fn record_fields(
+        &self,
+        store: &Store,
+        target: &str,
+        target_id: &str,
+    ) -> Result<Value, StoreError> {
+        let mut known = store
+            .record_fields(&self.connection, target, target_id)
+            .await?;
         if let Value::Object(map) = &mut known {
             for intent in &self.intents {
-                if let Intent::Remember { target: t, target_id: id, fields } = intent
+                if let Intent::Remember {
+                    target: t,
+                    target_id: id,
+                    fields,
+                } = intent
                     && t == target
                     && id == target_id
                 {
@@ -209,7 +245,12 @@ impl Journal {
     }
 
     /// A customer's mirror: the store's with this delivery's reflections on top.
-    pub async fn mirror_of(&self, store: &Store, source: &str, customer_id: &str) -> Result<Option<MirrorRecord>, StoreError> {
+    pub async fn mirror_of(
+        &self,
+        store: &Store,
+        source: &str,
+        customer_id: &str,
+    ) -> Result<Option<MirrorRecord>, StoreError> {
         let stored = store.mirror(&self.connection, source, customer_id).await?;
         let mine: Vec<&Intent> = self
             .intents
@@ -222,7 +263,13 @@ impl Journal {
         let mut record = stored.unwrap_or_default();
         let now = now_ms();
         for intent in mine {
-            if let Intent::Reflect { values, learnt_at, applied_at, .. } = intent {
+            if let Intent::Reflect {
+                values,
+                learnt_at,
+                applied_at,
+                ..
+            } = intent
+            {
                 sync::apply_reflection(&mut record, values, *learnt_at, *applied_at, now);
             }
         }
@@ -236,22 +283,51 @@ impl Journal {
         for intent in &self.intents {
             match intent {
                 Intent::Log(entry) => tx.log(entry).await?,
-                Intent::Link { source, source_id, target, target_id, keep } => {
+                Intent::Link {
+                    source,
+                    source_id,
+                    target,
+                    target_id,
+                    keep,
+                } => {
                     tx.put_link(connection, (source, source_id), (target, target_id), *keep)
                         .await?
                 }
-                Intent::Remember { target, target_id, fields } => {
-                    tx.remember(connection, target, target_id, fields).await?
-                }
-                Intent::Reflect { source, customer_id, values, learnt_at, applied_at } => {
-                    let mut record = tx.mirror(connection, source, customer_id).await?.unwrap_or_default();
+                Intent::Remember {
+                    target,
+                    target_id,
+                    fields,
+                } => tx.remember(connection, target, target_id, fields).await?,
+                Intent::Reflect {
+                    source,
+                    customer_id,
+                    values,
+                    learnt_at,
+                    applied_at,
+                } => {
+                    let mut record = tx
+                        .mirror(connection, source, customer_id)
+                        .await?
+                        .unwrap_or_default();
                     sync::apply_reflection(&mut record, values, *learnt_at, *applied_at, now);
-                    tx.put_mirror(connection, source, customer_id, &record, None).await?;
+                    tx.put_mirror(connection, source, customer_id, &record, None)
+                        .await?;
                 }
-                Intent::Mirror { source, customer_id, values, occurred_at, event_row, describes } => {
-                    let mut record = tx.mirror(connection, source, customer_id).await?.unwrap_or_default();
+                Intent::Mirror {
+                    source,
+                    customer_id,
+                    values,
+                    occurred_at,
+                    event_row,
+                    describes,
+                } => {
+                    let mut record = tx
+                        .mirror(connection, source, customer_id)
+                        .await?
+                        .unwrap_or_default();
                     let stale = sync::apply_event(&mut record, values, *occurred_at, now);
-                    tx.put_mirror(connection, source, customer_id, &record, Some(*event_row)).await?;
+                    tx.put_mirror(connection, source, customer_id, &record, Some(*event_row))
+                        .await?;
                     if !stale.is_empty() {
                         tracing::info!(event = event_row, customer = %customer_id, fields = ?stale, "older than the mirror's values; kept the newer ones");
                     }
@@ -263,15 +339,24 @@ impl Journal {
                             .map(|(k, v)| (k.clone(), v.clone()))
                             .collect();
                         if !taken.is_empty() {
-                            tx.remember(connection, described, customer_id, &taken).await?;
+                            tx.remember(connection, described, customer_id, &taken)
+                                .await?;
                         }
                     }
                 }
             }
         }
         match &self.finish {
-            Some((id, Finish::State { state, next_attempt_at, error })) => {
-                tx.finish(*id, *state, *next_attempt_at, error.as_deref()).await?
+            Some((
+                id,
+                Finish::State {
+                    state,
+                    next_attempt_at,
+                    error,
+                },
+            )) => {
+                tx.finish(*id, *state, *next_attempt_at, error.as_deref())
+                    .await?
             }
             Some((id, Finish::Defer { until, reason })) => tx.defer(*id, *until, reason).await?,
             None => {}
@@ -356,7 +441,9 @@ async fn commit_group(store: &Store, group: Vec<Pending>) {
                 }
                 return;
             }
-            Err(e) => tracing::warn!(error = %e, journals = group.len(), "a group of journals failed; writing them one by one"),
+            Err(e) => {
+                tracing::warn!(error = %e, journals = group.len(), "a group of journals failed; writing them one by one")
+            }
         }
     }
     for (journal, done) in group {

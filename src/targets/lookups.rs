@@ -61,7 +61,10 @@ impl Lookups {
                 continue;
             }
             if let Ok(ids) = list(ctx, target, lookup).await {
-                self.listed_at.lock().await.insert(key.clone(), Instant::now());
+                self.listed_at
+                    .lock()
+                    .await
+                    .insert(key.clone(), Instant::now());
                 self.ids.lock().await.insert(key, ids);
             }
         }
@@ -87,7 +90,12 @@ impl Lookups {
     /// Replaces every `${lookup:KIND:KEY}` in a request with the id, keeping
     /// the JSON tree's shape: a string that is the placeholder alone becomes
     /// the id, one that embeds it has it spliced in.
-    pub async fn resolve(&self, ctx: &Ctx<'_>, target: &Target, request: &mut RequestPlan) -> Result<(), Outcome> {
+    pub async fn resolve(
+        &self,
+        ctx: &Ctx<'_>,
+        target: &Target,
+        request: &mut RequestPlan,
+    ) -> Result<(), Outcome> {
         let mut wanted = Vec::new();
         collect(&Value::String(request.path.clone()), &mut wanted);
         for part in [&request.query, &request.body].into_iter().flatten() {
@@ -110,14 +118,23 @@ impl Lookups {
         };
         request.path = splice(&request.path);
         request.url = splice(&request.url);
-        for part in [&mut request.query, &mut request.body].into_iter().flatten() {
+        for part in [&mut request.query, &mut request.body]
+            .into_iter()
+            .flatten()
+        {
             map_strings(part, &splice);
         }
         Ok(())
     }
 
     /// The id of `key` in a target's lookup: cached listing, else created from `provision:`.
-    pub async fn id(&self, ctx: &Ctx<'_>, target: &Target, kind: &str, key: &str) -> Result<String, Outcome> {
+    pub async fn id(
+        &self,
+        ctx: &Ctx<'_>,
+        target: &Target,
+        kind: &str,
+        key: &str,
+    ) -> Result<String, Outcome> {
         let cache_key = (target.name.clone(), kind.to_string());
         let cached = |ids: &HashMap<Key, HashMap<String, String>>| {
             ids.get(&cache_key).and_then(|m| m.get(key)).cloned()
@@ -145,7 +162,10 @@ impl Lookups {
             Some(ids) => ids,
             None => {
                 let ids = list(ctx, target, lookup).await?;
-                self.listed_at.lock().await.insert(cache_key.clone(), Instant::now());
+                self.listed_at
+                    .lock()
+                    .await
+                    .insert(cache_key.clone(), Instant::now());
                 ids
             }
         };
@@ -177,7 +197,11 @@ impl Lookups {
                         ids.insert(key.to_string(), id);
                     }
                 }
-                Answer::Failed(Failure { error, transient: false, .. }) => {
+                Answer::Failed(Failure {
+                    error,
+                    transient: false,
+                    ..
+                }) => {
                     // Someone else (another replica, a person in the UI) may
                     // have created it since the listing: list once more.
                     ids = list(ctx, target, lookup).await?;
@@ -199,7 +223,12 @@ impl Lookups {
     }
 
     async fn gate(&self, key: &Key) -> Arc<Mutex<()>> {
-        self.gates.lock().await.entry(key.clone()).or_default().clone()
+        self.gates
+            .lock()
+            .await
+            .entry(key.clone())
+            .or_default()
+            .clone()
     }
 
     /// Whether a lookup was listed less than `age` ago.
@@ -213,7 +242,11 @@ impl Lookups {
 }
 
 /// Lists a lookup: key → id.
-async fn list(ctx: &Ctx<'_>, target: &Target, lookup: &Lookup) -> Result<HashMap<String, String>, Outcome> {
+async fn list(
+    ctx: &Ctx<'_>,
+    target: &Target,
+    lookup: &Lookup,
+) -> Result<HashMap<String, String>, Outcome> {
     let request = {
         let mut scope = Scope::new();
         scope.set("env", ctx.env);
@@ -326,6 +359,9 @@ mod tests {
             query: None,
             body: Some(json!({"card": "${customer.card_id}", "n": 3})),
         };
-        assert_eq!(unresolved(&request), Some("${customer.card_id}".to_string()));
+        assert_eq!(
+            unresolved(&request),
+            Some("${customer.card_id}".to_string())
+        );
     }
 }

@@ -19,7 +19,9 @@
 use crate::engine::plan::{ActionPlan, FiredMapping, PlanInput, RequestPlan};
 use crate::engine::program::{Operation, Program, Target};
 use crate::engine::scope::Scope;
-use crate::store::{ClaimedEvent, HeldWrite, MirrorRecord, PendingWrite, Store, StoreError, SyncLogEntry};
+use crate::store::{
+    ClaimedEvent, HeldWrite, MirrorRecord, PendingWrite, Store, StoreError, SyncLogEntry,
+};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -35,7 +37,7 @@ pub mod sync;
 pub use journal::{Finish, Journal};
 pub use sync::Suppression;
 
-use http::{Answer, Http, Tally, TALLY, describe, scalar};
+use http::{Answer, Http, TALLY, Tally, describe, scalar};
 
 /// How one event's delivery ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,10 +53,16 @@ pub enum Outcome {
     Permanent(String),
     /// A target's daily budget is spent: wait `until` its reset. Not a failed
     /// attempt, so it costs the event none of its retries.
-    Paused { error: String, until: Duration },
+    Paused {
+        error: String,
+        until: Duration,
+    },
     /// Nothing to sync: the webhook is the echo of the engine's own write,
     /// or only carries values older than those already applied.
-    Suppressed { kind: Suppression, note: String },
+    Suppressed {
+        kind: Suppression,
+        note: String,
+    },
 }
 
 impl Outcome {
@@ -216,7 +224,11 @@ impl Executor {
         self.program
             .targets
             .values()
-            .flat_map(|t| self.unset_of(t).into_iter().map(move |name| format!("{name} (target `{}`)", t.name)))
+            .flat_map(|t| {
+                self.unset_of(t)
+                    .into_iter()
+                    .map(move |name| format!("{name} (target `{}`)", t.name))
+            })
             .collect()
     }
 
@@ -224,7 +236,9 @@ impl Executor {
         target
             .env
             .iter()
-            .filter(|(name, decl)| decl.default.is_none() && self.env.get(*name).is_none_or(|v| v.is_empty()))
+            .filter(|(name, decl)| {
+                decl.default.is_none() && self.env.get(*name).is_none_or(|v| v.is_empty())
+            })
             .map(|(name, _)| name.clone())
             .collect()
     }
@@ -235,7 +249,12 @@ impl Executor {
         let mut journal = Journal::new(&event.connection);
         let mut held = Vec::new();
         let (outcome, calls) = counted(self.run(event, &mut journal, &mut held)).await;
-        Delivery { outcome, calls, journal, held }
+        Delivery {
+            outcome,
+            calls,
+            journal,
+            held,
+        }
     }
 
     /// Writes a delivery's journal in one transaction (shared with other
@@ -260,7 +279,12 @@ impl Executor {
 
     /// Plans the event against the customer's mirror, runs each fired
     /// mapping, then records what the event taught about the customer.
-    async fn run(&self, event: &ClaimedEvent, journal: &mut Journal, held: &mut customer::Held) -> Outcome {
+    async fn run(
+        &self,
+        event: &ClaimedEvent,
+        journal: &mut Journal,
+        held: &mut customer::Held,
+    ) -> Outcome {
         let (connection, source) = (event.connection.as_str(), event.source.as_str());
         let Some(src) = self.program.sources.get(source) else {
             return Outcome::Permanent(format!("source `{source}` is no longer defined"));
@@ -294,7 +318,8 @@ impl Executor {
             if let Some(record) = record {
                 let change = sync::Change::between(&record, &values, event.occurred_at);
                 if src.snapshots
-                    && let Some((kind, note)) = sync::suppression(&change, &record, crate::store::now_ms())
+                    && let Some((kind, note)) =
+                        sync::suppression(&change, &record, crate::store::now_ms())
                 {
                     journal.log(SyncLogEntry {
                         connection: connection.to_string(),
@@ -349,12 +374,24 @@ impl Executor {
             }
         }
         if let Some(key) = &customer_id {
-            journal.mirror((source, key), values, event.occurred_at, event.id, src.describes.as_deref());
+            journal.mirror(
+                (source, key),
+                values,
+                event.occurred_at,
+                event.id,
+                src.describes.as_deref(),
+            );
         }
         Outcome::Delivered
     }
 
-    async fn run_mapping(&self, ev: &EventRef<'_>, fired: &FiredMapping, input: &PlanInput, journal: &mut Journal) -> Outcome {
+    async fn run_mapping(
+        &self,
+        ev: &EventRef<'_>,
+        fired: &FiredMapping,
+        input: &PlanInput,
+        journal: &mut Journal,
+    ) -> Outcome {
         let Some(target) = self.program.targets.get(&fired.target) else {
             return Outcome::Permanent(format!("target `{}` is not defined", fired.target));
         };
@@ -372,17 +409,40 @@ impl Executor {
             Some(plan) => {
                 carried = self.carried_bodies(ev, target, fired, input).await;
                 let bodies: Vec<Value> = carried.iter().map(|(_, b)| b.clone()).collect();
-                match customer::find_or_create(self, ev, target, &fired.name, plan, &bodies, journal).await {
+                match customer::find_or_create(
+                    self,
+                    ev,
+                    target,
+                    &fired.name,
+                    plan,
+                    &bodies,
+                    journal,
+                )
+                .await
+                {
                     Err(outcome) => return outcome,
                     // Nothing matched and nothing may be created: skipped by design.
                     Ok(None) => return Outcome::Delivered,
                     Ok(Some(found)) => {
-                        if let (Some((answer, sent_at)), Some(cap)) =
-                            (&found.create_answer, target.customer.as_ref().and_then(|c| c.create.as_ref()))
-                        {
-                            let keys = Value::Object(plan.keys.iter().map(|k| (k.key.clone(), k.value.clone())).collect());
-                            self.reflect(journal, target, &found.id, &cap.reflects, &[("keys", &keys), ("answer", answer)], (ev.occurred_at, *sent_at))
-                                .await;
+                        if let (Some((answer, sent_at)), Some(cap)) = (
+                            &found.create_answer,
+                            target.customer.as_ref().and_then(|c| c.create.as_ref()),
+                        ) {
+                            let keys = Value::Object(
+                                plan.keys
+                                    .iter()
+                                    .map(|k| (k.key.clone(), k.value.clone()))
+                                    .collect(),
+                            );
+                            self.reflect(
+                                journal,
+                                target,
+                                &found.id,
+                                &cap.reflects,
+                                &[("keys", &keys), ("answer", answer)],
+                                (ev.occurred_at, *sent_at),
+                            )
+                            .await;
                         }
                         (Some(found.id), found.created)
                     }
@@ -396,12 +456,27 @@ impl Executor {
             if action.only_if_created && !created {
                 continue;
             }
-            let outcome = match (customer_id.as_deref(), carried.iter().find(|(i, _)| *i == index)) {
+            let outcome = match (
+                customer_id.as_deref(),
+                carried.iter().find(|(i, _)| *i == index),
+            ) {
                 (Some(id), Some((_, body))) => {
-                    self.carried(ev, fired, target, action, id, body, journal).await;
+                    self.carried(ev, fired, target, action, id, body, journal)
+                        .await;
                     continue;
                 }
-                _ => self.run_action(ev, fired, target, action, customer_id.as_deref(), input, journal).await,
+                _ => {
+                    self.run_action(
+                        ev,
+                        fired,
+                        target,
+                        action,
+                        customer_id.as_deref(),
+                        input,
+                        journal,
+                    )
+                    .await
+                }
             };
             if outcome != Outcome::Delivered {
                 return outcome;
@@ -424,7 +499,9 @@ impl Executor {
         let Some(cap) = target.customer.as_ref().and_then(|c| c.create.as_ref()) else {
             return Vec::new();
         };
-        let Some(plan) = &fired.customer else { return Vec::new() };
+        let Some(plan) = &fired.customer else {
+            return Vec::new();
+        };
         if cap.carries.is_empty() || plan.create.is_none() {
             return Vec::new();
         }
@@ -435,11 +512,21 @@ impl Executor {
             }
             // Rendered as `plan` shows it: the path names the customer still
             // unknown, the body must not.
-            let Ok(mut request) = self.program.render_operation(&target.name, &action.op, &action.params, input, ev.info)
-            else {
+            let Ok(mut request) = self.program.render_operation(
+                &target.name,
+                &action.op,
+                &action.params,
+                input,
+                ev.info,
+            ) else {
                 continue;
             };
-            if self.lookups.resolve(&self.lookup_ctx(target), target, &mut request).await.is_err() {
+            if self
+                .lookups
+                .resolve(&self.lookup_ctx(target), target, &mut request)
+                .await
+                .is_err()
+            {
                 continue;
             }
             let Some(body) = request.body else { continue };
@@ -472,12 +559,27 @@ impl Executor {
     ) {
         let sent_at = crate::store::now_ms();
         if let Some(op) = target.operations.get(&action.op) {
-            self.record_answer(journal, target, op, id, &action.params, &Value::Null, (ev.occurred_at, sent_at))
-                .await;
+            self.record_answer(
+                journal,
+                target,
+                op,
+                id,
+                &action.params,
+                &Value::Null,
+                (ev.occurred_at, sent_at),
+            )
+            .await;
             if let Some(tracks) = &op.tracks {
-                let record = journal.record_fields(&self.store, &target.name, id).await.unwrap_or_default();
+                let record = journal
+                    .record_fields(&self.store, &target.name, id)
+                    .await
+                    .unwrap_or_default();
                 let set = sync::tracked_set_after(tracks, Some(body), &record);
-                journal.remember(&target.name, id, Map::from_iter([(tracks.record.clone(), set)]));
+                journal.remember(
+                    &target.name,
+                    id,
+                    Map::from_iter([(tracks.record.clone(), set)]),
+                );
             }
         }
         journal.log(ev.entry(
@@ -503,7 +605,15 @@ impl Executor {
         journal: &mut Journal,
     ) -> Outcome {
         let log = |action: &str, request: String, status: Option<u16>, error: Option<String>| {
-            ev.entry(&fired.name, &target.name, action, customer_id, request, status, error)
+            ev.entry(
+                &fired.name,
+                &target.name,
+                action,
+                customer_id,
+                request,
+                status,
+                error,
+            )
         };
         let op = target.operations.get(&action.op);
         let mut params = std::borrow::Cow::Borrowed(&action.params);
@@ -520,7 +630,12 @@ impl Executor {
                 params: &action.params,
                 occurred_at: at,
             };
-            if let Some(refusal) = sync::refused_fields(&self.program.templates, &self.program.owners, &write, &mirrors) {
+            if let Some(refusal) = sync::refused_fields(
+                &self.program.templates,
+                &self.program.owners,
+                &write,
+                &mirrors,
+            ) {
                 tracing::info!(event = ev.row, mapping = %fired.name, "{}", refusal.note);
                 journal.log(log(refusal.action, refusal.note, None, None));
                 match refusal.params {
@@ -543,8 +658,14 @@ impl Executor {
                 event_row: ev.row,
                 occurred_at: ev.occurred_at,
             };
-            let merge = |earlier: &Value, later: &Value| sync::merge_held(&self.program, rule, earlier, later);
-            return match self.store.hold_write(&write, window.as_millis() as i64, merge).await {
+            let merge = |earlier: &Value, later: &Value| {
+                sync::merge_held(&self.program, rule, earlier, later)
+            };
+            return match self
+                .store
+                .hold_write(&write, window.as_millis() as i64, merge)
+                .await
+            {
                 Ok(held) => {
                     let note = format!(
                         "held to coalesce ({} write(s) so far); goes out at {} {}",
@@ -568,17 +689,34 @@ impl Executor {
             },
             None => Value::Null,
         };
-        let mut request = match self.request(ev, target, action, &params, customer_id, input, journal, &record).await {
+        let mut request = match self
+            .request(
+                ev,
+                target,
+                action,
+                &params,
+                customer_id,
+                input,
+                journal,
+                &record,
+            )
+            .await
+        {
             Ok(r) => r,
             Err(outcome) => return outcome,
         };
-        let tracks = op.and_then(|o| o.tracks.as_ref()).filter(|_| customer_id.is_some());
+        let tracks = op
+            .and_then(|o| o.tracks.as_ref())
+            .filter(|_| customer_id.is_some());
         if let Some(tracks) = tracks
             && !sync::tracked_body(tracks, request.body.as_mut(), &record)
         {
             journal.log(log(
                 &action.op,
-                format!("skipped: every value is already in the record's `{}`", tracks.record),
+                format!(
+                    "skipped: every value is already in the record's `{}`",
+                    tracks.record
+                ),
                 None,
                 None,
             ));
@@ -588,18 +726,35 @@ impl Executor {
         match self.http.send(target, &request).await {
             Answer::Ok(answer) => {
                 if let (Some(id), Some(op)) = (customer_id, op) {
-                    self.record_answer(journal, target, op, id, &params, &answer, (ev.occurred_at, sent_at))
-                        .await;
+                    self.record_answer(
+                        journal,
+                        target,
+                        op,
+                        id,
+                        &params,
+                        &answer,
+                        (ev.occurred_at, sent_at),
+                    )
+                    .await;
                     if let Some(tracks) = tracks {
                         let set = sync::tracked_set_after(tracks, request.body.as_ref(), &record);
-                        journal.remember(&target.name, id, Map::from_iter([(tracks.record.clone(), set)]));
+                        journal.remember(
+                            &target.name,
+                            id,
+                            Map::from_iter([(tracks.record.clone(), set)]),
+                        );
                     }
                 }
                 journal.log(log(&action.op, describe(&request), Some(200), None));
                 Outcome::Delivered
             }
             Answer::Failed(failure) => {
-                journal.log(log(&action.op, describe(&request), failure.status, Some(failure.error.clone())));
+                journal.log(log(
+                    &action.op,
+                    describe(&request),
+                    failure.status,
+                    Some(failure.error.clone()),
+                ));
                 Outcome::from_failure(failure)
             }
         }
@@ -621,7 +776,10 @@ impl Executor {
         record: &Value,
     ) -> Result<RequestPlan, Outcome> {
         let customer = match customer_id {
-            Some(id) => self.customer_value(journal, target, id, record).await.map_err(Outcome::store)?,
+            Some(id) => self
+                .customer_value(journal, target, id, record)
+                .await
+                .map_err(Outcome::store)?,
             None => Value::Object(Map::new()),
         };
         let mut request = if target.operations.contains_key(&action.op) {
@@ -639,9 +797,13 @@ impl Executor {
             put_customer(&mut raw, &customer);
             raw
         };
-        self.lookups.resolve(&self.lookup_ctx(target), target, &mut request).await?;
+        self.lookups
+            .resolve(&self.lookup_ctx(target), target, &mut request)
+            .await?;
         if let Some(left) = lookups::unresolved(&request) {
-            return Err(Outcome::Permanent(format!("cannot resolve {left} (not known for this customer yet)")));
+            return Err(Outcome::Permanent(format!(
+                "cannot resolve {left} (not known for this customer yet)"
+            )));
         }
         Ok(request)
     }
@@ -649,7 +811,13 @@ impl Executor {
     /// `customer` in an operation's templates at delivery: its id, what the
     /// sources describing the target last said of the record (their mirror)
     /// and what answers taught (`remember:`), the latter winning.
-    async fn customer_value(&self, journal: &Journal, target: &Target, id: &str, record: &Value) -> Result<Value, StoreError> {
+    async fn customer_value(
+        &self,
+        journal: &Journal,
+        target: &Target,
+        id: &str,
+        record: &Value,
+    ) -> Result<Value, StoreError> {
         let mut customer = Map::new();
         for mirror in self.mirrors_of(journal, target, id).await? {
             customer.extend(mirror.fields);
@@ -662,7 +830,12 @@ impl Executor {
     }
 
     /// The mirrors of the sources whose webhooks describe `target`'s records, for one record.
-    async fn mirrors_of(&self, journal: &Journal, target: &Target, id: &str) -> Result<Vec<MirrorRecord>, StoreError> {
+    async fn mirrors_of(
+        &self,
+        journal: &Journal,
+        target: &Target,
+        id: &str,
+    ) -> Result<Vec<MirrorRecord>, StoreError> {
         let mut mirrors = Vec::new();
         for src in self.describing(&target.name) {
             if let Some(m) = journal.mirror_of(&self.store, &src.name, id).await? {
@@ -672,7 +845,10 @@ impl Executor {
         Ok(mirrors)
     }
 
-    fn describing<'a>(&'a self, target: &'a str) -> impl Iterator<Item = &'a crate::engine::program::Source> + 'a {
+    fn describing<'a>(
+        &'a self,
+        target: &'a str,
+    ) -> impl Iterator<Item = &'a crate::engine::program::Source> + 'a {
         self.program
             .sources
             .values()
@@ -703,8 +879,15 @@ impl Executor {
         answer: &Value,
         times: (Option<i64>, i64),
     ) {
-        self.reflect(journal, target, record_id, &op.reflects, &[("params", params), ("answer", answer)], times)
-            .await;
+        self.reflect(
+            journal,
+            target,
+            record_id,
+            &op.reflects,
+            &[("params", params), ("answer", answer)],
+            times,
+        )
+        .await;
         let kept: Map<String, Value> = op
             .remember
             .iter()
@@ -729,7 +912,10 @@ impl Executor {
         if reflects.is_empty() {
             return;
         }
-        let sources: Vec<String> = self.describing(&target.name).map(|s| s.name.clone()).collect();
+        let sources: Vec<String> = self
+            .describing(&target.name)
+            .map(|s| s.name.clone())
+            .collect();
         for source in sources {
             let mirror = match journal.mirror_of(&self.store, &source, record_id).await {
                 Ok(Some(m)) => Value::Object(m.fields),
@@ -799,7 +985,12 @@ impl Executor {
                 params: &write.params,
                 occurred_at: at,
             };
-            if let Some(refusal) = sync::refused_fields(&self.program.templates, &self.program.owners, &check, &mirrors) {
+            if let Some(refusal) = sync::refused_fields(
+                &self.program.templates,
+                &self.program.owners,
+                &check,
+                &mirrors,
+            ) {
                 let note = format!("while held: {}", refusal.note);
                 journal.log(held_entry(write, refusal.action, note, None, None));
                 match refusal.params {
@@ -815,26 +1006,42 @@ impl Executor {
             known: self.lookups.known().await,
             previous: None,
         };
-        let record = match journal.record_fields(&self.store, &write.target, &write.record_id).await {
+        let record = match journal
+            .record_fields(&self.store, &write.target, &write.record_id)
+            .await
+        {
             Ok(r) => r,
             Err(e) => return Outcome::store(e),
         };
-        let customer = match self.customer_value(journal, target, &write.record_id, &record).await {
+        let customer = match self
+            .customer_value(journal, target, &write.record_id, &record)
+            .await
+        {
             Ok(c) => c,
             Err(e) => return Outcome::store(e),
         };
-        let mut request = match self
-            .program
-            .render_operation_for(&write.target, &write.op, &params, &input, &Value::Null, &customer)
-        {
+        let mut request = match self.program.render_operation_for(
+            &write.target,
+            &write.op,
+            &params,
+            &input,
+            &Value::Null,
+            &customer,
+        ) {
             Ok(r) => r,
             Err(e) => return Outcome::Permanent(e),
         };
-        if let Err(outcome) = self.lookups.resolve(&self.lookup_ctx(target), target, &mut request).await {
+        if let Err(outcome) = self
+            .lookups
+            .resolve(&self.lookup_ctx(target), target, &mut request)
+            .await
+        {
             return outcome;
         }
         if let Some(left) = lookups::unresolved(&request) {
-            return Outcome::Permanent(format!("cannot resolve {left} (not known for this customer yet)"));
+            return Outcome::Permanent(format!(
+                "cannot resolve {left} (not known for this customer yet)"
+            ));
         }
         let summary = format!(
             "coalesced {} write(s) of event(s) {:?}: {}",
@@ -845,13 +1052,27 @@ impl Executor {
         let sent_at = crate::store::now_ms();
         match self.http.send(target, &request).await {
             Answer::Ok(answer) => {
-                self.record_answer(journal, target, op, &write.record_id, &params, &answer, (write.occurred_at, sent_at))
-                    .await;
+                self.record_answer(
+                    journal,
+                    target,
+                    op,
+                    &write.record_id,
+                    &params,
+                    &answer,
+                    (write.occurred_at, sent_at),
+                )
+                .await;
                 journal.log(held_entry(write, &write.op, summary, Some(200), None));
                 Outcome::Delivered
             }
             Answer::Failed(failure) => {
-                journal.log(held_entry(write, &write.op, summary, failure.status, Some(failure.error.clone())));
+                journal.log(held_entry(
+                    write,
+                    &write.op,
+                    summary,
+                    failure.status,
+                    Some(failure.error.clone()),
+                ));
                 Outcome::from_failure(failure)
             }
         }
@@ -883,7 +1104,13 @@ async fn counted(delivery: impl std::future::Future<Output = Outcome>) -> (Outco
 }
 
 /// A sync log entry about a held write (logged against its latest event).
-fn held_entry(write: &PendingWrite, action: &str, request: String, status: Option<u16>, error: Option<String>) -> SyncLogEntry {
+fn held_entry(
+    write: &PendingWrite,
+    action: &str,
+    request: String,
+    status: Option<u16>,
+    error: Option<String>,
+) -> SyncLogEntry {
     SyncLogEntry {
         connection: write.connection.clone(),
         event_row: write.event_rows.last().copied().unwrap_or(0),
@@ -908,7 +1135,9 @@ fn put_customer(request: &mut RequestPlan, customer: &Value) {
     fn walk(v: &mut Value, customer: &Value) {
         match v {
             Value::String(s) if s.contains("${customer.") => {
-                if let Some(name) = s.strip_prefix("${customer.").and_then(|r| r.strip_suffix('}'))
+                if let Some(name) = s
+                    .strip_prefix("${customer.")
+                    .and_then(|r| r.strip_suffix('}'))
                     && !name.contains('}')
                     && let Some(found) = customer.get(name)
                 {
@@ -928,7 +1157,10 @@ fn put_customer(request: &mut RequestPlan, customer: &Value) {
             _ => {}
         }
     }
-    for part in [&mut request.query, &mut request.body].into_iter().flatten() {
+    for part in [&mut request.query, &mut request.body]
+        .into_iter()
+        .flatten()
+    {
         walk(part, customer);
     }
     let mut path = Value::String(request.path.clone());
@@ -979,11 +1211,16 @@ mod tests {
             url: "http://h/c/${customer.id}/x".into(),
             path: "/c/${customer.id}/x".into(),
             query: None,
-            body: Some(json!({"id": "${customer.id}", "points": "${customer.points}", "note": "for ${customer.id}"})),
+            body: Some(
+                json!({"id": "${customer.id}", "points": "${customer.points}", "note": "for ${customer.id}"}),
+            ),
         };
         put_customer(&mut request, &json!({"id": "c1", "points": 40}));
         assert_eq!(request.path, "/c/c1/x");
         assert_eq!(request.url, "http://h/c/c1/x");
-        assert_eq!(request.body, Some(json!({"id": "c1", "points": 40, "note": "for c1"})));
+        assert_eq!(
+            request.body,
+            Some(json!({"id": "c1", "points": 40, "note": "for c1"}))
+        );
     }
 }

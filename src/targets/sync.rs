@@ -85,7 +85,11 @@ pub struct Change {
 
 impl Change {
     /// Compares an event's values with the mirror.
-    pub fn between(record: &MirrorRecord, values: &Map<String, Value>, occurred_at: Option<i64>) -> Change {
+    pub fn between(
+        record: &MirrorRecord,
+        values: &Map<String, Value>,
+        occurred_at: Option<i64>,
+    ) -> Change {
         let mut change = Change::default();
         for (name, value) in values {
             if same_value(record.fields.get(name), Some(value)) {
@@ -123,7 +127,11 @@ impl Suppression {
 /// Whether a snapshot webhook (a source with `snapshots: true`) is to be
 /// synced, and why not: nothing fresh and something stale is stale; nothing
 /// changed at all shortly after the engine wrote the record is its echo.
-pub fn suppression(change: &Change, record: &MirrorRecord, now_ms: i64) -> Option<(Suppression, String)> {
+pub fn suppression(
+    change: &Change,
+    record: &MirrorRecord,
+    now_ms: i64,
+) -> Option<(Suppression, String)> {
     if !change.fresh.is_empty() {
         return None;
     }
@@ -136,7 +144,10 @@ pub fn suppression(change: &Change, record: &MirrorRecord, now_ms: i64) -> Optio
             ),
         ));
     }
-    if record.written_at.is_some_and(|at| now_ms - at < ECHO_WINDOW_MS) {
+    if record
+        .written_at
+        .is_some_and(|at| now_ms - at < ECHO_WINDOW_MS)
+    {
         return Some((
             Suppression::Echo,
             "echo, suppressed: the record holds what mapper wrote to it".to_string(),
@@ -148,7 +159,11 @@ pub fn suppression(change: &Change, record: &MirrorRecord, now_ms: i64) -> Optio
 /// The mirror as the mappings see it (`previous`): a late event's older
 /// values must not look like changes, so for them `previous` is what the
 /// event itself says.
-pub fn previous_for_mappings(record: &MirrorRecord, change: &Change, values: &Map<String, Value>) -> Value {
+pub fn previous_for_mappings(
+    record: &MirrorRecord,
+    change: &Change,
+    values: &Map<String, Value>,
+) -> Value {
     let mut previous = record.fields.clone();
     for name in &change.stale {
         if let Some(v) = values.get(name) {
@@ -307,7 +322,9 @@ pub fn refused_fields(
             .map(|(field, tpl)| (field, op.reflected_param(field), tpl))
             .filter(|(_, path, tpl)| match path {
                 Some(path) => param_at(params, path).is_some_and(has_value),
-                None => templates.eval_scope(tpl, &scope).is_ok_and(|v| has_value(&v)),
+                None => templates
+                    .eval_scope(tpl, &scope)
+                    .is_ok_and(|v| has_value(&v)),
             })
             .map(|(field, path, _)| (field, path))
             .collect()
@@ -346,12 +363,20 @@ pub fn refused_fields(
     if !stale.is_empty() {
         said.push(format!("{} holds newer {}", write.target, stale.join(", ")));
     }
-    let action = if conflicts.is_empty() { "stale" } else { "conflict" };
+    let action = if conflicts.is_empty() {
+        "stale"
+    } else {
+        "conflict"
+    };
     let note = format!(
         "{action}: {}, changed there after this event ({}); {}",
         said.join("; "),
         crate::store::format_ms(write.occurred_at),
-        if left { "sent without them" } else { "nothing sent" }
+        if left {
+            "sent without them"
+        } else {
+            "nothing sent"
+        }
     );
     Some(Refusal {
         action,
@@ -374,7 +399,9 @@ pub fn has_value(v: &Value) -> bool {
 pub fn remove_path(params: &mut Value, path: &[String]) -> bool {
     match path {
         [] => false,
-        [last] => params.as_object_mut().is_some_and(|m| m.remove(last).is_some()),
+        [last] => params
+            .as_object_mut()
+            .is_some_and(|m| m.remove(last).is_some()),
         [first, rest @ ..] => params
             .get_mut(first)
             .is_some_and(|inner| remove_path(inner, rest)),
@@ -413,7 +440,10 @@ pub fn merge_held(program: &Program, rule: &Coalesce, earlier: &Value, later: &V
             Some(cond) => {
                 let mut scope = Scope::new();
                 scope.set("params", later);
-                program.templates.truthy_scope(cond, &scope).unwrap_or(false)
+                program
+                    .templates
+                    .truthy_scope(cond, &scope)
+                    .unwrap_or(false)
             }
         };
     let mut merged = earlier.clone();
@@ -458,7 +488,12 @@ pub fn tracked_body(tracks: &Tracks, body: Option<&mut Value>, record: &Value) -
     let known: std::collections::HashSet<String> = record
         .get(&tracks.record)
         .and_then(Value::as_array)
-        .map(|items| items.iter().map(|v| track_key(v, tracks.fold_case)).collect())
+        .map(|items| {
+            items
+                .iter()
+                .map(|v| track_key(v, tracks.fold_case))
+                .collect()
+        })
         .unwrap_or_default();
     match body.and_then(|b| b.get_mut(&tracks.list)) {
         Some(Value::Array(items)) => {
@@ -505,7 +540,9 @@ pub fn carry_into(body: &mut Value, carried: &Value) {
         (Value::Object(a), Value::Object(b)) => {
             for (k, v) in b {
                 match a.get_mut(k) {
-                    Some(existing) if existing.is_object() && v.is_object() => carry_into(existing, v),
+                    Some(existing) if existing.is_object() && v.is_object() => {
+                        carry_into(existing, v)
+                    }
                     Some(Value::Array(items)) if v.is_array() => {
                         for item in v.as_array().into_iter().flatten() {
                             if !items.contains(item) {
@@ -549,7 +586,11 @@ mod tests {
         let table = [
             (json!("Ana@Example.com "), json!("ana@example.com"), true),
             (json!("10"), json!(10.0), true),
-            (json!(["vip", "card holder"]), json!(["card holder", "VIP"]), true),
+            (
+                json!(["vip", "card holder"]),
+                json!(["card holder", "VIP"]),
+                true,
+            ),
             (json!("10"), json!(11), false),
             (json!(["vip"]), json!(["vip", "churned"]), false),
             (json!(true), json!("true"), true),
@@ -596,17 +637,35 @@ mod tests {
             stale: stale.iter().map(|s| s.to_string()).collect(),
         };
         let kind = |c: Change, r: &MirrorRecord| suppression(&c, r, now).map(|(k, _)| k);
-        assert_eq!(kind(change(&["email"], &[]), &written), None, "a real change");
-        assert_eq!(kind(change(&[], &["email"]), &written), Some(Suppression::Stale));
+        assert_eq!(
+            kind(change(&["email"], &[]), &written),
+            None,
+            "a real change"
+        );
+        assert_eq!(
+            kind(change(&[], &["email"]), &written),
+            Some(Suppression::Stale)
+        );
         assert_eq!(kind(change(&[], &[]), &written), Some(Suppression::Echo));
-        assert_eq!(kind(change(&[], &[]), &old_write), None, "too long after our write");
-        assert_eq!(kind(change(&[], &[]), &MirrorRecord::default()), None, "never written");
+        assert_eq!(
+            kind(change(&[], &[]), &old_write),
+            None,
+            "too long after our write"
+        );
+        assert_eq!(
+            kind(change(&[], &[]), &MirrorRecord::default()),
+            None,
+            "never written"
+        );
         assert_eq!(kind(change(&["phone"], &["email"]), &written), None);
     }
 
     #[test]
     fn stale_values_look_unchanged_to_mappings() {
-        let record = record(json!({"email": "new@x.com", "phone": "+1"}), json!({"email": 2_000}));
+        let record = record(
+            json!({"email": "new@x.com", "phone": "+1"}),
+            json!({"email": 2_000}),
+        );
         let values = map(json!({"email": "old@x.com", "phone": "+2"}));
         let change = Change::between(&record, &values, Some(1_000));
         let previous = previous_for_mappings(&record, &change, &values);
@@ -616,7 +675,12 @@ mod tests {
     #[test]
     fn an_event_keeps_newer_values_and_dates_its_changes() {
         let mut r = record(json!({"phone": "+1555"}), json!({"phone": 200}));
-        let stale = apply_event(&mut r, &map(json!({"phone": "+1666", "email": "a@x"})), Some(100), 5);
+        let stale = apply_event(
+            &mut r,
+            &map(json!({"phone": "+1666", "email": "a@x"})),
+            Some(100),
+            5,
+        );
         assert_eq!(stale, vec!["phone".to_string()]);
         assert_eq!(r.fields["phone"], json!("+1555"));
         assert_eq!(r.fields["email"], json!("a@x"));
@@ -641,7 +705,10 @@ mod tests {
     #[test]
     fn a_refused_parameter_is_taken_out_of_its_tree() {
         let mut params = json!({"first_name": "Ana", "custom_fields": {"card_status": "x", "loyalty_points": 3}});
-        assert!(remove_path(&mut params, &["custom_fields".into(), "card_status".into()]));
+        assert!(remove_path(
+            &mut params,
+            &["custom_fields".into(), "card_status".into()]
+        ));
         assert!(remove_path(&mut params, &["first_name".into()]));
         assert!(!remove_path(&mut params, &["phone".into()]));
         assert_eq!(params, json!({"custom_fields": {"loyalty_points": 3}}));
@@ -670,7 +737,12 @@ mod tests {
             refused_fields(
                 &program.templates,
                 &program.owners,
-                &Write { target: "ghl", op: upsert, params: &params, occurred_at: at },
+                &Write {
+                    target: "ghl",
+                    op: upsert,
+                    params: &params,
+                    occurred_at: at,
+                },
                 std::slice::from_ref(&mirror),
             )
         };
@@ -680,14 +752,27 @@ mod tests {
         assert_eq!(r.params, Some(json!({"email": "a@x.com"})));
         let r = check(json!({"first_name": "Old"}), 1_000).unwrap_or_else(|| panic!("refused"));
         assert_eq!(r.params, None, "nothing left to send");
-        assert_eq!(check(json!({"first_name": "New"}), 3_000), None, "the event is newer");
-        assert_eq!(check(json!({"last_name": "X"}), 1_000), None, "unchanged field");
+        assert_eq!(
+            check(json!({"first_name": "New"}), 3_000),
+            None,
+            "the event is newer"
+        );
+        assert_eq!(
+            check(json!({"last_name": "X"}), 1_000),
+            None,
+            "unchanged field"
+        );
         let none: [MirrorRecord; 0] = [];
         assert_eq!(
             refused_fields(
                 &program.templates,
                 &program.owners,
-                &Write { target: "ghl", op: upsert, params: &json!({"first_name": "Old"}), occurred_at: 1 },
+                &Write {
+                    target: "ghl",
+                    op: upsert,
+                    params: &json!({"first_name": "Old"}),
+                    occurred_at: 1
+                },
                 &none,
             ),
             None,
@@ -699,7 +784,10 @@ mod tests {
     fn held_balance_writes_add_up_until_an_absolute_balance_replaces_them() {
         let program = shipped();
         let op = &program.targets["stickycards"].operations["change_card_balance"];
-        let rule = op.coalesce.as_ref().unwrap_or_else(|| panic!("not coalesced"));
+        let rule = op
+            .coalesce
+            .as_ref()
+            .unwrap_or_else(|| panic!("not coalesced"));
         let merge = |a: Value, b: Value| merge_held(&program, rule, &a, &b);
         let add = |n: i64| json!({"amount": n, "mode": "add"});
         assert_eq!(merge(add(10), add(15)), add(25));
@@ -714,14 +802,21 @@ mod tests {
             json!({"amount": 45, "mode": "set"}),
             "a delta after an absolute balance adds to it"
         );
-        assert_eq!(merge(json!({"amount": 40}), json!({"amount": 7})), json!({"amount": 7}), "no mode means set");
+        assert_eq!(
+            merge(json!({"amount": 40}), json!({"amount": 7})),
+            json!({"amount": 7}),
+            "no mode means set"
+        );
     }
 
     #[test]
     fn held_customer_writes_keep_the_latest_value_of_each_field() {
         let program = shipped();
         let op = &program.targets["stickycards"].operations["upsert_customer"];
-        let rule = op.coalesce.as_ref().unwrap_or_else(|| panic!("not coalesced"));
+        let rule = op
+            .coalesce
+            .as_ref()
+            .unwrap_or_else(|| panic!("not coalesced"));
         let merged = merge_held(
             &program,
             rule,
@@ -738,19 +833,29 @@ mod tests {
     fn plain_parameter_copies_are_known_as_such() {
         let program = shipped();
         let upsert = &program.targets["ghl"].operations["upsert_contact"];
-        assert_eq!(upsert.reflected_param("phone"), Some(vec!["phone".to_string()]));
+        assert_eq!(
+            upsert.reflected_param("phone"),
+            Some(vec!["phone".to_string()])
+        );
         assert_eq!(
             upsert.reflected_param("card_status"),
             Some(vec!["custom_fields".to_string(), "card_status".to_string()])
         );
         let balance = &program.targets["stickycards"].operations["change_card_balance"];
-        assert_eq!(balance.reflected_param("loyalty_points"), None, "computed, not copied");
+        assert_eq!(
+            balance.reflected_param("loyalty_points"),
+            None,
+            "computed, not copied"
+        );
     }
 
     #[test]
     fn a_create_carries_fields_and_joins_tags() {
         let mut body = json!({"locationId": "L", "phone": "+1", "email": "a@x.com"});
-        carry_into(&mut body, &json!({"firstName": "Ana", "email": "", "customFields": [{"id": "f1", "field_value": 3}]}));
+        carry_into(
+            &mut body,
+            &json!({"firstName": "Ana", "email": "", "customFields": [{"id": "f1", "field_value": 3}]}),
+        );
         carry_into(&mut body, &json!({"tags": ["vip"]}));
         carry_into(&mut body, &json!({"tags": ["vip", "card holder"]}));
         assert_eq!(
@@ -761,23 +866,44 @@ mod tests {
     }
 
     fn tracks(mode: TrackMode) -> Tracks {
-        Tracks { record: "tags".into(), list: "tags".into(), mode, fold_case: true }
+        Tracks {
+            record: "tags".into(),
+            list: "tags".into(),
+            mode,
+            fold_case: true,
+        }
     }
 
     #[test]
     fn tracked_sets_skip_what_the_record_has() {
         let record = json!({"tags": ["VIP"]});
         let mut body = json!({"tags": ["vip", "new"]});
-        assert!(tracked_body(&tracks(TrackMode::Add), Some(&mut body), &record));
+        assert!(tracked_body(
+            &tracks(TrackMode::Add),
+            Some(&mut body),
+            &record
+        ));
         assert_eq!(body, json!({"tags": ["new"]}));
         let mut body = json!({"tags": ["vip"]});
-        assert!(!tracked_body(&tracks(TrackMode::Add), Some(&mut body), &record));
+        assert!(!tracked_body(
+            &tracks(TrackMode::Add),
+            Some(&mut body),
+            &record
+        ));
         assert_eq!(
-            tracked_set_after(&tracks(TrackMode::Add), Some(&json!({"tags": ["new"]})), &record),
+            tracked_set_after(
+                &tracks(TrackMode::Add),
+                Some(&json!({"tags": ["new"]})),
+                &record
+            ),
             json!(["VIP", "new"])
         );
         assert_eq!(
-            tracked_set_after(&tracks(TrackMode::Remove), Some(&json!({"tags": ["vip"]})), &record),
+            tracked_set_after(
+                &tracks(TrackMode::Remove),
+                Some(&json!({"tags": ["vip"]})),
+                &record
+            ),
             json!([])
         );
     }
@@ -815,7 +941,8 @@ mod tests {
             }
             // Whatever the order, the event applied twice changes nothing more.
             let before = r.clone();
-            apply_event(&mut r, &map(json!({"f": r.fields["f"].clone()})), Some(t1.max(t2)), 0);
+            let repeat = map(json!({"f": r.fields["f"].clone()}));
+            apply_event(&mut r, &repeat, Some(t1.max(t2)), 0);
             prop_assert_eq!(r.fields, before.fields);
         }
 

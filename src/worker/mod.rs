@@ -225,17 +225,29 @@ pub fn decide(config: &WorkerConfig, event: &ClaimedEvent, outcome: &Outcome, no
     };
     match outcome {
         Outcome::Delivered => state(EventState::Delivered, now, None),
-        Outcome::Suppressed { kind: Suppression::Echo, .. } => state(EventState::Echo, now, None),
-        Outcome::Suppressed { kind: Suppression::Stale, .. } => state(EventState::Stale, now, None),
+        Outcome::Suppressed {
+            kind: Suppression::Echo,
+            ..
+        } => state(EventState::Echo, now, None),
+        Outcome::Suppressed {
+            kind: Suppression::Stale,
+            ..
+        } => state(EventState::Stale, now, None),
         Outcome::Paused { error, until } => Finish::Defer {
             until: now + until.as_millis() as i64,
             reason: error.clone(),
         },
         Outcome::Transient { error, retry_after } if event.attempts < config.max_attempts => {
             let delay = backoff(config, event.attempts - 1, *retry_after);
-            state(EventState::Retrying, now + delay.as_millis() as i64, Some(error))
+            state(
+                EventState::Retrying,
+                now + delay.as_millis() as i64,
+                Some(error),
+            )
         }
-        Outcome::Transient { error, .. } | Outcome::Permanent(error) => state(EventState::Dead, now, Some(error)),
+        Outcome::Transient { error, .. } | Outcome::Permanent(error) => {
+            state(EventState::Dead, now, Some(error))
+        }
     }
 }
 
@@ -245,7 +257,14 @@ fn log_outcome(event: &ClaimedEvent, outcome: &Outcome, finish: &Finish) {
         (Outcome::Paused { error, until }, _) => {
             tracing::warn!(event = event.id, resume_in_s = until.as_secs(), %error, "paused")
         }
-        (Outcome::Transient { error, .. }, Finish::State { state: EventState::Retrying, next_attempt_at, .. }) => {
+        (
+            Outcome::Transient { error, .. },
+            Finish::State {
+                state: EventState::Retrying,
+                next_attempt_at,
+                ..
+            },
+        ) => {
             tracing::warn!(event = event.id, attempt = event.attempts, delay_ms = next_attempt_at - now_ms(), %error, "will retry")
         }
         (Outcome::Transient { error, .. } | Outcome::Permanent(error), _) => {
