@@ -18,6 +18,8 @@ use crate::store::{
     EventState, MirrorRecord, RunSummary, Store, StoreError, SyncLogEntry, WriteTx, now_ms,
 };
 use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 /// One write a delivery makes, in the order it made it.
@@ -76,6 +78,15 @@ pub struct Journal {
     intents: Vec<Intent>,
     finish: Option<(i64, Finish)>,
     run: Option<RunSummary>,
+    /// Rows this delivery read, read once: its people are locked while it
+    /// runs, so nobody else changes them meanwhile.
+    reads: Arc<Mutex<Reads>>,
+}
+
+#[derive(Debug, Default)]
+struct Reads {
+    mirrors: HashMap<(String, String), Option<MirrorRecord>>,
+    records: HashMap<(String, String), Value>,
 }
 
 impl Journal {
@@ -86,6 +97,7 @@ impl Journal {
             intents: Vec::new(),
             finish: None,
             run: None,
+            reads: Default::default(),
         }
     }
 
@@ -96,6 +108,7 @@ impl Journal {
             intents: Vec::new(),
             finish: None,
             run: Some(run),
+            reads: Default::default(),
         }
     }
 
@@ -224,9 +237,18 @@ impl Journal {
         target: &str,
         target_id: &str,
     ) -> Result<Value, StoreError> {
-        let mut known = store
-            .record_fields(&self.connection, target, target_id)
-            .await?;
+        let key = (target.to_string(), target_id.to_string());
+        let cached = self.reads().records.get(&key).cloned();
+        let mut known = match cached {
+            Some(known) => known,
+            None => {
+                let known = store
+                    .record_fields(&self.connection, target, target_id)
+                    .await?;
+                self.reads().records.insert(key, known.clone());
+                known
+            }
+        };
         if let Value::Object(map) = &mut known {
             for intent in &self.intents {
                 if let Intent::Remember {
@@ -251,7 +273,16 @@ impl Journal {
         source: &str,
         customer_id: &str,
     ) -> Result<Option<MirrorRecord>, StoreError> {
-        let stored = store.mirror(&self.connection, source, customer_id).await?;
+        let key = (source.to_string(), customer_id.to_string());
+        let cached = self.reads().mirrors.get(&key).cloned();
+        let stored = match cached {
+            Some(stored) => stored,
+            None => {
+                let stored = store.mirror(&self.connection, source, customer_id).await?;
+                self.reads().mirrors.insert(key, stored.clone());
+                stored
+            }
+        };
         let mine: Vec<&Intent> = self
             .intents
             .iter()
@@ -274,6 +305,13 @@ impl Journal {
             }
         }
         Ok(Some(record))
+    }
+
+    fn reads(&self) -> std::sync::MutexGuard<'_, Reads> {
+        match self.reads.lock() {
+            Ok(reads) => reads,
+            Err(poisoned) => poisoned.into_inner(),
+        }
     }
 
     /// Writes this journal inside `tx`.

@@ -33,6 +33,9 @@ pub struct Lookups {
     /// Serialises listing and creating per lookup: parallel events needing
     /// the same new custom field must not create it twice.
     gates: Mutex<HashMap<Key, Arc<Mutex<()>>>>,
+    /// `known` as plans read it, rebuilt when a listing changes (not for
+    /// every event).
+    known: std::sync::RwLock<Arc<Value>>,
 }
 
 /// What the lookup stage needs of the executor.
@@ -65,14 +68,23 @@ impl Lookups {
                     .lock()
                     .await
                     .insert(key.clone(), Instant::now());
-                self.ids.lock().await.insert(key, ids);
+                self.store_ids(key, ids).await;
             }
         }
     }
 
     /// Ids already listed, as the plan's `known` (lookup kind → key → id).
-    pub async fn known(&self) -> Value {
-        let ids = self.ids.lock().await;
+    pub fn known(&self) -> Arc<Value> {
+        match self.known.read() {
+            Ok(known) => known.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Keeps a listing and rebuilds `known`.
+    async fn store_ids(&self, key: Key, listed: HashMap<String, String>) {
+        let mut ids = self.ids.lock().await;
+        ids.insert(key, listed);
         let mut out = serde_json::Map::new();
         for ((_, kind), listed) in ids.iter() {
             let entry = out
@@ -84,7 +96,11 @@ impl Lookups {
                 }
             }
         }
-        Value::Object(out)
+        let rebuilt = Arc::new(Value::Object(out));
+        match self.known.write() {
+            Ok(mut known) => *known = rebuilt,
+            Err(poisoned) => *poisoned.into_inner() = rebuilt,
+        }
     }
 
     /// Replaces every `${lookup:KIND:KEY}` in a request with the id, keeping
@@ -213,7 +229,7 @@ impl Lookups {
             }
         }
         let found = ids.get(key).cloned();
-        self.ids.lock().await.insert(cache_key, ids);
+        self.store_ids(cache_key, ids).await;
         found.ok_or_else(|| {
             Outcome::Permanent(format!(
                 "`{key}` is not a {kind} of target `{}` and is not declared under provision.{}.{kind}",
@@ -362,6 +378,36 @@ mod tests {
         assert_eq!(
             unresolved(&request),
             Some("${customer.card_id}".to_string())
+        );
+    }
+}
+
+#[cfg(test)]
+mod known_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn known_follows_every_listing_kept() {
+        let lookups = Lookups::default();
+        assert_eq!(*lookups.known(), json!(null), "nothing listed yet");
+        let key = ("ghl".to_string(), "custom_field".to_string());
+        lookups
+            .store_ids(
+                key.clone(),
+                HashMap::from([("bonus_points".into(), "f1".into())]),
+            )
+            .await;
+        assert_eq!(
+            *lookups.known(),
+            json!({"custom_field": {"bonus_points": "f1"}})
+        );
+        lookups
+            .store_ids(key, HashMap::from([("bonus_points".into(), "f2".into())]))
+            .await;
+        assert_eq!(
+            *lookups.known(),
+            json!({"custom_field": {"bonus_points": "f2"}})
         );
     }
 }

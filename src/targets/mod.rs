@@ -298,7 +298,7 @@ impl Executor {
                 self.lookups.preload(&self.lookup_ctx(target), target).await;
             }
         }
-        let known = self.lookups.known().await;
+        let known = Value::clone(&self.lookups.known());
         // The mirror is kept by the customer id inside the ordering key.
         let customer_id = event
             .customer_key
@@ -308,7 +308,7 @@ impl Executor {
         let mut values = Map::new();
         let mut previous = None;
         if let Some(key) = &customer_id {
-            let record = match self.store.mirror(connection, source, key).await {
+            let record = match journal.mirror_of(&self.store, source, key).await {
                 Ok(record) => record,
                 Err(e) => return Outcome::store(e),
             };
@@ -351,6 +351,7 @@ impl Executor {
         if let Some(err) = plan.errors.first() {
             return Outcome::Permanent(format!("mapping `{}`: {}", err.mapping, err.error));
         }
+        tracing::debug!(event = event.id, fired = plan.mappings.len(), skipped = ?plan.skipped, "planned");
         let info = serde_json::to_value(&plan.event).unwrap_or(Value::Null);
         let ev = EventRef {
             row: event.id,
@@ -1003,7 +1004,7 @@ impl Executor {
         let input = PlanInput {
             env: self.env.clone(),
             mask_secrets: false,
-            known: self.lookups.known().await,
+            known: Value::clone(&self.lookups.known()),
             previous: None,
         };
         let record = match journal
