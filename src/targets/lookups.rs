@@ -205,7 +205,7 @@ impl Lookups {
                 scope.set("env", ctx.env);
                 ctx.program
                     .render_request(target, &create.request, &scope)
-                    .map_err(Outcome::Permanent)?
+                    .map_err(|e| Outcome::Permanent(e.0))?
             };
             match ctx.http.send(target, &request).await {
                 Answer::Ok(v) => {
@@ -268,7 +268,7 @@ async fn list(
         scope.set("env", ctx.env);
         ctx.program
             .render_request(target, &lookup.list, &scope)
-            .map_err(Outcome::Permanent)?
+            .map_err(|e| Outcome::Permanent(e.0))?
     };
     let listed = match ctx.http.send(target, &request).await {
         Answer::Ok(v) => v,

@@ -787,10 +787,10 @@ impl Executor {
             self.program
                 .render_operation_for(&target.name, &action.op, params, input, ev.info, &customer)
                 .map_err(|e| {
-                    if e.contains("customer.") && customer_id.is_some() {
+                    if e.0.contains("customer.") && customer_id.is_some() {
                         Outcome::Permanent(format!("{e} (not known for this customer yet)"))
                     } else {
-                        Outcome::Permanent(e)
+                        Outcome::Permanent(e.0)
                     }
                 })?
         } else {
@@ -1030,7 +1030,7 @@ impl Executor {
             &customer,
         ) {
             Ok(r) => r,
-            Err(e) => return Outcome::Permanent(e),
+            Err(e) => return Outcome::Permanent(e.0),
         };
         if let Err(outcome) = self
             .lookups
