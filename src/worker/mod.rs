@@ -124,7 +124,6 @@ pub async fn run(
             }
         }
         batches.spawn(run_batch(
-            store.clone(),
             executor.load_full(),
             config.clone(),
             claimed,
@@ -137,14 +136,12 @@ pub async fn run(
 /// Delivers one claimed batch (distinct customers) concurrently and writes
 /// its run summary.
 async fn run_batch(
-    store: Store,
     executor: Arc<Executor>,
     config: WorkerConfig,
     claimed: Vec<ClaimedEvent>,
     permits: Vec<OwnedSemaphorePermit>,
     finished: Arc<Notify>,
 ) {
-    let _ = store;
     let started = now_ms();
     let connection = event_connection(&claimed);
     let processed = claimed.len() as i64;
@@ -284,6 +281,83 @@ fn event_connection(claimed: &[crate::store::ClaimedEvent]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(attempts: i64) -> ClaimedEvent {
+        ClaimedEvent {
+            id: 7,
+            connection: "default".into(),
+            source: "stickycards".into(),
+            event_type: "CardScannedEvent".into(),
+            body: Vec::new(),
+            attempts,
+            customer_key: None,
+            occurred_at: None,
+        }
+    }
+
+    #[test]
+    fn how_an_event_ends_over_a_table_of_outcomes() {
+        let c = WorkerConfig::default();
+        let now = 1_000_000;
+        let state_of =
+            |attempts: i64, outcome: Outcome| match decide(&c, &event(attempts), &outcome, now) {
+                Finish::State {
+                    state,
+                    next_attempt_at,
+                    error,
+                } => (state.as_str(), next_attempt_at - now, error),
+                Finish::Defer { until, reason } => ("deferred", until - now, Some(reason)),
+            };
+        let transient = || Outcome::Transient {
+            error: "503".into(),
+            retry_after: None,
+        };
+        assert_eq!(state_of(1, Outcome::Delivered), ("delivered", 0, None));
+        assert_eq!(
+            state_of(
+                1,
+                Outcome::Suppressed {
+                    kind: Suppression::Echo,
+                    note: String::new()
+                }
+            )
+            .0,
+            "echo"
+        );
+        assert_eq!(
+            state_of(
+                1,
+                Outcome::Suppressed {
+                    kind: Suppression::Stale,
+                    note: String::new()
+                }
+            )
+            .0,
+            "stale"
+        );
+        let (state, delay, error) = state_of(1, transient());
+        assert_eq!((state, error.as_deref()), ("retrying", Some("503")));
+        assert!((1_600..=2_400).contains(&delay), "{delay}");
+        assert_eq!(
+            state_of(c.max_attempts, transient()).0,
+            "dead",
+            "out of attempts"
+        );
+        assert_eq!(state_of(1, Outcome::Permanent("422".into())).0, "dead");
+        let asked = Outcome::Transient {
+            error: "429".into(),
+            retry_after: Some(Duration::from_secs(60)),
+        };
+        assert_eq!(state_of(1, asked).1, 60_000, "Retry-After is honoured");
+        let paused = Outcome::Paused {
+            error: "budget".into(),
+            until: Duration::from_secs(30),
+        };
+        assert_eq!(
+            state_of(3, paused),
+            ("deferred", 30_000, Some("budget".to_string()))
+        );
+    }
 
     #[test]
     fn backoff_grows_caps_and_honours_retry_after() {
