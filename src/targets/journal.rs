@@ -414,6 +414,9 @@ pub struct Writer {
     tx: mpsc::Sender<Pending>,
 }
 
+/// How long a run summary waits for a delivery's journal to join.
+const SUMMARY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Journals in one transaction at most: a bigger group holds SQLite's
 /// writer lock longer than a webhook's insert should wait for it.
 const MAX_GROUP: usize = 64;
@@ -430,6 +433,14 @@ impl Writer {
                         Ok(next) => group.push(next),
                         Err(_) => break,
                     }
+                }
+                // Nobody waits for a run summary: it joins the next
+                // delivery's transaction rather than pay for one of its own,
+                // unless none comes for a while.
+                if group.iter().all(|(_, done)| done.is_none())
+                    && let Ok(Some(next)) = tokio::time::timeout(SUMMARY_WAIT, rx.recv()).await
+                {
+                    group.push(next);
                 }
                 commit_group(&store, group).await;
             }
