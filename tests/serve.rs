@@ -1,104 +1,129 @@
 //! `mapper serve` over real HTTP on loopback with a real SQLite file.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use mapper::app::{App, AppConfig, DatabaseUrl, Env, Running};
+use std::process::Command;
 use std::time::Duration;
 
 mod common;
-use common::copy_dir;
+use common::{copy_dir, serve_in, settle, simulators};
 
+/// The app `mapper serve` runs, in this process, on a fresh SQLite file.
 struct Server {
-    child: Child,
     base: String,
-    _dir: tempfile::TempDir,
     db: String,
+    _running: Running,
+    _dir: tempfile::TempDir,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-const SECRETS: [(&str, &str); 5] = [
+const SECRETS: [(&str, &str); 4] = [
     ("STICKYCARDS_WEBHOOK_TOKEN", "sc-token"),
     ("SIGNALMIND_WEBHOOK_TOKEN", "sm-token"),
     ("SLICKTEXT_WEBHOOK_SECRET", "st-secret"),
     ("GHL_WORKFLOW_WEBHOOK_TOKEN", "wf-token"),
-    ("MAPPER_TEST_UNUSED", ""),
 ];
 
-fn start(with_secrets: bool) -> Result<Server, String> {
-    start_in(with_secrets, "mappings")
+async fn start() -> Server {
+    start_in("mappings").await
 }
 
-fn start_in(with_secrets: bool, mappings: &str) -> Result<Server, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+async fn start_in(mappings: &str) -> Server {
+    let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("inbox.db").display());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapper"));
-    cmd.args([
+    let program = mapper::config::compile::compile_dir(std::path::Path::new(mappings))
+        .program
+        .expect("the mappings check clean");
+    let config = AppConfig::serve(
+        program,
+        db.parse::<DatabaseUrl>().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        Some(mappings.into()),
+        SECRETS.into_iter().collect::<Env>(),
+    );
+    let running = App::start(config).await.expect("the app starts");
+    Server {
+        base: running.url().unwrap(),
+        db,
+        _running: running,
+        _dir: dir,
+    }
+}
+
+/// The command line's contract: `mapper serve` without the webhook secrets
+/// does not start, exits 1 and names every variable to set.
+#[test]
+fn refuses_to_start_without_webhook_secrets_and_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("inbox.db").display());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mapper"));
+    command.args([
         "serve",
         "--listen",
         "127.0.0.1:0",
         "--database",
         &db,
         "--mappings",
-        mappings,
-    ])
-    .env("RUST_LOG", "info")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    for (k, v) in SECRETS {
-        if with_secrets {
-            cmd.env(k, v);
-        } else {
-            cmd.env_remove(k);
-        }
+        "mappings",
+    ]);
+    for (k, _) in SECRETS {
+        command.env_remove(k);
     }
-    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
-    let stderr = child.stderr.take().ok_or("no stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let mut seen = String::new();
-    while let Some(Ok(line)) = lines.next() {
-        seen.push_str(&line);
-        seen.push('\n');
-        if let Some(at) = line.find("http://") {
-            let rest = &line[at + 7..];
-            let addr: String = rest
-                .chars()
-                .take_while(|c| *c != '/' && !c.is_whitespace())
-                .collect();
-            // Keep draining stderr so the server never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return Ok(Server {
-                child,
-                base: format!("http://{addr}"),
-                _dir: dir,
-                db,
-            });
-        }
-    }
-    let _ = child.wait();
-    Err(seen)
-}
-
-#[test]
-fn refuses_to_start_without_webhook_secrets_and_names_them() {
-    let err = start(false).err().expect("must not start");
-    for var in [
-        "STICKYCARDS_WEBHOOK_TOKEN",
-        "SIGNALMIND_WEBHOOK_TOKEN",
-        "SLICKTEXT_WEBHOOK_SECRET",
-        "GHL_WORKFLOW_WEBHOOK_TOKEN",
-    ] {
+    let out = command.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for (var, _) in SECRETS {
         assert!(err.contains(var), "{var} not named in:\n{err}");
     }
 }
 
+/// The same through the library: the error names each source and variable.
+#[tokio::test]
+async fn the_app_refuses_to_start_without_webhook_secrets() {
+    let program = mapper::config::compile::compile_dir(std::path::Path::new("mappings"))
+        .program
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = AppConfig::serve(
+        program,
+        DatabaseUrl::sqlite(&dir.path().join("x.db")),
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        Env::from_map(Default::default()),
+    );
+    config.worker.concurrency = 1;
+    let Err(mapper::app::StartError::Secrets(missing)) = App::start(config).await else {
+        panic!("must not start without secrets");
+    };
+    let text = missing.to_string();
+    for (var, _) in SECRETS {
+        assert!(text.contains(var), "{var} not named in {text}");
+    }
+}
+
+/// The command line's contract: a database URL that names no database is a
+/// usage error, before anything starts.
+#[test]
+fn a_database_url_of_no_known_kind_is_a_usage_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mapper"))
+        .args([
+            "serve",
+            "--database",
+            "mysql://x",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sqlite://FILE"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn stores_then_acknowledges_and_refuses_bad_requests_precisely() {
-    let server = start(true).expect("server starts");
+    let server = start().await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -140,7 +165,16 @@ async fn stores_then_acknowledges_and_refuses_bad_requests_precisely() {
     // Refusals: each with its status and a message saying what is wrong.
     let r = send(installed.clone(), "wrong").await.unwrap();
     assert_eq!(r.status(), 401);
-    assert!(r.text().await.unwrap().contains("token does not match"));
+    let refused: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(refused["error"], "signature", "{refused}");
+    assert_eq!(refused["header"], "token", "the query parameter: {refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("token does not match"),
+        "{refused}"
+    );
     let r = http
         .post(url("/webhooks/nosuch"))
         .body("{}")
@@ -148,6 +182,12 @@ async fn stores_then_acknowledges_and_refuses_bad_requests_precisely() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    let refused: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(refused["error"], "unknown_source", "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("stickycards"),
+        "the known sources are listed: {refused}"
+    );
     let r = send(
         b"{\n  \"event_type\": \"CardInstalledEvent\",\n  oops\n}".to_vec(),
         "sc-token",
@@ -155,7 +195,16 @@ async fn stores_then_acknowledges_and_refuses_bad_requests_precisely() {
     .await
     .unwrap();
     assert_eq!(r.status(), 400);
-    assert!(r.text().await.unwrap().contains("line 3, column 3"));
+    let refused: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(refused["error"], "malformed", "{refused}");
+    assert_eq!(refused["field"], "body", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 3, column 3"),
+        "{refused}"
+    );
     // Its own client: the server closes a connection whose body it did not read.
     let r = reqwest::Client::new()
         .post(url("/webhooks/stickycards?token=sc-token"))
@@ -173,6 +222,9 @@ async fn stores_then_acknowledges_and_refuses_bad_requests_precisely() {
         .await
         .unwrap();
     assert_eq!(r.status(), 415);
+    let refused: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(refused["error"], "content_type", "{refused}");
+    assert_eq!(refused["header"], "content-type", "{refused}");
     let r = send(br#"{"customer_id": "x"}"#.to_vec(), "sc-token")
         .await
         .unwrap();
@@ -290,7 +342,7 @@ async fn stores_then_acknowledges_and_refuses_bad_requests_precisely() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_of_concurrent_webhooks_is_stored_once_each() {
-    let server = start(true).expect("server starts");
+    let server = start().await;
     let http = reqwest::Client::new();
     let mut tasks = Vec::new();
     for i in 0..100 {
@@ -343,7 +395,7 @@ async fn hot_reload_refuses_a_broken_set_and_applies_a_good_one() {
         copy_dir(std::path::Path::new(sub), &copy.path().join(sub));
     }
     let mappings = copy.path().join("mappings");
-    let server = start_in(true, mappings.to_str().unwrap()).expect("server starts");
+    let server = start_in(mappings.to_str().unwrap()).await;
     let http = reqwest::Client::new();
     let scan = |second: u32| {
         http.post(format!("{}/webhooks/stickycards?token=sc-token", server.base))
@@ -452,5 +504,82 @@ async fn hot_reload_refuses_a_broken_set_and_applies_a_good_one() {
         reloads().await,
         settled,
         "nothing changed, nothing reloaded"
+    );
+}
+
+/// After a delivery, `/metrics` has the histograms of issue #10 with their
+/// buckets: acknowledgement by source, lag from storing to delivery, and
+/// target requests by target and status class.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_after_a_delivery_have_histogram_buckets() {
+    let (ghl, sc) = simulators().await;
+    let s = serve_in(&ghl, &sc, &[], "mappings").await;
+    let body = std::fs::read("examples/payloads/stickycards/CardInstalledEvent.json").unwrap();
+    assert_eq!(
+        common::post(&s, "stickycards", "?token=sc-token", &body).await,
+        202
+    );
+    let counts = settle(&s.db).await;
+    assert!(counts.iter().all(|c| c.state == "delivered"), "{counts:?}");
+    let text = reqwest::get(format!("{}/metrics", s.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let has = |name: &str, labels: &[&str]| {
+        lines
+            .iter()
+            .any(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
+    };
+    assert!(
+        has(
+            "mapper_webhook_ack_seconds_bucket{",
+            &["le=\"", "source=\"stickycards\""]
+        ),
+        "{text}"
+    );
+    assert!(
+        has("mapper_delivery_lag_seconds_bucket{", &["le=\"+Inf\""]),
+        "{text}"
+    );
+    assert!(
+        has(
+            "mapper_target_request_seconds_bucket{",
+            &["le=\"", "target=\"ghl\"", "status=\"2xx\""]
+        ),
+        "{text}"
+    );
+    assert!(
+        has(
+            "mapper_target_requests_total{",
+            &["target=\"ghl\"", "status=\"2xx\""]
+        ),
+        "{text}"
+    );
+    assert!(
+        has("mapper_deliveries_total{", &["outcome=\"delivered\""]),
+        "{text}"
+    );
+    assert!(has("mapper_target_calls_per_event_count", &[]), "{text}");
+    assert!(
+        has("mapper_events{", &["state=\"delivered\""]),
+        "the queue depth: {text}"
+    );
+    // One delivered event: the lag histogram counted exactly it.
+    assert!(
+        lines.contains(&"mapper_delivery_lag_seconds_count 1"),
+        "{text}"
+    );
+    // The handle the app exposes is the one `/metrics` reads.
+    assert_eq!(
+        s.running
+            .metrics
+            .render(&s.running.store)
+            .await
+            .lines()
+            .count(),
+        lines.len()
     );
 }

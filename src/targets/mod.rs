@@ -306,6 +306,8 @@ pub struct Executor {
     headers: HashMap<String, Vec<(String, String)>>,
     /// Per coalescing target: how long its writes are held (none when zero).
     coalesce_windows: HashMap<String, Duration>,
+    /// Where requests are counted and timed (the app's `/metrics`).
+    metrics: crate::metrics::Metrics,
 }
 
 impl Executor {
@@ -366,7 +368,19 @@ impl Executor {
             customer_locks: Mutex::new(HashMap::new()),
             limiter: Arc::new(limiter::Limiter::default()),
             coalesce_windows,
+            metrics: crate::metrics::Metrics::default(),
         }
+    }
+
+    /// This executor, counting its requests in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Executor {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Where this executor's requests are counted.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// This executor with every coalescing target's window replaced
@@ -1722,7 +1736,7 @@ impl Executor {
         }
         let response = match builder.send().await {
             Ok(r) => {
-                crate::server::telemetry::target_call(
+                self.metrics.target_call(
                     &target.name,
                     Some(r.status().as_u16()),
                     started.elapsed(),
@@ -1730,7 +1744,8 @@ impl Executor {
                 r
             }
             Err(e) => {
-                crate::server::telemetry::target_call(&target.name, None, started.elapsed());
+                self.metrics
+                    .target_call(&target.name, None, started.elapsed());
                 let why = if e.is_timeout() {
                     format!(
                         "no answer within {} s (timed out)",

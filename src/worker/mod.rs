@@ -193,7 +193,9 @@ async fn deliver_one(
         Outcome::Transient { .. } if event.attempts < config.max_attempts => "retrying",
         _ => "dead",
     };
-    crate::server::telemetry::event_processed(label, calls);
+    executor
+        .metrics()
+        .event_processed(label, calls, Some(event.id));
     // A database busy for a moment (SQLite's writer lock held past its
     // timeout) must not leave the event `processing` until its lease ends,
     // with every later event of the customer waiting behind it.
