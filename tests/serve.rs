@@ -583,3 +583,50 @@ async fn metrics_after_a_delivery_have_histogram_buckets() {
         lines.len()
     );
 }
+
+/// The command line's contract, as an operator meets it: `mapper serve`
+/// says where it listens, answers there, and stops cleanly (exit 0) on
+/// SIGTERM. The only test that reads the address from the binary's output.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_serve_command_listens_where_it_says_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("inbox.db").display());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mapper"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--database", &db])
+        .args(["--workers", "2", "--coalesce-window", "30s"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in SECRETS {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let base = lines.by_ref().map_while(Result::ok).find_map(|line| {
+        let at = line.find("listening for webhooks on http://")?;
+        let rest = &line[at + "listening for webhooks on ".len()..];
+        Some(rest.split("/webhooks").next()?.to_string())
+    });
+    // Keep reading so that the server never blocks on a full pipe.
+    let drain = std::thread::spawn(move || lines.map_while(Result::ok).count());
+    let Some(base) = base else {
+        let _ = child.kill();
+        panic!("serve did not say where it listens");
+    };
+    let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let terminated = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "a clean stop");
+    let _ = drain.join();
+}
