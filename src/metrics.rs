@@ -360,6 +360,11 @@ impl Metrics {
                 self.0.held_merged.get_or_create(&labels).set(writes);
             }
         }
+        self.encode()
+    }
+
+    /// The registry as it stands, in the OpenMetrics text format.
+    fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail; a label that cannot be encoded
         // leaves the text cut short rather than the scrape refused.
@@ -376,3 +381,105 @@ fn by_source(source: &str) -> BySource {
 
 /// The content type of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, start: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(start))
+    }
+
+    #[test]
+    fn documented_names_are_there_from_the_start() {
+        let text = Metrics::new().encode();
+        assert!(line(&text, "mapper_config_reloads_total{result=\"ok\"} 0").is_some());
+        assert!(line(&text, "mapper_config_reloads_total{result=\"failed\"} 0").is_some());
+        assert!(line(&text, "mapper_config_last_reload_ok 1").is_some());
+        assert!(line(&text, "mapper_target_calls_per_event_count 0").is_some());
+        assert!(line(&text, "mapper_delivery_lag_seconds_count 0").is_some());
+    }
+
+    #[test]
+    fn a_target_call_is_counted_and_timed_by_status_class() {
+        let m = Metrics::new();
+        m.target_call("ghl", Some(201), Duration::from_millis(30));
+        m.target_call("ghl", None, Duration::from_secs(20));
+        let text = m.encode();
+        assert!(
+            line(
+                &text,
+                "mapper_target_requests_total{target=\"ghl\",status=\"2xx\"} 1"
+            )
+            .is_some(),
+            "{text}"
+        );
+        assert!(
+            line(
+                &text,
+                "mapper_target_request_seconds_count{target=\"ghl\",status=\"error\"} 1"
+            )
+            .is_some(),
+            "{text}"
+        );
+        // 30 ms falls in the 40 ms bucket (5 ms doubling), not in the 20 ms one.
+        assert!(
+            line(
+                &text,
+                "mapper_target_request_seconds_bucket{le=\"0.02\",target=\"ghl\",status=\"2xx\"} 0"
+            )
+            .is_some(),
+            "{text}"
+        );
+        assert!(
+            line(
+                &text,
+                "mapper_target_request_seconds_bucket{le=\"0.04\",target=\"ghl\",status=\"2xx\"} 1"
+            )
+            .is_some(),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn delivery_lag_counts_delivered_events_this_process_stored_once() {
+        let m = Metrics::new();
+        m.webhook_accepted("stickycards", 1);
+        m.webhook_accepted("stickycards", 2);
+        m.event_processed("retrying", 1, Some(1));
+        m.event_processed("delivered", 2, Some(1));
+        m.event_processed("dead", 1, Some(2));
+        // Stored by another process: no lag known.
+        m.event_processed("delivered", 1, Some(99));
+        // A redelivery of the same id is not counted again.
+        m.event_processed("delivered", 1, Some(1));
+        let text = m.encode();
+        assert!(
+            line(&text, "mapper_delivery_lag_seconds_count 1").is_some(),
+            "{text}"
+        );
+        assert!(
+            line(&text, "mapper_deliveries_total{outcome=\"delivered\"} 3").is_some(),
+            "{text}"
+        );
+        assert!(
+            line(&text, "mapper_target_calls_per_event_count 5").is_some(),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn two_handles_count_apart_and_clones_count_together() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        a.clone().webhook_received("ghl");
+        a.webhook_received("ghl");
+        assert!(
+            line(
+                &a.encode(),
+                "mapper_webhooks_received_total{source=\"ghl\"} 2"
+            )
+            .is_some()
+        );
+        assert!(line(&b.encode(), "mapper_webhooks_received_total{").is_none());
+    }
+}

@@ -122,3 +122,90 @@ impl IntoResponse for ReceiveError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(e: ReceiveError) -> (StatusCode, serde_json::Value, Option<String>) {
+        let response = e.into_response();
+        let status = response.status();
+        let retry = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap_or_default();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or_default(),
+            retry,
+        )
+    }
+
+    #[tokio::test]
+    async fn each_refusal_is_its_status_code_and_what_was_wrong() {
+        let (status, json, _) = body(ReceiveError::ContentType {
+            name: "stickycards".into(),
+            media: "application/xml".into(),
+            expected: "JSON",
+        })
+        .await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(json["error"], "content_type");
+        assert_eq!(json["header"], "content-type");
+        assert!(
+            json["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("application/xml")
+        );
+
+        let (status, json, _) = body(ReceiveError::Malformed(DecodeError::TooLarge {
+            size: 10,
+            limit: 5,
+        }))
+        .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(json["error"], "too_large");
+
+        let (status, json, _) = body(ReceiveError::Malformed(DecodeError::MissingFormField {
+            field: "data".into(),
+        }))
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            (&json["error"], &json["field"]),
+            (&json!("malformed"), &json!("data"))
+        );
+
+        let (status, json, _) = body(ReceiveError::NoEventType(
+            crate::engine::plan::PlanError::NoEventType {
+                source: "stickycards".into(),
+                path: "$.event_type".into(),
+            },
+        ))
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(json["field"], "$.event_type");
+    }
+
+    #[tokio::test]
+    async fn what_could_not_be_stored_is_to_be_retried_ghl_on_429() {
+        for (ghl, expected) in [
+            (true, StatusCode::TOO_MANY_REQUESTS),
+            (false, StatusCode::SERVICE_UNAVAILABLE),
+        ] {
+            let (status, json, retry) = body(ReceiveError::NotStored {
+                reason: "database is locked".into(),
+                ghl,
+            })
+            .await;
+            assert_eq!(status, expected);
+            assert_eq!(json["error"], "store_failed");
+            assert_eq!(retry.as_deref(), Some("30"));
+        }
+    }
+}
