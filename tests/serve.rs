@@ -630,3 +630,73 @@ async fn the_serve_command_listens_where_it_says_and_stops_on_sigterm() {
     assert_eq!(status.code(), Some(0), "a clean stop");
     let _ = drain.join();
 }
+
+/// The same app on PostgreSQL when `MAPPER_TEST_POSTGRES_URL` is set (CI
+/// sets it): a webhook is stored, delivered to the simulator and counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_app_on_postgres_receives_and_delivers() {
+    use sqlx::Connection;
+    let Ok(admin_url) = std::env::var("MAPPER_TEST_POSTGRES_URL") else {
+        eprintln!("MAPPER_TEST_POSTGRES_URL is not set: skipping the PostgreSQL run");
+        return;
+    };
+    sqlx::any::install_default_drivers();
+    let name = format!("mapper_test_{}_app", std::process::id());
+    let mut admin = sqlx::AnyConnection::connect(&admin_url).await.unwrap();
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .unwrap_or(&admin_url);
+    let url = format!("{base}/{name}");
+
+    let (ghl, sc) = simulators().await;
+    let program = mapper::config::compile::compile_dir(std::path::Path::new("mappings"))
+        .program
+        .unwrap();
+    let mut config = AppConfig::serve(
+        program,
+        url.parse::<DatabaseUrl>().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        Env::from_map(common::serve_env(&ghl, &sc)),
+    );
+    config.coalesce_window = Some(Duration::ZERO);
+    let running = App::start(config).await.unwrap();
+    assert!(running.store.is_postgres());
+    let body = std::fs::read("examples/payloads/stickycards/CardInstalledEvent.json").unwrap();
+    let answer = reqwest::Client::new()
+        .post(format!(
+            "{}/webhooks/stickycards?token=sc-token",
+            running.url().unwrap()
+        ))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let counts = settle(&url).await;
+    assert!(counts.iter().all(|c| c.state == "delivered"), "{counts:?}");
+    assert_eq!(ghl.contacts().len(), 1);
+    let text = running.metrics.render(&running.store).await;
+    assert!(
+        text.contains("mapper_deliveries_total{outcome=\"delivered\"} 1"),
+        "{text}"
+    );
+    running.shutdown().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}
