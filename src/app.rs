@@ -305,14 +305,14 @@ impl App {
             )
         });
         let watcher = match watch {
-            Some(folder) => Some(
-                watch_mappings(&folder, state.clone(), executor, delivery).map_err(|error| {
-                    StartError::Watch {
-                        folder: folder.clone(),
-                        error,
-                    }
-                })?,
-            ),
+            Some(folder) => match watch_mappings(&folder, state.clone(), executor, delivery) {
+                Ok(watcher) => Some(watcher),
+                Err(error) => {
+                    // The tasks already started end on their own.
+                    let _ = stop.send(true);
+                    return Err(StartError::Watch { folder, error });
+                }
+            },
             None => None,
         };
         let server = match (listener, state) {
