@@ -7,23 +7,22 @@
 //! `cargo bench --bench deliver` (env `DELIVER_EVENTS`, default 2000;
 //! `DELIVER_WORKERS`, default `1,8`)
 
+use mapper::app::{App, AppConfig, DatabaseUrl, Env, Running};
 use mapper::config::compile::compile_dir;
 use mapper::engine::program::Program;
 use mapper::sandbox::ghl::{GhlConfig, GhlSandbox};
 use mapper::sandbox::{RateLimit, StickyCardsConfig, StickyCardsSandbox};
-use mapper::server::{self, AppState};
-use mapper::store::{DEFAULT_CONNECTION, Inbox, Store, SyncLogEntry};
-use mapper::targets::Executor;
+use mapper::store::{DEFAULT_CONNECTION, Store, SyncLogEntry};
 use mapper::worker::WorkerConfig;
 use serde_json::{Value, json};
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 /// Concurrent clients of the baseline, as many as mapper's default workers.
 const PUTTERS: usize = 8;
@@ -221,71 +220,25 @@ async fn baseline(total: usize) -> Load {
     run
 }
 
-/// `mapper serve` in this process: what `cli::serve::start` wires (that
-/// module is private to the command line), without the folder watcher.
-struct Mapper {
-    url: String,
-    store: Store,
-    stop: watch::Sender<bool>,
-    worker: tokio::task::JoinHandle<()>,
-}
-
+/// `mapper serve` in this process, as `App::start` wires it, without the
+/// folder watcher, the scheduled rules and the flusher of held writes.
 async fn start_mapper(
     program: Program,
     database: &str,
     env: BTreeMap<String, String>,
     workers: usize,
-) -> Mapper {
-    let store = Store::open(database).await.expect("open the store");
-    let target_env = program
-        .targets
-        .values()
-        .flat_map(|t| t.env.keys())
-        .filter_map(|name| Some((name.clone(), env.get(name)?.clone())))
-        .collect();
-    let lookup = |name: &str| env.get(name).cloned();
-    let verifiers = server::verifiers(&program, &lookup).expect("webhook secrets are set");
-    let program = Arc::new(program);
-    let executor = Executor::new(program.clone(), store.clone(), target_env);
-    assert!(
-        executor.unset_variables().is_empty(),
-        "unset target variables: {:?}",
-        executor.unset_variables()
+) -> Running {
+    let mut config = AppConfig::new(
+        program,
+        database.parse::<DatabaseUrl>().expect("a database URL"),
     );
-    let (stop, stopped) = watch::channel(false);
-    let worker = tokio::spawn(mapper::worker::run(
-        store.clone(),
-        Arc::new(arc_swap::ArcSwap::from_pointee(executor)),
-        WorkerConfig {
-            concurrency: workers,
-            ..Default::default()
-        },
-        stopped.clone(),
-    ));
-    let state = Arc::new(AppState::new(
-        server::Loaded { program, verifiers },
-        store.clone(),
-        Inbox::start(store.clone(), 256),
-        DEFAULT_CONNECTION.to_string(),
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let mut until = stopped;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, server::router(state))
-            .with_graceful_shutdown(async move {
-                let _ = until.wait_for(|stop| *stop).await;
-            })
-            .await;
-    });
-    Mapper {
-        url,
-        store,
-        stop,
-        worker,
-    }
+    config.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.env = Env::from_map(env);
+    config.worker = WorkerConfig {
+        concurrency: workers,
+        ..Default::default()
+    };
+    App::start(config).await.expect("mapper starts")
 }
 
 struct Settled {
@@ -400,7 +353,10 @@ async fn deliver(workers: usize, total: usize, example: &Value) -> Delivery {
     let mapper = start_mapper(program, &db, env, workers).await;
 
     let http = client(POSTERS);
-    let url = format!("{}/webhooks/stickycards", mapper.url);
+    let url = format!(
+        "{}/webhooks/stickycards",
+        mapper.url().expect("mapper receives webhooks")
+    );
     let post = |bodies: Vec<String>| -> MakeRequest {
         let (http, url) = (http.clone(), url.clone());
         Arc::new(move |i| {
@@ -442,8 +398,7 @@ async fn deliver(workers: usize, total: usize, example: &Value) -> Delivery {
     let ghl_calls = ghl.request_log().len() - ghl_before;
     let stickycards_calls = sc.request_log().len() - sc_before;
 
-    let _ = mapper.stop.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(30), mapper.worker).await;
+    mapper.shutdown().await;
     let delivered = settled.delivered - CUSTOMERS as i64;
     // Per batch a claim and a run summary; per event a sync-log row, a mirror
     // upsert and the finishing update.

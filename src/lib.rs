@@ -3,11 +3,14 @@
 //! - [`config`]: the mapping files, their loading and `mapper check`'s diagnostics.
 //! - [`engine`]: the pure interpreter, payload in, plan out.
 //! - [`jsonpath`]: our one door to JSONPath.
+//! - [`app`]: the engine wired and started, for every entry point.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod jsonpath;
+pub mod metrics;
 pub mod sandbox;
 pub mod schema;
 pub mod server;

@@ -10,18 +10,22 @@ use std::time::Duration;
 mod common;
 use common::{Serve, copy_dir, post, serve_in, settle, simulators};
 
-fn serve(ghl: &GhlSandbox, sc: &StickyCardsSandbox) -> Serve {
-    serve_in(ghl, sc, &[], "mappings")
+async fn serve(ghl: &GhlSandbox, sc: &StickyCardsSandbox) -> Serve {
+    serve_in(ghl, sc, &[], "mappings").await
 }
 
-fn serve_with(ghl: &GhlSandbox, sc: &StickyCardsSandbox, extra_env: &[(&str, &str)]) -> Serve {
-    serve_in(ghl, sc, extra_env, "mappings")
+async fn serve_with(
+    ghl: &GhlSandbox,
+    sc: &StickyCardsSandbox,
+    extra_env: &[(&str, &str)],
+) -> Serve {
+    serve_in(ghl, sc, extra_env, "mappings").await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_card_installed_webhook_becomes_a_ghl_contact_with_fields_and_tag() {
     let (ghl, sc) = simulators().await;
-    let s = serve(&ghl, &sc);
+    let s = serve(&ghl, &sc).await;
     let body = std::fs::read("examples/payloads/stickycards/CardInstalledEvent.json").unwrap();
     assert_eq!(post(&s, "stickycards", "?token=sc-token", &body).await, 202);
     let counts = settle(&s.db).await;
@@ -95,7 +99,7 @@ async fn a_card_installed_webhook_becomes_a_ghl_contact_with_fields_and_tag() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("mapper_target_request_seconds_count{target=\"ghl\"}"),
+        metrics.contains("mapper_target_request_seconds_count{target=\"ghl\",status=\"2xx\"}"),
         "{metrics}"
     );
     assert!(
@@ -140,7 +144,7 @@ fn field_value(
 async fn a_target_failing_with_500_then_recovering_gets_the_event_once() {
     let (ghl, sc) = simulators().await;
     ghl.inject_on("/contacts/", Fault::Status(500), 1);
-    let s = serve(&ghl, &sc);
+    let s = serve(&ghl, &sc).await;
     let body = std::fs::read("examples/payloads/stickycards/CardScannedEvent.json").unwrap();
     assert_eq!(post(&s, "stickycards", "?token=sc-token", &body).await, 202);
     // The first attempt fails; the retry comes after the backoff (about 2 s).
@@ -172,7 +176,7 @@ async fn a_signed_ghl_contact_create_becomes_a_sticky_cards_customer_with_a_card
         .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
         .unwrap();
     let (ghl, sc) = simulators().await;
-    let s = serve_with(&ghl, &sc, &[("GHL_WEBHOOK_PUBLIC_KEY", pem.as_str())]);
+    let s = serve_with(&ghl, &sc, &[("GHL_WEBHOOK_PUBLIC_KEY", pem.as_str())]).await;
     let mut payload: serde_json::Value =
         serde_json::from_slice(&std::fs::read("examples/payloads/ghl/ContactCreate.json").unwrap())
             .unwrap();
@@ -258,7 +262,7 @@ fn the_demo_delivers_every_example_and_prints_the_result() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_for_one_new_customer_creates_exactly_one_contact() {
     let (ghl, sc) = simulators().await;
-    let s = serve(&ghl, &sc);
+    let s = serve(&ghl, &sc).await;
     let mut posts = Vec::new();
     for i in 0..20 {
         let body = format!(
@@ -305,7 +309,7 @@ async fn an_unmapped_event_is_delivered_after_its_mapping_is_added_and_replayed(
     std::fs::rename(mappings.join("stickycards-ghl/engagement.yaml"), &held).unwrap();
     std::fs::remove_file(mappings.join("stickycards-ghl/engagement.test.yaml")).unwrap();
     let (ghl, sc) = simulators().await;
-    let s = serve_in(&ghl, &sc, &[], mappings.to_str().unwrap());
+    let s = serve_in(&ghl, &sc, &[], mappings.to_str().unwrap()).await;
     let body = std::fs::read("examples/payloads/stickycards/CardScannedEvent.json").unwrap();
     assert_eq!(post(&s, "stickycards", "?token=sc-token", &body).await, 202);
     let counts = settle(&s.db).await;

@@ -54,12 +54,10 @@ async fn bonus_points_reach_the_card_as_its_new_absolute_balance() {
     let s = serve_in(
         &ghl,
         &sc,
-        &[
-            ("GHL_WEBHOOK_PUBLIC_KEY", pem.as_str()),
-            ("MAPPER_COALESCE_WINDOW", "0s"),
-        ],
+        &[("GHL_WEBHOOK_PUBLIC_KEY", pem.as_str())],
         "mappings",
-    );
+    )
+    .await;
     ghl.set_webhooks(Some(GhlWebhooks::new(
         format!("{}/webhooks/ghl", s.base),
         key,

@@ -128,7 +128,7 @@ async fn a_burst_of_two_thousand_drains_at_the_declared_rate_without_a_429() {
         )
     });
     let mappings = copy.path().join("mappings");
-    let s = serve_in(&ghl, &sc, &[], mappings.to_str().unwrap());
+    let s = serve_in(&ghl, &sc, &[], mappings.to_str().unwrap()).await;
     let customers = 40;
     let bodies: Vec<String> = (0..2000)
         .map(|i| scan(i % customers, i / customers))
@@ -183,7 +183,7 @@ async fn a_spent_daily_budget_parks_events_without_using_their_retries() {
         )
     });
     let mappings = copy.path().join("mappings");
-    let s = serve_in(&ghl, &sc, &[], mappings.to_str().unwrap());
+    let s = serve_in(&ghl, &sc, &[], mappings.to_str().unwrap()).await;
     let bodies: Vec<String> = (0..10).map(|i| scan(i, i)).collect();
     post_all(&s.base, "stickycards?token=sc-token", bodies, 10).await;
     let store = Store::open(&s.db).await.unwrap();
@@ -258,7 +258,7 @@ async fn sqlx_rows(db: &str, sql: &'static str) -> Vec<(i64, i64)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn one_customers_events_apply_in_order_while_customers_run_in_parallel() {
     let (ghl, sc) = simulators().await;
-    let s = serve_in(&ghl, &sc, &[], "mappings");
+    let s = serve_in(&ghl, &sc, &[], "mappings").await;
     // Every GHL call takes a while, so order and parallelism both show.
     ghl.inject(Fault::Hang(Duration::from_millis(40)), 10_000);
     let customers = 6;
@@ -346,7 +346,7 @@ async fn a_timed_out_call_is_retried_without_duplicate_effects() {
         )
     });
     let mappings = copy.path().join("mappings");
-    let s = serve_in(&ghl, &sc, &[], mappings.to_str().unwrap());
+    let s = serve_in(&ghl, &sc, &[], mappings.to_str().unwrap()).await;
     // GHL creates the contact, but its answer comes after the timeout: the
     // retry must find that contact, not create a second one. Then the tag
     // call is lost the same way; adding a tag twice leaves one.
@@ -400,7 +400,8 @@ async fn a_known_tag_is_not_sent_again_until_ghl_says_it_is_gone() {
         &sc,
         &[("GHL_WEBHOOK_PUBLIC_KEY", signer.pem.as_str())],
         "mappings",
-    );
+    )
+    .await;
     let installed = |minute: u32| {
         let mut v: serde_json::Value = serde_json::from_slice(
             &std::fs::read("examples/payloads/stickycards/CardInstalledEvent.json").unwrap(),
@@ -546,7 +547,8 @@ async fn bonus_points_changes_add_their_difference_to_the_card() {
         &sc,
         &[("GHL_WEBHOOK_PUBLIC_KEY", signer.pem.as_str())],
         "mappings",
-    );
+    )
+    .await;
 
     let mut contact: serde_json::Value =
         serde_json::from_slice(&std::fs::read("examples/payloads/ghl/ContactCreate.json").unwrap())
@@ -637,7 +639,8 @@ async fn the_engines_own_writes_coming_back_are_echoes() {
         &sc,
         &[("GHL_WEBHOOK_PUBLIC_KEY", signer.pem.as_str())],
         "mappings",
-    );
+    )
+    .await;
     // The customer the Sticky Cards event is about exists there.
     let customer = sc.add_customer(
         Some("Ana"),
@@ -731,7 +734,7 @@ async fn the_inactivity_schedule_tags_and_untags_contacts() {
     std::fs::write(&project, text.replace("every: 1h", "every: 1s")).unwrap();
     let mappings = copy.path().join("mappings");
     let (ghl, sc) = simulators().await;
-    let s = serve_in(&ghl, &sc, &[], mappings.to_str().unwrap());
+    let s = serve_in(&ghl, &sc, &[], mappings.to_str().unwrap()).await;
     let installed =
         std::fs::read_to_string("examples/payloads/stickycards/CardInstalledEvent.json").unwrap();
     post_all(&s.base, "stickycards?token=sc-token", vec![installed], 1).await;

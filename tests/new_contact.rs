@@ -11,7 +11,7 @@ use common::{post, serve_in, settle_within, simulators};
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_contact_costs_two_searches_and_one_create_that_carries_its_fields_and_tags() {
     let (ghl, sc) = simulators().await;
-    let s = serve_in(&ghl, &sc, &[], "mappings");
+    let s = serve_in(&ghl, &sc, &[], "mappings").await;
     let body = std::fs::read("examples/payloads/stickycards/CardInstalledEvent.json").unwrap();
     assert_eq!(post(&s, "stickycards", "?token=sc-token", &body).await, 202);
     let counts = settle_within(&s.db, Duration::from_secs(30)).await;

@@ -4,11 +4,11 @@
 //! a run killed halfway and continued without creating anything twice, and
 //! the target's rate limit holding for a whole run.
 
+use mapper::app::{App, AppConfig, DatabaseUrl, Env, Running};
 use mapper::sandbox::ghl::{GhlConfig, GhlSandbox};
 use mapper::sandbox::{Fault, LoggedRequest, RateLimit, StickyCardsSandbox};
 use mapper::store::Store;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -69,58 +69,38 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
-/// A `mapper serve` on a database the test keeps after stopping it.
+/// What `mapper serve` runs, in this process, on a database the test keeps
+/// after stopping it.
 struct Serving {
-    child: std::process::Child,
+    running: Running,
     base: String,
 }
 
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+async fn serve(db: &str, ghl: &GhlSandbox, sc: &StickyCardsSandbox) -> Serving {
+    let mut env: Vec<(&str, String)> = target_env(ghl, sc);
+    for (k, v) in [
+        ("STICKYCARDS_WEBHOOK_TOKEN", "sc-token"),
+        ("SIGNALMIND_WEBHOOK_TOKEN", "sm-token"),
+        ("SLICKTEXT_WEBHOOK_SECRET", "st-secret"),
+        ("GHL_WORKFLOW_WEBHOOK_TOKEN", "wf-token"),
+    ] {
+        env.push((k, v.to_string()));
     }
-}
-
-fn serve(db: &str, ghl: &GhlSandbox, sc: &StickyCardsSandbox) -> Serving {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mapper"));
-    for (k, v) in target_env(ghl, sc) {
-        command.env(k, v);
-    }
-    let mut child = command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            db,
-            "--mappings",
-            "mappings",
-        ])
-        .env("STICKYCARDS_WEBHOOK_TOKEN", "sc-token")
-        .env("SIGNALMIND_WEBHOOK_TOKEN", "sm-token")
-        .env("SLICKTEXT_WEBHOOK_SECRET", "st-secret")
-        .env("GHL_WORKFLOW_WEBHOOK_TOKEN", "wf-token")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
+    let program = mapper::config::compile::compile_dir(Path::new("mappings"))
+        .program
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut base = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap_or_default();
-        if let Some(at) = line.find("http://") {
-            let addr: String = line[at + 7..]
-                .chars()
-                .take_while(|c| *c != '/' && !c.is_whitespace())
-                .collect();
-            base = format!("http://{addr}");
-            break;
-        }
+    let config = AppConfig::serve(
+        program,
+        db.parse::<DatabaseUrl>().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        env.into_iter().collect::<Env>(),
+    );
+    let running = App::start(config).await.unwrap();
+    Serving {
+        base: running.url().unwrap(),
+        running,
     }
-    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-    assert!(base.starts_with("http://"), "serve did not start");
-    Serving { child, base }
 }
 
 /// A copy of the shipped mapping set with the GHL profile's rate limit replaced.
@@ -227,7 +207,7 @@ async fn an_emptied_ghl_is_rebuilt_from_the_mirror_and_a_second_run_changes_noth
                "card": {"id": "card_3", "status": "removed", "balance": 0}}),
     ];
     {
-        let s = serve(&db, &ghl, &sc);
+        let s = serve(&db, &ghl, &sc).await;
         let http = reqwest::Client::new();
         for body in &webhooks {
             let status = http
@@ -242,6 +222,7 @@ async fn an_emptied_ghl_is_rebuilt_from_the_mirror_and_a_second_run_changes_noth
         let counts = settle(&db).await;
         assert!(counts.iter().all(|c| c.state == "delivered"), "{counts:?}");
         assert_eq!(ghl.contacts().len(), 3);
+        s.running.shutdown().await;
     }
     // Only a payment is a purchase: card events leave last_purchase_date out of the mirror.
     let store = Store::open(&db).await.unwrap();

@@ -1,104 +1,129 @@
 //! `mapper serve` over real HTTP on loopback with a real SQLite file.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use mapper::app::{App, AppConfig, DatabaseUrl, Env, Running};
+use std::process::Command;
 use std::time::Duration;
 
 mod common;
-use common::copy_dir;
+use common::{copy_dir, serve_in, settle, simulators};
 
+/// The app `mapper serve` runs, in this process, on a fresh SQLite file.
 struct Server {
-    child: Child,
     base: String,
-    _dir: tempfile::TempDir,
     db: String,
+    _running: Running,
+    _dir: tempfile::TempDir,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-const SECRETS: [(&str, &str); 5] = [
+const SECRETS: [(&str, &str); 4] = [
     ("STICKYCARDS_WEBHOOK_TOKEN", "sc-token"),
     ("SIGNALMIND_WEBHOOK_TOKEN", "sm-token"),
     ("SLICKTEXT_WEBHOOK_SECRET", "st-secret"),
     ("GHL_WORKFLOW_WEBHOOK_TOKEN", "wf-token"),
-    ("MAPPER_TEST_UNUSED", ""),
 ];
 
-fn start(with_secrets: bool) -> Result<Server, String> {
-    start_in(with_secrets, "mappings")
+async fn start() -> Server {
+    start_in("mappings").await
 }
 
-fn start_in(with_secrets: bool, mappings: &str) -> Result<Server, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+async fn start_in(mappings: &str) -> Server {
+    let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("inbox.db").display());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapper"));
-    cmd.args([
+    let program = mapper::config::compile::compile_dir(std::path::Path::new(mappings))
+        .program
+        .expect("the mappings check clean");
+    let config = AppConfig::serve(
+        program,
+        db.parse::<DatabaseUrl>().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        Some(mappings.into()),
+        SECRETS.into_iter().collect::<Env>(),
+    );
+    let running = App::start(config).await.expect("the app starts");
+    Server {
+        base: running.url().unwrap(),
+        db,
+        _running: running,
+        _dir: dir,
+    }
+}
+
+/// The command line's contract: `mapper serve` without the webhook secrets
+/// does not start, exits 1 and names every variable to set.
+#[test]
+fn refuses_to_start_without_webhook_secrets_and_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("inbox.db").display());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mapper"));
+    command.args([
         "serve",
         "--listen",
         "127.0.0.1:0",
         "--database",
         &db,
         "--mappings",
-        mappings,
-    ])
-    .env("RUST_LOG", "info")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    for (k, v) in SECRETS {
-        if with_secrets {
-            cmd.env(k, v);
-        } else {
-            cmd.env_remove(k);
-        }
+        "mappings",
+    ]);
+    for (k, _) in SECRETS {
+        command.env_remove(k);
     }
-    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
-    let stderr = child.stderr.take().ok_or("no stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let mut seen = String::new();
-    while let Some(Ok(line)) = lines.next() {
-        seen.push_str(&line);
-        seen.push('\n');
-        if let Some(at) = line.find("http://") {
-            let rest = &line[at + 7..];
-            let addr: String = rest
-                .chars()
-                .take_while(|c| *c != '/' && !c.is_whitespace())
-                .collect();
-            // Keep draining stderr so the server never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return Ok(Server {
-                child,
-                base: format!("http://{addr}"),
-                _dir: dir,
-                db,
-            });
-        }
-    }
-    let _ = child.wait();
-    Err(seen)
-}
-
-#[test]
-fn refuses_to_start_without_webhook_secrets_and_names_them() {
-    let err = start(false).err().expect("must not start");
-    for var in [
-        "STICKYCARDS_WEBHOOK_TOKEN",
-        "SIGNALMIND_WEBHOOK_TOKEN",
-        "SLICKTEXT_WEBHOOK_SECRET",
-        "GHL_WORKFLOW_WEBHOOK_TOKEN",
-    ] {
+    let out = command.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for (var, _) in SECRETS {
         assert!(err.contains(var), "{var} not named in:\n{err}");
     }
 }
 
+/// The same through the library: the error names each source and variable.
+#[tokio::test]
+async fn the_app_refuses_to_start_without_webhook_secrets() {
+    let program = mapper::config::compile::compile_dir(std::path::Path::new("mappings"))
+        .program
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = AppConfig::serve(
+        program,
+        DatabaseUrl::sqlite(&dir.path().join("x.db")),
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        Env::from_map(Default::default()),
+    );
+    config.worker.concurrency = 1;
+    let Err(mapper::app::StartError::Secrets(missing)) = App::start(config).await else {
+        panic!("must not start without secrets");
+    };
+    let text = missing.to_string();
+    for (var, _) in SECRETS {
+        assert!(text.contains(var), "{var} not named in {text}");
+    }
+}
+
+/// The command line's contract: a database URL that names no database is a
+/// usage error, before anything starts.
+#[test]
+fn a_database_url_of_no_known_kind_is_a_usage_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mapper"))
+        .args([
+            "serve",
+            "--database",
+            "mysql://x",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sqlite://FILE"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn stores_then_acknowledges_and_refuses_bad_requests_precisely() {
-    let server = start(true).expect("server starts");
+    let server = start().await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -140,7 +165,16 @@ async fn stores_then_acknowledges_and_refuses_bad_requests_precisely() {
     // Refusals: each with its status and a message saying what is wrong.
     let r = send(installed.clone(), "wrong").await.unwrap();
     assert_eq!(r.status(), 401);
-    assert!(r.text().await.unwrap().contains("token does not match"));
+    let refused: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(refused["error"], "signature", "{refused}");
+    assert_eq!(refused["header"], "token", "the query parameter: {refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("token does not match"),
+        "{refused}"
+    );
     let r = http
         .post(url("/webhooks/nosuch"))
         .body("{}")
@@ -148,6 +182,12 @@ async fn stores_then_acknowledges_and_refuses_bad_requests_precisely() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    let refused: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(refused["error"], "unknown_source", "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("stickycards"),
+        "the known sources are listed: {refused}"
+    );
     let r = send(
         b"{\n  \"event_type\": \"CardInstalledEvent\",\n  oops\n}".to_vec(),
         "sc-token",
@@ -155,7 +195,16 @@ async fn stores_then_acknowledges_and_refuses_bad_requests_precisely() {
     .await
     .unwrap();
     assert_eq!(r.status(), 400);
-    assert!(r.text().await.unwrap().contains("line 3, column 3"));
+    let refused: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(refused["error"], "malformed", "{refused}");
+    assert_eq!(refused["field"], "body", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 3, column 3"),
+        "{refused}"
+    );
     // Its own client: the server closes a connection whose body it did not read.
     let r = reqwest::Client::new()
         .post(url("/webhooks/stickycards?token=sc-token"))
@@ -173,6 +222,9 @@ async fn stores_then_acknowledges_and_refuses_bad_requests_precisely() {
         .await
         .unwrap();
     assert_eq!(r.status(), 415);
+    let refused: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(refused["error"], "content_type", "{refused}");
+    assert_eq!(refused["header"], "content-type", "{refused}");
     let r = send(br#"{"customer_id": "x"}"#.to_vec(), "sc-token")
         .await
         .unwrap();
@@ -290,7 +342,7 @@ async fn stores_then_acknowledges_and_refuses_bad_requests_precisely() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_of_concurrent_webhooks_is_stored_once_each() {
-    let server = start(true).expect("server starts");
+    let server = start().await;
     let http = reqwest::Client::new();
     let mut tasks = Vec::new();
     for i in 0..100 {
@@ -343,7 +395,7 @@ async fn hot_reload_refuses_a_broken_set_and_applies_a_good_one() {
         copy_dir(std::path::Path::new(sub), &copy.path().join(sub));
     }
     let mappings = copy.path().join("mappings");
-    let server = start_in(true, mappings.to_str().unwrap()).expect("server starts");
+    let server = start_in(mappings.to_str().unwrap()).await;
     let http = reqwest::Client::new();
     let scan = |second: u32| {
         http.post(format!("{}/webhooks/stickycards?token=sc-token", server.base))
@@ -453,4 +505,198 @@ async fn hot_reload_refuses_a_broken_set_and_applies_a_good_one() {
         settled,
         "nothing changed, nothing reloaded"
     );
+}
+
+/// After a delivery, `/metrics` has the histograms of issue #10 with their
+/// buckets: acknowledgement by source, lag from storing to delivery, and
+/// target requests by target and status class.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_after_a_delivery_have_histogram_buckets() {
+    let (ghl, sc) = simulators().await;
+    let s = serve_in(&ghl, &sc, &[], "mappings").await;
+    let body = std::fs::read("examples/payloads/stickycards/CardInstalledEvent.json").unwrap();
+    assert_eq!(
+        common::post(&s, "stickycards", "?token=sc-token", &body).await,
+        202
+    );
+    let counts = settle(&s.db).await;
+    assert!(counts.iter().all(|c| c.state == "delivered"), "{counts:?}");
+    let text = reqwest::get(format!("{}/metrics", s.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let has = |name: &str, labels: &[&str]| {
+        lines
+            .iter()
+            .any(|l| l.starts_with(name) && labels.iter().all(|want| l.contains(want)))
+    };
+    assert!(
+        has(
+            "mapper_webhook_ack_seconds_bucket{",
+            &["le=\"", "source=\"stickycards\""]
+        ),
+        "{text}"
+    );
+    assert!(
+        has("mapper_delivery_lag_seconds_bucket{", &["le=\"+Inf\""]),
+        "{text}"
+    );
+    assert!(
+        has(
+            "mapper_target_request_seconds_bucket{",
+            &["le=\"", "target=\"ghl\"", "status=\"2xx\""]
+        ),
+        "{text}"
+    );
+    assert!(
+        has(
+            "mapper_target_requests_total{",
+            &["target=\"ghl\"", "status=\"2xx\""]
+        ),
+        "{text}"
+    );
+    assert!(
+        has("mapper_deliveries_total{", &["outcome=\"delivered\""]),
+        "{text}"
+    );
+    assert!(has("mapper_target_calls_per_event_count", &[]), "{text}");
+    assert!(
+        has("mapper_events{", &["state=\"delivered\""]),
+        "the queue depth: {text}"
+    );
+    // One delivered event: the lag histogram counted exactly it.
+    assert!(
+        lines.contains(&"mapper_delivery_lag_seconds_count 1"),
+        "{text}"
+    );
+    // The handle the app exposes is the one `/metrics` reads.
+    assert_eq!(
+        s.running
+            .metrics
+            .render(&s.running.store)
+            .await
+            .lines()
+            .count(),
+        lines.len()
+    );
+}
+
+/// The command line's contract, as an operator meets it: `mapper serve`
+/// says where it listens, answers there, and stops cleanly (exit 0) on
+/// SIGTERM. The only test that reads the address from the binary's output.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_serve_command_listens_where_it_says_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("inbox.db").display());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mapper"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--database", &db])
+        .args(["--workers", "2", "--coalesce-window", "30s"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in SECRETS {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let base = lines.by_ref().map_while(Result::ok).find_map(|line| {
+        let at = line.find("listening for webhooks on http://")?;
+        let rest = &line[at + "listening for webhooks on ".len()..];
+        Some(rest.split("/webhooks").next()?.to_string())
+    });
+    // Keep reading so that the server never blocks on a full pipe.
+    let drain = std::thread::spawn(move || lines.map_while(Result::ok).count());
+    let Some(base) = base else {
+        let _ = child.kill();
+        panic!("serve did not say where it listens");
+    };
+    let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let terminated = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(terminated.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "a clean stop");
+    let _ = drain.join();
+}
+
+/// The same app on PostgreSQL when `MAPPER_TEST_POSTGRES_URL` is set (CI
+/// sets it): a webhook is stored, delivered to the simulator and counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_app_on_postgres_receives_and_delivers() {
+    use sqlx::Connection;
+    let Ok(admin_url) = std::env::var("MAPPER_TEST_POSTGRES_URL") else {
+        eprintln!("MAPPER_TEST_POSTGRES_URL is not set: skipping the PostgreSQL run");
+        return;
+    };
+    sqlx::any::install_default_drivers();
+    let name = format!("mapper_test_{}_app", std::process::id());
+    let mut admin = sqlx::AnyConnection::connect(&admin_url).await.unwrap();
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .unwrap_or(&admin_url);
+    let url = format!("{base}/{name}");
+
+    let (ghl, sc) = simulators().await;
+    let program = mapper::config::compile::compile_dir(std::path::Path::new("mappings"))
+        .program
+        .unwrap();
+    let mut config = AppConfig::serve(
+        program,
+        url.parse::<DatabaseUrl>().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        Env::from_map(common::serve_env(&ghl, &sc)),
+    );
+    config.coalesce_window = Some(Duration::ZERO);
+    let running = App::start(config).await.unwrap();
+    assert!(running.store.is_postgres());
+    let body = std::fs::read("examples/payloads/stickycards/CardInstalledEvent.json").unwrap();
+    let answer = reqwest::Client::new()
+        .post(format!(
+            "{}/webhooks/stickycards?token=sc-token",
+            running.url().unwrap()
+        ))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let counts = settle(&url).await;
+    assert!(counts.iter().all(|c| c.state == "delivered"), "{counts:?}");
+    assert_eq!(ghl.contacts().len(), 1);
+    let text = running.metrics.render(&running.store).await;
+    assert!(
+        text.contains("mapper_deliveries_total{outcome=\"delivered\"} 1"),
+        "{text}"
+    );
+    running.shutdown().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
 }

@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{Serve, post_ghl, rest_within as rest, serve_in};
+use common::{Serve, post_ghl, rest_within as rest, serve_holding};
 
 /// People added in GHL (the engine creates them in Sticky Cards).
 const GHL_PEOPLE: usize = 20;
@@ -244,16 +244,21 @@ async fn a_few_thousand_mixed_changes_come_to_rest_with_both_sides_equal() {
     // Sticky Cards writes are held to coalesce for 5 minutes in production;
     // by default the soak sends each at once (the count of calls per change
     // without merging). `SOAK_COALESCE_WINDOW=2s` measures it with merging.
-    let window = std::env::var("SOAK_COALESCE_WINDOW").unwrap_or_else(|_| "0s".into());
-    let s = serve_in(
+    let window = std::env::var("SOAK_COALESCE_WINDOW")
+        .ok()
+        .map(|w| {
+            mapper::config::compile::parse_duration(&w)
+                .unwrap_or_else(|| panic!("SOAK_COALESCE_WINDOW={w} is not a duration"))
+        })
+        .unwrap_or_default();
+    let s = serve_holding(
         &ghl,
         &sc,
-        &[
-            ("GHL_WEBHOOK_PUBLIC_KEY", pem.as_str()),
-            ("MAPPER_COALESCE_WINDOW", window.as_str()),
-        ],
+        &[("GHL_WEBHOOK_PUBLIC_KEY", pem.as_str())],
         "mappings",
-    );
+        window,
+    )
+    .await;
     let store = Store::open(&s.db).await.unwrap();
     let _keep = KeepDb(s.db.clone());
     let mut ghl_hooks = GhlWebhooks::new(format!("{}/webhooks/ghl", s.base), key.clone());
@@ -598,7 +603,7 @@ async fn a_few_thousand_mixed_changes_come_to_rest_with_both_sides_equal() {
         counts.get("stale").copied().unwrap_or(0),
     );
     eprintln!(
-        "soak: window={window} changes={changes} webhooks={webhooks} events_stored={events} echo={echo} stale={stale} duplicate={duplicates} api_calls={api_calls} api_calls_per_event={:.2} api_calls_per_change={:.2} tags_not_segments_before_sweep={behind}",
+        "soak: window={window:?} changes={changes} webhooks={webhooks} events_stored={events} echo={echo} stale={stale} duplicate={duplicates} api_calls={api_calls} api_calls_per_event={:.2} api_calls_per_change={:.2} tags_not_segments_before_sweep={behind}",
         api_calls as f64 / events as f64,
         api_calls as f64 / changes as f64,
     );

@@ -34,12 +34,10 @@ impl Fixture {
         let s = serve_in(
             &ghl,
             &sc,
-            &[
-                ("GHL_WEBHOOK_PUBLIC_KEY", pem.as_str()),
-                ("MAPPER_COALESCE_WINDOW", "0s"),
-            ],
+            &[("GHL_WEBHOOK_PUBLIC_KEY", pem.as_str())],
             "mappings",
-        );
+        )
+        .await;
         let store = Store::open(&s.db).await.unwrap();
         ghl.set_webhooks(Some(GhlWebhooks::new(
             format!("{}/webhooks/ghl", s.base),

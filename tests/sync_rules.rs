@@ -9,8 +9,8 @@ use std::time::Duration;
 
 mod common;
 use common::{
-    Serve, create_contact, create_custom_field as custom_field, post, serve_in, settle_within,
-    simulators,
+    Serve, create_contact, create_custom_field as custom_field, post, serve_holding, serve_in,
+    settle_within, simulators,
 };
 
 /// An Ed25519 key pair: the simulator signs with it, serve checks with the PEM.
@@ -61,15 +61,14 @@ async fn writes_to_sticky_cards_in_one_window_go_out_as_one_call_per_operation()
     let (key, pem) = signing_key();
     let (ghl, sc) = simulators().await;
     let bonus = custom_field(&ghl, "Bonus Points", "bonus_points").await;
-    let s = serve_in(
+    let s = serve_holding(
         &ghl,
         &sc,
-        &[
-            ("GHL_WEBHOOK_PUBLIC_KEY", pem.as_str()),
-            ("MAPPER_COALESCE_WINDOW", "4s"),
-        ],
+        &[("GHL_WEBHOOK_PUBLIC_KEY", pem.as_str())],
         "mappings",
-    );
+        Duration::from_secs(4),
+    )
+    .await;
     ghl.set_webhooks(Some(GhlWebhooks::new(
         format!("{}/webhooks/ghl", s.base),
         key,
@@ -184,7 +183,8 @@ async fn a_field_its_owner_changed_later_is_refused_and_logged_as_a_conflict() {
         &sc,
         &[("GHL_WEBHOOK_PUBLIC_KEY", pem.as_str())],
         "mappings",
-    );
+    )
+    .await;
     ghl.set_webhooks(Some(GhlWebhooks::new(
         format!("{}/webhooks/ghl", s.base),
         key,
@@ -293,15 +293,14 @@ async fn a_held_write_the_owner_overtook_while_it_waited_is_refused_when_due() {
     use mapper::sandbox::StickyCardsWebhooks;
     let (key, pem) = signing_key();
     let (ghl, sc) = simulators().await;
-    let s = serve_in(
+    let s = serve_holding(
         &ghl,
         &sc,
-        &[
-            ("GHL_WEBHOOK_PUBLIC_KEY", pem.as_str()),
-            ("MAPPER_COALESCE_WINDOW", "3s"),
-        ],
+        &[("GHL_WEBHOOK_PUBLIC_KEY", pem.as_str())],
         "mappings",
-    );
+        Duration::from_secs(3),
+    )
+    .await;
     ghl.set_webhooks(Some(GhlWebhooks::new(
         format!("{}/webhooks/ghl", s.base),
         key,

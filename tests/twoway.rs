@@ -75,7 +75,8 @@ async fn changes_on_both_sides_come_to_rest_with_both_sides_equal() {
         &sc,
         &[("GHL_WEBHOOK_PUBLIC_KEY", pem.as_str())],
         "mappings",
-    );
+    )
+    .await;
     ghl.set_webhooks(Some(GhlWebhooks::new(
         format!("{}/webhooks/ghl", s.base),
         key,

@@ -3,23 +3,16 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use mapper::app::{App, AppConfig, DatabaseUrl, Env, Running, StartError};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+/// The app `mapper serve` runs, in this process.
 struct Server {
-    child: Child,
     base: String,
+    _running: Running,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// What the shipped mappings need to start (as in tests/serve.rs).
@@ -30,54 +23,26 @@ const SHIPPED_SECRETS: [(&str, &str); 4] = [
     ("GHL_WORKFLOW_WEBHOOK_TOKEN", "wf-token"),
 ];
 
-/// Starts `mapper serve` with exactly these verification variables; the
-/// error is its stderr when it does not start.
-fn start(mappings: &str, env: &[(&str, &str)]) -> Result<Server, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let db = format!("sqlite://{}", dir.path().join("x.db").display());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mapper"));
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--database",
-        &db,
-        "--mappings",
-        mappings,
-    ])
-    .env("RUST_LOG", "info")
-    // Not inherited from whoever runs the tests: each test says what is set.
-    .env_remove("GHL_WEBHOOK_PUBLIC_KEY")
-    .env_remove("GHL_WEBHOOK_RSA_PUBLIC_KEY")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
-    let stderr = child.stderr.take().ok_or("no stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let mut seen = String::new();
-    while let Some(Ok(line)) = lines.next() {
-        seen.push_str(&line);
-        seen.push('\n');
-        if let Some(at) = line.find("http://") {
-            let rest = &line[at + 7..];
-            let addr: String = rest
-                .chars()
-                .take_while(|c| *c != '/' && !c.is_whitespace())
-                .collect();
-            // Keep draining stderr so the server never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return Ok(Server {
-                child,
-                base: format!("http://{addr}"),
-                _dir: dir,
-            });
-        }
-    }
-    let _ = child.wait();
-    Err(seen)
+/// Starts the app with exactly these variables (nothing from the process's
+/// environment); the error when it does not start.
+async fn start(mappings: &str, env: &[(&str, &str)]) -> Result<Server, StartError> {
+    let dir = tempfile::tempdir().unwrap();
+    let program = mapper::config::compile::compile_dir(std::path::Path::new(mappings))
+        .program
+        .expect("the mappings check clean");
+    let config = AppConfig::serve(
+        program,
+        DatabaseUrl::sqlite(&dir.path().join("x.db")),
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        env.iter().copied().collect::<Env>(),
+    );
+    let running = App::start(config).await?;
+    Ok(Server {
+        base: running.url().unwrap(),
+        _running: running,
+        _dir: dir,
+    })
 }
 
 fn http() -> reqwest::Client {
@@ -179,7 +144,9 @@ fn as_refs<'a>(env: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn ghl_legacy_rsa_signature_end_to_end() {
     let env = with_rsa_key(&rsa_public_pem());
-    let server = start("mappings", &as_refs(&env)).expect("server starts");
+    let server = start("mappings", &as_refs(&env))
+        .await
+        .expect("server starts");
     let url = format!("{}/webhooks/ghl", server.base);
     let body = contact_create();
     let signature = rsa_sign(&body);
@@ -194,14 +161,15 @@ async fn ghl_legacy_rsa_signature_end_to_end() {
     let (status, text) = post(&url, &[("x-wh-signature", &signature)], &tampered).await;
     assert_eq!(status, 401, "{text}");
     assert!(
-        json_field(&text, "error").contains("x-wh-signature does not match the body"),
+        json_field(&text, "message").contains("x-wh-signature does not match the body"),
         "{text}"
     );
+    assert_eq!(json_field(&text, "header"), "x-wh-signature", "{text}");
 
     let (status, text) = post(&url, &[], &body).await;
     assert_eq!(status, 401, "{text}");
     assert!(
-        json_field(&text, "error").contains("missing x-ghl-signature"),
+        json_field(&text, "message").contains("missing x-ghl-signature"),
         "{text}"
     );
 
@@ -218,7 +186,9 @@ async fn ghl_legacy_rsa_signature_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ghl_rsa_only_request_without_a_configured_key_is_refused_with_guidance() {
-    let server = start("mappings", &SHIPPED_SECRETS).expect("server starts");
+    let server = start("mappings", &SHIPPED_SECRETS)
+        .await
+        .expect("server starts");
     let body = contact_create();
     let (status, text) = post(
         &format!("{}/webhooks/ghl", server.base),
@@ -227,17 +197,42 @@ async fn ghl_rsa_only_request_without_a_configured_key_is_refused_with_guidance(
     )
     .await;
     assert_eq!(status, 401, "{text}");
-    let error = json_field(&text, "error");
+    assert_eq!(json_field(&text, "error"), "signature", "{text}");
+    let error = json_field(&text, "message");
     assert!(error.contains("set GHL_WEBHOOK_RSA_PUBLIC_KEY"), "{text}");
     assert!(error.contains("x-ghl-signature"), "{text}");
 }
 
-#[test]
-fn serve_refuses_to_start_with_an_unparsable_rsa_key_and_names_the_variable() {
+#[tokio::test]
+async fn serve_refuses_to_start_with_an_unparsable_rsa_key_and_names_the_variable() {
     let env = with_rsa_key("-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n");
-    let err = start("mappings", &as_refs(&env))
-        .err()
-        .expect("must not start");
+    let Err(err) = start("mappings", &as_refs(&env)).await else {
+        panic!("must not start");
+    };
+    assert!(
+        err.to_string().contains("GHL_WEBHOOK_RSA_PUBLIC_KEY"),
+        "{err}"
+    );
+}
+
+/// The command line's contract for the same: exit 1, the variable named on stderr.
+#[test]
+fn the_serve_command_names_an_unparsable_rsa_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mapper"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+        .arg(format!("sqlite://{}", dir.path().join("x.db").display()))
+        .env(
+            "GHL_WEBHOOK_RSA_PUBLIC_KEY",
+            "-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n",
+        );
+    for (k, v) in SHIPPED_SECRETS {
+        command.env(k, v);
+    }
+    let out = command.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("GHL_WEBHOOK_RSA_PUBLIC_KEY"), "{err}");
 }
 
@@ -265,7 +260,9 @@ fn now() -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn standard_webhooks_end_to_end() {
     let secret = standard_secret(STANDARD_KEY);
-    let server = start(STANDARD, &[("VERIFY_E2E_HOOKS_SECRET", &secret)]).expect("server starts");
+    let server = start(STANDARD, &[("VERIFY_E2E_HOOKS_SECRET", &secret)])
+        .await
+        .expect("server starts");
     let url = format!("{}/webhooks/hooks", server.base);
     let send = |id: &'static str, ts: i64, signature: String, body: &'static [u8]| {
         let url = url.clone();
@@ -313,7 +310,7 @@ async fn standard_webhooks_end_to_end() {
     .await;
     assert_eq!(status, 401, "{text}");
     assert!(
-        json_field(&text, "error").contains("more than 300"),
+        json_field(&text, "message").contains("more than 300"),
         "{text}"
     );
 
@@ -326,7 +323,7 @@ async fn standard_webhooks_end_to_end() {
     .await;
     assert_eq!(status, 401, "{text}");
     assert!(
-        json_field(&text, "error").contains("no webhook-signature matches"),
+        json_field(&text, "message").contains("no webhook-signature matches"),
         "{text}"
     );
 
@@ -348,8 +345,14 @@ async fn standard_webhooks_end_to_end() {
         let (status, text) = post(&url, &headers, fresh).await;
         assert_eq!(status, 401, "{text}");
         assert!(
-            json_field(&text, "error").contains(&format!("missing {missing} header")),
+            json_field(&text, "message").contains(&format!("missing {missing} header")),
             "{text}"
+        );
+        assert_eq!(json_field(&text, "error"), "signature", "{text}");
+        assert_eq!(
+            json_field(&text, "header"),
+            missing,
+            "names the header: {text}"
         );
     }
 

@@ -6,36 +6,66 @@
 //! signature), waits until the worker has delivered them, and prints what the
 //! simulated GHL location and Sticky Cards account now hold.
 
-use super::serve::{init_logging, load_program, start};
+use super::serve::{init_logging, load_program, shutdown_signal};
+use crate::app::{App, AppConfig, DatabaseUrl, Env};
+use crate::config::model::VerifyMethod;
+use crate::engine::program::Program;
 use crate::sandbox::ghl::{GhlConfig, GhlSandbox};
 use crate::sandbox::{StickyCardsConfig, StickyCardsSandbox};
+use crate::store::Store;
 use base64::Engine;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-/// Options of `mapper demo`.
-pub struct DemoOptions<'a> {
-    pub mappings: &'a Path,
-    pub examples: &'a Path,
-    pub database: &'a str,
-    pub listen: &'a str,
+/// Options of `mapper demo`, checked and typed by the command line.
+pub struct DemoOptions {
+    pub mappings: PathBuf,
+    pub examples: PathBuf,
+    /// `None`: a fresh `mapper-demo.db` in the current folder.
+    pub database: Option<DatabaseUrl>,
+    pub listen: SocketAddr,
+    /// How long writes to Sticky Cards are held to merge.
+    pub coalesce_window: Duration,
     /// Keep serving after the summary, until Ctrl-C.
     pub keep_running: bool,
 }
 
 const TOKEN: &str = "demo-token";
 const SLICKTEXT_SECRET: &str = "demo-slicktext-secret";
+/// The demo's own file, replaced on each run so that a second run does
+/// not find every example already stored (and answer `200 duplicate`).
+const DEMO_DATABASE: &str = "mapper-demo.db";
+/// How long the demo waits for the worker to deliver what it posted.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 
 pub fn run(opts: DemoOptions) -> ExitCode {
     init_logging(false);
     super::block_on(demo(opts))
 }
 
-async fn demo(opts: DemoOptions<'_>) -> ExitCode {
-    let Some(program) = load_program(opts.mappings, "demo") else {
+/// A usage error: the message, and exit 2.
+fn usage(message: String) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(2)
+}
+
+async fn demo(opts: DemoOptions) -> ExitCode {
+    if !opts.mappings.is_dir() {
+        return usage(format!(
+            "the mapping folder {} does not exist (--mappings)",
+            opts.mappings.display()
+        ));
+    }
+    if !opts.examples.is_dir() {
+        return usage(format!(
+            "the folder of example payloads {} does not exist (--examples)",
+            opts.examples.display()
+        ));
+    }
+    let Some(program) = load_program(&opts.mappings, "demo") else {
         return ExitCode::from(1);
     };
     let (ghl, sc) = match (
@@ -63,6 +93,16 @@ async fn demo(opts: DemoOptions<'_>) -> ExitCode {
             }
         }
     };
+    let (database, fresh) = match opts.database.clone() {
+        Some(url) => (url, false),
+        None => match fresh_database() {
+            Ok(url) => (url, true),
+            Err(e) => {
+                eprintln!("error: cannot replace {DEMO_DATABASE} with a fresh one: {e}");
+                return ExitCode::from(1);
+            }
+        },
+    };
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     for var in [
         "STICKYCARDS_WEBHOOK_TOKEN",
@@ -78,44 +118,167 @@ async fn demo(opts: DemoOptions<'_>) -> ExitCode {
     env.insert("GHL_LOCATION_ID".into(), ghl.location_id().to_string());
     env.insert("STICKYCARDS_API_BASE_URL".into(), sc.base_url());
     env.insert("STICKYCARDS_API_KEY".into(), sc.api_key().to_string());
-    // Writes to Sticky Cards are held and merged per customer (5 minutes in
-    // production); the demo holds them 2 s, long enough to merge a burst.
-    env.insert(
-        super::serve::COALESCE_WINDOW_ENV.into(),
-        std::env::var(super::serve::COALESCE_WINDOW_ENV).unwrap_or_else(|_| "2s".into()),
-    );
-    let env = Arc::new(env);
-    let lookup = env.clone();
-    let running = match start(
+    let webhooks = webhook_urls(&program);
+    let mut config = AppConfig::serve(
         program,
-        None,
-        opts.database,
+        database.clone(),
         opts.listen,
-        Arc::new(move |name: &str| lookup.get(name).cloned()),
-        crate::worker::WorkerConfig::default(),
-    )
-    .await
-    {
+        // Edited mappings apply at once under --keep-running, as with `serve`.
+        Some(opts.mappings.clone()),
+        Env::from_map(env),
+    );
+    // Writes to Sticky Cards are held and merged per customer (5 minutes in
+    // production); the demo holds them briefly, long enough to merge a burst.
+    config.coalesce_window = Some(opts.coalesce_window);
+    let running = match App::start(config).await {
         Ok(r) => r,
-        Err(problems) => {
-            for p in problems {
-                eprintln!("error: {p}");
-            }
+        Err(problem) => {
+            eprintln!("error: {problem}");
             return ExitCode::from(1);
         }
     };
-    let base = format!("http://{}", running.address);
+    let Some(base) = running.url() else {
+        eprintln!("error: the demo's receiver did not start");
+        return ExitCode::from(1);
+    };
     println!(
-        "mapper demo: serving on {base} (GHL simulator {}, Sticky Cards simulator {})",
-        ghl.base_url(),
-        sc.base_url()
+        "mapper demo: serving on {base} with the mappings of {} (reloaded when they change)",
+        opts.mappings.display()
     );
+    println!(
+        "database: {database}{}",
+        if fresh { " (fresh for this run)" } else { "" }
+    );
+    println!("\nwebhook URLs (demo secrets):");
+    for (source, how) in &webhooks {
+        println!("  {source:<13} POST {base}/webhooks/{source}{how}");
+    }
+    println!("\nsimulators:");
+    println!(
+        "  GHL           {}  location {}, token {} (Authorization: Bearer …, Version: 2021-07-28)",
+        ghl.base_url(),
+        ghl.location_id(),
+        ghl.token()
+    );
+    println!(
+        "  Sticky Cards  {}  API key {} (Authorization: Bearer … on the seed API, X-API-Key on Boomerangme v2)",
+        sc.base_url(),
+        sc.api_key()
+    );
+    println!();
 
+    let posts = post_examples(&opts.examples, &base, &signing).await;
+    let drained = drain(&running.store).await;
+    let outcome = Outcome::read(&running.store, &posts).await;
+    let accepted = posts.iter().filter(|p| p.status == Some(202)).count();
+    let duplicate = posts.iter().filter(|p| p.status == Some(200)).count();
+    println!(
+        "\nposted {} example webhooks: {accepted} accepted, {duplicate} duplicate; inbox:",
+        posts.len()
+    );
+    if let Ok(counts) = running.store.counts().await {
+        for c in counts {
+            println!(
+                "  {:<13} {:<36} {:<10} {}",
+                c.source, c.event_type, c.state, c.count
+            );
+        }
+    }
+    print_ghl(&ghl);
+    print_stickycards(&sc);
+    let failed = outcome.report(drained);
+    if opts.keep_running {
+        println!("\nstill serving on {base}; Ctrl-C stops");
+        shutdown_signal().await;
+    }
+    running.shutdown().await;
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Removes the previous run's `mapper-demo.db` (and SQLite's side files).
+fn fresh_database() -> std::io::Result<DatabaseUrl> {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        match std::fs::remove_file(format!("{DEMO_DATABASE}{suffix}")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(DatabaseUrl::sqlite(Path::new(DEMO_DATABASE)))
+}
+
+/// Each source that takes webhooks, with how the demo's secret goes along.
+fn webhook_urls(program: &Program) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (name, source) in &program.sources {
+        let verify = &source.verify;
+        let how = match verify.method {
+            VerifyMethod::Internal => continue,
+            VerifyMethod::None => String::new(),
+            VerifyMethod::Token => match (&verify.query, &verify.header) {
+                (Some(q), _) => format!("?{q}={TOKEN}"),
+                (None, Some(h)) => format!("  ({h}: {TOKEN})"),
+                (None, None) => String::new(),
+            },
+            VerifyMethod::Hmac => format!(
+                "  ({}: hex HMAC of {} with the secret {SLICKTEXT_SECRET})",
+                verify.header.as_deref().unwrap_or("signature"),
+                match &verify.signed {
+                    Some(crate::config::model::SignedPart::FormField(f)) => {
+                        format!("the `{f}` form field")
+                    }
+                    _ => "the body".to_string(),
+                }
+            ),
+            VerifyMethod::StandardWebhooks => "  (Standard Webhooks signature)".to_string(),
+            VerifyMethod::Ghl => {
+                "  (x-ghl-signature: Ed25519, signed with the demo's own key; its public half is the demo's GHL_WEBHOOK_PUBLIC_KEY)"
+                    .to_string()
+            }
+        };
+        out.push((name.clone(), how));
+    }
+    out
+}
+
+/// One example posted, and the answer.
+struct Posted {
+    source: String,
+    file: String,
+    /// The status; `None` when the request itself failed.
+    status: Option<u16>,
+    error: Option<String>,
+}
+
+/// Posts every example the way its platform would, printing each answer.
+async fn post_examples(
+    examples: &Path,
+    base: &str,
+    signing: &ed25519_dalek::SigningKey,
+) -> Vec<Posted> {
     let http = reqwest::Client::new();
-    let mut sent = 0;
-    for (source, file) in examples(opts.examples) {
-        let Ok(raw) = std::fs::read(&file) else {
-            continue;
+    let mut posts = Vec::new();
+    for (source, file) in examples_in(examples) {
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("?")
+            .to_string();
+        let raw = match std::fs::read(&file) {
+            Ok(raw) => raw,
+            Err(e) => {
+                eprintln!("  cannot read {}: {e}", file.display());
+                posts.push(Posted {
+                    source,
+                    file: name,
+                    status: None,
+                    error: Some(e.to_string()),
+                });
+                continue;
+            }
         };
         let request = match source.as_str() {
             "slicktext" => {
@@ -160,18 +323,41 @@ async fn demo(opts: DemoOptions<'_>) -> ExitCode {
         };
         match request.send().await {
             Ok(r) => {
-                sent += 1;
                 let status = r.status().as_u16();
-                let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("?");
                 println!("  {status} {source:<13} {name}");
+                let error = if r.status().is_success() {
+                    None
+                } else {
+                    let body: serde_json::Value = r.json().await.unwrap_or_default();
+                    Some(body["message"].as_str().unwrap_or("refused").to_string())
+                };
+                posts.push(Posted {
+                    source,
+                    file: name,
+                    status: Some(status),
+                    error,
+                });
             }
-            Err(e) => eprintln!("  failed to post {}: {e}", file.display()),
+            Err(e) => {
+                eprintln!("  failed to post {}: {e}", file.display());
+                posts.push(Posted {
+                    source,
+                    file: name,
+                    status: None,
+                    error: Some(e.to_string()),
+                });
+            }
         }
     }
-    // Let the worker drain the inbox.
-    for _ in 0..300 {
-        let busy = running
-            .store
+    posts
+}
+
+/// Waits until no event is waiting or being delivered and no write is held;
+/// false when that did not happen within `DRAIN_LIMIT`.
+async fn drain(store: &Store) -> bool {
+    let started = std::time::Instant::now();
+    while started.elapsed() < DRAIN_LIMIT {
+        let busy = store
             .counts()
             .await
             .map(|c| {
@@ -179,39 +365,132 @@ async fn demo(opts: DemoOptions<'_>) -> ExitCode {
                     c.state == "received" || c.state == "retrying" || c.state == "processing"
                 })
             })
-            .unwrap_or(false);
-        let holding = running
-            .store
+            .unwrap_or(true);
+        let holding = store
             .pending_writes()
             .await
             .map(|w| w.iter().any(|w| w.state != "failed"))
-            .unwrap_or(false);
+            .unwrap_or(true);
         if !busy && !holding {
-            break;
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("\nposted {sent} example webhooks; inbox:");
-    if let Ok(counts) = running.store.counts().await {
-        for c in counts {
-            println!(
-                "  {:<13} {:<36} {:<10} {}",
-                c.source, c.event_type, c.state, c.count
-            );
+    false
+}
+
+/// What did not reach its target.
+struct Outcome {
+    refused: Vec<String>,
+    delivered: i64,
+    unmapped: i64,
+    /// The latest errors of dead events (the count may be larger).
+    dead: Vec<String>,
+    dead_count: i64,
+    pending: i64,
+    held_failed: Vec<String>,
+}
+
+impl Outcome {
+    async fn read(store: &Store, posts: &[Posted]) -> Outcome {
+        let refused = posts
+            .iter()
+            .filter(|p| !p.status.is_some_and(|s| (200..300).contains(&s)))
+            .map(|p| {
+                format!(
+                    "{} {}: {}",
+                    p.source,
+                    p.file,
+                    match (p.status, &p.error) {
+                        (Some(s), Some(e)) => format!("answered {s}: {e}"),
+                        (Some(s), None) => format!("answered {s}"),
+                        (None, Some(e)) => e.clone(),
+                        (None, None) => "not sent".to_string(),
+                    }
+                )
+            })
+            .collect();
+        let counts = store.counts().await.unwrap_or_default();
+        let count = |states: &[&str]| -> i64 {
+            counts
+                .iter()
+                .filter(|c| states.contains(&c.state.as_str()))
+                .map(|c| c.count)
+                .sum()
+        };
+        let dead = store
+            .last_errors(100)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, _, _, state, _)| state == "dead")
+            .map(|(id, source, event, _, error)| {
+                format!("{source} {event} (delivery {id}): {error}")
+            })
+            .collect::<Vec<_>>();
+        let dead_count = count(&["dead"]);
+        let held_failed = store
+            .pending_writes()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|w| w.state == "failed")
+            .map(|w| {
+                format!(
+                    "held write {} to {} {}: {}",
+                    w.op,
+                    w.target,
+                    w.record_id,
+                    w.last_error.as_deref().unwrap_or("failed")
+                )
+            })
+            .collect();
+        Outcome {
+            refused,
+            delivered: count(&["delivered", "echo", "stale"]),
+            unmapped: count(&["unmapped"]),
+            dead,
+            dead_count,
+            pending: count(&["received", "retrying", "processing"]),
+            held_failed,
         }
     }
-    print_ghl(&ghl);
-    print_stickycards(&sc);
-    if opts.keep_running {
-        println!("\nstill serving on {base}; Ctrl-C stops");
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Prints the outcome; true when something did not reach its target.
+    fn report(&self, drained: bool) -> bool {
+        println!(
+            "\ndelivered {}, unmapped {} (no mapping handles them; kept for `mapper replay`), dead {}, still pending {}",
+            self.delivered, self.unmapped, self.dead_count, self.pending
+        );
+        let failed = !self.refused.is_empty()
+            || self.dead_count > 0
+            || !self.held_failed.is_empty()
+            || self.pending > 0
+            || !drained;
+        if failed {
+            eprintln!("error: not everything the demo posted reached its target:");
+            for line in self
+                .refused
+                .iter()
+                .chain(&self.dead)
+                .chain(&self.held_failed)
+            {
+                eprintln!("  {line}");
+            }
+            if self.pending > 0 || !drained {
+                eprintln!(
+                    "  {} event(s) still waiting after {} s",
+                    self.pending,
+                    DRAIN_LIMIT.as_secs()
+                );
+            }
+        }
+        failed
     }
-    running.stop().await;
-    ExitCode::SUCCESS
 }
 
 /// Example payloads per source, Sticky Cards lifecycle first.
-fn examples(dir: &Path) -> Vec<(String, PathBuf)> {
+fn examples_in(dir: &Path) -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
     for source in [
         "stickycards",
@@ -293,17 +572,17 @@ fn print_ghl(ghl: &GhlSandbox) {
             println!(
                 "    {} = {}",
                 fields.get(&f.id).map(String::as_str).unwrap_or(&f.id),
-                f.value
+                plain(&f.value)
             );
         }
         for n in ghl.notes_of(&c.id) {
             println!("    note: {}", n.body.lines().next().unwrap_or(""));
         }
         for o in ghl.opportunities().iter().filter(|o| o.contact_id == c.id) {
-            println!(
-                "    opportunity: {} ({}, {:?})",
-                o.name, o.status, o.monetary_value
-            );
+            match o.monetary_value {
+                Some(value) => println!("    opportunity: {} ({}, {value})", o.name, o.status),
+                None => println!("    opportunity: {} ({})", o.name, o.status),
+            }
         }
     }
 }
@@ -333,5 +612,13 @@ fn print_stickycards(sc: &StickyCardsSandbox) {
         {
             println!("    push: {}", p.message);
         }
+    }
+}
+
+/// A value as a person reads it: text without JSON's quotes.
+fn plain(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }

@@ -123,12 +123,15 @@ enum Command {
         /// Folder of example payloads (one subfolder per source)
         #[arg(long, default_value = "examples/payloads")]
         examples: PathBuf,
-        /// Database URL
-        #[arg(long, default_value = "sqlite://mapper-demo.db")]
-        database: String,
+        /// Database URL [default: a fresh mapper-demo.db in this folder, replaced on each run]
+        #[arg(long)]
+        database: Option<crate::app::DatabaseUrl>,
         /// Address to listen on
-        #[arg(long, default_value = "127.0.0.1:0")]
-        listen: String,
+        #[arg(long, default_value = "127.0.0.1:0", value_parser = parse_listen)]
+        listen: std::net::SocketAddr,
+        /// Hold writes to Sticky Cards this long, merged per customer (0s: send each at once)
+        #[arg(long, env = "MAPPER_COALESCE_WINDOW", default_value = "2s", value_parser = parse_window)]
+        coalesce_window: std::time::Duration,
         /// Keep serving after the summary (send your own webhooks), until Ctrl-C
         #[arg(long)]
         keep_running: bool,
@@ -186,21 +189,21 @@ enum Command {
         #[arg(long, env = "MAPPER_MAPPINGS", default_value = "mappings")]
         mappings: PathBuf,
         /// Address to listen on
-        #[arg(long, env = "MAPPER_LISTEN", default_value = "127.0.0.1:8080")]
-        listen: String,
+        #[arg(long, env = "MAPPER_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
+        listen: std::net::SocketAddr,
         /// Database URL: sqlite://FILE (created) or postgres://…
         #[arg(
             long,
             env = "MAPPER_DATABASE_URL",
             default_value = "sqlite://mapper.db"
         )]
-        database: String,
+        database: crate::app::DatabaseUrl,
         /// Events delivered at once; one customer's events always go one at a time, in order
         #[arg(long, env = "MAPPER_WORKERS", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
         workers: u16,
         /// Hold writes to coalescing targets (Sticky Cards) this long, merged per customer: 0s sends each at once [default: each target's `coalesce.window`, 5m for Sticky Cards]
         #[arg(long, env = "MAPPER_COALESCE_WINDOW", value_parser = parse_window)]
-        coalesce_window: Option<String>,
+        coalesce_window: Option<std::time::Duration>,
         /// Log as JSON lines instead of text
         #[arg(long)]
         log_json: bool,
@@ -208,13 +211,21 @@ enum Command {
 }
 
 /// A duration for `--coalesce-window`, checked now rather than ignored later.
-fn parse_window(text: &str) -> Result<String, String> {
-    match crate::config::compile::parse_duration(text) {
-        Some(_) => Ok(text.to_string()),
-        None => Err(format!(
-            "`{text}` is not a duration: a number and a unit, e.g. 0s, 30s, 5m"
-        )),
+fn parse_window(text: &str) -> Result<std::time::Duration, String> {
+    crate::config::compile::parse_duration(text)
+        .ok_or_else(|| format!("`{text}` is not a duration: a number and a unit, e.g. 0s, 30s, 5m"))
+}
+
+/// An address to listen on: `IP:PORT`, or `HOST:PORT` resolved now (its first address).
+fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(address) = text.parse() {
+        return Ok(address);
     }
+    text.to_socket_addrs()
+        .map_err(|e| format!("`{text}` is not an address to listen on (e.g. 127.0.0.1:8080): {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{text}` resolves to no address"))
 }
 
 /// Runs the command line; returns the process exit code.
@@ -236,9 +247,9 @@ pub fn run() -> ExitCode {
             coalesce_window,
             log_json,
         } => serve::run(serve::ServeOptions {
-            mappings: &mappings,
-            listen: &listen,
-            database: &database,
+            mappings,
+            listen,
+            database,
             workers: usize::from(workers),
             coalesce_window,
             log_json,
@@ -301,12 +312,14 @@ pub fn run() -> ExitCode {
             examples,
             database,
             listen,
+            coalesce_window,
             keep_running,
         } => demo::run(demo::DemoOptions {
-            mappings: &mappings,
-            examples: &examples,
-            database: &database,
-            listen: &listen,
+            mappings,
+            examples,
+            database,
+            listen,
+            coalesce_window,
             keep_running,
         }),
         Command::Schema => {

@@ -15,6 +15,7 @@ mod import;
 
 pub use import::ImportFormat;
 
+use crate::app::{App, AppConfig};
 use crate::engine::plan::PlanInput;
 use crate::engine::program::Program;
 use crate::store::resync::{RESYNC_SOURCE, ResyncRun, SnapshotOutcome, snapshot_key};
@@ -24,7 +25,6 @@ use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The event every snapshot is.
@@ -841,24 +841,25 @@ async fn deliver(
         bar.finish_and_clear();
         return Ok((tally, false));
     }
-    let env: super::serve::Env = Arc::new(|name: &str| std::env::var(name).ok());
+    let mut config = AppConfig::new(program, store.clone());
+    config.worker = crate::worker::WorkerConfig {
+        concurrency: workers.max(1),
+        // A `serve` may be running on this database: what it holds is its own.
+        recover_processing: false,
+        ..Default::default()
+    };
     // One snapshot is one write per customer and operation: holding it back
     // to merge saves nothing, and this process ends when the run does.
-    let executor = super::serve::executor_for(Arc::new(program), store, &env)
-        .with_coalesce_window(Duration::ZERO);
-    let executor = Arc::new(arc_swap::ArcSwap::from_pointee(executor));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(crate::worker::run(
-        store.clone(),
-        executor,
-        crate::worker::WorkerConfig {
-            concurrency: workers.max(1),
-            // A `serve` may be running on this database: what it holds is its own.
-            recover_processing: false,
-            ..Default::default()
-        },
-        stopped,
-    ));
+    config.coalesce_window = Some(Duration::ZERO);
+    let running = match App::start(config).await {
+        Ok(running) => running,
+        Err(crate::app::StartError::Database(e)) => return Err(e),
+        Err(e) => {
+            // Delivering only: no listener, watcher or secret can fail.
+            tracing::error!(error = %e, "cannot start delivering");
+            return Ok((tally, false));
+        }
+    };
     bar.set_message(progress_message(&tally));
     bar.enable_steady_tick(Duration::from_millis(120));
     let plain = bar.is_hidden();
@@ -903,15 +904,9 @@ async fn deliver(
     } else {
         bar.finish_and_clear();
     }
-    let _ = stop.send(true);
-    if tokio::time::timeout(Duration::from_secs(30), worker)
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "deliveries under way did not finish within 30 s; they are retried by the next run or `serve`"
-        );
-    }
+    // Deliveries under way finish first (30 s at most; then they are
+    // retried by the next run or `serve`).
+    running.shutdown().await;
     if interrupted {
         // Deliveries under way when it stopped have finished meanwhile.
         if let Ok(outcomes) = store.resync_outcomes(DEFAULT_CONNECTION, &run.name).await {

@@ -4,22 +4,24 @@
 //! is processed in the request. What cannot be stored is answered so that the
 //! platform retries (GHL retries only on 429).
 
-pub mod telemetry;
+pub mod error;
 pub mod verify;
 
-use crate::engine::decode::{self, DecodeError};
+pub use error::ReceiveError;
+
+use crate::engine::decode;
 use crate::engine::program::Program;
+use crate::metrics::Metrics;
 use crate::store::{EventState, Inbox, Inserted, NewEvent, Store};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use verify::Verifier;
 
 /// A checked mapping set with its sources' verifiers: swapped as a whole on reload.
@@ -48,62 +50,35 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State serving `loaded`.
+    /// State serving `loaded`, with metrics of its own.
     pub fn new(loaded: Loaded, store: Store, inbox: Inbox, connection: String) -> AppState {
         AppState {
             loaded: arc_swap::ArcSwap::from_pointee(loaded),
             store,
             inbox,
             connection,
-            metrics: Metrics::default(),
+            metrics: Metrics::new(),
             reload: std::sync::Mutex::new(ReloadStatus::default()),
         }
     }
-}
 
-/// Counters exposed on `/metrics`.
-#[derive(Default)]
-pub struct Metrics {
-    received: Counters,
-    accepted: Counters,
-    duplicate: Counters,
-    rejected: Counters,
-}
-
-#[derive(Default)]
-struct Counters(std::sync::Mutex<HashMap<(String, String), u64>>);
-
-impl Counters {
-    fn add(&self, source: &str, reason: &str) {
-        if let Ok(mut map) = self.0.lock() {
-            *map.entry((source.to_string(), reason.to_string()))
-                .or_default() += 1;
-        }
-    }
-    fn render(&self, name: &str, label: &str, out: &mut String) {
-        if let Ok(map) = self.0.lock() {
-            let mut rows: Vec<_> = map.iter().collect();
-            rows.sort();
-            for ((source, extra), n) in rows {
-                if label.is_empty() {
-                    out.push_str(&format!("{name}{{source=\"{source}\"}} {n}\n"));
-                } else {
-                    out.push_str(&format!(
-                        "{name}{{source=\"{source}\",{label}=\"{extra}\"}} {n}\n"
-                    ));
-                }
-            }
-        }
+    /// This state, counting in `metrics` (the app's handle).
+    pub fn with_metrics(mut self, metrics: Metrics) -> AppState {
+        self.metrics = metrics;
+        self
     }
 }
 
-static REQUESTS: AtomicU64 = AtomicU64::new(0);
+/// The sources whose verification cannot be set up, each with why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", .0.iter().map(|(source, e)| format!("source `{source}`: {e}")).collect::<Vec<_>>().join("; "))]
+pub struct MissingSecrets(pub Vec<(String, verify::SecretError)>);
 
 /// Resolves every source's verification secrets; the error names each missing variable.
 pub fn verifiers(
     program: &Program,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<HashMap<String, Verifier>, Vec<String>> {
+) -> Result<HashMap<String, Verifier>, MissingSecrets> {
     let mut out = HashMap::new();
     let mut missing = Vec::new();
     for (name, source) in &program.sources {
@@ -111,13 +86,13 @@ pub fn verifiers(
             Ok(v) => {
                 out.insert(name.clone(), v);
             }
-            Err(e) => missing.push(format!("source `{name}`: {e}")),
+            Err(e) => missing.push((name.clone(), e)),
         }
     }
     if missing.is_empty() {
         Ok(out)
     } else {
-        Err(missing)
+        Err(MissingSecrets(missing))
     }
 }
 
@@ -142,10 +117,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-fn problem(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
-}
-
 async fn receive(
     State(state): State<Arc<AppState>>,
     Path(source_name): Path<String>,
@@ -153,32 +124,89 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    REQUESTS.fetch_add(1, Ordering::Relaxed);
+    let started = std::time::Instant::now();
     // This request finishes with the set it started with, even if a reload lands meanwhile.
     let loaded = state.loaded.load_full();
+    let Some(source) = loaded.program.sources.get(&source_name) else {
+        // Not counted: the label would be whatever a stranger puts in the path.
+        return ReceiveError::UnknownSource {
+            name: source_name,
+            known: loaded.program.sources.keys().cloned().collect(),
+        }
+        .into_response();
+    };
+    state.metrics.webhook_received(&source_name);
+    let response = match accept(
+        &state,
+        &loaded,
+        source,
+        &source_name,
+        query,
+        &headers,
+        &body,
+    )
+    .await
+    {
+        Ok(accepted) => accepted.into_response(),
+        Err(refused) => {
+            if let ReceiveError::NotStored { reason, .. } = &refused {
+                tracing::error!(source = %source_name, error = %reason, "could not store a webhook");
+            }
+            state.metrics.webhook_rejected(&source_name, refused.code());
+            refused.into_response()
+        }
+    };
+    state
+        .metrics
+        .webhook_answered(&source_name, started.elapsed());
+    response
+}
+
+/// A webhook stored in the inbox: new (202) or a duplicate (200).
+struct Accepted {
+    delivery_id: i64,
+    duplicate: bool,
+    mapped: bool,
+    event_type: String,
+}
+
+impl IntoResponse for Accepted {
+    fn into_response(self) -> Response {
+        let (status, word) = match (self.duplicate, self.mapped) {
+            (true, _) => (StatusCode::OK, "duplicate"),
+            (false, true) => (StatusCode::ACCEPTED, "accepted"),
+            (false, false) => (StatusCode::ACCEPTED, "unmapped"),
+        };
+        (
+            status,
+            Json(json!({
+                "delivery_id": self.delivery_id,
+                "status": word,
+                "event": self.event_type,
+            })),
+        )
+            .into_response()
+    }
+}
+
+/// The checks of README's table, in its order, then the commit.
+async fn accept(
+    state: &AppState,
+    loaded: &Loaded,
+    source: &crate::engine::program::Source,
+    source_name: &str,
+    query: Option<String>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Accepted, ReceiveError> {
     let program = &loaded.program;
-    let Some(source) = program.sources.get(&source_name) else {
-        let known: Vec<&String> = program.sources.keys().collect();
-        return problem(
-            StatusCode::NOT_FOUND,
-            format!("unknown source `{source_name}`; sources: {known:?}"),
-        );
-    };
-    state.metrics.received.add(&source_name, "");
-    let reject = |status: StatusCode, reason: &str, message: String| {
-        state.metrics.rejected.add(&source_name, reason);
-        problem(status, message)
-    };
     let limit = source.body.max_bytes.unwrap_or(decode::DEFAULT_MAX_BYTES);
     if body.len() as u64 > limit {
-        return reject(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!(
-                "body is {} bytes, over the limit of {limit} bytes for source `{source_name}`",
-                body.len()
-            ),
-        );
+        return Err(ReceiveError::TooLarge {
+            name: source_name.to_string(),
+            size: body.len() as u64,
+            limit,
+        });
     }
     if let Some(ct) = headers
         .get(header::CONTENT_TYPE)
@@ -191,45 +219,35 @@ async fn receive(
             .trim()
             .to_ascii_lowercase();
         let json_like = media == "application/json" || media.ends_with("+json");
-        let allowed = match source.body.format {
-            crate::config::model::BodyFormat::Json => json_like || media == "text/plain",
-            crate::config::model::BodyFormat::Form => {
-                json_like || media == "application/x-www-form-urlencoded"
-            }
+        let (allowed, expected) = match source.body.format {
+            crate::config::model::BodyFormat::Json => (json_like || media == "text/plain", "JSON"),
+            crate::config::model::BodyFormat::Form => (
+                json_like || media == "application/x-www-form-urlencoded",
+                "a form",
+            ),
         };
         if !allowed {
-            return reject(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "content_type",
-                format!(
-                    "content type `{media}` is not what source `{source_name}` sends ({:?})",
-                    source.body.format
-                ),
-            );
+            return Err(ReceiveError::ContentType {
+                name: source_name.to_string(),
+                media,
+                expected,
+            });
         }
     }
-    let text = std::str::from_utf8(&body).unwrap_or("");
+    let text = std::str::from_utf8(body).unwrap_or("");
     let form_field = |name: &str| decode::form_field(text, name);
-    if let Some(v) = loaded.verifiers.get(&source_name) {
+    if let Some(v) = loaded.verifiers.get(source_name) {
         let now = chrono::Utc::now().timestamp();
-        if let Err(refused) = v.verify(&headers, query.as_deref(), &body, now, &form_field) {
-            return reject(StatusCode::UNAUTHORIZED, "signature", refused.0);
-        }
+        v.verify(headers, query.as_deref(), body, now, &form_field)
+            .map_err(ReceiveError::Signature)?;
     }
-    let payload = match decode::decode(&body, &source.body) {
-        Ok(p) => p,
-        Err(e @ DecodeError::TooLarge { .. }) => {
-            return reject(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string());
-        }
-        Err(e) => return reject(StatusCode::BAD_REQUEST, "malformed", e.to_string()),
-    };
-    let event = match program.identify(&source_name, &payload) {
-        Ok(e) => e,
-        Err(e) => return reject(StatusCode::BAD_REQUEST, "no_event_type", e.to_string()),
-    };
+    let payload = decode::decode(body, &source.body).map_err(ReceiveError::Malformed)?;
+    let event = program
+        .identify(source_name, &payload)
+        .map_err(ReceiveError::NoEventType)?;
     let mapped = program
         .by_event
-        .contains_key(&(source_name.clone(), event.event_type.clone()));
+        .contains_key(&(source_name.to_string(), event.event_type.clone()));
     let occurred_at = event
         .occurred_at
         .as_deref()
@@ -249,7 +267,7 @@ async fn receive(
         .collect();
     let new_event = NewEvent {
         connection: state.connection.clone(),
-        source: source_name.clone(),
+        source: source_name.to_string(),
         event_type: event.event_type.clone(),
         event_id: event.id.clone(),
         dedup_key: event.dedup_key.clone(),
@@ -267,130 +285,48 @@ async fn receive(
     };
     match state.inbox.store(new_event).await {
         Ok(Inserted::New(id)) => {
-            state.metrics.accepted.add(&source_name, "");
-            (
-                StatusCode::ACCEPTED,
-                Json(json!({
-                    "delivery_id": id,
-                    "status": if mapped { "accepted" } else { "unmapped" },
-                    "event": event.event_type,
-                })),
-            )
-                .into_response()
+            state.metrics.webhook_accepted(source_name, id);
+            Ok(Accepted {
+                delivery_id: id,
+                duplicate: false,
+                mapped,
+                event_type: event.event_type,
+            })
         }
         Ok(Inserted::Duplicate(id)) => {
-            state.metrics.duplicate.add(&source_name, "");
-            (
-                StatusCode::OK,
-                Json(
-                    json!({ "delivery_id": id, "status": "duplicate", "event": event.event_type }),
-                ),
-            )
-                .into_response()
+            state.metrics.webhook_duplicate(source_name);
+            Ok(Accepted {
+                delivery_id: id,
+                duplicate: true,
+                mapped,
+                event_type: event.event_type,
+            })
         }
-        Err(e) => {
-            tracing::error!(source = %source_name, error = %e, "could not store a webhook");
-            // GHL retries only on 429; the others retry on any non-2xx.
-            let status = if source.verify.method == crate::config::model::VerifyMethod::Ghl {
-                StatusCode::TOO_MANY_REQUESTS
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            let mut response = reject(
-                status,
-                "store_failed",
-                format!("the event could not be stored; retry later ({e})"),
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
-            response
-        }
+        Err(reason) => Err(ReceiveError::NotStored {
+            reason,
+            ghl: source.verify.method == crate::config::model::VerifyMethod::Ghl,
+        }),
     }
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let reload = state.reload.lock().map(|r| r.clone()).unwrap_or_default();
-    if state.store.ping().await {
-        (
-            StatusCode::OK,
-            Json(json!({
-                "ready": true,
-                "mappings": state.loaded.load().program.mappings.len(),
-                "last_reload": if reload.last_error.is_some() { "failed" } else { "ok" },
-                "reload_error": reload.last_error,
-            })),
-        )
-            .into_response()
-    } else {
-        problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the database does not answer",
-        )
+    if !state.store.ping().await {
+        return ReceiveError::NotReady.into_response();
     }
+    (
+        StatusCode::OK,
+        Json(json!({
+            "ready": true,
+            "mappings": state.loaded.load().program.mappings.len(),
+            "last_reload": if reload.last_error.is_some() { "failed" } else { "ok" },
+            "reload_error": reload.last_error,
+        })),
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let mut out = String::new();
-    out.push_str("# TYPE mapper_webhooks_received_total counter\n");
-    state
-        .metrics
-        .received
-        .render("mapper_webhooks_received_total", "", &mut out);
-    out.push_str("# TYPE mapper_webhooks_accepted_total counter\n");
-    state
-        .metrics
-        .accepted
-        .render("mapper_webhooks_accepted_total", "", &mut out);
-    out.push_str("# TYPE mapper_webhooks_duplicate_total counter\n");
-    state
-        .metrics
-        .duplicate
-        .render("mapper_webhooks_duplicate_total", "", &mut out);
-    out.push_str("# TYPE mapper_webhooks_rejected_total counter\n");
-    state
-        .metrics
-        .rejected
-        .render("mapper_webhooks_rejected_total", "reason", &mut out);
-    telemetry::render(&mut out);
-    if let Ok(reload) = state.reload.lock() {
-        out.push_str("# TYPE mapper_config_reloads_total counter\n");
-        out.push_str(&format!(
-            "mapper_config_reloads_total{{result=\"ok\"}} {}\n",
-            reload.ok
-        ));
-        out.push_str(&format!(
-            "mapper_config_reloads_total{{result=\"failed\"}} {}\n",
-            reload.failed
-        ));
-        out.push_str("# TYPE mapper_config_last_reload_ok gauge\n");
-        out.push_str(&format!(
-            "mapper_config_last_reload_ok {}\n",
-            u8::from(reload.last_error.is_none())
-        ));
-    }
-    if let Ok(counts) = state.store.counts().await {
-        out.push_str("# TYPE mapper_events gauge\n");
-        for c in counts {
-            out.push_str(&format!(
-                "mapper_events{{source=\"{}\",event=\"{}\",state=\"{}\"}} {}\n",
-                c.source, c.event_type, c.state, c.count
-            ));
-        }
-    }
-    if let Ok(held) = state.store.held_counts().await {
-        out.push_str("# TYPE mapper_held_writes gauge\n");
-        for (target, op, st, rows, _) in &held {
-            out.push_str(&format!(
-                "mapper_held_writes{{target=\"{target}\",op=\"{op}\",state=\"{st}\"}} {rows}\n"
-            ));
-        }
-        out.push_str("# TYPE mapper_held_writes_merged gauge\n");
-        for (target, op, st, _, writes) in &held {
-            out.push_str(&format!(
-                "mapper_held_writes_merged{{target=\"{target}\",op=\"{op}\",state=\"{st}\"}} {writes}\n"
-            ));
-        }
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    let text = state.metrics.render(&state.store).await;
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }

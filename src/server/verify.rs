@@ -25,16 +25,58 @@ pub struct Verifier {
     rsa: Option<rsa::pkcs1v15::VerifyingKey<sha2::Sha256>>,
 }
 
-/// Why a webhook was refused; the message says what to fix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refused(pub String);
+/// Why a webhook was refused: what to fix, and the header (or query
+/// parameter, or form field) that was missing or wrong, when one was.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refused {
+    pub message: String,
+    pub header: Option<String>,
+}
+
+impl Refused {
+    fn new(message: impl Into<String>) -> Refused {
+        Refused {
+            message: message.into(),
+            header: None,
+        }
+    }
+
+    /// This refusal, about `header` (a timestamp checked for several methods).
+    fn on(mut self, header: &str) -> Refused {
+        self.header = Some(header.to_ascii_lowercase());
+        self
+    }
+
+    fn at(header: &str, message: impl Into<String>) -> Refused {
+        Refused {
+            message: message.into(),
+            header: Some(header.to_ascii_lowercase()),
+        }
+    }
+}
+
+/// Why a source's verification cannot be set up; names the variable to set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("environment variable {variable} is not set (the webhook secret)")]
+    Unset { variable: String },
+    #[error("{variable} is not a base64 `whsec_…` secret: {reason}")]
+    NotBase64 { variable: String, reason: String },
+    #[error("the GHL Ed25519 public key is not a PEM public key: {reason}")]
+    Ed25519Key { reason: String },
+    #[error(
+        "{variable} is not an RSA public key in PEM (BEGIN PUBLIC KEY or BEGIN RSA PUBLIC KEY): {reason}"
+    )]
+    RsaKey { variable: String, reason: String },
+}
 
 impl Verifier {
     /// Resolves secrets through `env`; names the variable that is missing.
     pub fn new(
         spec: &VerifySpec,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Verifier, String> {
+    ) -> Result<Verifier, SecretError> {
         let mut secret = None;
         let mut ed25519 = None;
         let mut rsa = None;
@@ -42,13 +84,18 @@ impl Verifier {
             VerifyMethod::None | VerifyMethod::Internal => {}
             VerifyMethod::Token | VerifyMethod::Hmac | VerifyMethod::StandardWebhooks => {
                 let var = spec.secret_env.as_deref().unwrap_or("");
-                let value = env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
-                    format!("environment variable {var} is not set (the webhook secret)")
-                })?;
+                let value =
+                    env(var)
+                        .filter(|v| !v.is_empty())
+                        .ok_or_else(|| SecretError::Unset {
+                            variable: var.to_string(),
+                        })?;
                 secret = Some(if spec.method == VerifyMethod::StandardWebhooks {
                     let b64 = value.strip_prefix("whsec_").unwrap_or(&value);
-                    B64.decode(b64)
-                        .map_err(|e| format!("{var} is not a base64 `whsec_…` secret: {e}"))?
+                    B64.decode(b64).map_err(|e| SecretError::NotBase64 {
+                        variable: var.to_string(),
+                        reason: e.to_string(),
+                    })?
                 } else {
                     value.into_bytes()
                 });
@@ -63,17 +110,17 @@ impl Verifier {
                 use ed25519_dalek::pkcs8::DecodePublicKey;
                 ed25519 = Some(
                     ed25519_dalek::VerifyingKey::from_public_key_pem(pem.trim()).map_err(|e| {
-                        format!("the GHL Ed25519 public key is not a PEM public key: {e}")
+                        SecretError::Ed25519Key {
+                            reason: e.to_string(),
+                        }
                     })?,
                 );
                 if let Some(var) = spec.rsa_public_key_env.as_deref()
                     && let Some(pem) = env(var).filter(|v| !v.trim().is_empty())
                 {
-                    let key = rsa_public_key(&pem).map_err(|e| {
-                        format!(
-                            "{var} is not an RSA public key in PEM \
-                             (BEGIN PUBLIC KEY or BEGIN RSA PUBLIC KEY): {e}"
-                        )
+                    let key = rsa_public_key(&pem).map_err(|reason| SecretError::RsaKey {
+                        variable: var.to_string(),
+                        reason,
                     })?;
                     rsa = Some(rsa::pkcs1v15::VerifyingKey::new(key));
                 }
@@ -100,34 +147,41 @@ impl Verifier {
         let secret = self.secret.as_deref().unwrap_or_default();
         match spec.method {
             VerifyMethod::None => Ok(()),
-            VerifyMethod::Internal => Err(Refused(
-                "this source's events are raised by mapper itself (schedules:), not posted over HTTP"
-                    .into(),
+            VerifyMethod::Internal => Err(Refused::new(
+                "this source's events are raised by mapper itself (schedules:), not posted over HTTP",
             )),
             VerifyMethod::Token => {
                 let from_header = spec
                     .header
                     .as_deref()
-                    .and_then(|h| header(headers, h))
-                    .map(str::to_string);
-                let from_query = spec.query.as_deref().and_then(|q| query_param(query, q));
-                let Some(token) = from_header.or(from_query) else {
-                    return Err(Refused(format!(
-                        "missing token: send it in the {} header or the `{}` query parameter",
-                        spec.header.as_deref().unwrap_or("(none)"),
-                        spec.query.as_deref().unwrap_or("(none)")
-                    )));
+                    .and_then(|h| Some((h, header(headers, h)?.to_string())));
+                let from_query = spec
+                    .query
+                    .as_deref()
+                    .and_then(|q| Some((q, query_param(query, q)?)));
+                let Some((given_in, token)) = from_header.or(from_query) else {
+                    return Err(Refused::at(
+                        spec.header.as_deref().unwrap_or("token"),
+                        format!(
+                            "missing token: send it in the {} header or the `{}` query parameter",
+                            spec.header.as_deref().unwrap_or("(none)"),
+                            spec.query.as_deref().unwrap_or("(none)")
+                        ),
+                    ));
                 };
                 if ct_eq(token.as_bytes(), secret) {
                     Ok(())
                 } else {
-                    Err(Refused("the webhook token does not match".into()))
+                    Err(Refused::at(given_in, "the webhook token does not match"))
                 }
             }
             VerifyMethod::Hmac => {
                 let name = spec.header.as_deref().unwrap_or("");
                 let Some(given) = header(headers, name) else {
-                    return Err(Refused(format!("missing signature header {name}")));
+                    return Err(Refused::at(
+                        name,
+                        format!("missing signature header {name}"),
+                    ));
                 };
                 let given = given.trim();
                 let given = spec
@@ -138,15 +192,19 @@ impl Verifier {
                 let mut signed = match &spec.signed {
                     Some(SignedPart::FormField(field)) => form_field(field)
                         .ok_or_else(|| {
-                            Refused(format!("the signed form field `{field}` is missing"))
+                            Refused::at(
+                                field,
+                                format!("the signed form field `{field}` is missing"),
+                            )
                         })?
                         .into_bytes(),
                     _ => body.to_vec(),
                 };
                 if let Some(ts_header) = &spec.timestamp_header {
-                    let ts = header(headers, ts_header)
-                        .ok_or_else(|| Refused(format!("missing timestamp header {ts_header}")))?;
-                    check_age(ts, now, spec.tolerance_seconds)?;
+                    let ts = header(headers, ts_header).ok_or_else(|| {
+                        Refused::at(ts_header, format!("missing timestamp header {ts_header}"))
+                    })?;
+                    check_age(ts, now, spec.tolerance_seconds).map_err(|r| r.on(ts_header))?;
                     let mut with_ts = format!("{ts}.").into_bytes();
                     with_ts.extend_from_slice(&signed);
                     signed = with_ts;
@@ -168,19 +226,23 @@ impl Verifier {
                 if ct_eq(given.as_bytes(), expected.as_bytes()) {
                     Ok(())
                 } else {
-                    Err(Refused(format!(
-                        "the {name} signature does not match the body"
-                    )))
+                    Err(Refused::at(
+                        name,
+                        format!("the {name} signature does not match the body"),
+                    ))
                 }
             }
             VerifyMethod::StandardWebhooks => {
                 let id = header(headers, "webhook-id")
-                    .ok_or_else(|| Refused("missing webhook-id header".into()))?;
-                let ts = header(headers, "webhook-timestamp")
-                    .ok_or_else(|| Refused("missing webhook-timestamp header".into()))?;
-                let signatures = header(headers, "webhook-signature")
-                    .ok_or_else(|| Refused("missing webhook-signature header".into()))?;
-                check_age(ts, now, spec.tolerance_seconds)?;
+                    .ok_or_else(|| Refused::at("webhook-id", "missing webhook-id header"))?;
+                let ts = header(headers, "webhook-timestamp").ok_or_else(|| {
+                    Refused::at("webhook-timestamp", "missing webhook-timestamp header")
+                })?;
+                let signatures = header(headers, "webhook-signature").ok_or_else(|| {
+                    Refused::at("webhook-signature", "missing webhook-signature header")
+                })?;
+                check_age(ts, now, spec.tolerance_seconds)
+                    .map_err(|r| r.on("webhook-timestamp"))?;
                 let mut signed = format!("{id}.{ts}.").into_bytes();
                 signed.extend_from_slice(body);
                 let expected = B64.encode(hmac_sha256(secret, &signed));
@@ -192,7 +254,10 @@ impl Verifier {
                 if ok {
                     Ok(())
                 } else {
-                    Err(Refused("no webhook-signature matches the body".into()))
+                    Err(Refused::at(
+                        "webhook-signature",
+                        "no webhook-signature matches the body",
+                    ))
                 }
             }
             VerifyMethod::Ghl => {
@@ -204,8 +269,9 @@ impl Verifier {
                 } else if let Some(sig) = ghl_signature(headers, "x-wh-signature") {
                     self.verify_ghl_rsa(sig, body)?;
                 } else {
-                    return Err(Refused(
-                        "missing x-ghl-signature header (and no legacy x-wh-signature)".into(),
+                    return Err(Refused::at(
+                        "x-ghl-signature",
+                        "missing x-ghl-signature header (and no legacy x-wh-signature)",
                     ));
                 }
                 // A signed but old delivery is a replay.
@@ -217,7 +283,7 @@ impl Verifier {
                     let tolerance =
                         spec.tolerance_seconds.unwrap_or(DEFAULT_TOLERANCE_SECONDS) as i64;
                     if age > tolerance {
-                        return Err(Refused(format!(
+                        return Err(Refused::new(format!(
                             "the webhook timestamp is {age} s old (more than {tolerance} s)"
                         )));
                     }
@@ -230,15 +296,19 @@ impl Verifier {
     fn verify_ghl_ed25519(&self, sig: &str, body: &[u8]) -> Result<(), Refused> {
         let bytes = B64
             .decode(sig)
-            .map_err(|_| Refused("x-ghl-signature is not base64".into()))?;
-        let signature = ed25519_dalek::Signature::from_slice(&bytes)
-            .map_err(|_| Refused("x-ghl-signature is not a 64-byte Ed25519 signature".into()))?;
+            .map_err(|_| Refused::at("x-ghl-signature", "x-ghl-signature is not base64"))?;
+        let signature = ed25519_dalek::Signature::from_slice(&bytes).map_err(|_| {
+            Refused::at(
+                "x-ghl-signature",
+                "x-ghl-signature is not a 64-byte Ed25519 signature",
+            )
+        })?;
         let key = self
             .ed25519
             .as_ref()
-            .ok_or_else(|| Refused("no GHL public key".into()))?;
+            .ok_or_else(|| Refused::new("no GHL public key"))?;
         key.verify_strict(body, &signature)
-            .map_err(|_| Refused("x-ghl-signature does not match the body".into()))
+            .map_err(|_| Refused::at("x-ghl-signature", "x-ghl-signature does not match the body"))
     }
 
     fn verify_ghl_rsa(&self, sig: &str, body: &[u8]) -> Result<(), Refused> {
@@ -247,19 +317,26 @@ impl Verifier {
                 Some(var) => format!("set {var}"),
                 None => "name a variable in the source's `rsa_public_key_env` and set it".into(),
             };
-            return Err(Refused(format!(
-                "only the legacy x-wh-signature (RSA) was sent and no GHL RSA public key is \
+            return Err(Refused::at(
+                "x-wh-signature",
+                format!(
+                    "only the legacy x-wh-signature (RSA) was sent and no GHL RSA public key is \
                  configured: {set} to GHL's published RSA public key (PEM). GHL deprecated \
                  x-wh-signature in 2026 and signs every webhook with x-ghl-signature"
-            )));
+                ),
+            ));
         };
         let bytes = B64
             .decode(sig)
-            .map_err(|_| Refused("x-wh-signature is not base64".into()))?;
-        let signature = rsa::pkcs1v15::Signature::try_from(bytes.as_slice())
-            .map_err(|_| Refused("x-wh-signature is too long for an RSA signature".into()))?;
+            .map_err(|_| Refused::at("x-wh-signature", "x-wh-signature is not base64"))?;
+        let signature = rsa::pkcs1v15::Signature::try_from(bytes.as_slice()).map_err(|_| {
+            Refused::at(
+                "x-wh-signature",
+                "x-wh-signature is too long for an RSA signature",
+            )
+        })?;
         key.verify(body, &signature)
-            .map_err(|_| Refused("x-wh-signature does not match the body".into()))
+            .map_err(|_| Refused::at("x-wh-signature", "x-wh-signature does not match the body"))
     }
 }
 
@@ -286,10 +363,10 @@ fn check_age(ts: &str, now: i64, tolerance: Option<u64>) -> Result<(), Refused> 
     let at: i64 = ts
         .trim()
         .parse()
-        .map_err(|_| Refused(format!("timestamp `{ts}` is not unix seconds")))?;
+        .map_err(|_| Refused::new(format!("timestamp `{ts}` is not unix seconds")))?;
     let tolerance = tolerance.unwrap_or(DEFAULT_TOLERANCE_SECONDS) as i64;
     if (now - at).abs() > tolerance {
-        return Err(Refused(format!(
+        return Err(Refused::new(format!(
             "timestamp {at} is more than {tolerance} s away from now ({now})"
         )));
     }
@@ -385,7 +462,7 @@ mod tests {
         let e = Verifier::new(&spec(VerifyMethod::Token), &|_| None)
             .err()
             .unwrap();
-        assert!(e.contains("SECRET"), "{e}");
+        assert!(e.to_string().contains("SECRET"), "{e}");
     }
 
     #[test]
@@ -401,7 +478,7 @@ mod tests {
         assert!(
             v.verify(&h, None, b"{}", 0, &none)
                 .unwrap_err()
-                .0
+                .to_string()
                 .contains("missing token")
         );
         h.insert("x-webhook-token", HeaderValue::from_static("t0k"));
@@ -451,7 +528,7 @@ mod tests {
         assert!(
             v.verify(&h, None, body, 1_700_000_400, &none)
                 .unwrap_err()
-                .0
+                .to_string()
                 .contains("more than 300")
         );
         assert!(v.verify(&h, None, b"{}", 1_700_000_100, &none).is_err());
@@ -481,7 +558,7 @@ mod tests {
         assert!(
             v.verify(&h, None, body, at + 3600, &none)
                 .unwrap_err()
-                .0
+                .to_string()
                 .contains("old")
         );
         assert!(v.verify(&h, None, br#"{"type":"x"}"#, at, &none).is_err());
@@ -578,7 +655,7 @@ mod tests {
         assert!(
             v.verify(&h, None, tampered, ghl_now(), &none)
                 .unwrap_err()
-                .0
+                .to_string()
                 .contains("x-wh-signature does not match")
         );
         let forged = headers(&[("x-wh-signature", &rsa_sign(other, GHL_BODY))]);
@@ -592,14 +669,14 @@ mod tests {
                 &none
             )
             .unwrap_err()
-            .0
+            .to_string()
             .contains("not base64")
         );
         // The replay window applies to RSA-signed deliveries too.
         assert!(
             v.verify(&h, None, GHL_BODY, ghl_now() + 3600, &none)
                 .unwrap_err()
-                .0
+                .to_string()
                 .contains("old")
         );
     }
@@ -630,7 +707,7 @@ mod tests {
         assert!(
             v.verify(&h, None, GHL_BODY, ghl_now(), &|_| None)
                 .unwrap_err()
-                .0
+                .to_string()
                 .contains("x-ghl-signature")
         );
     }
@@ -647,14 +724,14 @@ mod tests {
             let e = v
                 .verify(&h, None, GHL_BODY, ghl_now(), &|_| None)
                 .unwrap_err()
-                .0;
+                .to_string();
             assert!(e.contains("GHL's published RSA public key"), "{e}");
             assert!(e.contains("x-ghl-signature"), "{e}");
         }
         let e = ghl_verifier(None)
             .verify(&h, None, GHL_BODY, ghl_now(), &|_| None)
             .unwrap_err()
-            .0;
+            .to_string();
         assert!(e.contains("set GHL_WEBHOOK_RSA_PUBLIC_KEY"), "{e}");
     }
 
@@ -670,13 +747,13 @@ mod tests {
         assert!(
             v.verify(&h, None, GHL_BODY, ghl_now(), &none)
                 .unwrap_err()
-                .0
+                .to_string()
                 .contains("missing x-ghl-signature")
         );
         assert!(
             v.verify(&HeaderMap::new(), None, GHL_BODY, ghl_now(), &none)
                 .unwrap_err()
-                .0
+                .to_string()
                 .contains("missing x-ghl-signature")
         );
     }
@@ -692,7 +769,7 @@ mod tests {
             })
             .err()
             .unwrap();
-            assert!(e.contains("GHL_WEBHOOK_RSA_PUBLIC_KEY"), "{e}");
+            assert!(e.to_string().contains("GHL_WEBHOOK_RSA_PUBLIC_KEY"), "{e}");
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct Http {
     /// Shared with the executors that replace this one on reload: the
     /// target's limits do not start over because the YAML changed.
     pub(crate) limiter: Arc<Limiter>,
+    /// Where each call's duration and status class are counted.
+    pub(crate) metrics: crate::metrics::Metrics,
 }
 
 impl Http {
@@ -70,6 +72,7 @@ impl Http {
             client,
             headers,
             limiter: Arc::new(Limiter::default()),
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 
@@ -97,7 +100,7 @@ impl Http {
         }
         let response = match builder.send().await {
             Ok(r) => {
-                crate::server::telemetry::target_call(
+                self.metrics.target_call(
                     &target.name,
                     Some(r.status().as_u16()),
                     started.elapsed(),
@@ -105,7 +108,8 @@ impl Http {
                 r
             }
             Err(e) => {
-                crate::server::telemetry::target_call(&target.name, None, started.elapsed());
+                self.metrics
+                    .target_call(&target.name, None, started.elapsed());
                 let why = if e.is_timeout() {
                     format!(
                         "no answer within {} s (timed out)",

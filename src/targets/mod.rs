@@ -214,6 +214,17 @@ impl Executor {
         self
     }
 
+    /// This executor, counting its calls and outcomes in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Executor {
+        self.http.metrics = metrics;
+        self
+    }
+
+    /// Where this executor counts its calls and outcomes.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.http.metrics
+    }
+
     /// The mapping set this executor delivers with.
     pub fn program(&self) -> &Arc<Program> {
         &self.program

@@ -110,7 +110,7 @@ async fn flush_one(
         Outcome::Transient { .. } if attempts < config.max_attempts => "retrying",
         _ => "dead",
     };
-    crate::server::telemetry::event_processed(label, calls);
+    executor.metrics().event_processed(label, calls, None);
     let result = match &outcome {
         Outcome::Delivered | Outcome::Suppressed { .. } => store.finish_write(write.id).await,
         Outcome::Paused { error, until } => {

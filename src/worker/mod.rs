@@ -180,7 +180,9 @@ async fn deliver_one(executor: &Executor, config: &WorkerConfig, event: &Claimed
         Finish::State { state, .. } => state.as_str(),
         Finish::Defer { .. } => "paused",
     };
-    crate::server::telemetry::event_processed(label, delivery.calls);
+    executor
+        .metrics()
+        .event_processed(label, delivery.calls, Some(event.id));
     log_outcome(event, &outcome, &finish);
     delivery.journal.finish(event.id, finish);
     // A database busy for a moment (SQLite's writer lock held past its

@@ -1,12 +1,13 @@
 //! Helpers shared by the integration tests (each test file uses some of them).
 #![allow(dead_code)]
 
+use mapper::app::{App, AppConfig, DatabaseUrl, Env, Running};
+use mapper::config::compile::compile_dir;
 use mapper::sandbox::StickyCardsSandbox;
 use mapper::sandbox::ghl::GhlSandbox;
 use mapper::store::Store;
-use std::io::{BufRead, BufReader};
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// Copies a folder tree.
@@ -23,86 +24,84 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// A `mapper serve` child process wired to the simulators.
+/// The app `mapper serve` runs, started in this process and wired to the simulators.
 pub struct Serve {
     pub base: String,
     pub db: String,
-    child: Child,
+    pub running: Running,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The webhook secrets the tests post with, and the simulators' API.
+pub fn serve_env(ghl: &GhlSandbox, sc: &StickyCardsSandbox) -> BTreeMap<String, String> {
+    [
+        ("STICKYCARDS_WEBHOOK_TOKEN", "sc-token".to_string()),
+        ("SIGNALMIND_WEBHOOK_TOKEN", "sm-token".to_string()),
+        ("SLICKTEXT_WEBHOOK_SECRET", "st-secret".to_string()),
+        ("GHL_WORKFLOW_WEBHOOK_TOKEN", "wf-token".to_string()),
+        ("GHL_API_BASE_URL", ghl.base_url()),
+        ("GHL_API_TOKEN", ghl.token().to_string()),
+        ("GHL_LOCATION_ID", ghl.location_id().to_string()),
+        ("STICKYCARDS_API_BASE_URL", sc.base_url()),
+        ("STICKYCARDS_API_KEY", sc.api_key().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
-/// Starts `mapper serve` on a free port with a fresh SQLite file.
-pub fn serve_in(
+/// Starts what `mapper serve` runs, on a free port with a fresh SQLite
+/// file, watching `mappings`; `extra_env` adds to (or replaces) the
+/// variables of [`serve_env`]. Every write goes out at once: most tests
+/// assert each write as it happens.
+pub async fn serve_in(
     ghl: &GhlSandbox,
     sc: &StickyCardsSandbox,
     extra_env: &[(&str, &str)],
     mappings: &str,
 ) -> Serve {
+    serve_holding(ghl, sc, extra_env, mappings, Duration::ZERO).await
+}
+
+/// As [`serve_in`], holding writes to coalescing targets for `window`.
+pub async fn serve_holding(
+    ghl: &GhlSandbox,
+    sc: &StickyCardsSandbox,
+    extra_env: &[(&str, &str)],
+    mappings: &str,
+    window: Duration,
+) -> Serve {
+    if std::env::var("SERVE_LOG").is_ok() {
+        // The app logs through `tracing`, here as `mapper serve` logs to stderr.
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("mapper.db").display());
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mapper"));
-    // Most tests assert each write as it happens: no holding back unless a
-    // test asks for a window.
-    command.env("MAPPER_COALESCE_WINDOW", "0s");
+    let mut env = serve_env(ghl, sc);
     for (k, v) in extra_env {
-        command.env(k, v);
+        env.insert(k.to_string(), v.to_string());
     }
-    let mut child = command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database",
-            &db,
-            "--mappings",
-            mappings,
-        ])
-        .env("STICKYCARDS_WEBHOOK_TOKEN", "sc-token")
-        .env("SIGNALMIND_WEBHOOK_TOKEN", "sm-token")
-        .env("SLICKTEXT_WEBHOOK_SECRET", "st-secret")
-        .env("GHL_WORKFLOW_WEBHOOK_TOKEN", "wf-token")
-        .env("GHL_API_BASE_URL", ghl.base_url())
-        .env("GHL_API_TOKEN", ghl.token())
-        .env("GHL_LOCATION_ID", ghl.location_id())
-        .env("STICKYCARDS_API_BASE_URL", sc.base_url())
-        .env("STICKYCARDS_API_KEY", sc.api_key())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let mut base = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap_or_default();
-        if let Some(at) = line.find("http://") {
-            let addr: String = line[at + 7..]
-                .chars()
-                .take_while(|c| *c != '/' && !c.is_whitespace())
-                .collect();
-            base = format!("http://{addr}");
-            break;
-        }
-    }
-    std::thread::spawn(move || {
-        for l in lines.map_while(Result::ok) {
-            if std::env::var("SERVE_LOG").is_ok() {
-                eprintln!("serve: {l}");
-            }
-        }
-    });
-    assert!(base.starts_with("http://"), "serve did not start");
+    let program = compile_dir(Path::new(mappings))
+        .program
+        .expect("the mapping folder checks clean");
+    let mut config = AppConfig::serve(
+        program,
+        db.parse::<DatabaseUrl>().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        Some(mappings.into()),
+        Env::from_map(env),
+    );
+    config.coalesce_window = Some(window);
+    let running = App::start(config).await.expect("the app starts");
     Serve {
-        child,
-        base,
+        base: running.url().unwrap(),
         db,
+        running,
         _dir: dir,
     }
 }

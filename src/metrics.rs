@@ -1,0 +1,485 @@
+//! What `GET /metrics` shows, as a handle: one [`Metrics`] per running app,
+//! created by `App::start` and handed to the receiver, the worker and the
+//! executor. Two apps in one process (tests, benches) count apart.
+//!
+//! Built on `prometheus-client` (the Prometheus project's Rust client): a
+//! registry is a value, not a process-wide recorder, which is what lets the
+//! handle be passed rather than reached for.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Events whose storing time is remembered for the delivery-lag histogram;
+/// past this the oldest are forgotten (an event delivered by another
+/// process, or never, would otherwise be kept for ever).
+const REMEMBERED_STORES: usize = 100_000;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BySource {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Rejection {
+    source: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByOutcome {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetStatus {
+    target: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByResult {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoredEvents {
+    source: String,
+    event: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HeldWrites {
+    target: String,
+    op: String,
+    state: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn ack_buckets() -> Histogram {
+    // 0.5 ms to about 4 s: an acknowledgement waits for one group commit.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+}
+
+fn lag_buckets() -> Histogram {
+    // 10 ms to about 3 h: retries back off up to 10 minutes, 8 times.
+    Histogram::new(exponential_buckets(0.01, 2.0, 21))
+}
+
+fn request_buckets() -> Histogram {
+    // 5 ms to about 20 s, a target's default timeout.
+    Histogram::new(exponential_buckets(0.005, 2.0, 13))
+}
+
+struct Inner {
+    registry: Registry,
+    received: Family<BySource, Counter>,
+    accepted: Family<BySource, Counter>,
+    duplicate: Family<BySource, Counter>,
+    rejected: Family<Rejection, Counter>,
+    ack_seconds: Histograms<BySource>,
+    deliveries: Family<ByOutcome, Counter>,
+    delivery_lag: Histogram,
+    target_requests: Family<TargetStatus, Counter>,
+    target_seconds: Histograms<TargetStatus>,
+    calls_per_event: Histogram,
+    reloads: Family<ByResult, Counter>,
+    last_reload_ok: Gauge,
+    events: Family<StoredEvents, Gauge>,
+    held_writes: Family<HeldWrites, Gauge>,
+    held_merged: Family<HeldWrites, Gauge>,
+    /// Delivery id → when this process stored it.
+    stored_at: Mutex<BTreeMap<i64, Instant>>,
+    /// Scrapes refresh the gauges read from the database, then encode: one at a time.
+    scrape: tokio::sync::Mutex<()>,
+}
+
+/// The app's counters, gauges and histograms; cheap to clone (one shared registry).
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric `/metrics` documents.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let received = Family::<BySource, Counter>::default();
+        registry.register(
+            "mapper_webhooks_received",
+            "Webhooks received, per source",
+            received.clone(),
+        );
+        let accepted = Family::<BySource, Counter>::default();
+        registry.register(
+            "mapper_webhooks_accepted",
+            "Webhooks stored as new events, per source",
+            accepted.clone(),
+        );
+        let duplicate = Family::<BySource, Counter>::default();
+        registry.register(
+            "mapper_webhooks_duplicate",
+            "Webhooks recognised as an event already stored, per source",
+            duplicate.clone(),
+        );
+        let rejected = Family::<Rejection, Counter>::default();
+        registry.register(
+            "mapper_webhooks_rejected",
+            "Webhooks refused, per source and reason",
+            rejected.clone(),
+        );
+        let ack_seconds: Histograms<BySource> = Family::new_with_constructor(ack_buckets);
+        registry.register(
+            "mapper_webhook_ack_seconds",
+            "Time from a webhook's arrival to its acknowledgement, per source",
+            ack_seconds.clone(),
+        );
+        let deliveries = Family::<ByOutcome, Counter>::default();
+        registry.register(
+            "mapper_deliveries",
+            "Processed events (and held writes sent), by outcome",
+            deliveries.clone(),
+        );
+        let delivery_lag = lag_buckets();
+        registry.register(
+            "mapper_delivery_lag_seconds",
+            "Time from storing an event to its delivery, for events this process stored",
+            delivery_lag.clone(),
+        );
+        let target_requests = Family::<TargetStatus, Counter>::default();
+        registry.register(
+            "mapper_target_requests",
+            "Requests to targets, by target and status class (error: no answer)",
+            target_requests.clone(),
+        );
+        let target_seconds: Histograms<TargetStatus> =
+            Family::new_with_constructor(request_buckets);
+        registry.register(
+            "mapper_target_request_seconds",
+            "Duration of one request to a target, by target and status class",
+            target_seconds.clone(),
+        );
+        let calls_per_event = Histogram::new([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 13.0, 21.0]);
+        registry.register(
+            "mapper_target_calls_per_event",
+            "Target calls made for one processed event",
+            calls_per_event.clone(),
+        );
+        let reloads = Family::<ByResult, Counter>::default();
+        registry.register(
+            "mapper_config_reloads",
+            "Reloads of the mapping folder, by result",
+            reloads.clone(),
+        );
+        // Both results are shown from the start, at 0.
+        for result in ["ok", "failed"] {
+            let _ = reloads.get_or_create(&ByResult {
+                result: result.into(),
+            });
+        }
+        let last_reload_ok = Gauge::default();
+        last_reload_ok.set(1);
+        registry.register(
+            "mapper_config_last_reload_ok",
+            "1 when the latest reload of the mapping folder was applied (or none was tried)",
+            last_reload_ok.clone(),
+        );
+        let events = Family::<StoredEvents, Gauge>::default();
+        registry.register(
+            "mapper_events",
+            "Stored events per source, event and state (the queue depth)",
+            events.clone(),
+        );
+        let held_writes = Family::<HeldWrites, Gauge>::default();
+        registry.register(
+            "mapper_held_writes",
+            "Held (coalesced) writes per target, operation and state",
+            held_writes.clone(),
+        );
+        let held_merged = Family::<HeldWrites, Gauge>::default();
+        registry.register(
+            "mapper_held_writes_merged",
+            "Writes merged into the held writes, per target, operation and state",
+            held_merged.clone(),
+        );
+        Metrics(Arc::new(Inner {
+            registry,
+            received,
+            accepted,
+            duplicate,
+            rejected,
+            ack_seconds,
+            deliveries,
+            delivery_lag,
+            target_requests,
+            target_seconds,
+            calls_per_event,
+            reloads,
+            last_reload_ok,
+            events,
+            held_writes,
+            held_merged,
+            stored_at: Mutex::new(BTreeMap::new()),
+            scrape: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// A webhook arrived for a known source.
+    pub fn webhook_received(&self, source: &str) {
+        self.0.received.get_or_create(&by_source(source)).inc();
+    }
+
+    /// A webhook was refused; `reason` is the error code it was answered with.
+    pub fn webhook_rejected(&self, source: &str, reason: &str) {
+        self.0
+            .rejected
+            .get_or_create(&Rejection {
+                source: source.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// A webhook was stored as event `delivery_id` and acknowledged.
+    pub fn webhook_accepted(&self, source: &str, delivery_id: i64) {
+        self.0.accepted.get_or_create(&by_source(source)).inc();
+        if let Ok(mut stored) = self.0.stored_at.lock() {
+            stored.insert(delivery_id, Instant::now());
+            while stored.len() > REMEMBERED_STORES {
+                stored.pop_first();
+            }
+        }
+    }
+
+    /// A webhook was an event already stored.
+    pub fn webhook_duplicate(&self, source: &str) {
+        self.0.duplicate.get_or_create(&by_source(source)).inc();
+    }
+
+    /// How long answering a webhook of `source` took, whatever the answer.
+    pub fn webhook_answered(&self, source: &str, took: Duration) {
+        self.0
+            .ack_seconds
+            .get_or_create(&by_source(source))
+            .observe(took.as_secs_f64());
+    }
+
+    /// One event (or held write) processed, by outcome (`delivered`,
+    /// `retrying`, `dead`, …), with the target calls it made. `delivery_id`
+    /// names the event, for the lag from storing to delivery.
+    pub fn event_processed(&self, outcome: &str, calls: u64, delivery_id: Option<i64>) {
+        self.0
+            .deliveries
+            .get_or_create(&ByOutcome {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        self.0.calls_per_event.observe(calls as f64);
+        let Some(id) = delivery_id else { return };
+        // Every final outcome forgets the event; only a delivery is a lag.
+        if outcome == "retrying" || outcome == "paused" {
+            return;
+        }
+        let stored = self.0.stored_at.lock().ok().and_then(|mut s| s.remove(&id));
+        if let Some(at) = stored
+            && outcome == "delivered"
+        {
+            self.0.delivery_lag.observe(at.elapsed().as_secs_f64());
+        }
+    }
+
+    /// One request to `target`: its answer's status (`None`: no answer) and duration.
+    pub fn target_call(&self, target: &str, status: Option<u16>, took: Duration) {
+        let labels = TargetStatus {
+            target: target.to_string(),
+            status: match status {
+                Some(s) => format!("{}xx", s / 100),
+                None => "error".to_string(),
+            },
+        };
+        self.0.target_requests.get_or_create(&labels).inc();
+        self.0
+            .target_seconds
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// The mapping folder was reloaded (`ok`) or a changed set refused.
+    pub fn config_reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.0
+            .reloads
+            .get_or_create(&ByResult {
+                result: result.into(),
+            })
+            .inc();
+        self.0.last_reload_ok.set(i64::from(ok));
+    }
+
+    /// The registry in the OpenMetrics text format, after reading the
+    /// gauges that live in the database from `store`.
+    pub async fn render(&self, store: &crate::store::Store) -> String {
+        let _one_at_a_time = self.0.scrape.lock().await;
+        if let Ok(counts) = store.counts().await {
+            self.0.events.clear();
+            for c in counts {
+                self.0
+                    .events
+                    .get_or_create(&StoredEvents {
+                        source: c.source,
+                        event: c.event_type,
+                        state: c.state,
+                    })
+                    .set(c.count);
+            }
+        }
+        if let Ok(held) = store.held_counts().await {
+            self.0.held_writes.clear();
+            self.0.held_merged.clear();
+            for (target, op, state, rows, writes) in held {
+                let labels = HeldWrites { target, op, state };
+                self.0.held_writes.get_or_create(&labels).set(rows);
+                self.0.held_merged.get_or_create(&labels).set(writes);
+            }
+        }
+        self.encode()
+    }
+
+    /// The registry as it stands, in the OpenMetrics text format.
+    fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail; a label that cannot be encoded
+        // leaves the text cut short rather than the scrape refused.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.0.registry);
+        out
+    }
+}
+
+fn by_source(source: &str) -> BySource {
+    BySource {
+        source: source.to_string(),
+    }
+}
+
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, start: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(start))
+    }
+
+    #[test]
+    fn documented_names_are_there_from_the_start() {
+        let text = Metrics::new().encode();
+        assert!(line(&text, "mapper_config_reloads_total{result=\"ok\"} 0").is_some());
+        assert!(line(&text, "mapper_config_reloads_total{result=\"failed\"} 0").is_some());
+        assert!(line(&text, "mapper_config_last_reload_ok 1").is_some());
+        assert!(line(&text, "mapper_target_calls_per_event_count 0").is_some());
+        assert!(line(&text, "mapper_delivery_lag_seconds_count 0").is_some());
+    }
+
+    #[test]
+    fn a_target_call_is_counted_and_timed_by_status_class() {
+        let m = Metrics::new();
+        m.target_call("ghl", Some(201), Duration::from_millis(30));
+        m.target_call("ghl", None, Duration::from_secs(20));
+        let text = m.encode();
+        assert!(
+            line(
+                &text,
+                "mapper_target_requests_total{target=\"ghl\",status=\"2xx\"} 1"
+            )
+            .is_some(),
+            "{text}"
+        );
+        assert!(
+            line(
+                &text,
+                "mapper_target_request_seconds_count{target=\"ghl\",status=\"error\"} 1"
+            )
+            .is_some(),
+            "{text}"
+        );
+        // 30 ms falls in the 40 ms bucket (5 ms doubling), not in the 20 ms one.
+        assert!(
+            line(
+                &text,
+                "mapper_target_request_seconds_bucket{le=\"0.02\",target=\"ghl\",status=\"2xx\"} 0"
+            )
+            .is_some(),
+            "{text}"
+        );
+        assert!(
+            line(
+                &text,
+                "mapper_target_request_seconds_bucket{le=\"0.04\",target=\"ghl\",status=\"2xx\"} 1"
+            )
+            .is_some(),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn delivery_lag_counts_delivered_events_this_process_stored_once() {
+        let m = Metrics::new();
+        m.webhook_accepted("stickycards", 1);
+        m.webhook_accepted("stickycards", 2);
+        m.event_processed("retrying", 1, Some(1));
+        m.event_processed("delivered", 2, Some(1));
+        m.event_processed("dead", 1, Some(2));
+        // Stored by another process: no lag known.
+        m.event_processed("delivered", 1, Some(99));
+        // A redelivery of the same id is not counted again.
+        m.event_processed("delivered", 1, Some(1));
+        let text = m.encode();
+        assert!(
+            line(&text, "mapper_delivery_lag_seconds_count 1").is_some(),
+            "{text}"
+        );
+        assert!(
+            line(&text, "mapper_deliveries_total{outcome=\"delivered\"} 3").is_some(),
+            "{text}"
+        );
+        assert!(
+            line(&text, "mapper_target_calls_per_event_count 5").is_some(),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn two_handles_count_apart_and_clones_count_together() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        a.clone().webhook_received("ghl");
+        a.webhook_received("ghl");
+        assert!(
+            line(
+                &a.encode(),
+                "mapper_webhooks_received_total{source=\"ghl\"} 2"
+            )
+            .is_some()
+        );
+        assert!(line(&b.encode(), "mapper_webhooks_received_total{").is_none());
+    }
+}
