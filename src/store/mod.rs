@@ -7,6 +7,7 @@
 //! Every row is keyed by a *connection* (one GHL location with its source
 //! accounts); a single deployment uses `default`.
 
+mod inbox;
 pub mod resync;
 
 use serde::Serialize;
@@ -506,55 +507,6 @@ impl Store {
             total += result.rows_affected();
         }
         Ok(total)
-    }
-
-    /// Claims up to `limit` events that are due, marking them `processing`.
-    ///
-    /// An event is due only when no earlier event of the same customer is
-    /// still waiting or in flight, so one customer's events apply in arrival
-    /// order while different customers' go in parallel (also across
-    /// replicas). PostgreSQL skips rows another worker holds; SQLite has one
-    /// writer, so the single `UPDATE … RETURNING` is already atomic.
-    pub async fn claim_due(&self, limit: i64) -> Result<Vec<ClaimedEvent>, StoreError> {
-        let lock = match self.dialect {
-            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
-            Dialect::Sqlite => "",
-        };
-        // A claim is a lease: `next_attempt_at` becomes its end, and an event
-        // still `processing` after it (its process died) is claimed again.
-        let sql = format!(
-            "UPDATE events SET state = 'processing', attempts = attempts + 1, next_attempt_at = $3 WHERE id IN \
-             (SELECT e.id FROM events e WHERE e.state IN ('received', 'retrying', 'processing') AND e.next_attempt_at <= $1 \
-             AND (e.customer_key IS NULL OR NOT EXISTS (SELECT 1 FROM events p WHERE p.connection = e.connection \
-             AND p.customer_key = e.customer_key AND p.id < e.id \
-             AND p.state IN ('received', 'retrying', 'processing'))) \
-             ORDER BY e.id LIMIT $2{lock}) \
-             RETURNING id, connection, source, event_type, body, attempts, customer_key, occurred_at"
-        );
-        let now = now_ms();
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(now)
-            .bind(limit)
-            .bind(now + CLAIM_LEASE_MS)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut out: Vec<ClaimedEvent> = rows
-            .iter()
-            .map(|r| {
-                Ok(ClaimedEvent {
-                    id: r.try_get(0)?,
-                    connection: r.try_get(1)?,
-                    source: r.try_get(2)?,
-                    event_type: r.try_get(3)?,
-                    body: r.try_get(4)?,
-                    attempts: r.try_get(5)?,
-                    customer_key: r.try_get(6)?,
-                    occurred_at: r.try_get(7)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()?;
-        out.sort_by_key(|e| e.id);
-        Ok(out)
     }
 
     /// Events left `processing` by a process that stopped are due again. On
@@ -1140,7 +1092,7 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
             }
         };
     }
-    let steps: [(i64, &str, &'static str); 7] = [
+    let steps: [(i64, &str, &'static str); 8] = [
         (1, "inbox", both!("0001_inbox.sql")),
         (2, "records", both!("0002_records.sql")),
         (3, "order_mirror", both!("0003_order_mirror.sql")),
@@ -1152,6 +1104,7 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
             "ownership_coalesce",
             both!("0007_ownership_coalesce.sql"),
         ),
+        (8, "claim_heads", both!("0008_claim_heads.sql")),
     ];
     Migrator::with_migrations(
         steps
