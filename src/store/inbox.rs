@@ -6,15 +6,18 @@
 //! not grow with a customer's backlog or its delivered history.
 
 use super::{CLAIM_LEASE_MS, ClaimedEvent, Dialect, Store, StoreError, now_ms};
-use sqlx::Row;
+use sqlx::{AnyConnection, Connection, Row};
 use std::collections::BTreeSet;
 
 /// The states in which an event still waits for (or is in) delivery.
 const PENDING: &str = "('received', 'retrying', 'processing')";
 
-/// Stale customers whose head is recomputed per claim; the rest wait for the
-/// next claim, so one claim stays short after a burst of finished events.
-const REPAIR_BATCH: i64 = 256;
+/// Notes of finished events read per claim: a bulk change of many events
+/// (an operator's `UPDATE`) is worked off over a few claims.
+const REPAIR_BATCH: i64 = 4096;
+
+/// Customers per repair statement (two parameters each).
+const KEYS_PER_STATEMENT: usize = 200;
 
 /// Heads looked at beyond the claim's limit: rows another replica is
 /// claiming at the same moment are skipped (`SKIP LOCKED`), and the claim
@@ -30,15 +33,49 @@ impl Store {
     /// replicas). PostgreSQL skips rows another worker holds; SQLite has one
     /// writer, so the single `UPDATE … RETURNING` is already atomic.
     pub async fn claim_due(&self, limit: i64) -> Result<Vec<ClaimedEvent>, StoreError> {
-        self.repair_heads().await?;
-        let sql = self.claim_sql();
+        let mut conn = self.pool.acquire().await?;
         let now = now_ms();
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        // Heads to recompute and the claim share one transaction (one
+        // durable commit); with nothing to recompute, a claim that finds
+        // nothing due writes nothing at all.
+        if self.heads_are_stale(&mut conn).await? {
+            let mut tx = conn.begin().await?;
+            self.repair_heads(&mut tx).await?;
+            let claimed = self.claim_candidates(&mut tx, now, limit).await?;
+            tx.commit().await?;
+            Ok(claimed)
+        } else {
+            self.claim_candidates(&mut conn, now, limit).await
+        }
+    }
+
+    /// Finds the due heads, then takes up to `limit` of them.
+    async fn claim_candidates(
+        &self,
+        conn: &mut AnyConnection,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedEvent>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(candidates_sql()))
+            .bind(now)
+            .bind(limit.saturating_add(CANDIDATE_SLACK))
+            .fetch_all(&mut *conn)
+            .await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        for r in &rows {
+            ids.push(r.try_get::<i64, _>(0)?);
+        }
+        let rows = sqlx::query(sqlx::AssertSqlSafe(self.take_sql(ids.len())))
             .bind(now)
             .bind(limit)
-            .bind(now + CLAIM_LEASE_MS)
-            .bind(limit.saturating_add(CANDIDATE_SLACK))
-            .fetch_all(&self.pool)
+            .bind(now + CLAIM_LEASE_MS);
+        let rows = ids
+            .iter()
+            .fold(rows, |q, id| q.bind(*id))
+            .fetch_all(&mut *conn)
             .await?;
         let mut out: Vec<ClaimedEvent> = rows
             .iter()
@@ -59,61 +96,90 @@ impl Store {
         Ok(out)
     }
 
-    /// The claim statement: `$1` now, `$2` the limit, `$3` the lease's end,
-    /// `$4` how many heads to look at.
-    fn claim_sql(&self) -> String {
+    /// Takes up to `$2` of the `count` candidate ids (`$4…`) that are still
+    /// pending and due when locked: `$1` now, `$3` the lease's end. A claim
+    /// is a lease: `next_attempt_at` becomes its end, and an event still
+    /// `processing` after it (its process died) is due again. The ids are
+    /// literal parameters so that the planner probes the primary key for
+    /// them instead of merging them with every pending event.
+    fn take_sql(&self, count: usize) -> String {
         let lock = match self.dialect {
             Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
             Dialect::Sqlite => "",
         };
-        // Candidates: due heads of customers, in id order, and due events
-        // without a customer (each is its own head). The scalar subquery
-        // keeps the planners on the heads index in order, stopping at the
-        // limit, whatever their statistics say (a stale estimate made
-        // PostgreSQL hash-join every pending event). A claim is a lease:
-        // `next_attempt_at` becomes its end, and an event still `processing`
-        // after it (its process died) is due again.
+        let list = (0..count)
+            .map(|n| format!("${}", n + 4))
+            .collect::<Vec<_>>()
+            .join(", ");
         format!(
             "UPDATE events SET state = 'processing', attempts = attempts + 1, next_attempt_at = $3 WHERE id IN \
-             (SELECT e.id FROM events e WHERE e.id IN \
-               (SELECT id FROM (SELECT h.head_id AS id FROM inbox_heads h WHERE h.head_id IS NOT NULL \
-                  AND (SELECT x.next_attempt_at FROM events x WHERE x.id = h.head_id AND x.state IN {PENDING}) <= $1 \
-                  ORDER BY h.head_id LIMIT $4) heads \
-                UNION ALL \
-                SELECT id FROM (SELECT x.id FROM events x WHERE x.customer_key IS NULL AND x.state IN {PENDING} \
-                  AND x.next_attempt_at <= $1 ORDER BY x.id LIMIT $4) keyless) \
+             (SELECT e.id FROM events e WHERE e.id IN ({list}) \
              AND e.state IN {PENDING} AND e.next_attempt_at <= $1 \
              ORDER BY e.id LIMIT $2{lock}) \
              RETURNING id, connection, source, event_type, body, attempts, customer_key, occurred_at"
         )
     }
 
-    /// How the database runs one claim of `limit` events, for the record
-    /// (BENCHMARKS.md): on PostgreSQL `EXPLAIN ANALYZE` of the claim, rolled
-    /// back; on SQLite `EXPLAIN QUERY PLAN`. Stale heads are repaired first,
-    /// as a claim does.
+    /// How the database finds the due heads of a claim, for the record
+    /// (BENCHMARKS.md): on PostgreSQL `EXPLAIN ANALYZE`, on SQLite `EXPLAIN
+    /// QUERY PLAN`, of the candidates' query and of taking `limit` of them
+    /// (rolled back). Stale heads are repaired first, as a claim does.
     pub async fn explain_claim(&self, limit: i64) -> Result<Vec<String>, StoreError> {
-        self.repair_heads().await?;
+        let mut conn = self.pool.acquire().await?;
         let now = now_ms();
-        let sql = self.claim_sql();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = conn.begin().await?;
+        self.repair_heads(&mut tx).await?;
         let (prefix, column) = match self.dialect {
             Dialect::Postgres => ("EXPLAIN (ANALYZE, BUFFERS) ", 0),
             Dialect::Sqlite => ("EXPLAIN QUERY PLAN ", 3),
         };
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{prefix}{sql}")))
+        let text = |rows: Vec<sqlx::any::AnyRow>| {
+            rows.iter()
+                .map(|r| r.try_get::<String, _>(column))
+                .collect::<Result<Vec<String>, sqlx::Error>>()
+        };
+        let mut lines = vec!["-- the due heads:".to_string()];
+        lines.extend(text(
+            sqlx::query(sqlx::AssertSqlSafe(format!("{prefix}{}", candidates_sql())))
+                .bind(now)
+                .bind(limit.saturating_add(CANDIDATE_SLACK))
+                .fetch_all(&mut *tx)
+                .await?,
+        )?);
+        let ids: Vec<i64> = sqlx::query(sqlx::AssertSqlSafe(candidates_sql()))
             .bind(now)
-            .bind(limit)
-            .bind(now + CLAIM_LEASE_MS)
             .bind(limit.saturating_add(CANDIDATE_SLACK))
             .fetch_all(&mut *tx)
-            .await?;
-        let lines = rows
+            .await?
             .iter()
-            .map(|r| r.try_get::<String, _>(column))
+            .map(|r| r.try_get::<i64, _>(0))
             .collect::<Result<_, sqlx::Error>>()?;
+        if !ids.is_empty() {
+            lines.push("-- taking them:".to_string());
+            let query = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{prefix}{}",
+                self.take_sql(ids.len())
+            )))
+            .bind(now)
+            .bind(limit)
+            .bind(now + CLAIM_LEASE_MS);
+            lines.extend(text(
+                ids.iter()
+                    .fold(query, |q, id| q.bind(*id))
+                    .fetch_all(&mut *tx)
+                    .await?,
+            )?);
+        }
         tx.rollback().await?;
         Ok(lines)
+    }
+
+    /// Whether any customer's head must be recomputed; one indexed read.
+    async fn heads_are_stale(&self, conn: &mut AnyConnection) -> Result<bool, StoreError> {
+        Ok(sqlx::query("SELECT id FROM inbox_head_stale LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await?
+            .is_some())
     }
 
     /// Recomputes the head of each customer whose events left the queue
@@ -126,21 +192,11 @@ impl Store {
     /// starts after its row is locked, so it sees every event committed by
     /// then, and an event stored after that waits for the lock and then
     /// lowers the head itself: no pending event is left without a head.
-    async fn repair_heads(&self) -> Result<(), StoreError> {
-        // The common case (nothing left the queue) costs one indexed read and
-        // no transaction.
-        if sqlx::query("SELECT id FROM inbox_head_stale LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await?
-            .is_none()
-        {
-            return Ok(());
-        }
+    async fn repair_heads(&self, tx: &mut AnyConnection) -> Result<(), StoreError> {
         let lock = match self.dialect {
             Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
             Dialect::Sqlite => "",
         };
-        let mut tx = self.pool.begin().await?;
         // A write first: on SQLite a deferred transaction that has read may
         // not upgrade to a writer once another connection has committed.
         let noted = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -156,41 +212,102 @@ impl Store {
         for r in &noted {
             customers.insert((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?));
         }
-        for (connection, customer_key) in &customers {
+        let customers: Vec<(String, String)> = customers.into_iter().collect();
+        for chunk in customers.chunks(KEYS_PER_STATEMENT) {
+            let mut chosen: Vec<&(String, String)> = chunk.iter().collect();
             if self.dialect == Dialect::Postgres {
-                let held = sqlx::query(
-                    "SELECT 1 FROM inbox_heads WHERE connection = $1 AND customer_key = $2 \
-                     FOR UPDATE SKIP LOCKED",
+                let held = bind_keys(
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT connection, customer_key FROM inbox_heads WHERE {} \
+                         ORDER BY connection, customer_key FOR UPDATE SKIP LOCKED",
+                        keys_condition(chunk.len(), 1)
+                    ))),
+                    chunk,
                 )
-                .bind(connection)
-                .bind(customer_key)
-                .fetch_optional(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await?;
-                if held.is_none() {
-                    // Busy elsewhere (or gone): note it again for the next claim.
-                    sqlx::query(
-                        "INSERT INTO inbox_head_stale (connection, customer_key) \
-                         SELECT connection, customer_key FROM inbox_heads \
-                         WHERE connection = $1 AND customer_key = $2",
+                let mut locked = BTreeSet::new();
+                for r in &held {
+                    locked.insert((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?));
+                }
+                // Busy elsewhere: noted again for the next claim.
+                let busy: Vec<(String, String)> = chunk
+                    .iter()
+                    .filter(|k| !locked.contains(*k))
+                    .cloned()
+                    .collect();
+                if !busy.is_empty() {
+                    bind_keys(
+                        sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "INSERT INTO inbox_head_stale (connection, customer_key) \
+                             SELECT connection, customer_key FROM inbox_heads WHERE {}",
+                            keys_condition(busy.len(), 1)
+                        ))),
+                        &busy,
                     )
-                    .bind(connection)
-                    .bind(customer_key)
                     .execute(&mut *tx)
                     .await?;
-                    continue;
                 }
+                chosen.retain(|k| locked.contains(*k));
             }
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE inbox_heads SET head_id = (SELECT MIN(e.id) FROM events e \
-                 WHERE e.connection = $1 AND e.customer_key = $2 AND e.state IN {PENDING}) \
-                 WHERE connection = $1 AND customer_key = $2"
-            )))
-            .bind(connection)
-            .bind(customer_key)
+            if chosen.is_empty() {
+                continue;
+            }
+            let chosen: Vec<(String, String)> = chosen.into_iter().cloned().collect();
+            // A statement of its own: on PostgreSQL its snapshot is taken
+            // after the locks above, so it sees every event committed by then.
+            bind_keys(
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE inbox_heads SET head_id = (SELECT MIN(e.id) FROM events e \
+                     WHERE e.connection = inbox_heads.connection \
+                     AND e.customer_key = inbox_heads.customer_key AND e.state IN {PENDING}) \
+                     WHERE {}",
+                    keys_condition(chosen.len(), 1)
+                ))),
+                &chosen,
+            )
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
         Ok(())
     }
+}
+
+/// `(connection = $n AND customer_key = $n+1) OR …` for `count` keys from
+/// `$first`: both planners answer it with primary-key look-ups (a row-value
+/// `IN` list made SQLite scan every head).
+fn keys_condition(count: usize, first: usize) -> String {
+    (0..count)
+        .map(|i| {
+            let n = first + 2 * i;
+            format!("(connection = ${n} AND customer_key = ${})", n + 1)
+        })
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
+fn bind_keys<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    keys: &'q [(String, String)],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    for (connection, customer_key) in keys {
+        query = query.bind(connection.as_str()).bind(customer_key.as_str());
+    }
+    query
+}
+
+/// The due heads in id order, `$2` at most (`$1` now): of customers, from
+/// `inbox_heads`, and events without a customer (each is its own head). The
+/// scalar subquery keeps both planners on the heads index in order,
+/// stopping at the limit, whatever their statistics say (a stale estimate
+/// made PostgreSQL hash-join every pending event).
+fn candidates_sql() -> String {
+    format!(
+        "SELECT id FROM (SELECT h.head_id AS id FROM inbox_heads h WHERE h.head_id IS NOT NULL \
+           AND (SELECT x.next_attempt_at FROM events x WHERE x.id = h.head_id AND x.state IN {PENDING}) <= $1 \
+           ORDER BY h.head_id LIMIT $2) heads \
+         UNION ALL \
+         SELECT id FROM (SELECT x.id FROM events x WHERE x.customer_key IS NULL AND x.state IN {PENDING} \
+           AND x.next_attempt_at <= $1 ORDER BY x.id LIMIT $2) keyless"
+    )
 }
