@@ -1,13 +1,15 @@
-//! The inbox's claim: hands out the oldest pending event of each customer.
+//! The inbox: webhooks stored in group-committed batches, and the claim
+//! that hands out the oldest pending event of each customer.
 //!
 //! Which event is a customer's oldest pending one is kept in `inbox_heads`
 //! by triggers (migration 0008): the claim reads one row per customer with
 //! pending events instead of walking every waiting event, so its cost does
 //! not grow with a customer's backlog or its delivered history.
 
-use super::{CLAIM_LEASE_MS, ClaimedEvent, Dialect, Store, StoreError, now_ms};
+use super::{CLAIM_LEASE_MS, ClaimedEvent, Dialect, Inserted, NewEvent, Store, StoreError, now_ms};
 use sqlx::{AnyConnection, Connection, Row};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use tokio::sync::{mpsc, oneshot};
 
 /// The states in which an event still waits for (or is in) delivery.
 const PENDING: &str = "('received', 'retrying', 'processing')";
@@ -25,6 +27,102 @@ const KEYS_PER_STATEMENT: usize = 200;
 const CANDIDATE_SLACK: i64 = 32;
 
 impl Store {
+    /// Stores events in one transaction; a repeated de-duplication key gives
+    /// the id stored the first time.
+    pub async fn insert_events(&self, events: &[NewEvent]) -> Result<Vec<Inserted>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.pool.acquire().await?;
+        self.insert_events_on(&mut conn, events).await
+    }
+
+    /// As [`Store::insert_events`], on a connection the caller holds.
+    async fn insert_events_on(
+        &self,
+        conn: &mut AnyConnection,
+        events: &[NewEvent],
+    ) -> Result<Vec<Inserted>, StoreError> {
+        let mut tx = conn.begin().await?;
+        let now = now_ms();
+        // One multi-row statement per batch: the rows it inserts come back with
+        // their keys; the others were stored before (or earlier in this batch).
+        let mut sql = String::from(
+            "INSERT INTO events (connection, source, event_type, event_id, dedup_key, received_at, \
+             occurred_at, headers, body, state, attempts, next_attempt_at, customer_key) VALUES ",
+        );
+        for n in 0..events.len() {
+            let b = n * 12;
+            if n > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8,
+                b + 9,
+                b + 10,
+                b + 11,
+                b + 12
+            ));
+        }
+        sql.push_str(" ON CONFLICT (connection, source, dedup_key) DO NOTHING RETURNING id, connection, source, dedup_key");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for e in events {
+            query = query
+                .bind(e.connection.as_str())
+                .bind(e.source.as_str())
+                .bind(e.event_type.as_str())
+                .bind(e.event_id.as_deref())
+                .bind(e.dedup_key.as_str())
+                .bind(now)
+                .bind(e.occurred_at)
+                .bind(e.headers.to_string())
+                .bind(e.body.as_slice())
+                .bind(e.state.as_str())
+                .bind(now)
+                .bind(e.customer_key.as_deref());
+        }
+        let rows = query.fetch_all(&mut *tx).await?;
+        let mut fresh: HashMap<(String, String, String), i64> = HashMap::new();
+        for r in &rows {
+            fresh.insert((r.try_get(1)?, r.try_get(2)?, r.try_get(3)?), r.try_get(0)?);
+        }
+        let mut out = Vec::with_capacity(events.len());
+        let mut seen: HashMap<(String, String, String), i64> = HashMap::new();
+        for e in events {
+            let key = (e.connection.clone(), e.source.clone(), e.dedup_key.clone());
+            if let Some(id) = seen.get(&key) {
+                out.push(Inserted::Duplicate(*id));
+                continue;
+            }
+            let result = match fresh.get(&key) {
+                Some(id) => Inserted::New(*id),
+                None => {
+                    let row = sqlx::query(
+                        "SELECT id FROM events WHERE connection = $1 AND source = $2 AND dedup_key = $3",
+                    )
+                    .bind(&e.connection)
+                    .bind(&e.source)
+                    .bind(&e.dedup_key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    Inserted::Duplicate(row.try_get::<i64, _>(0)?)
+                }
+            };
+            seen.insert(key, result.id());
+            out.push(result);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
     /// Claims up to `limit` events that are due, marking them `processing`.
     ///
     /// An event is due only when no earlier event of the same customer is
@@ -310,4 +408,82 @@ fn candidates_sql() -> String {
          SELECT id FROM (SELECT x.id FROM events x WHERE x.customer_key IS NULL AND x.state IN {PENDING} \
            AND x.next_attempt_at <= $1 ORDER BY x.id LIMIT $2) keyless"
     )
+}
+
+/// Groups concurrent inserts into one transaction, so durability costs one
+/// commit per batch instead of one per webhook.
+#[derive(Debug, Clone)]
+pub struct Inbox {
+    tx: mpsc::Sender<Waiting>,
+}
+
+/// A webhook waiting for its batch's commit, with where to say how it went.
+type Waiting = (NewEvent, oneshot::Sender<Result<Inserted, String>>);
+
+impl Inbox {
+    /// Starts the writer task; at most `max_batch` events per transaction.
+    ///
+    /// Requests wait for their batch's commit (never acknowledged before
+    /// it); while one batch commits, the next gathers the requests that
+    /// arrive meanwhile. The writer keeps a connection of its own, outside
+    /// the pool the workers share: a webhook never queues behind deliveries
+    /// for a connection.
+    pub fn start(store: Store, max_batch: usize) -> Inbox {
+        let (tx, mut rx) = mpsc::channel::<Waiting>(4096);
+        tokio::spawn(async move {
+            let mut own: Option<AnyConnection> = None;
+            let mut events = Vec::with_capacity(max_batch);
+            let mut replies = Vec::with_capacity(max_batch);
+            while let Some((event, reply)) = rx.recv().await {
+                events.push(event);
+                replies.push(reply);
+                while events.len() < max_batch {
+                    match rx.try_recv() {
+                        Ok((event, reply)) => {
+                            events.push(event);
+                            replies.push(reply);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if own.is_none() {
+                    // Detached: the pool opens another in its place.
+                    own = store.pool.acquire().await.ok().map(|c| c.detach());
+                }
+                let outcome = match own.as_mut() {
+                    Some(conn) => store.insert_events_on(conn, &events).await,
+                    None => store.insert_events(&events).await,
+                };
+                match outcome {
+                    Ok(results) => {
+                        for (reply, result) in replies.drain(..).zip(results) {
+                            let _ = reply.send(Ok(result));
+                        }
+                    }
+                    Err(e) => {
+                        // The connection may be what failed: a fresh one next time.
+                        own = None;
+                        let message = e.to_string();
+                        for reply in replies.drain(..) {
+                            let _ = reply.send(Err(message.clone()));
+                        }
+                    }
+                }
+                events.clear();
+            }
+        });
+        Inbox { tx }
+    }
+
+    /// Stores one event; returns once it is committed.
+    pub async fn store(&self, event: NewEvent) -> Result<Inserted, String> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send((event, reply))
+            .await
+            .map_err(|_| StoreError::WriterGone.to_string())?;
+        answer
+            .await
+            .map_err(|_| StoreError::WriterGone.to_string())?
+    }
 }
