@@ -17,7 +17,7 @@
 //! Each claim takes 8 events and the example then marks them delivered (as
 //! a worker would), so every claim also recomputes the heads of the
 //! customers just served. `--before` runs, on the same data, the claim
-//! statement of migration 0005 with its index recreated.
+//! statement of migration 0005 with its indexes recreated.
 //! With a PostgreSQL URL, a database `claim_backlog_<pid>` is created beside
 //! it and dropped at the end.
 
@@ -113,10 +113,22 @@ async fn run(shape: &str, url: &str, before: bool) {
             .expect("analyze");
     }
     if before {
-        sqlx::query("CREATE INDEX IF NOT EXISTS events_customer_state ON events (connection, customer_key, state, id)")
-            .execute(&mut conn)
-            .await
-            .expect("the old index");
+        for index in [
+            "CREATE INDEX IF NOT EXISTS events_customer_state ON events (connection, customer_key, state, id)",
+            "CREATE INDEX IF NOT EXISTS events_pending ON events (id) \
+             WHERE state IN ('received', 'retrying', 'processing')",
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(index))
+                .execute(&mut conn)
+                .await
+                .expect("the indexes of 0005");
+        }
+        if postgres {
+            sqlx::query("ANALYZE")
+                .execute(&mut conn)
+                .await
+                .expect("analyze");
+        }
     }
     // The claim of 0005 takes seconds here: a few are enough to show it.
     let claims: usize = std::env::var("CLAIM_COUNT")

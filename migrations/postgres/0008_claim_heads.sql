@@ -36,6 +36,9 @@ CREATE TABLE inbox_head_stale (
 DROP INDEX events_customer_state;
 CREATE INDEX events_waiting ON events (connection, customer_key, id)
     WHERE state IN ('received', 'retrying', 'processing');
+-- 0005's walk in id order over every pending event is gone: one index
+-- fewer for every stored webhook and every change of state.
+DROP INDEX events_pending;
 -- Events without a customer are each their own head.
 CREATE INDEX events_keyless ON events (id)
     WHERE customer_key IS NULL AND state IN ('received', 'retrying', 'processing');
