@@ -262,6 +262,197 @@ async fn ordering_and_mirror_on_sqlite_file() {
     ordering_and_mirror(Store::open(&url).await.unwrap(), &url).await;
 }
 
+/// With many customers each holding many waiting events, a claim hands out
+/// exactly the oldest pending event of every customer whose head is due,
+/// whatever code moves events out of the queue (the worker's `finish`, a
+/// bulk `UPDATE`, a replay that puts an older event back in front).
+async fn claim_with_backlog(store: Store, url: &str) {
+    const CUSTOMERS: usize = 40;
+    const PER_CUSTOMER: usize = 25;
+    let mut batch = Vec::new();
+    // Interleaved, as webhooks of many people arrive.
+    for n in 0..PER_CUSTOMER {
+        for c in 0..CUSTOMERS {
+            let mut e = event(&format!("c{c}-{n}"));
+            e.customer_key = Some(format!("sc:{c}"));
+            batch.push(e);
+        }
+    }
+    let ids: Vec<i64> = store
+        .insert_events(&batch)
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.id())
+        .collect();
+    // ids[n * CUSTOMERS + c] is customer c's n-th event.
+    let id_of = |c: usize, n: usize| ids[n * CUSTOMERS + c];
+    let claim = |limit: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .claim_due(limit)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.id)
+                .collect::<Vec<i64>>()
+        }
+    };
+    // In id order, a limit at a time, one per customer.
+    let first = claim(15).await;
+    assert_eq!(first, (0..15).map(|c| id_of(c, 0)).collect::<Vec<_>>());
+    let rest = claim(100).await;
+    assert_eq!(
+        rest,
+        (15..CUSTOMERS).map(|c| id_of(c, 0)).collect::<Vec<_>>()
+    );
+    assert!(claim(100).await.is_empty(), "every head is in flight");
+
+    // Even customers' heads are delivered, odd ones' retried later: only the
+    // even customers' second events come next.
+    for c in 0..CUSTOMERS {
+        let (state, at) = if c % 2 == 0 {
+            (EventState::Delivered, 0)
+        } else {
+            (EventState::Retrying, i64::MAX / 2)
+        };
+        store.finish(id_of(c, 0), state, at, None).await.unwrap();
+    }
+    let second = claim(100).await;
+    assert_eq!(
+        second,
+        (0..CUSTOMERS)
+            .step_by(2)
+            .map(|c| id_of(c, 1))
+            .collect::<Vec<_>>(),
+        "a retrying head blocks its customer's later events"
+    );
+
+    // Another writer settles events behind the store's back, in bulk: the
+    // even customers' second and third events. Their fourth come next.
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    let settled: Vec<String> = (0..CUSTOMERS)
+        .step_by(2)
+        .flat_map(|c| [id_of(c, 1), id_of(c, 2)])
+        .map(|id| id.to_string())
+        .collect();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE events SET state = 'delivered' WHERE id IN ({})",
+        settled.join(", ")
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let fourth = claim(100).await;
+    assert_eq!(
+        fourth,
+        (0..CUSTOMERS)
+            .step_by(2)
+            .map(|c| id_of(c, 3))
+            .collect::<Vec<_>>()
+    );
+
+    // Customer 0's delivered first event is replayed: it is older than the
+    // one in flight, so it waits, and once that one is done it goes first.
+    store
+        .finish(id_of(0, 0), EventState::Dead, 0, Some("422"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .replay(&mapper::store::ReplayFilter {
+                states: vec![EventState::Dead],
+                id: Some(id_of(0, 0)),
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+        1
+    );
+    store
+        .finish(id_of(0, 3), EventState::Delivered, 0, None)
+        .await
+        .unwrap();
+    assert_eq!(claim(100).await, vec![id_of(0, 0)]);
+    store
+        .finish(id_of(0, 0), EventState::Delivered, 0, None)
+        .await
+        .unwrap();
+    assert_eq!(claim(100).await, vec![id_of(0, 4)]);
+
+    // The odd customers' retries come due: each goes before its later events.
+    sqlx::query("UPDATE events SET next_attempt_at = 0 WHERE state = 'retrying'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let retried = claim(100).await;
+    assert_eq!(
+        retried,
+        (1..CUSTOMERS)
+            .step_by(2)
+            .map(|c| id_of(c, 0))
+            .collect::<Vec<_>>()
+    );
+
+    // Those in flight are done; the rest is drained one claim after
+    // another: every customer's events in arrival order.
+    for id in fourth[1..].iter().chain(&retried).chain(&[id_of(0, 4)]) {
+        store
+            .finish(*id, EventState::Delivered, 0, None)
+            .await
+            .unwrap();
+    }
+    let mut seen: std::collections::HashMap<usize, usize> = Default::default();
+    let mut handed = 0;
+    loop {
+        let got = store.claim_due(7).await.unwrap();
+        if got.is_empty() {
+            break;
+        }
+        let mut customers = std::collections::HashSet::new();
+        for e in got {
+            assert!(customers.insert(e.customer_key.clone()), "one per customer");
+            let position = ids.iter().position(|id| *id == e.id).unwrap();
+            let (n, c) = (position / CUSTOMERS, position % CUSTOMERS);
+            if let Some(last) = seen.insert(c, n) {
+                assert!(n > last, "customer {c}: event {n} after {last}");
+            }
+            handed += 1;
+            store
+                .finish(e.id, EventState::Delivered, 0, None)
+                .await
+                .unwrap();
+        }
+    }
+    let pending: i64 = store
+        .counts()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|c| c.state != "delivered" && c.state != "dead")
+        .map(|c| c.count)
+        .sum();
+    assert_eq!(pending, 0, "nothing is left behind");
+    assert!(handed > 0);
+}
+
+#[tokio::test]
+async fn claim_with_backlog_on_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("backlog.db").display());
+    claim_with_backlog(Store::open(&url).await.unwrap(), &url).await;
+}
+
+#[tokio::test]
+async fn claim_with_backlog_on_postgres() {
+    let Some((store, name, url, admin)) = fresh_postgres("backlog").await else {
+        return;
+    };
+    claim_with_backlog(store, &url).await;
+    drop_postgres(name, admin).await;
+}
+
 /// A fresh PostgreSQL database for one test (its store, name, URL and an
 /// admin connection to drop it with).
 async fn fresh_postgres(suffix: &str) -> Option<(Store, String, String, sqlx::AnyConnection)> {

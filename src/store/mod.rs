@@ -7,16 +7,16 @@
 //! Every row is keyed by a *connection* (one GHL location with its source
 //! accounts); a single deployment uses `default`.
 
+mod inbox;
 mod journal;
+pub use inbox::Inbox;
 pub mod resync;
 pub use journal::WriteTx;
 
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
-use std::collections::HashMap;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
 
 mod pending;
 pub use pending::{FLUSH_LEASE_MS, Held, HeldWrite, PendingWrite};
@@ -282,92 +282,6 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
-    /// Stores events in one transaction; a repeated de-duplication key gives
-    /// the id stored the first time.
-    pub async fn insert_events(&self, events: &[NewEvent]) -> Result<Vec<Inserted>, StoreError> {
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.pool.begin().await?;
-        let now = now_ms();
-        // One multi-row statement per batch: the rows it inserts come back with
-        // their keys; the others were stored before (or earlier in this batch).
-        let mut sql = String::from(
-            "INSERT INTO events (connection, source, event_type, event_id, dedup_key, received_at, \
-             occurred_at, headers, body, state, attempts, next_attempt_at, customer_key) VALUES ",
-        );
-        for n in 0..events.len() {
-            let b = n * 12;
-            if n > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7,
-                b + 8,
-                b + 9,
-                b + 10,
-                b + 11,
-                b + 12
-            ));
-        }
-        sql.push_str(" ON CONFLICT (connection, source, dedup_key) DO NOTHING RETURNING id, connection, source, dedup_key");
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for e in events {
-            query = query
-                .bind(e.connection.clone())
-                .bind(e.source.clone())
-                .bind(e.event_type.clone())
-                .bind(e.event_id.clone())
-                .bind(e.dedup_key.clone())
-                .bind(now)
-                .bind(e.occurred_at)
-                .bind(e.headers.to_string())
-                .bind(e.body.clone())
-                .bind(e.state.as_str())
-                .bind(now)
-                .bind(e.customer_key.clone());
-        }
-        let rows = query.fetch_all(&mut *tx).await?;
-        let mut fresh: HashMap<(String, String, String), i64> = HashMap::new();
-        for r in &rows {
-            fresh.insert((r.try_get(1)?, r.try_get(2)?, r.try_get(3)?), r.try_get(0)?);
-        }
-        let mut out = Vec::with_capacity(events.len());
-        let mut seen: HashMap<(String, String, String), i64> = HashMap::new();
-        for e in events {
-            let key = (e.connection.clone(), e.source.clone(), e.dedup_key.clone());
-            if let Some(id) = seen.get(&key) {
-                out.push(Inserted::Duplicate(*id));
-                continue;
-            }
-            let result = match fresh.get(&key) {
-                Some(id) => Inserted::New(*id),
-                None => {
-                    let row = sqlx::query(
-                        "SELECT id FROM events WHERE connection = $1 AND source = $2 AND dedup_key = $3",
-                    )
-                    .bind(&e.connection)
-                    .bind(&e.source)
-                    .bind(&e.dedup_key)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    Inserted::Duplicate(row.try_get::<i64, _>(0)?)
-                }
-            };
-            seen.insert(key, result.id());
-            out.push(result);
-        }
-        tx.commit().await?;
-        Ok(out)
-    }
-
     /// Counts events by source, type and state.
     pub async fn counts(&self) -> Result<Vec<Count>, StoreError> {
         let rows = sqlx::query(
@@ -456,55 +370,6 @@ impl Store {
             total += result.rows_affected();
         }
         Ok(total)
-    }
-
-    /// Claims up to `limit` events that are due, marking them `processing`.
-    ///
-    /// An event is due only when no earlier event of the same customer is
-    /// still waiting or in flight, so one customer's events apply in arrival
-    /// order while different customers' go in parallel (also across
-    /// replicas). PostgreSQL skips rows another worker holds; SQLite has one
-    /// writer, so the single `UPDATE … RETURNING` is already atomic.
-    pub async fn claim_due(&self, limit: i64) -> Result<Vec<ClaimedEvent>, StoreError> {
-        let lock = match self.dialect {
-            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
-            Dialect::Sqlite => "",
-        };
-        // A claim is a lease: `next_attempt_at` becomes its end, and an event
-        // still `processing` after it (its process died) is claimed again.
-        let sql = format!(
-            "UPDATE events SET state = 'processing', attempts = attempts + 1, next_attempt_at = $3 WHERE id IN \
-             (SELECT e.id FROM events e WHERE e.state IN ('received', 'retrying', 'processing') AND e.next_attempt_at <= $1 \
-             AND (e.customer_key IS NULL OR NOT EXISTS (SELECT 1 FROM events p WHERE p.connection = e.connection \
-             AND p.customer_key = e.customer_key AND p.id < e.id \
-             AND p.state IN ('received', 'retrying', 'processing'))) \
-             ORDER BY e.id LIMIT $2{lock}) \
-             RETURNING id, connection, source, event_type, body, attempts, customer_key, occurred_at"
-        );
-        let now = now_ms();
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(now)
-            .bind(limit)
-            .bind(now + CLAIM_LEASE_MS)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut out: Vec<ClaimedEvent> = rows
-            .iter()
-            .map(|r| {
-                Ok(ClaimedEvent {
-                    id: r.try_get(0)?,
-                    connection: r.try_get(1)?,
-                    source: r.try_get(2)?,
-                    event_type: r.try_get(3)?,
-                    body: r.try_get(4)?,
-                    attempts: r.try_get(5)?,
-                    customer_key: r.try_get(6)?,
-                    occurred_at: r.try_get(7)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()?;
-        out.sort_by_key(|e| e.id);
-        Ok(out)
     }
 
     /// Events left `processing` by a process that stopped are due again. On
@@ -894,7 +759,7 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
             }
         };
     }
-    let steps: [(i64, &str, &'static str); 7] = [
+    let steps: [(i64, &str, &'static str); 8] = [
         (1, "inbox", both!("0001_inbox.sql")),
         (2, "records", both!("0002_records.sql")),
         (3, "order_mirror", both!("0003_order_mirror.sql")),
@@ -906,6 +771,7 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
             "ownership_coalesce",
             both!("0007_ownership_coalesce.sql"),
         ),
+        (8, "claim_heads", both!("0008_claim_heads.sql")),
     ];
     Migrator::with_migrations(
         steps
@@ -977,59 +843,6 @@ fn redact(url: &str) -> String {
             format!("{}***{}", &url[..scheme + 3], &url[at..])
         }
         _ => url.to_string(),
-    }
-}
-
-/// Groups concurrent inserts into one transaction, so durability costs one
-/// commit per batch instead of one per webhook.
-#[derive(Debug, Clone)]
-pub struct Inbox {
-    tx: mpsc::Sender<(NewEvent, oneshot::Sender<Result<Inserted, String>>)>,
-}
-
-impl Inbox {
-    /// Starts the writer task; at most `max_batch` events per transaction.
-    pub fn start(store: Store, max_batch: usize) -> Inbox {
-        let (tx, mut rx) =
-            mpsc::channel::<(NewEvent, oneshot::Sender<Result<Inserted, String>>)>(4096);
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < max_batch {
-                    match rx.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
-                    }
-                }
-                let events: Vec<NewEvent> = batch.iter().map(|(e, _)| e.clone()).collect();
-                match store.insert_events(&events).await {
-                    Ok(results) => {
-                        for ((_, reply), result) in batch.into_iter().zip(results) {
-                            let _ = reply.send(Ok(result));
-                        }
-                    }
-                    Err(e) => {
-                        let message = e.to_string();
-                        for (_, reply) in batch {
-                            let _ = reply.send(Err(message.clone()));
-                        }
-                    }
-                }
-            }
-        });
-        Inbox { tx }
-    }
-
-    /// Stores one event; returns once it is committed.
-    pub async fn store(&self, event: NewEvent) -> Result<Inserted, String> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send((event, reply))
-            .await
-            .map_err(|_| StoreError::WriterGone.to_string())?;
-        answer
-            .await
-            .map_err(|_| StoreError::WriterGone.to_string())?
     }
 }
 

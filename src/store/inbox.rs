@@ -1,0 +1,489 @@
+//! The inbox: webhooks stored in group-committed batches, and the claim
+//! that hands out the oldest pending event of each customer.
+//!
+//! Which event is a customer's oldest pending one is kept in `inbox_heads`
+//! by triggers (migration 0008): the claim reads one row per customer with
+//! pending events instead of walking every waiting event, so its cost does
+//! not grow with a customer's backlog or its delivered history.
+
+use super::{CLAIM_LEASE_MS, ClaimedEvent, Dialect, Inserted, NewEvent, Store, StoreError, now_ms};
+use sqlx::{AnyConnection, Connection, Row};
+use std::collections::{BTreeSet, HashMap};
+use tokio::sync::{mpsc, oneshot};
+
+/// The states in which an event still waits for (or is in) delivery.
+const PENDING: &str = "('received', 'retrying', 'processing')";
+
+/// Notes of finished events read per claim: a bulk change of many events
+/// (an operator's `UPDATE`) is worked off over a few claims.
+const REPAIR_BATCH: i64 = 4096;
+
+/// Customers per repair statement (two parameters each).
+const KEYS_PER_STATEMENT: usize = 200;
+
+/// Heads looked at beyond the claim's limit: rows another replica is
+/// claiming at the same moment are skipped (`SKIP LOCKED`), and the claim
+/// still fills from the next heads.
+const CANDIDATE_SLACK: i64 = 32;
+
+impl Store {
+    /// Stores events in one transaction; a repeated de-duplication key gives
+    /// the id stored the first time.
+    pub async fn insert_events(&self, events: &[NewEvent]) -> Result<Vec<Inserted>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.pool.acquire().await?;
+        self.insert_events_on(&mut conn, events).await
+    }
+
+    /// As [`Store::insert_events`], on a connection the caller holds.
+    async fn insert_events_on(
+        &self,
+        conn: &mut AnyConnection,
+        events: &[NewEvent],
+    ) -> Result<Vec<Inserted>, StoreError> {
+        let mut tx = conn.begin().await?;
+        let now = now_ms();
+        // One multi-row statement per batch: the rows it inserts come back with
+        // their keys; the others were stored before (or earlier in this batch).
+        let mut sql = String::from(
+            "INSERT INTO events (connection, source, event_type, event_id, dedup_key, received_at, \
+             occurred_at, headers, body, state, attempts, next_attempt_at, customer_key) VALUES ",
+        );
+        for n in 0..events.len() {
+            let b = n * 12;
+            if n > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8,
+                b + 9,
+                b + 10,
+                b + 11,
+                b + 12
+            ));
+        }
+        sql.push_str(" ON CONFLICT (connection, source, dedup_key) DO NOTHING RETURNING id, connection, source, dedup_key");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for e in events {
+            query = query
+                .bind(e.connection.as_str())
+                .bind(e.source.as_str())
+                .bind(e.event_type.as_str())
+                .bind(e.event_id.as_deref())
+                .bind(e.dedup_key.as_str())
+                .bind(now)
+                .bind(e.occurred_at)
+                .bind(e.headers.to_string())
+                .bind(e.body.as_slice())
+                .bind(e.state.as_str())
+                .bind(now)
+                .bind(e.customer_key.as_deref());
+        }
+        let rows = query.fetch_all(&mut *tx).await?;
+        let mut fresh: HashMap<(String, String, String), i64> = HashMap::new();
+        for r in &rows {
+            fresh.insert((r.try_get(1)?, r.try_get(2)?, r.try_get(3)?), r.try_get(0)?);
+        }
+        let mut out = Vec::with_capacity(events.len());
+        let mut seen: HashMap<(String, String, String), i64> = HashMap::new();
+        for e in events {
+            let key = (e.connection.clone(), e.source.clone(), e.dedup_key.clone());
+            if let Some(id) = seen.get(&key) {
+                out.push(Inserted::Duplicate(*id));
+                continue;
+            }
+            let result = match fresh.get(&key) {
+                Some(id) => Inserted::New(*id),
+                None => {
+                    let row = sqlx::query(
+                        "SELECT id FROM events WHERE connection = $1 AND source = $2 AND dedup_key = $3",
+                    )
+                    .bind(&e.connection)
+                    .bind(&e.source)
+                    .bind(&e.dedup_key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    Inserted::Duplicate(row.try_get::<i64, _>(0)?)
+                }
+            };
+            seen.insert(key, result.id());
+            out.push(result);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Claims up to `limit` events that are due, marking them `processing`.
+    ///
+    /// An event is due only when no earlier event of the same customer is
+    /// still waiting or in flight, so one customer's events apply in arrival
+    /// order while different customers' go in parallel (also across
+    /// replicas). PostgreSQL skips rows another worker holds; SQLite has one
+    /// writer, so the single `UPDATE … RETURNING` is already atomic.
+    pub async fn claim_due(&self, limit: i64) -> Result<Vec<ClaimedEvent>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let now = now_ms();
+        // Heads to recompute and the claim share one transaction (one
+        // durable commit); with nothing to recompute, a claim that finds
+        // nothing due writes nothing at all.
+        if self.heads_are_stale(&mut conn).await? {
+            let mut tx = conn.begin().await?;
+            self.repair_heads(&mut tx).await?;
+            let claimed = self.claim_candidates(&mut tx, now, limit).await?;
+            tx.commit().await?;
+            Ok(claimed)
+        } else {
+            self.claim_candidates(&mut conn, now, limit).await
+        }
+    }
+
+    /// Finds the due heads, then takes up to `limit` of them.
+    async fn claim_candidates(
+        &self,
+        conn: &mut AnyConnection,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedEvent>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(candidates_sql()))
+            .bind(now)
+            .bind(limit.saturating_add(CANDIDATE_SLACK))
+            .fetch_all(&mut *conn)
+            .await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        for r in &rows {
+            ids.push(r.try_get::<i64, _>(0)?);
+        }
+        let rows = sqlx::query(sqlx::AssertSqlSafe(self.take_sql(ids.len())))
+            .bind(now)
+            .bind(limit)
+            .bind(now + CLAIM_LEASE_MS);
+        let rows = ids
+            .iter()
+            .fold(rows, |q, id| q.bind(*id))
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut out: Vec<ClaimedEvent> = rows
+            .iter()
+            .map(|r| {
+                Ok(ClaimedEvent {
+                    id: r.try_get(0)?,
+                    connection: r.try_get(1)?,
+                    source: r.try_get(2)?,
+                    event_type: r.try_get(3)?,
+                    body: r.try_get(4)?,
+                    attempts: r.try_get(5)?,
+                    customer_key: r.try_get(6)?,
+                    occurred_at: r.try_get(7)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        out.sort_by_key(|e| e.id);
+        Ok(out)
+    }
+
+    /// Takes up to `$2` of the `count` candidate ids (`$4…`) that are still
+    /// pending and due when locked: `$1` now, `$3` the lease's end. A claim
+    /// is a lease: `next_attempt_at` becomes its end, and an event still
+    /// `processing` after it (its process died) is due again. The ids are
+    /// literal parameters so that the planner probes the primary key for
+    /// them instead of merging them with every pending event.
+    fn take_sql(&self, count: usize) -> String {
+        let lock = match self.dialect {
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        };
+        let list = (0..count)
+            .map(|n| format!("${}", n + 4))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "UPDATE events SET state = 'processing', attempts = attempts + 1, next_attempt_at = $3 WHERE id IN \
+             (SELECT e.id FROM events e WHERE e.id IN ({list}) \
+             AND e.state IN {PENDING} AND e.next_attempt_at <= $1 \
+             ORDER BY e.id LIMIT $2{lock}) \
+             RETURNING id, connection, source, event_type, body, attempts, customer_key, occurred_at"
+        )
+    }
+
+    /// How the database finds the due heads of a claim, for the record
+    /// (BENCHMARKS.md): on PostgreSQL `EXPLAIN ANALYZE`, on SQLite `EXPLAIN
+    /// QUERY PLAN`, of the candidates' query and of taking `limit` of them
+    /// (rolled back). Stale heads are repaired first, as a claim does.
+    pub async fn explain_claim(&self, limit: i64) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let now = now_ms();
+        let mut tx = conn.begin().await?;
+        self.repair_heads(&mut tx).await?;
+        let (prefix, column) = match self.dialect {
+            Dialect::Postgres => ("EXPLAIN (ANALYZE, BUFFERS) ", 0),
+            Dialect::Sqlite => ("EXPLAIN QUERY PLAN ", 3),
+        };
+        let text = |rows: Vec<sqlx::any::AnyRow>| {
+            rows.iter()
+                .map(|r| r.try_get::<String, _>(column))
+                .collect::<Result<Vec<String>, sqlx::Error>>()
+        };
+        let mut lines = vec!["-- the due heads:".to_string()];
+        lines.extend(text(
+            sqlx::query(sqlx::AssertSqlSafe(format!("{prefix}{}", candidates_sql())))
+                .bind(now)
+                .bind(limit.saturating_add(CANDIDATE_SLACK))
+                .fetch_all(&mut *tx)
+                .await?,
+        )?);
+        let ids: Vec<i64> = sqlx::query(sqlx::AssertSqlSafe(candidates_sql()))
+            .bind(now)
+            .bind(limit.saturating_add(CANDIDATE_SLACK))
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i64, _>(0))
+            .collect::<Result<_, sqlx::Error>>()?;
+        if !ids.is_empty() {
+            lines.push("-- taking them:".to_string());
+            let query = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{prefix}{}",
+                self.take_sql(ids.len())
+            )))
+            .bind(now)
+            .bind(limit)
+            .bind(now + CLAIM_LEASE_MS);
+            lines.extend(text(
+                ids.iter()
+                    .fold(query, |q, id| q.bind(*id))
+                    .fetch_all(&mut *tx)
+                    .await?,
+            )?);
+        }
+        tx.rollback().await?;
+        Ok(lines)
+    }
+
+    /// Whether any customer's head must be recomputed; one indexed read.
+    async fn heads_are_stale(&self, conn: &mut AnyConnection) -> Result<bool, StoreError> {
+        Ok(sqlx::query("SELECT id FROM inbox_head_stale LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await?
+            .is_some())
+    }
+
+    /// Recomputes the head of each customer whose events left the queue
+    /// since the last claim (the triggers only note them, see migration
+    /// 0008).
+    ///
+    /// On PostgreSQL a head row another transaction holds — an insert
+    /// lowering it, another replica repairing it — is skipped and noted
+    /// again for the next claim. Each head is recomputed by a statement that
+    /// starts after its row is locked, so it sees every event committed by
+    /// then, and an event stored after that waits for the lock and then
+    /// lowers the head itself: no pending event is left without a head.
+    async fn repair_heads(&self, tx: &mut AnyConnection) -> Result<(), StoreError> {
+        let lock = match self.dialect {
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        };
+        // A write first: on SQLite a deferred transaction that has read may
+        // not upgrade to a writer once another connection has committed.
+        let noted = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM inbox_head_stale WHERE id IN \
+             (SELECT id FROM inbox_head_stale ORDER BY id LIMIT $1{lock}) \
+             RETURNING connection, customer_key"
+        )))
+        .bind(REPAIR_BATCH)
+        .fetch_all(&mut *tx)
+        .await?;
+        // Sorted, so that two replicas lock heads in the same order.
+        let mut customers = BTreeSet::new();
+        for r in &noted {
+            customers.insert((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?));
+        }
+        let customers: Vec<(String, String)> = customers.into_iter().collect();
+        for chunk in customers.chunks(KEYS_PER_STATEMENT) {
+            let mut chosen: Vec<&(String, String)> = chunk.iter().collect();
+            if self.dialect == Dialect::Postgres {
+                let held = bind_keys(
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT connection, customer_key FROM inbox_heads WHERE {} \
+                         ORDER BY connection, customer_key FOR UPDATE SKIP LOCKED",
+                        keys_condition(chunk.len(), 1)
+                    ))),
+                    chunk,
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut locked = BTreeSet::new();
+                for r in &held {
+                    locked.insert((r.try_get::<String, _>(0)?, r.try_get::<String, _>(1)?));
+                }
+                // Busy elsewhere: noted again for the next claim.
+                let busy: Vec<(String, String)> = chunk
+                    .iter()
+                    .filter(|k| !locked.contains(*k))
+                    .cloned()
+                    .collect();
+                if !busy.is_empty() {
+                    bind_keys(
+                        sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "INSERT INTO inbox_head_stale (connection, customer_key) \
+                             SELECT connection, customer_key FROM inbox_heads WHERE {}",
+                            keys_condition(busy.len(), 1)
+                        ))),
+                        &busy,
+                    )
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                chosen.retain(|k| locked.contains(*k));
+            }
+            if chosen.is_empty() {
+                continue;
+            }
+            let chosen: Vec<(String, String)> = chosen.into_iter().cloned().collect();
+            // A statement of its own: on PostgreSQL its snapshot is taken
+            // after the locks above, so it sees every event committed by then.
+            bind_keys(
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE inbox_heads SET head_id = (SELECT MIN(e.id) FROM events e \
+                     WHERE e.connection = inbox_heads.connection \
+                     AND e.customer_key = inbox_heads.customer_key AND e.state IN {PENDING}) \
+                     WHERE {}",
+                    keys_condition(chosen.len(), 1)
+                ))),
+                &chosen,
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// `(connection = $n AND customer_key = $n+1) OR …` for `count` keys from
+/// `$first`: both planners answer it with primary-key look-ups (a row-value
+/// `IN` list made SQLite scan every head).
+fn keys_condition(count: usize, first: usize) -> String {
+    (0..count)
+        .map(|i| {
+            let n = first + 2 * i;
+            format!("(connection = ${n} AND customer_key = ${})", n + 1)
+        })
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
+fn bind_keys<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    keys: &'q [(String, String)],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    for (connection, customer_key) in keys {
+        query = query.bind(connection.as_str()).bind(customer_key.as_str());
+    }
+    query
+}
+
+/// The due heads in id order, `$2` at most (`$1` now): of customers, from
+/// `inbox_heads`, and events without a customer (each is its own head). The
+/// scalar subquery keeps both planners on the heads index in order,
+/// stopping at the limit, whatever their statistics say (a stale estimate
+/// made PostgreSQL hash-join every pending event).
+fn candidates_sql() -> String {
+    format!(
+        "SELECT id FROM (SELECT h.head_id AS id FROM inbox_heads h WHERE h.head_id IS NOT NULL \
+           AND (SELECT x.next_attempt_at FROM events x WHERE x.id = h.head_id AND x.state IN {PENDING}) <= $1 \
+           ORDER BY h.head_id LIMIT $2) heads \
+         UNION ALL \
+         SELECT id FROM (SELECT x.id FROM events x WHERE x.customer_key IS NULL AND x.state IN {PENDING} \
+           AND x.next_attempt_at <= $1 ORDER BY x.id LIMIT $2) keyless"
+    )
+}
+
+/// Groups concurrent inserts into one transaction, so durability costs one
+/// commit per batch instead of one per webhook.
+#[derive(Debug, Clone)]
+pub struct Inbox {
+    tx: mpsc::Sender<Waiting>,
+}
+
+/// A webhook waiting for its batch's commit, with where to say how it went.
+type Waiting = (NewEvent, oneshot::Sender<Result<Inserted, String>>);
+
+impl Inbox {
+    /// Starts the writer task; at most `max_batch` events per transaction.
+    ///
+    /// Requests wait for their batch's commit (never acknowledged before
+    /// it); while one batch commits, the next gathers the requests that
+    /// arrive meanwhile. The writer keeps a connection of its own, outside
+    /// the pool the workers share: a webhook never queues behind deliveries
+    /// for a connection.
+    pub fn start(store: Store, max_batch: usize) -> Inbox {
+        let (tx, mut rx) = mpsc::channel::<Waiting>(4096);
+        tokio::spawn(async move {
+            let mut own: Option<AnyConnection> = None;
+            let mut events = Vec::with_capacity(max_batch);
+            let mut replies = Vec::with_capacity(max_batch);
+            while let Some((event, reply)) = rx.recv().await {
+                events.push(event);
+                replies.push(reply);
+                while events.len() < max_batch {
+                    match rx.try_recv() {
+                        Ok((event, reply)) => {
+                            events.push(event);
+                            replies.push(reply);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if own.is_none() {
+                    // Detached: the pool opens another in its place.
+                    own = store.pool.acquire().await.ok().map(|c| c.detach());
+                }
+                let outcome = match own.as_mut() {
+                    Some(conn) => store.insert_events_on(conn, &events).await,
+                    None => store.insert_events(&events).await,
+                };
+                match outcome {
+                    Ok(results) => {
+                        for (reply, result) in replies.drain(..).zip(results) {
+                            let _ = reply.send(Ok(result));
+                        }
+                    }
+                    Err(e) => {
+                        // The connection may be what failed: a fresh one next time.
+                        own = None;
+                        let message = e.to_string();
+                        for reply in replies.drain(..) {
+                            let _ = reply.send(Err(message.clone()));
+                        }
+                    }
+                }
+                events.clear();
+            }
+        });
+        Inbox { tx }
+    }
+
+    /// Stores one event; returns once it is committed.
+    pub async fn store(&self, event: NewEvent) -> Result<Inserted, String> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send((event, reply))
+            .await
+            .map_err(|_| StoreError::WriterGone.to_string())?;
+        answer
+            .await
+            .map_err(|_| StoreError::WriterGone.to_string())?
+    }
+}
