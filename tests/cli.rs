@@ -73,7 +73,10 @@ fn check_exit_codes_and_json_format() {
     assert_eq!(v["diagnostics"][0]["col"], 5);
 
     assert_eq!(mapper(&["check", "--no-such-flag"]).status.code(), Some(2));
-    assert_eq!(mapper(&["check", "/no/such/folder"]).status.code(), Some(1));
+    // A path that does not exist is a usage error, not an invalid set.
+    assert_eq!(mapper(&["check", "/no/such/folder"]).status.code(), Some(2));
+    assert_eq!(mapper(&["check", "nonexist"]).status.code(), Some(2));
+    assert_eq!(mapper(&["test", "/no/such/folder"]).status.code(), Some(2));
 }
 
 #[test]
@@ -234,7 +237,7 @@ fn switching_the_stickycards_profile_is_a_yaml_change() {
 /// Every shipped mapping is exercised by at least one mapping test that names it.
 #[test]
 fn every_shipped_mapping_has_a_test() {
-    let compiled = mapper::config::compile::compile_dir(Path::new("mappings"));
+    let compiled = mapper::config::compile::compile_dir_with_tests(Path::new("mappings"));
     let program = compiled.program.expect("the shipped set compiles");
     let mut tested = std::collections::BTreeSet::new();
     for (_, case) in &compiled.tests {

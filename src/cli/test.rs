@@ -1,7 +1,7 @@
 //! `mapper test`: mapping test cases, payload in → expected plan.
 
 use super::{same_file, set_root};
-use crate::config::compile::compile_dir;
+use crate::config::compile::{Compiled, compile_dir_with_tests};
 use crate::config::model::TestCase;
 use crate::engine::decode::decode;
 use crate::engine::plan::PlanInput;
@@ -10,17 +10,18 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// Runs the mapping tests of folders or test files: exit 0 when all pass,
+/// 1 otherwise, 2 when a path given does not exist.
 pub fn run(paths: &[PathBuf], verbose: bool) -> ExitCode {
     let mut passed = 0usize;
     let mut failed = 0usize;
+    if let Some(missing) = paths.iter().find(|p| !p.exists()) {
+        eprintln!("error: {}: no such file or folder", missing.display());
+        return ExitCode::from(2);
+    }
     for path in paths {
-        if !path.exists() {
-            eprintln!("error: {}: no such file or folder", path.display());
-            failed += 1;
-            continue;
-        }
         let root = set_root(path);
-        let compiled = compile_dir(&root);
+        let compiled = compile_dir_with_tests(&root);
         let Some(program) = &compiled.program else {
             for d in compiled.diagnostics.iter().filter(|d| d.is_error()) {
                 eprint!(
@@ -45,7 +46,7 @@ pub fn run(paths: &[PathBuf], verbose: bool) -> ExitCode {
                 .unwrap_or(file)
                 .display()
                 .to_string();
-            match run_case(program, file, case) {
+            match run_case(program, &compiled, file, case) {
                 Ok(()) => {
                     passed += 1;
                     println!("ok    {shown}: {}", case.name.value);
@@ -78,7 +79,12 @@ pub fn run(paths: &[PathBuf], verbose: bool) -> ExitCode {
 type CaseError = (String, Option<Value>);
 
 /// Runs one case: plan the payload and compare with `expect`.
-pub fn run_case(program: &Program, file: &Path, case: &TestCase) -> Result<(), CaseError> {
+pub fn run_case(
+    program: &Program,
+    compiled: &Compiled,
+    file: &Path,
+    case: &TestCase,
+) -> Result<(), CaseError> {
     let source = &case.source.value;
     let src = program
         .sources
@@ -88,13 +94,17 @@ pub fn run_case(program: &Program, file: &Path, case: &TestCase) -> Result<(), C
         (Some(p), None) => p.to_json(),
         (None, Some(f)) => {
             let path = file.parent().unwrap_or(Path::new(".")).join(&f.value);
-            let body = std::fs::read(&path).map_err(|e| {
-                (
-                    format!("cannot read payload file {}: {e}", path.display()),
-                    None,
-                )
-            })?;
-            decode(&body, &src.body).map_err(|e| (format!("{}: {e}", path.display()), None))?
+            let body = match compiled.payload_files.get(&path) {
+                Some(Ok(body)) => body,
+                Some(Err(e)) => return Err((format!("payload file {} {e}", path.display()), None)),
+                None => {
+                    return Err((
+                        format!("payload file {} was not read", path.display()),
+                        None,
+                    ));
+                }
+            };
+            decode(body, &src.body).map_err(|e| (format!("{}: {e}", path.display()), None))?
         }
         _ => {
             return Err((

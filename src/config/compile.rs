@@ -14,7 +14,7 @@ use crate::jsonpath::Selector;
 use indexmap::IndexMap;
 use serde_json::Value;
 use serde_saphyr::Spanned;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// Result of compiling a mapping folder.
@@ -26,6 +26,8 @@ pub struct Compiled {
     pub tests: Vec<(PathBuf, model::TestCase)>,
     pub diagnostics: Vec<Diagnostic>,
     pub texts: BTreeMap<PathBuf, String>,
+    /// The test payload files, read by `load` (see [`super::load::Loaded::payload_files`]).
+    pub payload_files: BTreeMap<PathBuf, Result<Vec<u8>, String>>,
 }
 
 impl Compiled {
@@ -34,9 +36,20 @@ impl Compiled {
     }
 }
 
-/// Loads and compiles the mapping folder at `root`.
+/// Loads and compiles what production runs of the mapping folder at `root`:
+/// project, sources, targets and mappings, never its tests (`serve`, its
+/// hot reload and `plan`).
 pub fn compile_dir(root: &Path) -> Compiled {
     compile(super::load::load_dir(root))
+}
+
+/// Loads and compiles the mapping folder at `root` with its mapping tests
+/// and their payload files (`check` and `test`).
+pub fn compile_dir_with_tests(root: &Path) -> Compiled {
+    compile(super::load::load_dir_scoped(
+        root,
+        super::load::Scope::WithTests,
+    ))
 }
 
 /// Names a template may read, and what `env.`/`params.` may name.
@@ -60,13 +73,17 @@ const MAPPING_ROOTS: &[&str] = &["event", "previous", "known", "vars"];
 const REQUEST_ROOTS: &[&str] = &["params", "customer", "env", "known", "event"];
 
 struct Ctx {
+    /// The mapping folder, to name files in notes as the user wrote them.
+    root: PathBuf,
     diags: Vec<Diagnostic>,
     texts: BTreeMap<PathBuf, String>,
     tb: TemplateBuilder,
 }
 
+/// Where a value is written (an anchor's definition when it came through an
+/// alias, with the alias kept as [`Pos::via`]).
 fn pos_of<T>(s: &Spanned<T>) -> Pos {
-    Pos::of(&s.referenced)
+    Pos::of_use(&s.referenced, &s.defined)
 }
 
 impl Ctx {
@@ -439,7 +456,8 @@ impl AsFile for TargetProfile<'_> {
     }
 }
 
-/// Compiles everything that was loaded.
+/// Compiles everything that was loaded. Pure: every file it needs was read
+/// by `load`.
 pub fn compile(loaded: Loaded) -> Compiled {
     let Loaded {
         root,
@@ -447,6 +465,8 @@ pub fn compile(loaded: Loaded) -> Compiled {
         texts,
         mut diagnostics,
         foundation_failed,
+        schemas: mut loaded_schemas,
+        payload_files,
     } = loaded;
     if foundation_failed {
         // Every mapping depends on the project, source and target files: report
@@ -466,6 +486,7 @@ pub fn compile(loaded: Loaded) -> Compiled {
             tests: vec![],
             diagnostics,
             texts,
+            payload_files,
         };
     }
 
@@ -536,6 +557,7 @@ pub fn compile(loaded: Loaded) -> Compiled {
         time_zone: settings.time_zone.clone(),
     };
     let mut ctx = Ctx {
+        root: root.clone(),
         diags: std::mem::take(&mut diags),
         texts,
         tb: TemplateBuilder::new(defaults),
@@ -591,12 +613,17 @@ pub fn compile(loaded: Loaded) -> Compiled {
     let mut compiled_sources = IndexMap::new();
     let mut schemas: HashMap<String, SchemaSet> = HashMap::new();
     let mut source_fields: HashMap<String, Fields> = HashMap::new();
+    let mut unreadable: HashSet<String> = HashSet::new();
     for (name, profiles) in &sources {
         for (i, (_, _, sp)) in profiles.iter().enumerate() {
             let active = source_pick.get(name) == Some(&i);
-            if let Some((src, set, fields)) = compile_source(&mut ctx, sp)
+            let loaded = loaded_schemas.remove(&sp.file);
+            if let Some((src, set, fields, readable)) = compile_source(&mut ctx, sp, loaded)
                 && active
             {
+                if !readable {
+                    unreadable.insert(name.clone());
+                }
                 schemas.insert(name.clone(), set);
                 source_fields.insert(name.clone(), fields);
                 compiled_sources.insert(name.clone(), src);
@@ -688,9 +715,10 @@ pub fn compile(loaded: Loaded) -> Compiled {
             }
             let raised = [Some(&s.event), s.reset_event.as_ref()];
             for event in raised.into_iter().flatten() {
-                let known = compiled_sources
-                    .get(SCHEDULE_SOURCE)
-                    .is_some_and(|src| src.events.contains(event));
+                let known = unreadable.contains(SCHEDULE_SOURCE)
+                    || compiled_sources
+                        .get(SCHEDULE_SOURCE)
+                        .is_some_and(|src| src.events.contains(event));
                 if !known {
                     ctx.err(
                         Code::M008,
@@ -882,7 +910,8 @@ pub fn compile(loaded: Loaded) -> Compiled {
             } else {
                 names.insert(m.name.value.clone(), (file.clone(), pos_of(&m.name)));
             }
-            if let Some(c) = compile_mapping(
+            let before = ctx.diags.len();
+            let compiled = compile_mapping(
                 &mut ctx,
                 file,
                 m,
@@ -892,7 +921,18 @@ pub fn compile(loaded: Loaded) -> Compiled {
                 &compiled_targets,
                 &target_specs,
                 &provision,
-            ) {
+                &unreadable,
+            );
+            let shown = shown_path(&root, file);
+            for d in &mut ctx.diags[before..] {
+                if let Some((line, col)) = d.via.take() {
+                    d.notes.push(format!(
+                        "used by mapping `{}` at {shown}:{line}:{col}",
+                        m.name.value
+                    ));
+                }
+            }
+            if let Some(c) = compiled {
                 mappings.push((pos_of(&m.name), c));
             }
         }
@@ -979,12 +1019,17 @@ pub fn compile(loaded: Loaded) -> Compiled {
             }
             if let Some(f) = &t.payload_file {
                 let file = path.parent().unwrap_or(Path::new(".")).join(&f.value);
-                if !file.is_file() {
+                let why = match payload_files.get(&file) {
+                    Some(Ok(_)) => None,
+                    Some(Err(e)) => Some(e.clone()),
+                    None => Some("was not read".to_string()),
+                };
+                if let Some(why) = why {
                     ctx.err(
                         Code::M019,
                         &path,
                         pos_of(f),
-                        format!("payload file {} does not exist", file.display()),
+                        format!("payload file {} {why}", file.display()),
                     )
                     .hint = Some("`payload_file` is relative to the test file".into());
                 }
@@ -997,6 +1042,7 @@ pub fn compile(loaded: Loaded) -> Compiled {
         mut diags,
         texts,
         tb,
+        ..
     } = ctx;
     let has_errors = diags.iter().any(Diagnostic::is_error);
     let program = if has_errors {
@@ -1004,7 +1050,7 @@ pub fn compile(loaded: Loaded) -> Compiled {
     } else {
         match tb.finish() {
             Ok(templates) => Some(Program {
-                root,
+                root: root.clone(),
                 settings: Settings {
                     phone_region: settings.phone_region.clone(),
                     time_zone: settings.time_zone.clone(),
@@ -1030,44 +1076,79 @@ pub fn compile(loaded: Loaded) -> Compiled {
             }
         }
     };
+    for d in &mut diags {
+        if let Some((line, col)) = d.via.take() {
+            let shown = shown_path(&root, &d.file);
+            d.notes.push(format!("used at {shown}:{line}:{col}"));
+        }
+    }
+    let mut diags = super::diagnostic::merge_repeats(diags);
     super::diagnostic::sort(&mut diags);
     Compiled {
         program,
         tests: test_cases,
         diagnostics: diags,
         texts,
+        payload_files,
     }
 }
 
 type Fields = IndexMap<String, (Pos, PathBuf, Vec<Selector>)>;
 
-fn compile_source(ctx: &mut Ctx, sp: &SourceProfile) -> Option<(prog::Source, SchemaSet, Fields)> {
+/// A file as notes name it: relative to the mapping folder when inside it.
+fn shown_path(root: &Path, file: &Path) -> String {
+    file.strip_prefix(root)
+        .unwrap_or(file)
+        .display()
+        .to_string()
+}
+
+/// A compiled source profile, its payload schemas and `fields:`, and whether
+/// those schemas could be read (when not, its events are unknown, and what
+/// mappings say about them is not checked: one M021 says why).
+type CompiledSource = (prog::Source, SchemaSet, Fields, bool);
+
+fn compile_source(
+    ctx: &mut Ctx,
+    sp: &SourceProfile,
+    schemas: Option<Result<SchemaSet, String>>,
+) -> Option<CompiledSource> {
     let file = &sp.file;
     let s = sp.spec;
     let dir = file
         .parent()
         .unwrap_or(Path::new("."))
         .join(&s.schemas.value);
-    let set = match SchemaSet::load(&dir) {
+    let mut readable = true;
+    let set = match schemas.unwrap_or_else(|| Err(format!("{} was not read", dir.display()))) {
         Ok(set) => {
             if set.events.is_empty() {
+                readable = false;
                 ctx.err(
                     Code::M021,
                     file,
                     pos_of(&s.schemas),
                     format!("no `<Event>.schema.json` files in {}", dir.display()),
-                );
+                )
+                .hint = Some(format!(
+                    "write one JSON Schema per event there (`mapper new --source {} --event E --from SAMPLE.json` infers one from a sample); the mappings of source `{}` were not checked against events",
+                    s.source.value, s.source.value
+                ));
             }
             set
         }
         Err(e) => {
+            readable = false;
             ctx.err(
                 Code::M021,
                 file,
                 pos_of(&s.schemas),
                 format!("cannot read payload schemas: {e}"),
             )
-            .hint = Some("`schemas:` is a folder relative to this file".into());
+            .hint = Some(format!(
+                "`schemas:` is a folder relative to this file; the mappings of source `{}` were not checked against events until it can be read",
+                s.source.value
+            ));
             SchemaSet::default()
         }
     };
@@ -1192,7 +1273,7 @@ fn compile_source(ctx: &mut Ctx, sp: &SourceProfile) -> Option<(prog::Source, Sc
         verify: s.verify.clone(),
         events: set.events.keys().cloned().collect(),
     };
-    Some((src, set, fields))
+    Some((src, set, fields, readable))
 }
 
 fn check_verify(ctx: &mut Ctx, file: &Path, v: &model::VerifySpec) {
@@ -1534,6 +1615,7 @@ fn compile_mapping(
     targets: &IndexMap<String, prog::Target>,
     target_specs: &HashMap<String, &model::TargetFile>,
     provision: &IndexMap<String, IndexMap<String, IndexMap<String, Value>>>,
+    unreadable: &HashSet<String>,
 ) -> Option<prog::Mapping> {
     let source_name = &m.source.value;
     let Some(source) = sources.get(source_name) else {
@@ -1554,10 +1636,13 @@ fn compile_mapping(
         return None;
     };
     let events = m.event.value.to_vec();
-    let schema_set = schemas.get(source_name);
+    // A source whose schemas cannot be read has one M021 saying so; checking
+    // its events and selectors would only repeat it for every mapping.
+    let events_known = !unreadable.contains(source_name);
+    let schema_set = schemas.get(source_name).filter(|_| events_known);
     let mut ok = true;
     for e in &events {
-        if !source.events.contains(e) {
+        if events_known && !source.events.contains(e) {
             ok = false;
             let near = nearest(e, source.events.iter().map(String::as_str));
             ctx.err(
@@ -1616,7 +1701,7 @@ fn compile_mapping(
         for p in from {
             if let Some(alias) = p.strip_prefix('@') {
                 match src_fields.and_then(|f| f.get(alias)) {
-                    Some((_, _, sels)) => {
+                    Some((field_pos, field_file, sels)) => {
                         let mut fits_any = false;
                         let mut last_err = None;
                         for sel in sels {
@@ -1627,14 +1712,22 @@ fn compile_mapping(
                             paths.push(sel.clone());
                         }
                         if !fits_any && let Some((event, nm)) = last_err {
-                            ctx.err(Code::M012, file, pos, format!(
+                            // The mistake is written in the source profile:
+                            // reported there once, with a note per mapping using it.
+                            let hint = no_match_hint(&nm, schema_set, &event);
+                            let mut d = Diagnostic::error(Code::M012, field_file, *field_pos, format!(
                                 "`@{alias}` (= {}) can never match event `{event}`: `{}` has no `{}`",
                                 sels.iter().map(Selector::as_str).collect::<Vec<_>>().join(" | "), nm.valid_prefix, nm.step
                             ))
-                            .hint = Some(match nm.nearest {
-                                Some(n) => format!("the nearest declared path is `{n}`"),
-                                None => "check the event's payload schema under schemas/events/".into(),
-                            });
+                            .with_hint(hint);
+                            d.notes.push(format!(
+                                "used by mapping `{}` at {}:{}:{}",
+                                m.name.value,
+                                shown_path(&ctx.root, file),
+                                pos.via.map_or(pos.line, |v| v.0),
+                                pos.via.map_or(pos.col, |v| v.1),
+                            ));
+                            ctx.diags.push(d);
                         }
                     }
                     None => {
@@ -1663,6 +1756,7 @@ fn compile_mapping(
                 }
             } else if let Some(sel) = ctx.selector(file, pos, &p) {
                 if let Err((event, nm)) = check_against_events(schema_set, &events, &sel) {
+                    let hint = no_match_hint(&nm, schema_set, &event);
                     ctx.err(
                         Code::M012,
                         file,
@@ -1672,10 +1766,7 @@ fn compile_mapping(
                             nm.valid_prefix, nm.step
                         ),
                     )
-                    .hint = Some(match nm.nearest {
-                        Some(n) => format!("did you mean `{n}`?"),
-                        None => "check the event's payload schema under schemas/events/".into(),
-                    });
+                    .hint = Some(hint);
                 }
                 paths.push(sel);
             }
@@ -1931,11 +2022,38 @@ fn compile_mapping(
     })
 }
 
+/// What to tell about a selector that cannot match: the declared path it
+/// most likely meant (always one, at any depth), the same name under another
+/// parent, and, when the schema accepts undeclared properties, the file to
+/// declare it in.
+fn no_match_hint(nm: &payload_schema::NoMatch, set: Option<&SchemaSet>, event: &str) -> String {
+    let file = set
+        .and_then(|s| s.files.get(event))
+        .map(|f| f.display().to_string())
+        .unwrap_or_else(|| format!("the payload schema of `{event}`"));
+    let declare = format!(
+        "if the payload really carries `{}`, declare it under `properties` of `{}` in {file} (the schema accepts undeclared properties, but `check` trusts only declared ones)",
+        nm.step, nm.valid_prefix
+    );
+    if let Some(e) = &nm.elsewhere
+        && nm.nearest.as_deref().is_none_or(|n| n == e)
+    {
+        return format!("`{}` is declared at `{e}`: did you mean it?", nm.step);
+    }
+    match (&nm.nearest, &nm.closest) {
+        (Some(n), _) => format!("did you mean `{n}`?"),
+        (None, Some(c)) if nm.open => format!("{declare}; the nearest declared path is `{c}`"),
+        (None, Some(c)) => format!("the nearest declared path is `{c}` (see {file})"),
+        (None, None) if nm.open => declare,
+        (None, None) => format!("{file} declares no property here"),
+    }
+}
+
 fn check_against_events(
     set: Option<&SchemaSet>,
     events: &[String],
     sel: &Selector,
-) -> Result<(), (String, payload_schema::NoMatch)> {
+) -> Result<(), (String, Box<payload_schema::NoMatch>)> {
     let Some(set) = set else { return Ok(()) };
     for e in events {
         if let Some(schema) = set.events.get(e) {
