@@ -440,3 +440,35 @@ fn production_never_reads_tests_or_their_payload_files() {
     assert!(production.program.is_some());
     assert!(production.tests.is_empty());
 }
+
+#[test]
+fn a_tag_written_to_ghl_that_would_come_back_as_a_segment_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(Path::new("mappings"), &dir.path().join("mappings"));
+    copy_dir(Path::new("schemas"), &dir.path().join("schemas"));
+    let warned = |dir: &Path| -> Vec<Diagnostic> {
+        compile_dir_with_tests(&dir.join("mappings"))
+            .diagnostics
+            .into_iter()
+            .filter(|d| d.code.as_str() == "M023")
+            .collect()
+    };
+    // The shipped schedule tags "inactive 30d", which `not_segments` lacks;
+    // "card holder" and the others are listed.
+    let found = warned(dir.path());
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(!found[0].is_error());
+    assert!(found[0].message.contains("`inactive 30d`"), "{found:#?}");
+    assert!(found[0].file.ends_with("schedules-ghl/inactive.yaml"));
+    let project = dir.path().join("mappings/mapper.yaml");
+    let text = std::fs::read_to_string(&project).unwrap();
+    std::fs::write(
+        &project,
+        text.replace(
+            "not_segments: [churned,",
+            "not_segments: [inactive 30d, churned,",
+        ),
+    )
+    .unwrap();
+    assert!(warned(dir.path()).is_empty());
+}

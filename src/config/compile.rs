@@ -538,7 +538,7 @@ pub fn compile(loaded: Loaded) -> Compiled {
                     spec: t,
                 },
             )),
-            Parsed::Mappings(m) => mapping_files.push((path.clone(), m)),
+            Parsed::Mappings(m) => mapping_files.push((path.clone(), m.as_ref())),
             Parsed::Tests(_) => {}
         }
     }
@@ -937,6 +937,14 @@ pub fn compile(loaded: Loaded) -> Compiled {
             }
         }
     }
+
+    check_segment_echoes(
+        &mut ctx,
+        &mapping_files,
+        &target_specs,
+        &compiled_sources,
+        &vars,
+    );
 
     // ---- order and collisions
     let mut groups: BTreeMap<(String, String, String), Vec<usize>> = BTreeMap::new();
@@ -2105,6 +2113,79 @@ fn check_literal(ctx: &mut Ctx, file: &Path, op: &str, name: &str, param: &model
             ),
         )
         .hint = Some(format!("found {}", v.to_json()));
+    }
+}
+
+/// Warns about tags a mapping adds on a target whose own webhooks come back
+/// (a source `describes:` it) and are turned into segments minus
+/// `vars.not_segments`: a tag this integration writes and that list lacks
+/// would come back as a segment on the other side.
+fn check_segment_echoes(
+    ctx: &mut Ctx,
+    mapping_files: &[(PathBuf, &model::MappingFile)],
+    target_specs: &HashMap<String, &model::TargetFile>,
+    sources: &IndexMap<String, prog::Source>,
+    vars: &Value,
+) {
+    let Some(not_segments) = vars.get("not_segments").and_then(Value::as_array) else {
+        return;
+    };
+    let excluded: Vec<String> = not_segments
+        .iter()
+        .filter_map(Value::as_str)
+        .map(str::to_lowercase)
+        .collect();
+    for (file, mf) in mapping_files {
+        for m in &mf.mappings {
+            let target = &m.target.value;
+            let described = sources
+                .values()
+                .any(|s| s.describes.as_deref() == Some(target.as_str()));
+            let Some(spec) = target_specs.get(target).filter(|_| described) else {
+                continue;
+            };
+            for a in &m.actions {
+                let Some(tracks) = spec
+                    .operations
+                    .get(&a.op.value)
+                    .and_then(|o| o.tracks.as_ref())
+                    .filter(|t| t.mode == model::TrackMode::Add)
+                else {
+                    continue;
+                };
+                let Some(NodeKind::Seq(items)) = a
+                    .params
+                    .as_ref()
+                    .and_then(|p| p.get(&tracks.list))
+                    .map(|n| &n.kind)
+                else {
+                    continue;
+                };
+                for item in items {
+                    let NodeKind::Str(tag) = &item.kind else {
+                        continue;
+                    };
+                    if tag.contains("{{") || excluded.contains(&tag.to_lowercase()) {
+                        continue;
+                    }
+                    ctx.diags.push(
+                        Diagnostic::warning(
+                            Code::M023,
+                            file,
+                            item.pos,
+                            format!(
+                                "tag `{tag}` written to `{target}` by `{}` would come back as a segment: it is not in `vars.not_segments`",
+                                m.name.value
+                            ),
+                        )
+                        .with_hint(format!(
+                            "add `{}` to `vars.not_segments` in mapper.yaml, unless it should become a segment",
+                            tag.to_lowercase()
+                        )),
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -108,6 +108,14 @@ pub enum Code {
     M021,
     /// The committed JSON Schema of the mapping language is stale.
     M022,
+    /// A tag a mapping writes would come back from the target as a segment
+    /// (it is not in `vars.not_segments`).
+    M023,
+    /// A `TODO` left by `mapper new`: the mapping still needs its real action.
+    M024,
+    /// A value's type, as its template yields it, does not fit where it goes
+    /// (a parameter's declared type, a custom field's `data_type`).
+    M025,
 }
 
 impl Code {
@@ -135,6 +143,9 @@ impl Code {
             Code::M020 => "M020",
             Code::M021 => "M021",
             Code::M022 => "M022",
+            Code::M023 => "M023",
+            Code::M024 => "M024",
+            Code::M025 => "M025",
         }
     }
 }
