@@ -2,6 +2,7 @@
 
 mod check;
 mod demo;
+mod new;
 mod ops;
 mod plan;
 mod resync;
@@ -54,8 +55,37 @@ enum Command {
         #[arg(short, long)]
         verbose: bool,
     },
-    /// Print the JSON Schema of mapping files (schemas/mapping.schema.json).
-    Schema,
+    /// Print the JSON Schema of mapping files (schemas/mapping.schema.json),
+    /// or infer a payload schema from samples (`schema infer`).
+    Schema {
+        #[command(subcommand)]
+        action: Option<SchemaAction>,
+    },
+    /// Write a new event from real payloads: its payload schema, a mapping
+    /// skeleton, a mapping test (and the source profile of a new source).
+    New {
+        /// Source the samples come from (an existing one, or a new one to write)
+        #[arg(long)]
+        source: String,
+        /// Event name (the payload schema's file name)
+        #[arg(long)]
+        event: String,
+        /// Sample webhook bodies of the event
+        #[arg(long = "from", value_name = "SAMPLE", required = true, num_args = 1..)]
+        from: Vec<PathBuf>,
+        /// Target the mapping writes to
+        #[arg(long, default_value = "ghl", value_parser = ["ghl", "stickycards"])]
+        target: String,
+        /// Mapping folder
+        #[arg(long, env = "MAPPER_MAPPINGS", default_value = "mappings")]
+        mappings: PathBuf,
+        /// Where a new source's event type is (a selector) [default: guessed from keys such as event_type, type]
+        #[arg(long, value_name = "SELECTOR")]
+        event_type: Option<String>,
+        /// Overwrite files that exist
+        #[arg(long)]
+        force: bool,
+    },
     /// Counts of stored events by state, per source and event, and the latest errors.
     Status {
         /// Database URL
@@ -207,6 +237,21 @@ enum Command {
     },
 }
 
+/// `mapper schema …`.
+#[derive(Subcommand)]
+enum SchemaAction {
+    /// Infer a payload JSON Schema from samples; with --merge, widen that
+    /// schema with them (in place) and print what was added and removed.
+    Infer {
+        /// Sample webhook bodies (JSON, single-quoted JSON, or a form with a JSON field)
+        #[arg(required = true)]
+        samples: Vec<PathBuf>,
+        /// An existing payload schema to widen
+        #[arg(long, value_name = "SCHEMA")]
+        merge: Option<PathBuf>,
+    },
+}
+
 /// A duration for `--coalesce-window`, checked now rather than ignored later.
 fn parse_window(text: &str) -> Result<String, String> {
     match crate::config::compile::parse_duration(text) {
@@ -309,10 +354,30 @@ pub fn run() -> ExitCode {
             listen: &listen,
             keep_running,
         }),
-        Command::Schema => {
+        Command::Schema { action: None } => {
             print!("{}", crate::schema::schema_json());
             ExitCode::SUCCESS
         }
+        Command::Schema {
+            action: Some(SchemaAction::Infer { samples, merge }),
+        } => new::run_infer(&samples, merge.as_deref()),
+        Command::New {
+            source,
+            event,
+            from,
+            target,
+            mappings,
+            event_type,
+            force,
+        } => new::run_new(&new::NewOptions {
+            source: &source,
+            event: &event,
+            samples: &from,
+            target: &target,
+            mappings: &mappings,
+            event_type: event_type.as_deref(),
+            force,
+        }),
     }
 }
 

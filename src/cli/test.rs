@@ -37,8 +37,25 @@ pub fn run(paths: &[PathBuf], verbose: bool) -> ExitCode {
             continue;
         };
         let only = (!path.is_dir()).then(|| path.clone());
+        // Test files that do not check fail here, once each, with their diagnostics.
+        let mut broken: Vec<&Path> = Vec::new();
+        for d in compiled.diagnostics.iter().filter(|d| d.is_error()) {
+            if only.as_ref().is_some_and(|f| !same_file(&d.file, f)) {
+                continue;
+            }
+            if !broken.contains(&d.file.as_path()) {
+                broken.push(&d.file);
+                failed += 1;
+            }
+            eprint!(
+                "{}",
+                d.render(compiled.texts.get(&d.file).map(String::as_str))
+            );
+        }
         for (file, case) in &compiled.tests {
-            if only.as_ref().is_some_and(|f| !same_file(file, f)) {
+            if only.as_ref().is_some_and(|f| !same_file(file, f))
+                || broken.contains(&file.as_path())
+            {
                 continue;
             }
             let shown = file

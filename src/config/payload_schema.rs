@@ -146,6 +146,30 @@ pub fn check(
     Ok(())
 }
 
+/// The declared path a selector reaches that is marked `deprecated: true`
+/// (`mapper schema infer` marks what newer samples no longer carry).
+pub fn deprecated(schema: &Value, steps: &[Step]) -> Option<String> {
+    let mut node = schema;
+    let mut prefix = String::from("$");
+    for step in steps {
+        match step {
+            Step::Name(name) => {
+                node = node.get("properties")?.get(name)?;
+                prefix = crate::config::infer::join(&prefix, name);
+            }
+            Step::Index(_) | Step::AnyChild => {
+                node = node.get("items")?;
+                prefix.push_str("[*]");
+            }
+            Step::Descendant => return None,
+        }
+        if node.get("deprecated") == Some(&Value::Bool(true)) {
+            return Some(prefix);
+        }
+    }
+    None
+}
+
 fn no_match(schema: &Value, prefix: &str, step: &str, written: &str, open: bool) -> Box<NoMatch> {
     let mut all = Vec::new();
     collect_paths(schema, "$", 0, &mut all);
