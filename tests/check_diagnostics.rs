@@ -472,3 +472,53 @@ fn a_tag_written_to_ghl_that_would_come_back_as_a_segment_is_warned_about() {
     .unwrap();
     assert!(warned(dir.path()).is_empty());
 }
+
+/// The shipped set plus one mapping file; returns the diagnostics.
+fn shipped_plus(name: &str, text: &str) -> (tempfile::TempDir, Vec<Diagnostic>) {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(Path::new("mappings"), &dir.path().join("mappings"));
+    copy_dir(Path::new("schemas"), &dir.path().join("schemas"));
+    std::fs::write(dir.path().join("mappings").join(name), text).unwrap();
+    let compiled = mapper::config::compile::compile_dir(&dir.path().join("mappings"));
+    (dir, compiled.diagnostics)
+}
+
+const EXTRA: &str = "mappings:\n  - name: extra\n    source: stickycards\n    event: CardInstalledEvent\n    target: ghl\n    order: 99\n    select:\n      first_name: $.first_name\n      balance: $.card.balance\n    customer:\n      match:\n        - email: \"{{ first_name }}\"\n    actions:\n      - op: upsert_contact\n        with:\n";
+
+#[test]
+fn a_template_yielding_text_into_a_boolean_or_numerical_field_is_an_error() {
+    let text = format!(
+        "{EXTRA}          dnd: \"{{{{ first_name }}}}\"\n          custom_fields:\n            loyalty_points: \"{{{{ first_name | trim }}}}\"\n            card_status: \"{{{{ balance }}}}\"\n"
+    );
+    let (_dir, diags) = shipped_plus("extra.yaml", &text);
+    let found: Vec<&Diagnostic> = diags.iter().filter(|d| d.code.as_str() == "M025").collect();
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found
+            .iter()
+            .all(|d| d.is_error() && d.file.ends_with("extra.yaml"))
+    );
+    assert!(
+        found[0]
+            .message
+            .contains("`upsert_contact.dnd` takes a boolean")
+            && found[0].message.contains("yields string"),
+        "{found:#?}"
+    );
+    assert_eq!((found[0].line, found[0].col), (16, 16), "{found:#?}");
+    assert!(
+        found[1]
+            .message
+            .contains("custom field `loyalty_points` (NUMERICAL)"),
+        "{found:#?}"
+    );
+    // A `number` filter converts; a number into a TEXT field is fine.
+    let text = format!(
+        "{EXTRA}          dnd: \"{{{{ balance > 0 }}}}\"\n          custom_fields:\n            loyalty_points: \"{{{{ first_name | number }}}}\"\n            card_status: \"Balance {{{{ balance }}}}\"\n"
+    );
+    let (_dir, diags) = shipped_plus("extra.yaml", &text);
+    assert!(
+        diags.iter().all(|d| d.code.as_str() != "M025"),
+        "{diags:#?}"
+    );
+}

@@ -927,6 +927,7 @@ pub fn compile(loaded: Loaded) -> Compiled {
                 &target_specs,
                 &provision,
                 &unreadable,
+                &vars,
             );
             let shown = shown_path(&root, file);
             for d in &mut ctx.diags[before..] {
@@ -1633,6 +1634,7 @@ fn compile_mapping(
     target_specs: &HashMap<String, &model::TargetFile>,
     provision: &IndexMap<String, IndexMap<String, IndexMap<String, Value>>>,
     unreadable: &HashSet<String>,
+    vars: &Value,
 ) -> Option<prog::Mapping> {
     let source_name = &m.source.value;
     let Some(source) = sources.get(source_name) else {
@@ -1699,6 +1701,7 @@ fn compile_mapping(
 
     // selects
     let mut selects = Vec::new();
+    let mut select_types: HashMap<String, Option<Vec<String>>> = HashMap::new();
     let src_fields = fields.get(source_name);
     for (name, spec) in &m.select {
         let pos = pos_of(spec);
@@ -1799,6 +1802,10 @@ fn compile_mapping(
                 paths.push(sel);
             }
         }
+        select_types.insert(
+            name.clone(),
+            select_yield(schema_set, &events, &paths, default.as_ref()),
+        );
         selects.push(prog::Select {
             name: name.clone(),
             paths,
@@ -1984,11 +1991,37 @@ fn compile_mapping(
                 continue;
             };
             check_literal(ctx, file, op_name, &k.name, param, v);
+            let types = Types {
+                selects: &select_types,
+                vars,
+            };
+            if let Some(wanted) = Wanted::of_param(param.kind) {
+                check_yield(
+                    ctx,
+                    file,
+                    v,
+                    &format!("`{op_name}.{}`", k.name),
+                    wanted,
+                    &types,
+                );
+            }
             if let Some(lookup) = &param.keys_from
                 && let Some(map) = v.as_map()
             {
                 let declared = provision.get(target_name).and_then(|p| p.get(lookup));
-                for (key, _) in map {
+                for (key, value) in map {
+                    let data_type = declared
+                        .and_then(|d| d.get(&key.name))
+                        .and_then(|decl| decl.get("data_type"))
+                        .and_then(Value::as_str);
+                    if let Some(wanted) = data_type.and_then(Wanted::of_data_type) {
+                        let what = format!(
+                            "custom field `{}` ({})",
+                            key.name,
+                            data_type.unwrap_or_default()
+                        );
+                        check_yield(ctx, file, value, &what, wanted, &types);
+                    }
                     if !declared.is_some_and(|d| d.contains_key(&key.name)) {
                         ctx.err(Code::M018, file, key.pos, format!("`{}` is not declared under `provision.{target_name}.{lookup}` in mapper.yaml", key.name))
                             .hint = Some(format!("declare it so it can be created on first use, e.g. `{}: {{ name: …, data_type: TEXT }}`", key.name));
@@ -2076,6 +2109,214 @@ fn no_match_hint(nm: &payload_schema::NoMatch, set: Option<&SchemaSet>, event: &
         (None, None) if nm.open => declare,
         (None, None) => format!("{file} declares no property here"),
     }
+}
+
+/// A type a value must have where it goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    Boolean,
+    Number,
+}
+
+impl Wanted {
+    fn of_param(kind: ParamKind) -> Option<Self> {
+        match kind {
+            ParamKind::Boolean => Some(Wanted::Boolean),
+            ParamKind::Number | ParamKind::Integer => Some(Wanted::Number),
+            _ => None,
+        }
+    }
+
+    /// GHL custom field types that hold numbers.
+    fn of_data_type(data_type: &str) -> Option<Self> {
+        match data_type.to_ascii_uppercase().as_str() {
+            "NUMERICAL" | "MONETORY" | "MONETARY" => Some(Wanted::Number),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Wanted::Boolean => "a boolean",
+            Wanted::Number => "a number",
+        }
+    }
+
+    fn accepts(self, ty: &str) -> bool {
+        match self {
+            Wanted::Boolean => ty == "boolean",
+            Wanted::Number => ty == "number" || ty == "integer",
+        }
+    }
+}
+
+/// What the checker knows of the values a mapping's templates read.
+struct Types<'a> {
+    /// Select name → the JSON types its selectors can find (`None`: unknown).
+    selects: &'a HashMap<String, Option<Vec<String>>>,
+    vars: &'a Value,
+}
+
+/// The types a select can yield, from the payload schemas of its events.
+fn select_yield(
+    set: Option<&SchemaSet>,
+    events: &[String],
+    paths: &[Selector],
+    default: Option<&Value>,
+) -> Option<Vec<String>> {
+    let set = set?;
+    let mut out: Vec<String> = Vec::new();
+    for sel in paths {
+        for e in events {
+            let schema = set.events.get(e)?;
+            for t in payload_schema::types_at(schema, sel.steps(), sel.is_singular())? {
+                if !out.contains(&t) {
+                    out.push(t);
+                }
+            }
+        }
+    }
+    if let Some(d) = default {
+        let t = json_type(d).to_string();
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Splits `text` at `sep` outside quotes and brackets.
+fn split_top(text: &str, sep: char) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut quote, mut start) = (0i32, None::<char>, 0);
+    for (i, c) in text.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '(' | '[' | '{') => depth += 1,
+            (None, ')' | ']' | '}') => depth -= 1,
+            (None, c) if c == sep && depth == 0 => {
+                out.push(&text[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    out.push(&text[start..]);
+    out
+}
+
+/// The JSON types a template yields, when the checker can tell, and what it
+/// read them from (for the message).
+fn yielded(text: &str, types: &Types) -> Option<(Vec<String>, String)> {
+    let trimmed = text.trim();
+    if !trimmed.contains("{{") && !trimmed.contains("{%") {
+        return None;
+    }
+    let sole = trimmed
+        .strip_prefix("{{")
+        .and_then(|t| t.strip_suffix("}}"))
+        .filter(|inner| !inner.contains("{{") && !inner.contains("}}"));
+    let Some(inner) = sole else {
+        // Text with templates in it is text.
+        return Some((vec!["string".into()], "text with a template in it".into()));
+    };
+    let inner = inner.trim();
+    let spaced = format!(" {inner} ");
+    // A conditional expression yields one of its branches: not judged here.
+    if spaced.contains(" if ") {
+        return None;
+    }
+    if [
+        " == ", " != ", " and ", " or ", " not ", " is ", " in ", " >= ", " <= ", " < ", " > ",
+    ]
+    .iter()
+    .any(|op| split_top(&spaced, '|').len() == 1 && spaced.contains(op))
+    {
+        return Some((vec!["boolean".into()], "a comparison".into()));
+    }
+    let parts = split_top(inner, '|');
+    let base = parts[0].trim();
+    let filters: Vec<&str> = parts[1..]
+        .iter()
+        .map(|f| f.split('(').next().unwrap_or("").trim())
+        .collect();
+    if let Some(last) = filters.last() {
+        let ty = match *last {
+            "number" | "int" | "float" | "abs_int" | "unix" | "length" | "count" | "round"
+            | "sum" => "number",
+            "string" | "lower" | "upper" | "trim" | "title" | "capitalize" | "e164" | "digits"
+            | "email" | "date" | "datetime" | "format_date" | "replace" | "join" | "truncate"
+            | "tojson" => "string",
+            "split_list" | "compact" | "list" | "unique" | "sort" | "map" | "select" | "reject"
+            | "selectattr" | "rejectattr" | "items" => "array",
+            _ => return None,
+        };
+        return Some((vec![ty.into()], format!("filter `{last}`")));
+    }
+    match base {
+        "true" | "false" | "True" | "False" => return Some((vec!["boolean".into()], base.into())),
+        _ if base.parse::<f64>().is_ok() => return Some((vec!["number".into()], base.into())),
+        _ if base.starts_with('\'') || base.starts_with('"') => {
+            return Some((vec!["string".into()], base.into()));
+        }
+        _ => {}
+    }
+    if let Some(var) = base.strip_prefix("vars.") {
+        let v = types.vars.get(var)?;
+        return Some((vec![json_type(v).into()], format!("`vars.{var}`")));
+    }
+    let ts = types.selects.get(base)?.clone()?;
+    Some((ts, format!("`{base}`, as the payload schema declares it")))
+}
+
+/// Holds a template's yield to the type where it goes: an error when it can
+/// only yield other types (nulls aside: a missing value is left out).
+fn check_yield(ctx: &mut Ctx, file: &Path, node: &Node, what: &str, wanted: Wanted, types: &Types) {
+    let NodeKind::Str(text) = &node.kind else {
+        return;
+    };
+    let Some((yields, from)) = yielded(text, types) else {
+        return;
+    };
+    let meaningful: Vec<&String> = yields.iter().filter(|t| *t != "null").collect();
+    if meaningful.is_empty() || meaningful.iter().any(|t| wanted.accepts(t)) {
+        return;
+    }
+    let shown: Vec<&str> = meaningful.iter().map(|t| t.as_str()).collect();
+    let hint = match wanted {
+        Wanted::Number => {
+            "convert it with the `number` filter (`{{ value | number }}`; not a number → missing), or pass a number"
+        }
+        Wanted::Boolean => {
+            "write a condition that yields true or false (`{{ value == 'yes' }}`), or pass true/false"
+        }
+    };
+    ctx.err(
+        Code::M025,
+        file,
+        node.pos,
+        format!(
+            "{what} takes {}, but `{}` yields {} (from {from})",
+            wanted.name(),
+            text.trim(),
+            shown.join(" or ")
+        ),
+    )
+    .hint = Some(hint.into());
 }
 
 /// Warns about a `TODO:` placeholder (as `mapper new` writes) left in an

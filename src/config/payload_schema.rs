@@ -170,6 +170,25 @@ pub fn deprecated(schema: &Value, steps: &[Step]) -> Option<String> {
     None
 }
 
+/// The JSON types a selector can find, as the schema declares them: `None`
+/// when it does not say (an untyped or undeclared node). A selector that can
+/// find several values (a wildcard, a filter) finds a list.
+pub fn types_at(schema: &Value, steps: &[Step], singular: bool) -> Option<Vec<String>> {
+    if !singular {
+        return Some(vec!["array".into()]);
+    }
+    let mut node = schema;
+    for step in steps {
+        node = match step {
+            Step::Name(name) => node.get("properties")?.get(name)?,
+            Step::Index(_) => node.get("items")?,
+            Step::AnyChild | Step::Descendant => return None,
+        };
+    }
+    let ts: Vec<String> = types_of(node).into_iter().map(String::from).collect();
+    (!ts.is_empty()).then_some(ts)
+}
+
 fn no_match(schema: &Value, prefix: &str, step: &str, written: &str, open: bool) -> Box<NoMatch> {
     let mut all = Vec::new();
     collect_paths(schema, "$", 0, &mut all);
