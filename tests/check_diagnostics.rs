@@ -522,3 +522,49 @@ fn a_template_yielding_text_into_a_boolean_or_numerical_field_is_an_error() {
         "{diags:#?}"
     );
 }
+
+#[test]
+fn a_path_the_other_profile_lacks_is_reported_unless_the_mapping_says_its_profiles() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(Path::new("mappings"), &dir.path().join("mappings"));
+    copy_dir(Path::new("schemas"), &dir.path().join("schemas"));
+    copy_dir(Path::new("examples"), &dir.path().join("examples"));
+    // A new event, declared by both profiles' schemas.
+    for folder in ["stickycards", "stickycards-boomerangme"] {
+        let events = dir.path().join("schemas/events").join(folder);
+        std::fs::copy(
+            events.join("CardInstalledEvent.schema.json"),
+            events.join("CardGiftedEvent.schema.json"),
+        )
+        .unwrap();
+    }
+    let mapping = "mappings:\n  - name: seed-only\n    source: stickycards\n    event: CardGiftedEvent\n    target: ghl\n    order: 99\n    select:\n      phone: $.phone_number\n    customer:\n      match:\n        - phone: \"{{ phone | e164 }}\"\n    actions:\n      - op: add_tags\n        with: { tags: [card holder] }\n";
+    let file = dir.path().join("mappings/extra.yaml");
+    std::fs::write(&file, mapping).unwrap();
+    let root = dir.path().join("mappings");
+    // Under the selected profile (seed) it is fine…
+    assert!(!compile_dir_with_tests(&root).has_errors());
+    // …but `check` holds it to boomerangme too.
+    let checked = mapper::config::compile::check_dir(&root);
+    let errs = errors(&checked.diagnostics);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].code.as_str(), "M012");
+    assert!(errs[0].file.ends_with("extra.yaml"));
+    assert!(
+        errs[0]
+            .message
+            .contains("under profile `stickycards: boomerangme`"),
+        "{errs:#?}"
+    );
+    // Saying which profiles it supports leaves it out under the others.
+    std::fs::write(
+        &file,
+        mapping.replace(
+            "    order: 99\n",
+            "    order: 99\n    profiles: { stickycards: [seed] }\n",
+        ),
+    )
+    .unwrap();
+    let checked = mapper::config::compile::check_dir(&root);
+    assert!(!checked.has_errors(), "{:#?}", checked.diagnostics);
+}

@@ -1,7 +1,7 @@
 //! `mapper check`.
 
 use super::{Format, same_file, set_root};
-use crate::config::compile::compile_dir_with_tests;
+use crate::config::compile::check_dir;
 use crate::config::diagnostic::{Code, Diagnostic, Pos};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,7 +23,7 @@ pub fn run(paths: &[PathBuf], format: Format) -> ExitCode {
             continue;
         }
         let root = set_root(path);
-        let compiled = compile_dir_with_tests(&root);
+        let compiled = check_dir(&root);
         let only_file = (!path.is_dir()).then(|| path.clone());
         let mut diags: Vec<Diagnostic> = compiled
             .diagnostics

@@ -52,6 +52,65 @@ pub fn compile_dir_with_tests(root: &Path) -> Compiled {
     ))
 }
 
+/// Compiles what production runs with `selection` (source or target name →
+/// profile) chosen over the project file's `profiles:`.
+pub fn compile_dir_under(root: &Path, selection: &[(String, String)]) -> Compiled {
+    let mut loaded = super::load::load_dir(root);
+    for (name, profile) in selection {
+        loaded.select_profile(name, profile);
+    }
+    compile(loaded)
+}
+
+/// What `mapper check` runs: the folder with its tests, then every mapping
+/// again under each profile not selected (a `$.` path one profile's payloads
+/// lack breaks the day that profile is chosen). Errors found only under
+/// another profile are reported with the profile named.
+pub fn check_dir(root: &Path) -> Compiled {
+    let loaded = super::load::load_dir_scoped(root, super::load::Scope::WithTests);
+    let profiles = loaded.profiles();
+    let mut compiled = compile(loaded);
+    let Some(program) = &compiled.program else {
+        return compiled;
+    };
+    let active = |name: &str| -> Option<String> {
+        program
+            .sources
+            .get(name)
+            .map(|s| s.profile.clone())
+            .or_else(|| program.targets.get(name).map(|t| t.profile.clone()))
+    };
+    let mut found = Vec::new();
+    for (name, list) in profiles.iter().filter(|(_, l)| l.len() > 1) {
+        let current = active(name);
+        for profile in list.iter().filter(|p| Some(*p) != current.as_ref()) {
+            let other = compile_dir_under(root, &[(name.clone(), profile.clone())]);
+            for mut d in other.diagnostics.into_iter().filter(Diagnostic::is_error) {
+                let known = compiled.diagnostics.iter().chain(&found).any(|m| {
+                    m.code == d.code && m.file == d.file && (m.line, m.col) == (d.line, d.col)
+                });
+                if known {
+                    continue;
+                }
+                d.message = format!("under profile `{name}: {profile}`: {}", d.message);
+                if d.hint.is_none() {
+                    d.hint = Some(format!(
+                        "make it work under both, or say which profiles the mapping supports: `profiles: {{ {name}: [{}] }}`",
+                        current.clone().unwrap_or_default()
+                    ));
+                }
+                found.push(d);
+            }
+        }
+    }
+    compiled.diagnostics.extend(found);
+    super::diagnostic::sort(&mut compiled.diagnostics);
+    if compiled.has_errors() {
+        compiled.program = None;
+    }
+    compiled
+}
+
 /// Names a template may read, and what `env.`/`params.` may name.
 struct Scope<'a> {
     roots: Vec<String>,
@@ -1636,6 +1695,25 @@ fn compile_mapping(
     unreadable: &HashSet<String>,
     vars: &Value,
 ) -> Option<prog::Mapping> {
+    // A mapping written for some profiles only is left out under the others.
+    for (name, supported) in &m.profiles {
+        let active = sources
+            .get(name)
+            .map(|s| &s.profile)
+            .or_else(|| targets.get(name).map(|t| &t.profile));
+        match active {
+            Some(p) if !supported.contains(p) => return None,
+            Some(_) => {}
+            None => {
+                ctx.err(
+                    Code::M009,
+                    file,
+                    pos_of(&m.name),
+                    format!("mapping `{}` names profiles of `{name}`, which is neither a source nor a target", m.name.value),
+                );
+            }
+        }
+    }
     let source_name = &m.source.value;
     let Some(source) = sources.get(source_name) else {
         let near = nearest(source_name, sources.keys().map(String::as_str));

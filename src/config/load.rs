@@ -157,6 +157,52 @@ pub fn load_dir_scoped(root: &Path, scope: Scope) -> Loaded {
     loaded
 }
 
+impl Loaded {
+    /// Selects `profile` for the source or target `name`, as `profiles:` in
+    /// the project file would; `false` when there is no project file.
+    pub fn select_profile(&mut self, name: &str, profile: &str) -> bool {
+        for (_, parsed) in &mut self.files {
+            if let Parsed::Project(p) = parsed {
+                let at = p
+                    .profiles
+                    .get(name)
+                    .map(|s| (s.referenced, s.defined))
+                    .unwrap_or((
+                        serde_saphyr::Location::UNKNOWN,
+                        serde_saphyr::Location::UNKNOWN,
+                    ));
+                p.profiles.insert(
+                    name.to_string(),
+                    serde_saphyr::Spanned {
+                        value: profile.to_string(),
+                        referenced: at.0,
+                        defined: at.1,
+                    },
+                );
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Every profile of each source and target name, in file order.
+    pub fn profiles(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (_, parsed) in &self.files {
+            let (name, profile) = match parsed {
+                Parsed::Source(s) => (&s.source.value, &s.profile.value),
+                Parsed::Target(t) => (&t.target.value, &t.profile.value),
+                _ => continue,
+            };
+            let list = out.entry(name.clone()).or_default();
+            if !list.contains(profile) {
+                list.push(profile.clone());
+            }
+        }
+        out
+    }
+}
+
 /// Reads the files the parsed ones point to: each source's payload schemas
 /// and each test's payload file.
 fn read_referenced(loaded: &mut Loaded) {
