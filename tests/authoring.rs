@@ -247,3 +247,69 @@ fn schema_infer_reports_added_and_removed_fields_and_check_warns() {
     let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(printed["properties"]["device_type"]["type"], "string");
 }
+
+#[test]
+fn test_update_rewrites_the_expected_plans_of_failing_cases() {
+    let dir = project();
+    let root = dir.path();
+    // Every Sticky Cards write now carries one more custom field: the
+    // list-length expectations of existing cases break.
+    let file = root.join("mappings/stickycards-ghl/customers.yaml");
+    let changed = std::fs::read_to_string(&file).unwrap().replace(
+        "    stickycards_customer_id: \"{{ customer_id | string }}\"\n",
+        "    stickycards_customer_id: \"{{ customer_id | string }}\"\n    card_installed: seen\n",
+    );
+    std::fs::write(&file, changed).unwrap();
+    let before = mapper(
+        root,
+        &["test", "mappings/stickycards-ghl/customers.test.yaml"],
+    );
+    let (_, failing) = counts(&before);
+    assert!(failing >= 2, "{}", text(&before));
+    let update = mapper(
+        root,
+        &[
+            "test",
+            "--update",
+            "mappings/stickycards-ghl/customers.test.yaml",
+        ],
+    );
+    let t = text(&update);
+    assert_eq!(update.status.code(), Some(0), "{t}");
+    assert!(t.contains("actual plan"), "the diff is shown first: {t}");
+    assert_eq!(t.matches("\nupdated ").count(), failing, "{t}");
+    let after = mapper(
+        root,
+        &["test", "mappings/stickycards-ghl/customers.test.yaml"],
+    );
+    assert_eq!(counts(&after).1, 0, "{}", text(&after));
+    let rewritten =
+        std::fs::read_to_string(root.join("mappings/stickycards-ghl/customers.test.yaml")).unwrap();
+    assert!(
+        rewritten.contains("\"field_value\":\"seen\""),
+        "{rewritten}"
+    );
+}
+
+#[test]
+fn test_runs_each_case_under_its_profile_and_under_a_chosen_one() {
+    let dir = project();
+    let root = dir.path();
+    let all = mapper(root, &["test"]);
+    let t = text(&all);
+    assert_eq!(counts(&all).1, 0, "{t}");
+    assert!(
+        t.contains("[stickycards=boomerangme]"),
+        "boomerangme cases run: {t}"
+    );
+    let boomerangme = mapper(root, &["test", "--profile", "stickycards=boomerangme"]);
+    let t = text(&boomerangme);
+    assert_eq!(boomerangme.status.code(), Some(0), "{t}");
+    assert!(t.contains("skipped"), "seed-only cases are skipped: {t}");
+    assert!(
+        t.contains("skip  stickycards-ghl/customers.test.yaml"),
+        "{t}"
+    );
+    let unknown = mapper(root, &["test", "--profile", "stickycards=nope"]);
+    assert_eq!(unknown.status.code(), Some(2), "{}", text(&unknown));
+}

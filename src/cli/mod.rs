@@ -54,6 +54,12 @@ enum Command {
         /// Print the actual plan of failing cases
         #[arg(short, long)]
         verbose: bool,
+        /// Run the cases under this profile: NAME=PROFILE (stickycards=boomerangme), or a profile name
+        #[arg(long, value_name = "NAME=PROFILE", value_parser = test::parse_profile)]
+        profile: Vec<(String, String)>,
+        /// Rewrite the expected plan of failing cases with the actual one, after showing it
+        #[arg(long)]
+        update: bool,
     },
     /// Print the JSON Schema of mapping files (schemas/mapping.schema.json),
     /// or infer a payload schema from samples (`schema infer`).
@@ -272,7 +278,17 @@ pub fn run() -> ExitCode {
             payload,
             mappings,
         } => plan::run(&mappings, &source, &payload),
-        Command::Test { paths, verbose } => test::run(&default_paths(paths), verbose),
+        Command::Test {
+            paths,
+            verbose,
+            profile,
+            update,
+        } => test::run(&test::TestOptions {
+            paths: &default_paths(paths),
+            verbose,
+            profiles: &profile,
+            update,
+        }),
         Command::Serve {
             mappings,
             listen,
