@@ -143,6 +143,14 @@ fn new_for_an_existing_source_fires_on_the_new_event_and_never_overwrites() {
         ],
     );
     assert_eq!(counts(&test), (1, 0), "{}", text(&test));
+    assert!(
+        written.contains("profiles: { stickycards: [seed] }"),
+        "{written}"
+    );
+    let check = mapper(root, &["check"]);
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check));
+    let all = mapper(root, &["test"]);
+    assert_eq!(counts(&all).1, 0, "{}", text(&all));
     let plan =
         std::fs::read_to_string(root.join("mappings/stickycards-ghl/card-gifted-event.test.yaml"))
             .unwrap();

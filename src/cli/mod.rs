@@ -2,6 +2,7 @@
 
 mod check;
 mod demo;
+mod explain;
 mod new;
 mod ops;
 mod plan;
@@ -66,6 +67,11 @@ enum Command {
     Schema {
         #[command(subcommand)]
         action: Option<SchemaAction>,
+    },
+    /// Print the long form of a diagnostic code (what it means, a wrong and a right example).
+    Explain {
+        /// A code such as M012
+        code: String,
     },
     /// Write a new event from real payloads: its payload schema, a mapping
     /// skeleton, a mapping test (and the source profile of a new source).
@@ -377,6 +383,7 @@ pub fn run() -> ExitCode {
         Command::Schema {
             action: Some(SchemaAction::Infer { samples, merge }),
         } => new::run_infer(&samples, merge.as_deref()),
+        Command::Explain { code } => explain::run(&code),
         Command::New {
             source,
             event,

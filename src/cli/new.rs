@@ -203,7 +203,17 @@ fn new(o: &NewOptions) -> Result<ExitCode, Failure> {
         .map_err(|e| cannot(e.to_string()))?;
     schema_text.push('\n');
     planned.push((schema_file.clone(), schema_text));
-    let skeleton = mapping_skeleton(o, &samples[0]);
+    // The payload schema is written for the selected profile only: under the
+    // source's other profiles the event does not exist yet.
+    let only_profile = existing
+        .filter(|_| {
+            crate::config::load::load_dir(o.mappings)
+                .profiles()
+                .get(o.source)
+                .is_some_and(|p| p.len() > 1)
+        })
+        .map(|src| src.profile.clone());
+    let skeleton = mapping_skeleton(o, &samples[0], only_profile.as_deref());
     planned.push((mapping_file.clone(), skeleton));
 
     for (path, text) in &planned {
@@ -521,7 +531,7 @@ fn role(path: &str, value: &Value) -> Option<&'static str> {
     None
 }
 
-fn mapping_skeleton(o: &NewOptions, sample: &Sample) -> String {
+fn mapping_skeleton(o: &NewOptions, sample: &Sample, only_profile: Option<&str>) -> String {
     const RESERVED: &[&str] = &["event", "previous", "known", "vars"];
     let mut names: Vec<String> = Vec::new();
     let mut taken_roles: Vec<&str> = Vec::new();
@@ -586,6 +596,13 @@ fn mapping_skeleton(o: &NewOptions, sample: &Sample) -> String {
     let _ = writeln!(out, "    source: {}", o.source);
     let _ = writeln!(out, "    event: {}", o.event);
     let _ = writeln!(out, "    target: {}", o.target);
+    if let Some(p) = only_profile {
+        let _ = writeln!(
+            out,
+            "    # The event's payload schema exists for this profile only; add it to the\n    # others' schemas folders, then drop this line.\n    profiles: {{ {}: [{p}] }}",
+            o.source
+        );
+    }
     if taken_roles.is_empty() {
         // Every line below is a comment: the map itself must still be written.
         let _ = writeln!(out, "    select: {{}}");
