@@ -910,15 +910,26 @@ async fn stickycards_seed_api_customers_cards_segments_pushes() {
         &sandbox,
         "PUT",
         &format!("/cards/{card_id}/balance"),
-        Some(json!({"balance": 100, "mode": "set"})),
+        Some(json!({"balance": 100})),
     )
     .await;
     assert_eq!(set.body["balance"], 100);
+    // Seed 000 names `balance` alone: a field it does not name is refused,
+    // as a strict server would, and nothing changes.
+    let unnamed = sticky(
+        &sandbox,
+        "PUT",
+        &format!("/cards/{card_id}/balance"),
+        Some(json!({"balance": 30, "mode": "add"})),
+    )
+    .await;
+    assert_eq!(unnamed.status, 422, "{}", unnamed.body);
+    assert_eq!(sandbox.card(&card_id).unwrap().balance, 100);
     let add = sticky(
         &sandbox,
         "PUT",
         &format!("/cards/{card_id}/balance"),
-        Some(json!({"balance": -30, "mode": "add"})),
+        Some(json!({"balance": 70})),
     )
     .await;
     assert_eq!(add.body["balance"], 70);
@@ -934,7 +945,7 @@ async fn stickycards_seed_api_customers_cards_segments_pushes() {
         &sandbox,
         "PUT",
         &format!("/cards/{card_id}/balance"),
-        Some(json!({"balance": -6, "mode": "add"})),
+        Some(json!({"balance": -1})),
     )
     .await;
     assert_eq!(below.status, 422);
@@ -1836,13 +1847,7 @@ async fn stickycards_webhooks_follow_api_changes_in_the_seed_shape() {
     let balance = format!("/cards/{card_id}/balance");
     sticky(&sandbox, "PUT", &balance, Some(json!({"balance": 10}))).await;
     sticky(&sandbox, "PUT", &balance, Some(json!({"balance": 10}))).await; // unchanged
-    sticky(
-        &sandbox,
-        "PUT",
-        &balance,
-        Some(json!({"balance": 5, "mode": "add"})),
-    )
-    .await;
+    sticky(&sandbox, "PUT", &balance, Some(json!({"balance": 15}))).await;
     let segments = format!("/customers/{customer_id}/segments");
     sticky(
         &sandbox,

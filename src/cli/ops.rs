@@ -160,21 +160,30 @@ pub fn replay(database: &str, filter: ReplayFilter, held: bool) -> ExitCode {
     })
 }
 
+/// A command-line value that cannot be used, with what would be right.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ArgError(String);
+
 /// Parses `--state` values.
-pub fn parse_state(s: &str) -> Result<EventState, String> {
+pub fn parse_state(s: &str) -> Result<EventState, ArgError> {
     match s {
         "dead" => Ok(EventState::Dead),
         "unmapped" => Ok(EventState::Unmapped),
-        other => Err(format!("`{other}`: replay takes dead or unmapped")),
+        other => Err(ArgError(format!(
+            "`{other}`: replay takes dead or unmapped"
+        ))),
     }
 }
 
 /// Parses `--since`: RFC 3339, a date, or unix seconds.
-pub fn parse_since(s: &str) -> Result<i64, String> {
+pub fn parse_since(s: &str) -> Result<i64, ArgError> {
     crate::engine::filters::parse_timestamp_str(s, "UTC")
         .map(|t| t.timestamp_millis())
         .ok_or_else(|| {
-            format!("`{s}` is not a time (use 2025-03-01, 2025-03-01T10:00:00Z or unix seconds)")
+            ArgError(format!(
+                "`{s}` is not a time (use 2025-03-01, 2025-03-01T10:00:00Z or unix seconds)"
+            ))
         })
 }
 

@@ -1545,6 +1545,25 @@ fn compile_target(ctx: &mut Ctx, tp: &TargetProfile) -> Option<prog::Target> {
             }
         }
     }
+    let carried = t
+        .customer
+        .as_ref()
+        .and_then(|c| c.create.as_ref())
+        .map(|c| c.carries.as_slice())
+        .unwrap_or_default();
+    for op in carried {
+        if !t.operations.contains_key(&op.value) {
+            ctx.err(
+                Code::M010,
+                file,
+                pos_of(op),
+                format!(
+                    "`customer.create.carries` names `{}`, which is not an operation of this target",
+                    op.value
+                ),
+            );
+        }
+    }
     for name in t.unsupported.keys() {
         if t.operations.contains_key(name) {
             ctx.err(
@@ -1678,6 +1697,7 @@ fn compile_create(
         id: id?,
         duplicate_id: dup.flatten(),
         reflects,
+        carries: cr.carries.iter().map(|c| c.value.clone()).collect(),
     })
 }
 

@@ -472,6 +472,13 @@ pub struct CreateSpec {
     #[serde(default)]
     #[schemars(with = "IndexMap<String, String>")]
     pub reflects: IndexMap<String, Spanned<String>>,
+    /// Operations whose request body a customer create carries (the API's
+    /// create takes the same fields): when a mapping creates the customer,
+    /// its actions of these operations are sent inside the create instead of
+    /// as calls of their own.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub carries: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

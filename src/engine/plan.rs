@@ -448,11 +448,11 @@ impl Program {
             if let Some((req, _)) = cap.find.get(&k.key) {
                 let mut scope = Scope::child(&base);
                 scope.set("value", &k.value);
-                find.push(self.render_request(target, req, &scope)?);
+                find.push(self.render(target, req, &scope)?);
             }
         }
         let create = match &cap.create {
-            Some(c) => Some(self.render_request(target, &c.request, &base)?),
+            Some(c) => Some(self.render(target, &c.request, &base)?),
             None => None,
         };
         Ok((find, create))
@@ -510,7 +510,7 @@ impl Program {
         req_scope.set("event", &shared.event);
         // Optional parameters the mapping did not give drop out of the request
         // silently; only values the mapping asked for and could not get are reported.
-        let request = self.render_request(target, &op.request, &req_scope)?;
+        let request = self.render(target, &op.request, &req_scope)?;
         Ok(Ok(ActionPlan {
             op: a.op.clone(),
             params: params.clone(),
@@ -521,9 +521,7 @@ impl Program {
     }
 
     /// The request of operation `op` of `target` for `params`, with the
-    /// customer's ids left as placeholders: what delivery sends once it has
-    /// changed an action's parameters (a field refused to its owner, held
-    /// writes merged into one).
+    /// customer's ids left as placeholders: what `plan` shows.
     pub fn render_operation(
         &self,
         target: &str,
@@ -531,35 +529,57 @@ impl Program {
         params: &Value,
         input: &PlanInput,
         event: &Value,
-    ) -> Result<RequestPlan, String> {
-        let Some(t) = self.targets.get(target) else {
-            return Err(format!("target `{target}` is not defined"));
-        };
-        let Some(operation) = t.operations.get(op) else {
-            return Err(format!(
-                "operation `{op}` is not defined by target `{target}`"
-            ));
-        };
-        let env = self.env_value(t, input);
+    ) -> Result<RequestPlan, RenderError> {
         let customer = serde_json::json!({
             "id": placeholder("customer.id"),
             "card_id": placeholder("customer.card_id"),
         });
+        self.render_operation_for(target, op, params, input, event, &customer)
+    }
+
+    /// The request of operation `op` of `target` for `params`, for a
+    /// customer delivery has found: `customer` holds its id and what is
+    /// known of its record (the mirror of the source describing the target,
+    /// and values earlier answers taught). What delivery sends.
+    pub fn render_operation_for(
+        &self,
+        target: &str,
+        op: &str,
+        params: &Value,
+        input: &PlanInput,
+        event: &Value,
+        customer: &Value,
+    ) -> Result<RequestPlan, RenderError> {
+        let Some(t) = self.targets.get(target) else {
+            return Err(RenderError(format!("target `{target}` is not defined")));
+        };
+        let Some(operation) = t.operations.get(op) else {
+            return Err(RenderError(format!(
+                "operation `{op}` is not defined by target `{target}`"
+            )));
+        };
+        let env = self.env_value(t, input);
         let mut scope = Scope::new();
         scope.set("params", params);
-        scope.set("customer", &customer);
+        scope.set("customer", customer);
         scope.set("env", &env);
         scope.set("known", &input.known);
         scope.set("event", event);
         self.render_request(t, &operation.request, &scope)
     }
 
-    fn render_request(
+    /// Renders one request of a target (an operation's, a lookup's listing
+    /// or creation) in `scope`: the one renderer of requests.
+    pub fn render_request(
         &self,
         target: &Target,
         req: &Request,
         scope: &Scope,
-    ) -> Result<RequestPlan, String> {
+    ) -> Result<RequestPlan, RenderError> {
+        self.render(target, req, scope).map_err(RenderError)
+    }
+
+    fn render(&self, target: &Target, req: &Request, scope: &Scope) -> Result<RequestPlan, String> {
         let t = &self.templates;
         let path = match t.eval_scope(&req.path, scope) {
             Ok(Value::String(s)) => s,
@@ -636,6 +656,11 @@ fn join_url(base: &str, path: &str) -> String {
     url
 }
 
+/// A request that cannot be rendered: what is missing or failed, in words.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct RenderError(pub String);
+
 /// What every mapping of one plan shares, computed once.
 struct Shared {
     event: Value,
@@ -686,7 +711,7 @@ impl std::fmt::Display for At<'_> {
 }
 
 /// Evaluates a value tree. `Ok(None)` means "omitted" (a value it needs is missing).
-pub fn eval_value(
+pub(crate) fn eval_value(
     t: &Templates,
     tpl: &ValueTpl,
     scope: &Scope,

@@ -156,6 +156,8 @@ pub struct Create {
     pub duplicate_id: Option<Selector>,
     /// What a successful create makes the record hold, by mirror name.
     pub reflects: Vec<(String, StrTpl)>,
+    /// Operations whose body the create carries for a new customer.
+    pub carries: Vec<String>,
 }
 
 #[derive(Debug)]

@@ -11,7 +11,7 @@
 //! | `GET /v1/customers?phone_number=\|email=` | `{data: [customer]}` |
 //! | `GET /v1/customers/{id}` | customer |
 //! | `PUT /customers/{id}/segments` `{segments}` | customer (also under `/v1`) |
-//! | `PUT /cards/{id}/balance` `{balance, mode: set\|add}` | card (also under `/v1`) |
+//! | `PUT /cards/{id}/balance` `{balance}` (absolute; seed 000 names no other field) | card (also under `/v1`) |
 //! | `PUT /cards/{id}/status` `{status: Active\|Inactive}` | card (also under `/v1`) |
 //! | `POST /v1/pushes/customer` `{customer_id, message, title?}` | 201 push |
 //! | `POST /v1/cards` `{customer_id, template_id?}` | 201 card |
@@ -37,7 +37,7 @@
 //!   customer has → 409 `{message, id}` (the existing id).
 //! - Phones are stored as sent and compared on their digits only, emails
 //!   case-insensitively.
-//! - A balance never goes below 0 (422). `mode` defaults to `set`.
+//! - A balance never goes below 0 (422).
 //! - PATCH accepts `phone` (the public SDK's update omits it; the profile
 //!   sends it).
 //! - Unknown card ids → 404, unless `auto_create_cards` (sandbox mode): then
@@ -1411,21 +1411,18 @@ impl Sticky {
         Ok((200, seed_customer(&customer, &state.cards)))
     }
 
+    /// Seed 000 names one body field, `balance (integer)`: the card's new
+    /// balance. Anything else is refused, as a strict server would.
     fn seed_balance(&self, request: &Incoming, id: &str) -> Outcome {
-        let body = body_of(request, &["balance", "mode"])?;
+        let body = body_of(request, &["balance"])?;
         let amount = opt_int(&body, "balance")?
             .ok_or_else(|| invalid("balance", "The balance field is required."))?;
-        let mode = opt_str(&body, "mode")?.unwrap_or_else(|| "set".to_string());
+        if amount < 0 {
+            return Err(invalid("balance", "The balance may not be negative."));
+        }
         let mut state = lock(&self.state);
         let index = state.card_index(self, id)?;
-        let delta = match mode.as_str() {
-            "set" if amount < 0 => {
-                return Err(invalid("balance", "The balance may not be negative."));
-            }
-            "set" => amount - state.cards[index].balance,
-            "add" => amount,
-            _ => return Err(invalid("mode", "The selected mode is invalid (set, add).")),
-        };
+        let delta = amount - state.cards[index].balance;
         state.change_balance(index, delta, None)?;
         self.emit_balance(&mut state, index, delta);
         Ok((200, seed_card(&state.cards[index])))

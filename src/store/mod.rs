@@ -7,7 +7,9 @@
 //! Every row is keyed by a *connection* (one GHL location with its source
 //! accounts); a single deployment uses `default`.
 
+mod journal;
 pub mod resync;
+pub use journal::WriteTx;
 
 use serde::Serialize;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
@@ -114,12 +116,10 @@ pub struct ClaimedEvent {
 }
 
 impl MirrorRecord {
-    /// Whether `name` holds a value from an event later than `at`.
+    /// Whether `name` holds a value from an event later than `at`
+    /// (the rule is [`crate::targets::sync::set_after`]).
     pub fn set_after(&self, name: &str, at: Option<i64>) -> bool {
-        match (at, self.field_times.get(name)) {
-            (Some(at), Some(applied)) => applied.as_i64().is_some_and(|t| t > at),
-            _ => false,
-        }
+        crate::targets::sync::set_after(self, name, at)
     }
 
     /// When `name` last took a new value (epoch ms), if known.
@@ -128,54 +128,7 @@ impl MirrorRecord {
     }
 }
 
-/// Equal for the purpose of sync: case, surrounding blanks, number spelling
-/// ("10" and 10.0) and list order do not count, and a missing value equals an
-/// empty one.
-pub fn same_value(a: Option<&serde_json::Value>, b: Option<&serde_json::Value>) -> bool {
-    use serde_json::Value;
-    fn empty(v: Option<&Value>) -> bool {
-        match v {
-            None | Some(Value::Null) => true,
-            Some(Value::String(s)) => s.trim().is_empty(),
-            Some(Value::Array(a)) => a.is_empty(),
-            Some(Value::Object(o)) => o.is_empty(),
-            _ => false,
-        }
-    }
-    fn norm(v: &Value) -> String {
-        match v {
-            Value::String(s) => {
-                let t = s.trim();
-                match t.parse::<f64>() {
-                    Ok(n)
-                        if !t.is_empty()
-                            && t.chars()
-                                .all(|c| c.is_ascii_digit() || c == '.' || c == '-') =>
-                    {
-                        n.to_string()
-                    }
-                    _ => t.to_lowercase(),
-                }
-            }
-            Value::Number(n) => n.as_f64().map(|f| f.to_string()).unwrap_or_default(),
-            other => other.to_string(),
-        }
-    }
-    if empty(a) && empty(b) {
-        return true;
-    }
-    match (a, b) {
-        (Some(Value::Array(x)), Some(Value::Array(y))) => {
-            let mut x: Vec<String> = x.iter().map(norm).collect();
-            let mut y: Vec<String> = y.iter().map(norm).collect();
-            x.sort();
-            y.sort();
-            x == y
-        }
-        (Some(x), Some(y)) => norm(x) == norm(y),
-        _ => false,
-    }
-}
+pub use crate::targets::sync::same_value;
 
 /// A source customer as the local database knows them.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -266,11 +219,8 @@ enum Dialect {
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
-    /// One read-modify-write of a customer's mirror at a time in this
-    /// process: an event's update and the reflection of another event's
-    /// write must not erase each other.
-    mirror_locks:
-        std::sync::Arc<std::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>>,
+    /// Write transactions committed (see [`Store::commits`]).
+    commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Milliseconds since the epoch.
@@ -323,7 +273,7 @@ impl Store {
         Ok(Store {
             pool,
             dialect,
-            mirror_locks: Default::default(),
+            commits: Default::default(),
         })
     }
 
@@ -584,16 +534,9 @@ impl Store {
         next_attempt_at: i64,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE events SET state = $1, next_attempt_at = $2, last_error = $3 WHERE id = $4",
-        )
-        .bind(state.as_str())
-        .bind(next_attempt_at)
-        .bind(error)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut tx = self.begin_write().await?;
+        tx.finish(id, state, next_attempt_at, error).await?;
+        tx.commit().await
     }
 
     /// Puts an event back to wait until `next_attempt_at` without counting
@@ -604,37 +547,16 @@ impl Store {
         next_attempt_at: i64,
         reason: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE events SET state = 'retrying', attempts = attempts - 1, next_attempt_at = $1, last_error = $2 WHERE id = $3",
-        )
-        .bind(next_attempt_at)
-        .bind(reason)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut tx = self.begin_write().await?;
+        tx.defer(id, next_attempt_at, reason).await?;
+        tx.commit().await
     }
 
     /// Writes one attempt to the sync log.
     pub async fn log_attempt(&self, entry: &SyncLogEntry) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO sync_log (connection, event_row, mapping, action, target, customer, request, status, error, attempt, at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(&entry.connection)
-        .bind(entry.event_row)
-        .bind(&entry.mapping)
-        .bind(&entry.action)
-        .bind(&entry.target)
-        .bind(entry.customer.as_deref())
-        .bind(&entry.request)
-        .bind(entry.status)
-        .bind(entry.error.as_deref())
-        .bind(entry.attempt)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut tx = self.begin_write().await?;
+        tx.log(entry).await?;
+        tx.commit().await
     }
 
     /// The sync log of one event (`event_row`) or one customer (target id), oldest first.
@@ -703,19 +625,10 @@ impl Store {
         target: &str,
         target_id: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO customers (connection, source, source_id, target, target_id, updated_at) VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (connection, source, source_id, target) DO UPDATE SET target_id = $5, updated_at = $6",
-        )
-        .bind(connection)
-        .bind(source)
-        .bind(source_id)
-        .bind(target)
-        .bind(target_id)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut tx = self.begin_write().await?;
+        tx.put_link(connection, (source, source_id), (target, target_id), false)
+            .await?;
+        tx.commit().await
     }
 
     /// Writes a worker batch summary (seed 000's `SyncRunSummary`).
@@ -727,20 +640,16 @@ impl Store {
         delivered: i64,
         failed: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO run_summaries (connection, started_at, finished_at, processed, delivered, failed, status) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(connection)
-        .bind(started_at)
-        .bind(now_ms())
-        .bind(processed)
-        .bind(delivered)
-        .bind(failed)
-        .bind(if failed == 0 { "succeeded" } else { "partial" })
-        .execute(&self.pool)
+        let mut tx = self.begin_write().await?;
+        tx.record_run(&RunSummary {
+            connection: connection.to_string(),
+            started_at,
+            processed,
+            delivered,
+            failed,
+        })
         .await?;
-        Ok(())
+        tx.commit().await
     }
 
     /// What is known of a record on a target (a JSON object; empty when nothing).
@@ -773,49 +682,9 @@ impl Store {
         target_id: &str,
         fields: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), StoreError> {
-        let mut known = self.record_fields(connection, target, target_id).await?;
-        if let serde_json::Value::Object(map) = &mut known {
-            for (k, v) in fields {
-                map.insert(k.clone(), v.clone());
-            }
-        }
-        sqlx::query(
-            "INSERT INTO target_records (connection, target, target_id, fields, updated_at) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (connection, target, target_id) DO UPDATE SET fields = $4, updated_at = $5",
-        )
-        .bind(connection)
-        .bind(target)
-        .bind(target_id)
-        .bind(known.to_string())
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Holds the mirror of one customer for a read-modify-write.
-    async fn lock_mirror(
-        &self,
-        connection: &str,
-        source: &str,
-        customer_id: &str,
-    ) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut locks = match self.mirror_locks.lock() {
-                Ok(l) => l,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            // Entries nobody holds are dropped once there are many: one per
-            // customer ever seen would grow for the life of the process.
-            if locks.len() > 4096 {
-                locks.retain(|_, l| std::sync::Arc::strong_count(l) > 1);
-            }
-            locks
-                .entry(format!("{connection}|{source}|{customer_id}"))
-                .or_default()
-                .clone()
-        };
-        lock.lock_owned().await
+        let mut tx = self.begin_write().await?;
+        tx.remember(connection, target, target_id, fields).await?;
+        tx.commit().await
     }
 
     /// The mirror of one source customer, if the engine has seen them.
@@ -834,24 +703,12 @@ impl Store {
         .bind(customer_id)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let object = |text: String| match serde_json::from_str(&text) {
-            Ok(serde_json::Value::Object(map)) => map,
-            _ => serde_json::Map::new(),
-        };
-        Ok(Some(MirrorRecord {
-            fields: object(row.try_get(0)?),
-            field_times: object(row.try_get(1)?),
-            last_activity: row.try_get(2)?,
-            updated_at: row.try_get(3)?,
-            written_at: row.try_get(4)?,
-            changed_times: object(row.try_get(5)?),
-        }))
+        row.map(|r| mirror_of_row(&r)).transpose()
     }
 
-    /// Merges an event's values into a customer's mirror. A field keeps its
-    /// value when the stored one came from a later event (webhooks arrive out
-    /// of order and retries arrive late); those fields are returned as stale.
+    /// Merges an event's values into a customer's mirror (the rule is
+    /// [`crate::targets::sync::apply_event`]) and returns the fields a later
+    /// event had already set, which keep their values.
     pub async fn update_mirror(
         &self,
         connection: &str,
@@ -861,107 +718,21 @@ impl Store {
         occurred_at: Option<i64>,
         event_row: i64,
     ) -> Result<Vec<String>, StoreError> {
-        let _held = self.lock_mirror(connection, source, customer_id).await;
-        let record = self
+        let mut tx = self.begin_write().await?;
+        let mut record = tx
             .mirror(connection, source, customer_id)
             .await?
             .unwrap_or_default();
-        self.write_mirror(
-            record,
-            connection,
-            source,
-            customer_id,
-            values,
-            occurred_at,
-            event_row,
-        )
-        .await
-    }
-
-    /// As [`Store::update_mirror`], on a record the caller has just read
-    /// (the worker reads it before planning; one read per event, not two)
-    /// and that nothing can have changed since: the caller made no call.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn update_mirror_from(
-        &self,
-        record: MirrorRecord,
-        connection: &str,
-        source: &str,
-        customer_id: &str,
-        values: &serde_json::Map<String, serde_json::Value>,
-        occurred_at: Option<i64>,
-        event_row: i64,
-    ) -> Result<Vec<String>, StoreError> {
-        let _held = self.lock_mirror(connection, source, customer_id).await;
-        self.write_mirror(
-            record,
-            connection,
-            source,
-            customer_id,
-            values,
-            occurred_at,
-            event_row,
-        )
-        .await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn write_mirror(
-        &self,
-        mut record: MirrorRecord,
-        connection: &str,
-        source: &str,
-        customer_id: &str,
-        values: &serde_json::Map<String, serde_json::Value>,
-        occurred_at: Option<i64>,
-        event_row: i64,
-    ) -> Result<Vec<String>, StoreError> {
-        let mut stale = Vec::new();
-        for (name, value) in values {
-            if record.set_after(name, occurred_at) {
-                stale.push(name.clone());
-                continue;
-            }
-            if let Some(at) = occurred_at
-                && !same_value(record.fields.get(name), Some(value))
-            {
-                record.changed_times.insert(name.clone(), at.into());
-            }
-            record.fields.insert(name.clone(), value.clone());
-            match occurred_at {
-                Some(at) => record.field_times.insert(name.clone(), at.into()),
-                None => record.field_times.remove(name),
-            };
-        }
-        let activity = occurred_at.unwrap_or_else(now_ms);
-        let last_activity = record.last_activity.map_or(activity, |t| t.max(activity));
-        sqlx::query(
-            "INSERT INTO mirror (connection, source, customer_id, fields, field_times, last_activity, last_event_row, updated_at, changed_times) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (connection, source, customer_id) DO UPDATE SET fields = $4, field_times = $5, \
-             last_activity = $6, last_event_row = $7, updated_at = $8, changed_times = $9",
-        )
-        .bind(connection)
-        .bind(source)
-        .bind(customer_id)
-        .bind(serde_json::Value::Object(record.fields).to_string())
-        .bind(serde_json::Value::Object(record.field_times).to_string())
-        .bind(last_activity)
-        .bind(event_row)
-        .bind(now_ms())
-        .bind(serde_json::Value::Object(record.changed_times).to_string())
-        .execute(&self.pool)
-        .await?;
+        let stale = crate::targets::sync::apply_event(&mut record, values, occurred_at, now_ms());
+        tx.put_mirror(connection, source, customer_id, &record, Some(event_row))
+            .await?;
+        tx.commit().await?;
         Ok(stale)
     }
 
     /// Records what the engine just wrote to a record that `source`'s
-    /// webhooks describe, as if the source had said it: the webhook the
-    /// write causes then changes nothing. `learnt_at` is when what was
-    /// written happened on the other side (the occurrence time of the event
-    /// it came from): the time of the values' change, for ownership.
-    /// `applied_at` is when the target applied it at the earliest (the
-    /// request's departure): the values' time against later webhooks.
+    /// webhooks describe, as if the source had said it (the rule is
+    /// [`crate::targets::sync::apply_reflection`]).
     pub async fn reflect(
         &self,
         connection: &str,
@@ -971,38 +742,21 @@ impl Store {
         learnt_at: Option<i64>,
         applied_at: i64,
     ) -> Result<(), StoreError> {
-        let now = now_ms();
-        let _held = self.lock_mirror(connection, source, customer_id).await;
-        let mut record = self
+        let mut tx = self.begin_write().await?;
+        let mut record = tx
             .mirror(connection, source, customer_id)
             .await?
             .unwrap_or_default();
-        for (name, value) in values {
-            if !same_value(record.fields.get(name), Some(value)) {
-                record
-                    .changed_times
-                    .insert(name.clone(), learnt_at.unwrap_or(now).into());
-            }
-            record.fields.insert(name.clone(), value.clone());
-            record.field_times.insert(name.clone(), applied_at.into());
-        }
-        sqlx::query(
-            "INSERT INTO mirror (connection, source, customer_id, fields, field_times, last_activity, updated_at, written_at, changed_times) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) \
-             ON CONFLICT (connection, source, customer_id) DO UPDATE SET fields = $4, field_times = $5, \
-             updated_at = $7, written_at = $7, changed_times = $8",
-        )
-        .bind(connection)
-        .bind(source)
-        .bind(customer_id)
-        .bind(serde_json::Value::Object(record.fields).to_string())
-        .bind(serde_json::Value::Object(record.field_times).to_string())
-        .bind(record.last_activity)
-        .bind(now)
-        .bind(serde_json::Value::Object(record.changed_times).to_string())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        crate::targets::sync::apply_reflection(
+            &mut record,
+            values,
+            learnt_at,
+            applied_at,
+            now_ms(),
+        );
+        tx.put_mirror(connection, source, customer_id, &record, None)
+            .await?;
+        tx.commit().await
     }
 
     /// The target records a source customer is linked to: (target, target id).
@@ -1188,6 +942,33 @@ fn normalize_url(url: &str) -> Result<(Dialect, String), StoreError> {
         format!("{url}?mode=rwc")
     };
     Ok((Dialect::Sqlite, with_mode))
+}
+
+/// One worker batch, as seed 000's `SyncRunSummary` counts it.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    pub connection: String,
+    pub started_at: i64,
+    pub processed: i64,
+    pub delivered: i64,
+    pub failed: i64,
+}
+
+/// A mirror row (fields, field_times, last_activity, updated_at,
+/// written_at, changed_times) as a record.
+fn mirror_of_row(row: &sqlx::any::AnyRow) -> Result<MirrorRecord, StoreError> {
+    let object = |text: String| match serde_json::from_str(&text) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    Ok(MirrorRecord {
+        fields: object(row.try_get(0)?),
+        field_times: object(row.try_get(1)?),
+        last_activity: row.try_get(2)?,
+        updated_at: row.try_get(3)?,
+        written_at: row.try_get(4)?,
+        changed_times: object(row.try_get(5)?),
+    })
 }
 
 fn redact(url: &str) -> String {

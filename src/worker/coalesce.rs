@@ -34,7 +34,7 @@ pub async fn run(
             let merge = |a: &serde_json::Value, b: &serde_json::Value| {
                 executor.merge_held(&write.target, &write.op, a, b)
             };
-            let _ = store
+            if let Err(e) = store
                 .retry_write(
                     write,
                     now_ms(),
@@ -42,7 +42,11 @@ pub async fn run(
                     false,
                     merge,
                 )
-                .await;
+                .await
+            {
+                // It stays `flushing` until its lease ends, then goes out.
+                tracing::warn!(write = write.id, error = %e, "cannot re-queue a held write left being sent");
+            }
         }
     }
     loop {
@@ -78,9 +82,12 @@ pub async fn run(
             let merge = |a: &serde_json::Value, b: &serde_json::Value| {
                 executor.merge_held(&write.target, &write.op, a, b)
             };
-            let _ = store
+            if let Err(e) = store
                 .retry_write(&write, now_ms(), "not sent: mapper stopped", false, merge)
-                .await;
+                .await
+            {
+                tracing::warn!(write = write.id, error = %e, "cannot give back a claimed held write; it goes out when its lease ends");
+            }
         }
     }
 }

@@ -4,8 +4,8 @@
 pub mod coalesce;
 pub mod schedule;
 
-use crate::store::{ClaimedEvent, EventState, Store, now_ms};
-use crate::targets::{Executor, Outcome, Suppression};
+use crate::store::{ClaimedEvent, EventState, RunSummary, Store, now_ms};
+use crate::targets::{Executor, Finish, Outcome, Suppression};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
@@ -124,7 +124,6 @@ pub async fn run(
             }
         }
         batches.spawn(run_batch(
-            store.clone(),
             executor.load_full(),
             config.clone(),
             claimed,
@@ -137,7 +136,6 @@ pub async fn run(
 /// Delivers one claimed batch (distinct customers) concurrently and writes
 /// its run summary.
 async fn run_batch(
-    store: Store,
     executor: Arc<Executor>,
     config: WorkerConfig,
     claimed: Vec<ClaimedEvent>,
@@ -149,14 +147,9 @@ async fn run_batch(
     let processed = claimed.len() as i64;
     let mut events = JoinSet::new();
     for (event, permit) in claimed.into_iter().zip(permits) {
-        let (store, executor, config, finished) = (
-            store.clone(),
-            executor.clone(),
-            config.clone(),
-            finished.clone(),
-        );
+        let (executor, config, finished) = (executor.clone(), config.clone(), finished.clone());
         events.spawn(async move {
-            let delivered = deliver_one(&store, &executor, &config, &event).await;
+            let delivered = deliver_one(&executor, &config, &event).await;
             drop(permit);
             finished.notify_one();
             delivered
@@ -169,95 +162,112 @@ async fn run_batch(
             _ => failed += 1,
         }
     }
-    let _ = store
-        .record_run(&connection, started, processed, delivered, failed)
-        .await;
+    executor.record_run(RunSummary {
+        connection,
+        started_at: started,
+        processed,
+        delivered,
+        failed,
+    });
 }
 
-/// Delivers one event and records its outcome; true when delivered.
-async fn deliver_one(
-    store: &Store,
-    executor: &Executor,
-    config: &WorkerConfig,
-    event: &ClaimedEvent,
-) -> bool {
-    let (outcome, calls) = executor.deliver(event).await;
-    let label = match &outcome {
-        Outcome::Delivered => "delivered",
-        Outcome::Paused { .. } => "paused",
+/// Delivers one event and writes its journal with its outcome; true when delivered.
+async fn deliver_one(executor: &Executor, config: &WorkerConfig, event: &ClaimedEvent) -> bool {
+    let mut delivery = executor.deliver(event).await;
+    let outcome = delivery.outcome.clone();
+    let finish = decide(config, event, &outcome, now_ms());
+    let label = match &finish {
+        Finish::State { state, .. } => state.as_str(),
+        Finish::Defer { .. } => "paused",
+    };
+    crate::server::telemetry::event_processed(label, delivery.calls);
+    log_outcome(event, &outcome, &finish);
+    delivery.journal.finish(event.id, finish);
+    // A database busy for a moment (SQLite's writer lock held past its
+    // timeout) must not leave the event `processing` until its lease ends,
+    // with every later event of the customer waiting behind it. The people
+    // it worked on stay locked meanwhile: their next event must see this one.
+    let mut pause = Duration::from_millis(250);
+    for _ in 0..8 {
+        match executor.try_commit(&delivery).await {
+            Ok(()) => {
+                drop(delivery);
+                return matches!(outcome, Outcome::Delivered | Outcome::Suppressed { .. });
+            }
+            Err(e) => {
+                tracing::warn!(event = event.id, error = %e, retry_in_ms = pause.as_millis() as u64, "cannot write the delivery's journal yet");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    match executor.commit(delivery).await {
+        Ok(()) => matches!(outcome, Outcome::Delivered | Outcome::Suppressed { .. }),
+        Err(e) => {
+            // The event stays `processing`: its lease ends and it is taken
+            // again. It is never reported delivered without its log.
+            tracing::error!(event = event.id, error = %e, "cannot write the delivery's journal");
+            false
+        }
+    }
+}
+
+/// How an event ends in the inbox after a delivery with `outcome`: a
+/// transient failure is retried with backoff until `max_attempts`, then dead.
+pub fn decide(config: &WorkerConfig, event: &ClaimedEvent, outcome: &Outcome, now: i64) -> Finish {
+    let state = |state, next_attempt_at, error: Option<&String>| Finish::State {
+        state,
+        next_attempt_at,
+        error: error.cloned(),
+    };
+    match outcome {
+        Outcome::Delivered => state(EventState::Delivered, now, None),
         Outcome::Suppressed {
             kind: Suppression::Echo,
             ..
-        } => "echo",
-        Outcome::Suppressed { .. } => "stale",
-        Outcome::Transient { .. } if event.attempts < config.max_attempts => "retrying",
-        _ => "dead",
-    };
-    crate::server::telemetry::event_processed(label, calls);
-    // A database busy for a moment (SQLite's writer lock held past its
-    // timeout) must not leave the event `processing` until its lease ends,
-    // with every later event of the customer waiting behind it.
-    let mut result = record_outcome(store, config, event, &outcome).await;
-    let mut pause = Duration::from_millis(250);
-    for _ in 0..8 {
-        let Err(e) = &result else { break };
-        tracing::warn!(event = event.id, error = %e, retry_in_ms = pause.as_millis() as u64, "cannot record the outcome yet");
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(10));
-        result = record_outcome(store, config, event, &outcome).await;
-    }
-    if let Err(e) = result {
-        // The event stays `processing`; its lease ends and it is taken again.
-        tracing::error!(event = event.id, error = %e, "cannot record the outcome");
-    }
-    matches!(outcome, Outcome::Delivered | Outcome::Suppressed { .. })
-}
-
-/// Writes how one delivery ended into the inbox.
-async fn record_outcome(
-    store: &Store,
-    config: &WorkerConfig,
-    event: &ClaimedEvent,
-    outcome: &Outcome,
-) -> Result<(), crate::store::StoreError> {
-    match outcome {
-        Outcome::Delivered => {
-            store
-                .finish(event.id, EventState::Delivered, now_ms(), None)
-                .await
-        }
-        Outcome::Suppressed { kind, note } => {
-            let state = match kind {
-                Suppression::Echo => EventState::Echo,
-                Suppression::Stale => EventState::Stale,
-            };
-            tracing::info!(event = event.id, "{note}");
-            store.finish(event.id, state, now_ms(), None).await
-        }
-        Outcome::Paused { error, until } => {
-            tracing::warn!(event = event.id, resume_in_s = until.as_secs(), %error, "paused");
-            store
-                .defer(event.id, now_ms() + until.as_millis() as i64, error)
-                .await
-        }
+        } => state(EventState::Echo, now, None),
+        Outcome::Suppressed {
+            kind: Suppression::Stale,
+            ..
+        } => state(EventState::Stale, now, None),
+        Outcome::Paused { error, until } => Finish::Defer {
+            until: now + until.as_millis() as i64,
+            reason: error.clone(),
+        },
         Outcome::Transient { error, retry_after } if event.attempts < config.max_attempts => {
             let delay = backoff(config, event.attempts - 1, *retry_after);
-            tracing::warn!(event = event.id, attempt = event.attempts, delay_ms = delay.as_millis() as u64, %error, "will retry");
-            store
-                .finish(
-                    event.id,
-                    EventState::Retrying,
-                    now_ms() + delay.as_millis() as i64,
-                    Some(error),
-                )
-                .await
+            state(
+                EventState::Retrying,
+                now + delay.as_millis() as i64,
+                Some(error),
+            )
         }
         Outcome::Transient { error, .. } | Outcome::Permanent(error) => {
-            tracing::error!(event = event.id, attempt = event.attempts, %error, "dead");
-            store
-                .finish(event.id, EventState::Dead, now_ms(), Some(error))
-                .await
+            state(EventState::Dead, now, Some(error))
         }
+    }
+}
+
+fn log_outcome(event: &ClaimedEvent, outcome: &Outcome, finish: &Finish) {
+    match (outcome, finish) {
+        (Outcome::Suppressed { note, .. }, _) => tracing::info!(event = event.id, "{note}"),
+        (Outcome::Paused { error, until }, _) => {
+            tracing::warn!(event = event.id, resume_in_s = until.as_secs(), %error, "paused")
+        }
+        (
+            Outcome::Transient { error, .. },
+            Finish::State {
+                state: EventState::Retrying,
+                next_attempt_at,
+                ..
+            },
+        ) => {
+            tracing::warn!(event = event.id, attempt = event.attempts, delay_ms = next_attempt_at - now_ms(), %error, "will retry")
+        }
+        (Outcome::Transient { error, .. } | Outcome::Permanent(error), _) => {
+            tracing::error!(event = event.id, attempt = event.attempts, %error, "dead")
+        }
+        _ => {}
     }
 }
 
@@ -271,6 +281,83 @@ fn event_connection(claimed: &[crate::store::ClaimedEvent]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(attempts: i64) -> ClaimedEvent {
+        ClaimedEvent {
+            id: 7,
+            connection: "default".into(),
+            source: "stickycards".into(),
+            event_type: "CardScannedEvent".into(),
+            body: Vec::new(),
+            attempts,
+            customer_key: None,
+            occurred_at: None,
+        }
+    }
+
+    #[test]
+    fn how_an_event_ends_over_a_table_of_outcomes() {
+        let c = WorkerConfig::default();
+        let now = 1_000_000;
+        let state_of =
+            |attempts: i64, outcome: Outcome| match decide(&c, &event(attempts), &outcome, now) {
+                Finish::State {
+                    state,
+                    next_attempt_at,
+                    error,
+                } => (state.as_str(), next_attempt_at - now, error),
+                Finish::Defer { until, reason } => ("deferred", until - now, Some(reason)),
+            };
+        let transient = || Outcome::Transient {
+            error: "503".into(),
+            retry_after: None,
+        };
+        assert_eq!(state_of(1, Outcome::Delivered), ("delivered", 0, None));
+        assert_eq!(
+            state_of(
+                1,
+                Outcome::Suppressed {
+                    kind: Suppression::Echo,
+                    note: String::new()
+                }
+            )
+            .0,
+            "echo"
+        );
+        assert_eq!(
+            state_of(
+                1,
+                Outcome::Suppressed {
+                    kind: Suppression::Stale,
+                    note: String::new()
+                }
+            )
+            .0,
+            "stale"
+        );
+        let (state, delay, error) = state_of(1, transient());
+        assert_eq!((state, error.as_deref()), ("retrying", Some("503")));
+        assert!((1_600..=2_400).contains(&delay), "{delay}");
+        assert_eq!(
+            state_of(c.max_attempts, transient()).0,
+            "dead",
+            "out of attempts"
+        );
+        assert_eq!(state_of(1, Outcome::Permanent("422".into())).0, "dead");
+        let asked = Outcome::Transient {
+            error: "429".into(),
+            retry_after: Some(Duration::from_secs(60)),
+        };
+        assert_eq!(state_of(1, asked).1, 60_000, "Retry-After is honoured");
+        let paused = Outcome::Paused {
+            error: "budget".into(),
+            until: Duration::from_secs(30),
+        };
+        assert_eq!(
+            state_of(3, paused),
+            ("deferred", 30_000, Some("budget".to_string()))
+        );
+    }
 
     #[test]
     fn backoff_grows_caps_and_honours_retry_after() {

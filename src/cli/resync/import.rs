@@ -60,12 +60,17 @@ pub struct Export {
     pub bad: Vec<BadLine>,
 }
 
+/// An export that cannot be read at all (a bad line is reported, not this).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct ImportError(pub String);
+
 /// Reads an export. `phone_region` is for deriving an id from a phone
 /// written without a country code.
-pub fn parse(text: &str, format: ImportFormat, phone_region: &str) -> Result<Export, String> {
+pub fn parse(text: &str, format: ImportFormat, phone_region: &str) -> Result<Export, ImportError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let (columns, raw) = match format {
-        ImportFormat::Csv => csv(text)?,
+        ImportFormat::Csv => csv(text).map_err(ImportError)?,
         ImportFormat::Jsonl => (Vec::new(), jsonl(text)),
     };
     let mut export = Export {
@@ -402,19 +407,21 @@ mod tests {
         assert!(
             parse("", ImportFormat::Csv, "US")
                 .unwrap_err()
+                .0
                 .contains("empty")
         );
         assert!(
             parse("\u{feff}\n\n", ImportFormat::Csv, "US")
                 .unwrap_err()
+                .0
                 .contains("empty")
         );
         let e = parse("customer_id,,email\n", ImportFormat::Csv, "US").unwrap_err();
-        assert!(e.contains("column 2 has no name"), "{e}");
+        assert!(e.0.contains("column 2 has no name"), "{e}");
         let e = parse("email,phone,email\n", ImportFormat::Csv, "US").unwrap_err();
-        assert!(e.contains("`email` is named twice"), "{e}");
+        assert!(e.0.contains("`email` is named twice"), "{e}");
         let e = parse("\"customer_id,email\n", ImportFormat::Csv, "US").unwrap_err();
-        assert!(e.starts_with("line 1 (the header)"), "{e}");
+        assert!(e.0.starts_with("line 1 (the header)"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,268 @@
+//! Sending one request to a target: its headers, its rate limit, and what
+//! the answer means (success, a failure worth retrying, one that is not, a
+//! wait the target asked for).
+
+use super::limiter::{self, Limiter};
+use crate::engine::plan::RequestPlan;
+use crate::engine::program::Target;
+use serde_json::Value;
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The answer of one call.
+#[derive(Debug)]
+pub enum Answer {
+    /// A 2xx, with its body (`null` when it was not JSON).
+    Ok(Value),
+    Failed(Failure),
+}
+
+/// A call that did not succeed, classified.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The HTTP status; `None` when no answer came (timeout, refused connection).
+    pub status: Option<u16>,
+    /// What went wrong, for people: `METHOD path → status: message :: body`.
+    pub error: String,
+    /// Worth trying again: no answer, a 5xx, a 429, a spent budget.
+    pub transient: bool,
+    /// How long the target asked us to wait (`Retry-After`, a budget's reset).
+    pub retry_after: Option<Duration>,
+    /// The answer's body as JSON (`null` when none), e.g. to read the id of
+    /// the duplicate a refused create names.
+    pub body: Value,
+}
+
+/// What one delivery did, beyond its outcome.
+#[derive(Default)]
+pub(crate) struct Tally {
+    pub(crate) calls: Cell<u64>,
+    /// Set when a target's daily budget stopped the delivery.
+    pub(crate) paused: Cell<Option<Duration>>,
+}
+
+tokio::task_local! {
+    /// The tally of the delivery the current task runs.
+    pub(crate) static TALLY: Tally;
+}
+
+/// Sends requests: one client, the targets' fixed headers, the limiter.
+pub struct Http {
+    client: reqwest::Client,
+    /// Per target, the rendered headers (fixed for the executor's life).
+    headers: HashMap<String, Vec<(String, String)>>,
+    /// Shared with the executors that replace this one on reload: the
+    /// target's limits do not start over because the YAML changed.
+    pub(crate) limiter: Arc<Limiter>,
+}
+
+impl Http {
+    /// A sender with each target's rendered headers.
+    pub fn new(headers: HashMap<String, Vec<(String, String)>>) -> Http {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(16)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Http {
+            client,
+            headers,
+            limiter: Arc::new(Limiter::default()),
+        }
+    }
+
+    /// Sends one request with the target's headers, within its rate limit,
+    /// and classifies the answer.
+    pub async fn send(&self, target: &Target, request: &RequestPlan) -> Answer {
+        let method =
+            reqwest::Method::from_bytes(request.method.as_bytes()).unwrap_or(reqwest::Method::POST);
+        let url = url_with_query(request);
+        if let Err(until) = self
+            .limiter
+            .acquire(&target.name, target.rate_limit.as_ref())
+            .await
+        {
+            return pause(target, until);
+        }
+        let _ = TALLY.try_with(|t| t.calls.set(t.calls.get() + 1));
+        let started = std::time::Instant::now();
+        let mut builder = self.client.request(method, &url).timeout(target.timeout);
+        for (name, value) in self.headers.get(&target.name).into_iter().flatten() {
+            builder = builder.header(name, value);
+        }
+        if let Some(body) = &request.body {
+            builder = builder.json(body);
+        }
+        let response = match builder.send().await {
+            Ok(r) => {
+                crate::server::telemetry::target_call(
+                    &target.name,
+                    Some(r.status().as_u16()),
+                    started.elapsed(),
+                );
+                r
+            }
+            Err(e) => {
+                crate::server::telemetry::target_call(&target.name, None, started.elapsed());
+                let why = if e.is_timeout() {
+                    format!(
+                        "no answer within {} s (timed out)",
+                        target.timeout.as_secs()
+                    )
+                } else if e.is_connect() {
+                    format!("cannot connect: {}", error_chain(&e))
+                } else {
+                    error_chain(&e)
+                };
+                return Answer::Failed(Failure {
+                    status: None,
+                    error: format!("{} {}: {why}", request.method, request.url),
+                    transient: true,
+                    retry_after: None,
+                    body: Value::Null,
+                });
+            }
+        };
+        let status = response.status();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        // GHL says how much of its window is left; at zero, wait for the window.
+        if header("x-ratelimit-remaining") == Some(0) {
+            let window = header("x-ratelimit-interval-milliseconds").unwrap_or(10_000);
+            self.limiter
+                .exhausted(&target.name, Duration::from_millis(window))
+                .await;
+        }
+        let day_spent = header("x-ratelimit-daily-remaining") == Some(0);
+        if day_spent {
+            self.limiter.day_spent(&target.name).await;
+        }
+        let retry_after = header(reqwest::header::RETRY_AFTER.as_str()).map(Duration::from_secs);
+        let text = response.text().await.unwrap_or_default();
+        let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Answer::Ok(json);
+        }
+        if day_spent && status.as_u16() == 429 {
+            return pause(target, limiter::until_next_utc_day());
+        }
+        let message = target
+            .error_message
+            .as_ref()
+            .and_then(|p| p.select(&json))
+            .map(|m| match m {
+                Value::Array(items) => items
+                    .iter()
+                    .filter_map(scalar)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                other => scalar(&other).unwrap_or_else(|| other.to_string()),
+            })
+            .unwrap_or_else(|| text.chars().take(300).collect());
+        Answer::Failed(Failure {
+            status: Some(status.as_u16()),
+            error: format!(
+                "{} {} → {}: {message} :: {text}",
+                request.method,
+                request.path,
+                status.as_u16()
+            ),
+            transient: status.as_u16() == 429 || status.is_server_error(),
+            retry_after,
+            body: json,
+        })
+    }
+}
+
+/// A daily budget is spent: the delivery stops here and resumes after the reset.
+fn pause(target: &Target, until: Duration) -> Answer {
+    let _ = TALLY.try_with(|t| t.paused.set(Some(until)));
+    Answer::Failed(Failure {
+        status: None,
+        error: format!(
+            "the daily request budget of target `{}` is spent; delivery resumes in {} min, at the reset",
+            target.name,
+            until.as_secs().div_ceil(60)
+        ),
+        transient: true,
+        retry_after: Some(until),
+        body: Value::Null,
+    })
+}
+
+/// The request's URL with its query, each value escaped.
+fn url_with_query(request: &RequestPlan) -> String {
+    let mut url = request.url.clone();
+    if let Some(Value::Object(query)) = &request.query {
+        let pairs: Vec<String> = query
+            .iter()
+            .map(|(k, v)| {
+                let v = scalar(v).unwrap_or_else(|| v.to_string());
+                format!("{}={}", urlencoding::encode(k), urlencoding::encode(&v))
+            })
+            .collect();
+        if !pairs.is_empty() {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(&pairs.join("&"));
+        }
+    }
+    url
+}
+
+/// An error with its causes, which say what actually went wrong.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// A JSON scalar as text (`None` for null, lists and objects).
+pub fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A request on one line, for the sync log.
+pub fn describe(r: &RequestPlan) -> String {
+    match &r.body {
+        Some(b) => format!("{} {} {}", r.method, r.path, b),
+        None => format!("{} {}", r.method, r.path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn query_values_are_escaped_and_appended() {
+        let request = RequestPlan {
+            method: "GET".into(),
+            url: "http://h/contacts/search/duplicate".into(),
+            path: "/contacts/search/duplicate".into(),
+            query: Some(json!({"locationId": "L 1", "number": "+15551234567"})),
+            body: None,
+        };
+        assert_eq!(
+            url_with_query(&request),
+            "http://h/contacts/search/duplicate?locationId=L%201&number=%2B15551234567"
+        );
+    }
+}

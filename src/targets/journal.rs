@@ -1,0 +1,516 @@
+//! What one delivery records — its sync log, the links it made, what
+//! answers taught about target records, what it wrote (reflected into the
+//! mirrors), the event's own values, and how the event ended — gathered while
+//! it runs and written in one transaction at the end. A journal that cannot
+//! be written is never dropped: the event is not finished, so it is tried
+//! again; it is never reported delivered without its log.
+//!
+//! While the delivery runs, reads of what it already recorded go through the
+//! journal (the store's row with the journal's writes applied), so a later
+//! action sees an earlier one's link, remembered ids and reflected values.
+//!
+//! Concurrent deliveries share transactions: a writer task commits every
+//! journal waiting when it starts one (group commit), so the cost of a
+//! commit is paid once per group, not once per event.
+
+use super::sync;
+use crate::store::{
+    EventState, MirrorRecord, RunSummary, Store, StoreError, SyncLogEntry, WriteTx, now_ms,
+};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+/// One write a delivery makes, in the order it made it.
+#[derive(Debug, Clone)]
+enum Intent {
+    Log(SyncLogEntry),
+    Link {
+        source: String,
+        source_id: String,
+        target: String,
+        target_id: String,
+        /// Leave an existing link as it is (the link back from a target record).
+        keep: bool,
+    },
+    Remember {
+        target: String,
+        target_id: String,
+        fields: Map<String, Value>,
+    },
+    Reflect {
+        source: String,
+        customer_id: String,
+        values: Map<String, Value>,
+        learnt_at: Option<i64>,
+        applied_at: i64,
+    },
+    /// The event's own values into its source's mirror; the fields the
+    /// mirror takes (not stale) are remembered for the record it describes.
+    Mirror {
+        source: String,
+        customer_id: String,
+        values: Map<String, Value>,
+        occurred_at: Option<i64>,
+        event_row: i64,
+        describes: Option<String>,
+    },
+}
+
+/// How an event ended, as the inbox records it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    /// Delivered, suppressed (echo, stale), retrying or dead.
+    State {
+        state: EventState,
+        next_attempt_at: i64,
+        error: Option<String>,
+    },
+    /// Not tried (a spent daily budget): back to waiting, attempt not counted.
+    Defer { until: i64, reason: String },
+}
+
+/// The writes of one delivery.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    connection: String,
+    intents: Vec<Intent>,
+    finish: Option<(i64, Finish)>,
+    run: Option<RunSummary>,
+    /// Rows this delivery read, read once: its people are locked while it
+    /// runs, so nobody else changes them meanwhile.
+    reads: Arc<Mutex<Reads>>,
+}
+
+#[derive(Debug, Default)]
+struct Reads {
+    mirrors: HashMap<(String, String), Option<MirrorRecord>>,
+    records: HashMap<(String, String), Value>,
+}
+
+impl Journal {
+    /// An empty journal for a delivery on `connection`.
+    pub fn new(connection: &str) -> Journal {
+        Journal {
+            connection: connection.to_string(),
+            intents: Vec::new(),
+            finish: None,
+            run: None,
+            reads: Default::default(),
+        }
+    }
+
+    /// A journal that only records a worker batch's summary.
+    pub fn run_summary(run: RunSummary) -> Journal {
+        Journal {
+            connection: run.connection.clone(),
+            intents: Vec::new(),
+            finish: None,
+            run: Some(run),
+            reads: Default::default(),
+        }
+    }
+
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.intents.is_empty() && self.finish.is_none() && self.run.is_none()
+    }
+
+    /// Sync log entries recorded so far.
+    pub fn entries(&self) -> impl Iterator<Item = &SyncLogEntry> {
+        self.intents.iter().filter_map(|i| match i {
+            Intent::Log(e) => Some(e),
+            _ => None,
+        })
+    }
+
+    /// One attempt (or a decision: echo, stale, conflict, held) for the sync log.
+    pub fn log(&mut self, entry: SyncLogEntry) {
+        self.intents.push(Intent::Log(entry));
+    }
+
+    /// A link between a source customer and a target record.
+    pub fn link(
+        &mut self,
+        (source, source_id): (&str, &str),
+        (target, target_id): (&str, &str),
+        keep: bool,
+    ) {
+        self.intents.push(Intent::Link {
+            source: source.into(),
+            source_id: source_id.into(),
+            target: target.into(),
+            target_id: target_id.into(),
+            keep,
+        });
+    }
+
+    /// Values an answer taught about a target record (`remember:`, tracked sets).
+    pub fn remember(&mut self, target: &str, target_id: &str, fields: Map<String, Value>) {
+        if !fields.is_empty() {
+            self.intents.push(Intent::Remember {
+                target: target.into(),
+                target_id: target_id.into(),
+                fields,
+            });
+        }
+    }
+
+    /// What a write made a record hold, in the mirror of a source describing it.
+    pub fn reflect(
+        &mut self,
+        source: &str,
+        customer_id: &str,
+        values: Map<String, Value>,
+        (learnt_at, applied_at): (Option<i64>, i64),
+    ) {
+        if !values.is_empty() {
+            self.intents.push(Intent::Reflect {
+                source: source.into(),
+                customer_id: customer_id.into(),
+                values,
+                learnt_at,
+                applied_at,
+            });
+        }
+    }
+
+    /// The event's own values into its customer's mirror.
+    pub fn mirror(
+        &mut self,
+        (source, customer_id): (&str, &str),
+        values: Map<String, Value>,
+        occurred_at: Option<i64>,
+        event_row: i64,
+        describes: Option<&str>,
+    ) {
+        self.intents.push(Intent::Mirror {
+            source: source.into(),
+            customer_id: customer_id.into(),
+            values,
+            occurred_at,
+            event_row,
+            describes: describes.map(str::to_string),
+        });
+    }
+
+    /// How the event ended.
+    pub fn finish(&mut self, event: i64, finish: Finish) {
+        self.finish = Some((event, finish));
+    }
+
+    /// The target id linked to a source customer: this delivery's own link
+    /// first, then the store's.
+    pub async fn link_of(
+        &self,
+        store: &Store,
+        source: &str,
+        source_id: &str,
+        target: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let mine = self.intents.iter().rev().find_map(|i| match i {
+            Intent::Link {
+                source: s,
+                source_id: id,
+                target: t,
+                target_id,
+                keep: false,
+            } if s == source && id == source_id && t == target => Some(target_id.clone()),
+            _ => None,
+        });
+        match mine {
+            Some(id) => Ok(Some(id)),
+            None => {
+                store
+                    .link(&self.connection, source, source_id, target)
+                    .await
+            }
+        }
+    }
+
+    /// What is known of a target record: the store's with this delivery's
+    /// remembered values on top.
+    pub async fn record_fields(
+        &self,
+        store: &Store,
+        target: &str,
+        target_id: &str,
+    ) -> Result<Value, StoreError> {
+        let key = (target.to_string(), target_id.to_string());
+        let cached = self.reads().records.get(&key).cloned();
+        let mut known = match cached {
+            Some(known) => known,
+            None => {
+                let known = store
+                    .record_fields(&self.connection, target, target_id)
+                    .await?;
+                self.reads().records.insert(key, known.clone());
+                known
+            }
+        };
+        if let Value::Object(map) = &mut known {
+            for intent in &self.intents {
+                if let Intent::Remember {
+                    target: t,
+                    target_id: id,
+                    fields,
+                } = intent
+                    && t == target
+                    && id == target_id
+                {
+                    map.extend(fields.clone());
+                }
+            }
+        }
+        Ok(known)
+    }
+
+    /// A customer's mirror: the store's with this delivery's reflections on top.
+    pub async fn mirror_of(
+        &self,
+        store: &Store,
+        source: &str,
+        customer_id: &str,
+    ) -> Result<Option<MirrorRecord>, StoreError> {
+        let key = (source.to_string(), customer_id.to_string());
+        let cached = self.reads().mirrors.get(&key).cloned();
+        let stored = match cached {
+            Some(stored) => stored,
+            None => {
+                let stored = store.mirror(&self.connection, source, customer_id).await?;
+                self.reads().mirrors.insert(key, stored.clone());
+                stored
+            }
+        };
+        let mine: Vec<&Intent> = self
+            .intents
+            .iter()
+            .filter(|i| matches!(i, Intent::Reflect { source: s, customer_id: c, .. } if s == source && c == customer_id))
+            .collect();
+        if mine.is_empty() {
+            return Ok(stored);
+        }
+        let mut record = stored.unwrap_or_default();
+        let now = now_ms();
+        for intent in mine {
+            if let Intent::Reflect {
+                values,
+                learnt_at,
+                applied_at,
+                ..
+            } = intent
+            {
+                sync::apply_reflection(&mut record, values, *learnt_at, *applied_at, now);
+            }
+        }
+        Ok(Some(record))
+    }
+
+    fn reads(&self) -> std::sync::MutexGuard<'_, Reads> {
+        match self.reads.lock() {
+            Ok(reads) => reads,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Writes this journal inside `tx`.
+    async fn apply(&self, tx: &mut WriteTx) -> Result<(), StoreError> {
+        let connection = self.connection.as_str();
+        let now = now_ms();
+        for intent in &self.intents {
+            match intent {
+                Intent::Log(entry) => tx.log(entry).await?,
+                Intent::Link {
+                    source,
+                    source_id,
+                    target,
+                    target_id,
+                    keep,
+                } => {
+                    tx.put_link(connection, (source, source_id), (target, target_id), *keep)
+                        .await?
+                }
+                Intent::Remember {
+                    target,
+                    target_id,
+                    fields,
+                } => tx.remember(connection, target, target_id, fields).await?,
+                Intent::Reflect {
+                    source,
+                    customer_id,
+                    values,
+                    learnt_at,
+                    applied_at,
+                } => {
+                    let mut record = tx
+                        .mirror(connection, source, customer_id)
+                        .await?
+                        .unwrap_or_default();
+                    sync::apply_reflection(&mut record, values, *learnt_at, *applied_at, now);
+                    tx.put_mirror(connection, source, customer_id, &record, None)
+                        .await?;
+                }
+                Intent::Mirror {
+                    source,
+                    customer_id,
+                    values,
+                    occurred_at,
+                    event_row,
+                    describes,
+                } => {
+                    let mut record = tx
+                        .mirror(connection, source, customer_id)
+                        .await?
+                        .unwrap_or_default();
+                    let stale = sync::apply_event(&mut record, values, *occurred_at, now);
+                    tx.put_mirror(connection, source, customer_id, &record, Some(*event_row))
+                        .await?;
+                    if !stale.is_empty() {
+                        tracing::info!(event = event_row, customer = %customer_id, fields = ?stale, "older than the mirror's values; kept the newer ones");
+                    }
+                    // What the target says its record holds beats what the engine remembers writing.
+                    if let Some(described) = describes {
+                        let taken: Map<String, Value> = values
+                            .iter()
+                            .filter(|(name, _)| !stale.contains(name))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect();
+                        if !taken.is_empty() {
+                            tx.remember(connection, described, customer_id, &taken)
+                                .await?;
+                        }
+                    }
+                }
+            }
+        }
+        match &self.finish {
+            Some((
+                id,
+                Finish::State {
+                    state,
+                    next_attempt_at,
+                    error,
+                },
+            )) => {
+                tx.finish(*id, *state, *next_attempt_at, error.as_deref())
+                    .await?
+            }
+            Some((id, Finish::Defer { until, reason })) => tx.defer(*id, *until, reason).await?,
+            None => {}
+        }
+        if let Some(run) = &self.run {
+            tx.record_run(run).await?;
+        }
+        Ok(())
+    }
+}
+
+type Pending = (Journal, Option<oneshot::Sender<Result<(), StoreError>>>);
+
+/// Commits journals, several to a transaction when several are waiting.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Pending>,
+}
+
+/// How long a run summary waits for a delivery's journal to join.
+const SUMMARY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Journals in one transaction at most: a bigger group holds SQLite's
+/// writer lock longer than a webhook's insert should wait for it.
+const MAX_GROUP: usize = 64;
+
+impl Writer {
+    /// Starts the writer task over `store`.
+    pub fn start(store: Store) -> Writer {
+        let (tx, mut rx) = mpsc::channel::<Pending>(1024);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut group = vec![first];
+                while group.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(next) => group.push(next),
+                        Err(_) => break,
+                    }
+                }
+                // Nobody waits for a run summary: it joins the next
+                // delivery's transaction rather than pay for one of its own,
+                // unless none comes for a while.
+                if group.iter().all(|(_, done)| done.is_none())
+                    && let Ok(Some(next)) = tokio::time::timeout(SUMMARY_WAIT, rx.recv()).await
+                {
+                    group.push(next);
+                }
+                commit_group(&store, group).await;
+            }
+        });
+        Writer { tx }
+    }
+
+    /// Writes a journal and waits until it is committed.
+    pub async fn commit(&self, journal: Journal) -> Result<(), StoreError> {
+        if journal.is_empty() {
+            return Ok(());
+        }
+        let (done, answer) = oneshot::channel();
+        self.tx
+            .send((journal, Some(done)))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Writes a journal nobody waits for (a batch's run summary): it joins
+    /// the next group instead of paying a transaction of its own.
+    pub fn commit_later(&self, journal: Journal) {
+        if let Err(e) = self.tx.try_send((journal, None)) {
+            tracing::warn!(error = %e, "the journal writer is saturated; a run summary is not recorded");
+        }
+    }
+}
+
+/// Commits a group in one transaction; when that fails, each journal alone,
+/// so one bad journal does not fail the others.
+async fn commit_group(store: &Store, group: Vec<Pending>) {
+    if group.len() > 1 {
+        let together = async {
+            let mut tx = store.begin_write().await?;
+            for (journal, _) in &group {
+                journal.apply(&mut tx).await?;
+            }
+            tx.commit().await
+        };
+        match together.await {
+            Ok(()) => {
+                for (_, done) in group {
+                    if let Some(done) = done {
+                        let _ = done.send(Ok(()));
+                    }
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, journals = group.len(), "a group of journals failed; writing them one by one")
+            }
+        }
+    }
+    for (journal, done) in group {
+        let alone = async {
+            let mut tx = store.begin_write().await?;
+            journal.apply(&mut tx).await?;
+            tx.commit().await
+        };
+        let result = alone.await;
+        match done {
+            Some(done) => {
+                let _ = done.send(result);
+            }
+            None => {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "cannot record a run summary");
+                }
+            }
+        }
+    }
+}
