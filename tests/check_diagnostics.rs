@@ -3,7 +3,7 @@
 mod common;
 use common::copy_dir;
 
-use mapper::config::compile::compile_dir;
+use mapper::config::compile::compile_dir_with_tests;
 use mapper::config::diagnostic::Diagnostic;
 use std::path::{Path, PathBuf};
 
@@ -16,7 +16,7 @@ fn check_with(extra: &[(&str, &str)]) -> (tempfile::TempDir, Vec<Diagnostic>) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, text).unwrap();
     }
-    let compiled = compile_dir(dir.path());
+    let compiled = compile_dir_with_tests(dir.path());
     (dir, compiled.diagnostics)
 }
 
@@ -290,7 +290,7 @@ fn shipped_with_ownership(ownership: &str) -> (tempfile::TempDir, Vec<Diagnostic
     let text = std::fs::read_to_string(&project).unwrap();
     let cut = text.find("\nownership:").unwrap();
     std::fs::write(&project, format!("{}\n{ownership}", &text[..cut])).unwrap();
-    let compiled = compile_dir(&dir.path().join("mappings"));
+    let compiled = compile_dir_with_tests(&dir.path().join("mappings"));
     (dir, compiled.diagnostics)
 }
 
@@ -326,4 +326,245 @@ fn ownership_names_mirror_fields_of_the_owner_and_one_owner_each() {
     );
     let (_dir, diags) = shipped_with_ownership("ownership:\n  ghl: [phone]\n");
     assert!(diags.iter().all(|d| !d.is_error()), "{diags:#?}");
+}
+
+/// Every error of `diags`.
+fn errors(diags: &[Diagnostic]) -> Vec<&Diagnostic> {
+    diags.iter().filter(|d| d.is_error()).collect()
+}
+
+#[test]
+fn a_typo_inside_an_anchor_is_reported_once_at_the_anchor_with_a_note_per_use() {
+    let text = "shared:\n  sel: &sel\n    b: $.card.balanse\nmappings:\n  - name: m1\n    source: shop\n    event: Order\n    order: 1\n    target: crm\n    select: *sel\n    actions: []\n  - name: m2\n    source: shop\n    event: Order\n    order: 2\n    target: crm\n    select:\n      <<: *sel\n      p: \"@phone\"\n    actions: []\n";
+    let d = expect_one(&[("anchored.yaml", text)], "M012", "anchored.yaml", 3, 8);
+    assert_eq!(d.notes.len(), 2, "{d:#?}");
+    assert!(
+        d.notes[0].contains("mapping `m1`") && d.notes[0].contains("anchored.yaml:10:"),
+        "{d:#?}"
+    );
+    assert!(
+        d.notes[1].contains("mapping `m2`") && d.notes[1].contains("anchored.yaml:18:"),
+        "{d:#?}"
+    );
+    assert_eq!(d.hint.as_deref(), Some("did you mean `$.card.balance`?"));
+}
+
+#[test]
+fn a_typo_in_a_source_field_is_reported_in_the_source_profile() {
+    let source = std::fs::read_to_string("tests/fixtures/minimal/sources/shop.yaml")
+        .unwrap()
+        .replace("phone: $.customer.phone", "phone: $.customer.phnoe");
+    let line = source
+        .lines()
+        .position(|l| l.contains("phnoe"))
+        .expect("the fixture declares @phone") as u32
+        + 1;
+    let d = expect_one(
+        &[("sources/shop.yaml", &source)],
+        "M012",
+        "sources/shop.yaml",
+        line,
+        10,
+    );
+    assert!(d.message.contains("`@phone`"), "{d:#?}");
+    assert_eq!(d.notes.len(), 1, "{d:#?}");
+    assert!(d.notes[0].contains("mapping `order-balance`"), "{d:#?}");
+    assert!(d.notes[0].contains("ok.yaml:"), "{d:#?}");
+    assert_eq!(
+        d.hint.as_deref(),
+        Some("did you mean `$.customer.phone`?"),
+        "{d:#?}"
+    );
+}
+
+#[test]
+fn a_top_level_typo_gets_the_nearest_path_too() {
+    // The name exists under another parent.
+    let text = mapping("    select:\n      b: $.balance\n    actions: []\n");
+    let d = expect_one(&[("bad.yaml", &text)], "M012", "bad.yaml", 8, 10);
+    assert!(
+        d.hint.as_deref().unwrap_or("").contains("`$.card.balance`"),
+        "{d:#?}"
+    );
+    // Far from every declared path: still the nearest one, however far.
+    let text = mapping("    select:\n      b: $.kind_of_thing\n    actions: []\n");
+    let d = expect_one(&[("bad.yaml", &text)], "M012", "bad.yaml", 8, 10);
+    assert!(
+        d.hint
+            .as_deref()
+            .unwrap_or("")
+            .contains("the nearest declared path is `$.kind`"),
+        "{d:#?}"
+    );
+}
+
+#[test]
+fn an_undeclared_property_of_an_open_schema_is_told_to_be_declared() {
+    let text = mapping("    select:\n      device: $.device_type\n    actions: []\n");
+    let d = expect_one(&[("bad.yaml", &text)], "M012", "bad.yaml", 8, 15);
+    let hint = d.hint.unwrap_or_default();
+    assert!(hint.contains("declare it"), "{hint}");
+    assert!(hint.contains("schemas/Order.schema.json"), "{hint}");
+}
+
+#[test]
+fn a_missing_schema_folder_is_one_error_not_one_per_mapping() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(Path::new("mappings"), &dir.path().join("mappings"));
+    copy_dir(Path::new("schemas"), &dir.path().join("schemas"));
+    copy_dir(Path::new("examples"), &dir.path().join("examples"));
+    std::fs::remove_dir_all(dir.path().join("schemas/events/stickycards")).unwrap();
+    let compiled = compile_dir_with_tests(&dir.path().join("mappings"));
+    let errs = errors(&compiled.diagnostics);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].code.as_str(), "M021");
+    assert!(
+        errs[0].file.ends_with("sources/stickycards.yaml"),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn production_never_reads_tests_or_their_payload_files() {
+    let broken = "tests:\n  - name: [unclosed\n";
+    let missing =
+        "tests:\n  - name: t1\n    source: shop\n    payload_file: nowhere.json\n    expect: {}\n";
+    let (dir, diags) = check_with(&[("a.test.yaml", broken), ("b.test.yaml", missing)]);
+    assert!(errors(&diags).len() >= 2, "check sees both: {diags:#?}");
+    let production = mapper::config::compile::compile_dir(dir.path());
+    assert!(
+        production.diagnostics.is_empty(),
+        "{:#?}",
+        production.diagnostics
+    );
+    assert!(production.program.is_some());
+    assert!(production.tests.is_empty());
+}
+
+#[test]
+fn a_tag_written_to_ghl_that_would_come_back_as_a_segment_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(Path::new("mappings"), &dir.path().join("mappings"));
+    copy_dir(Path::new("schemas"), &dir.path().join("schemas"));
+    let warned = |dir: &Path| -> Vec<Diagnostic> {
+        compile_dir_with_tests(&dir.join("mappings"))
+            .diagnostics
+            .into_iter()
+            .filter(|d| d.code.as_str() == "M023")
+            .collect()
+    };
+    // The shipped schedule tags "inactive 30d", which `not_segments` lacks;
+    // "card holder" and the others are listed.
+    let found = warned(dir.path());
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(!found[0].is_error());
+    assert!(found[0].message.contains("`inactive 30d`"), "{found:#?}");
+    assert!(found[0].file.ends_with("schedules-ghl/inactive.yaml"));
+    let project = dir.path().join("mappings/mapper.yaml");
+    let text = std::fs::read_to_string(&project).unwrap();
+    std::fs::write(
+        &project,
+        text.replace(
+            "not_segments: [churned,",
+            "not_segments: [inactive 30d, churned,",
+        ),
+    )
+    .unwrap();
+    assert!(warned(dir.path()).is_empty());
+}
+
+/// The shipped set plus one mapping file; returns the diagnostics.
+fn shipped_plus(name: &str, text: &str) -> (tempfile::TempDir, Vec<Diagnostic>) {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(Path::new("mappings"), &dir.path().join("mappings"));
+    copy_dir(Path::new("schemas"), &dir.path().join("schemas"));
+    std::fs::write(dir.path().join("mappings").join(name), text).unwrap();
+    let compiled = mapper::config::compile::compile_dir(&dir.path().join("mappings"));
+    (dir, compiled.diagnostics)
+}
+
+const EXTRA: &str = "mappings:\n  - name: extra\n    source: stickycards\n    event: CardInstalledEvent\n    target: ghl\n    order: 99\n    select:\n      first_name: $.first_name\n      balance: $.card.balance\n    customer:\n      match:\n        - email: \"{{ first_name }}\"\n    actions:\n      - op: upsert_contact\n        with:\n";
+
+#[test]
+fn a_template_yielding_text_into_a_boolean_or_numerical_field_is_an_error() {
+    let text = format!(
+        "{EXTRA}          dnd: \"{{{{ first_name }}}}\"\n          custom_fields:\n            loyalty_points: \"{{{{ first_name | trim }}}}\"\n            card_status: \"{{{{ balance }}}}\"\n"
+    );
+    let (_dir, diags) = shipped_plus("extra.yaml", &text);
+    let found: Vec<&Diagnostic> = diags.iter().filter(|d| d.code.as_str() == "M025").collect();
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(
+        found
+            .iter()
+            .all(|d| d.is_error() && d.file.ends_with("extra.yaml"))
+    );
+    assert!(
+        found[0]
+            .message
+            .contains("`upsert_contact.dnd` takes a boolean")
+            && found[0].message.contains("yields string"),
+        "{found:#?}"
+    );
+    assert_eq!((found[0].line, found[0].col), (16, 16), "{found:#?}");
+    assert!(
+        found[1]
+            .message
+            .contains("custom field `loyalty_points` (NUMERICAL)"),
+        "{found:#?}"
+    );
+    // A `number` filter converts; a number into a TEXT field is fine.
+    let text = format!(
+        "{EXTRA}          dnd: \"{{{{ balance > 0 }}}}\"\n          custom_fields:\n            loyalty_points: \"{{{{ first_name | number }}}}\"\n            card_status: \"Balance {{{{ balance }}}}\"\n"
+    );
+    let (_dir, diags) = shipped_plus("extra.yaml", &text);
+    assert!(
+        diags.iter().all(|d| d.code.as_str() != "M025"),
+        "{diags:#?}"
+    );
+}
+
+#[test]
+fn a_path_the_other_profile_lacks_is_reported_unless_the_mapping_says_its_profiles() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(Path::new("mappings"), &dir.path().join("mappings"));
+    copy_dir(Path::new("schemas"), &dir.path().join("schemas"));
+    copy_dir(Path::new("examples"), &dir.path().join("examples"));
+    // A new event, declared by both profiles' schemas.
+    for folder in ["stickycards", "stickycards-boomerangme"] {
+        let events = dir.path().join("schemas/events").join(folder);
+        std::fs::copy(
+            events.join("CardInstalledEvent.schema.json"),
+            events.join("CardGiftedEvent.schema.json"),
+        )
+        .unwrap();
+    }
+    let mapping = "mappings:\n  - name: seed-only\n    source: stickycards\n    event: CardGiftedEvent\n    target: ghl\n    order: 99\n    select:\n      phone: $.phone_number\n    customer:\n      match:\n        - phone: \"{{ phone | e164 }}\"\n    actions:\n      - op: add_tags\n        with: { tags: [card holder] }\n";
+    let file = dir.path().join("mappings/extra.yaml");
+    std::fs::write(&file, mapping).unwrap();
+    let root = dir.path().join("mappings");
+    // Under the selected profile (seed) it is fine…
+    assert!(!compile_dir_with_tests(&root).has_errors());
+    // …but `check` holds it to boomerangme too.
+    let checked = mapper::config::compile::check_dir(&root);
+    let errs = errors(&checked.diagnostics);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].code.as_str(), "M012");
+    assert!(errs[0].file.ends_with("extra.yaml"));
+    assert!(
+        errs[0]
+            .message
+            .contains("under profile `stickycards: boomerangme`"),
+        "{errs:#?}"
+    );
+    // Saying which profiles it supports leaves it out under the others.
+    std::fs::write(
+        &file,
+        mapping.replace(
+            "    order: 99\n",
+            "    order: 99\n    profiles: { stickycards: [seed] }\n",
+        ),
+    )
+    .unwrap();
+    let checked = mapper::config::compile::check_dir(&root);
+    assert!(!checked.has_errors(), "{:#?}", checked.diagnostics);
 }

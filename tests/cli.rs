@@ -73,7 +73,10 @@ fn check_exit_codes_and_json_format() {
     assert_eq!(v["diagnostics"][0]["col"], 5);
 
     assert_eq!(mapper(&["check", "--no-such-flag"]).status.code(), Some(2));
-    assert_eq!(mapper(&["check", "/no/such/folder"]).status.code(), Some(1));
+    // A path that does not exist is a usage error, not an invalid set.
+    assert_eq!(mapper(&["check", "/no/such/folder"]).status.code(), Some(2));
+    assert_eq!(mapper(&["check", "nonexist"]).status.code(), Some(2));
+    assert_eq!(mapper(&["test", "/no/such/folder"]).status.code(), Some(2));
 }
 
 #[test]
@@ -234,7 +237,7 @@ fn switching_the_stickycards_profile_is_a_yaml_change() {
 /// Every shipped mapping is exercised by at least one mapping test that names it.
 #[test]
 fn every_shipped_mapping_has_a_test() {
-    let compiled = mapper::config::compile::compile_dir(Path::new("mappings"));
+    let compiled = mapper::config::compile::compile_dir_with_tests(Path::new("mappings"));
     let program = compiled.program.expect("the shipped set compiles");
     let mut tested = std::collections::BTreeSet::new();
     for (_, case) in &compiled.tests {
@@ -252,4 +255,42 @@ fn every_shipped_mapping_has_a_test() {
         .filter(|n| !tested.contains(*n))
         .collect();
     assert!(untested.is_empty(), "mappings without a test: {untested:?}");
+}
+
+#[test]
+fn explain_prints_the_long_form_of_a_code() {
+    let out = mapper(&["explain", "M012"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(t.starts_with("M012: "), "{t}");
+    assert!(t.contains("Wrong:") && t.contains("Right:"), "{t}");
+    assert_eq!(mapper(&["explain", "M999"]).status.code(), Some(2));
+    assert_eq!(mapper(&["explain"]).status.code(), Some(2));
+}
+
+/// Editors complete and document every key of the mapping language.
+#[test]
+fn the_mapping_schema_describes_its_keys_and_offers_values() {
+    let schema: serde_json::Value = serde_json::from_str(&mapper::schema::schema_json()).unwrap();
+    let defs = schema["definitions"].as_object().unwrap();
+    let mut undescribed = Vec::new();
+    for (name, def) in defs {
+        for (key, prop) in def["properties"].as_object().into_iter().flatten() {
+            if prop.get("description").is_none() {
+                undescribed.push(format!("{name}.{key}"));
+            }
+        }
+    }
+    assert!(
+        undescribed.is_empty(),
+        "keys without a description: {undescribed:?}"
+    );
+    let ops = defs["Action"]["properties"]["op"]["examples"]
+        .as_array()
+        .unwrap();
+    assert!(ops.iter().any(|o| o == "upsert_contact") && ops.iter().any(|o| o == "http"));
+    let methods = defs["RequestSpec"]["properties"]["method"]["enum"]
+        .as_array()
+        .unwrap();
+    assert!(methods.iter().any(|m| m == "POST"));
 }

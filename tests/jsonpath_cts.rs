@@ -1,7 +1,9 @@
 //! The RFC 9535 compliance test suite, run through our JSONPath module.
 //!
 //! The suite lives in `../shared/reference/jsonpath-cts/cts.json`, beside the
-//! checkout (CI clones the project with `shared/` next to it).
+//! checkout, not in the repository: a fresh clone has nothing beside it, so
+//! `cargo test` skips this test with its reason, and `.ci/run` (where the
+//! material is) runs it with `--ignored`.
 
 use mapper::jsonpath::Selector;
 use serde_json::Value;
@@ -19,6 +21,7 @@ fn suite() -> Value {
 }
 
 #[test]
+#[ignore = "needs ../shared/reference/jsonpath-cts (run by .ci/run)"]
 fn rfc9535_compliance_suite_passes_entirely() {
     let suite = suite();
     let tests = suite["tests"].as_array().unwrap();

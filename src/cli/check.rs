@@ -1,17 +1,21 @@
 //! `mapper check`.
 
 use super::{Format, same_file, set_root};
-use crate::config::compile::compile_dir;
+use crate::config::compile::check_dir;
 use crate::config::diagnostic::{Code, Diagnostic, Pos};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Checks mapping folders (or files inside one): exit 0 valid, 1 invalid,
+/// 2 when a path given does not exist (a usage error, not an invalid set).
 pub fn run(paths: &[PathBuf], format: Format) -> ExitCode {
+    let mut usage = false;
     let mut all: Vec<Diagnostic> = Vec::new();
     let mut texts = std::collections::BTreeMap::new();
     let mut summaries = Vec::new();
     for path in paths {
         if !path.exists() {
+            usage = true;
             all.push(
                 Diagnostic::error(Code::M021, path, Pos::UNKNOWN, "no such file or folder")
                     .with_hint("pass a mapping folder, e.g. `mapper check mappings`"),
@@ -19,7 +23,7 @@ pub fn run(paths: &[PathBuf], format: Format) -> ExitCode {
             continue;
         }
         let root = set_root(path);
-        let compiled = compile_dir(&root);
+        let compiled = check_dir(&root);
         let only_file = (!path.is_dir()).then(|| path.clone());
         let mut diags: Vec<Diagnostic> = compiled
             .diagnostics
@@ -66,7 +70,9 @@ pub fn run(paths: &[PathBuf], format: Format) -> ExitCode {
             }
         }
     }
-    if errors == 0 {
+    if usage {
+        ExitCode::from(2)
+    } else if errors == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -2,6 +2,8 @@
 
 mod check;
 mod demo;
+mod explain;
+mod new;
 mod ops;
 mod plan;
 mod resync;
@@ -53,9 +55,49 @@ enum Command {
         /// Print the actual plan of failing cases
         #[arg(short, long)]
         verbose: bool,
+        /// Run the cases under this profile: NAME=PROFILE (stickycards=boomerangme), or a profile name
+        #[arg(long, value_name = "NAME=PROFILE", value_parser = test::parse_profile)]
+        profile: Vec<(String, String)>,
+        /// Rewrite the expected plan of failing cases with the actual one, after showing it
+        #[arg(long)]
+        update: bool,
     },
-    /// Print the JSON Schema of mapping files (schemas/mapping.schema.json).
-    Schema,
+    /// Print the JSON Schema of mapping files (schemas/mapping.schema.json),
+    /// or infer a payload schema from samples (`schema infer`).
+    Schema {
+        #[command(subcommand)]
+        action: Option<SchemaAction>,
+    },
+    /// Print the long form of a diagnostic code (what it means, a wrong and a right example).
+    Explain {
+        /// A code such as M012
+        code: String,
+    },
+    /// Write a new event from real payloads: its payload schema, a mapping
+    /// skeleton, a mapping test (and the source profile of a new source).
+    New {
+        /// Source the samples come from (an existing one, or a new one to write)
+        #[arg(long)]
+        source: String,
+        /// Event name (the payload schema's file name)
+        #[arg(long)]
+        event: String,
+        /// Sample webhook bodies of the event
+        #[arg(long = "from", value_name = "SAMPLE", required = true, num_args = 1..)]
+        from: Vec<PathBuf>,
+        /// Target the mapping writes to
+        #[arg(long, default_value = "ghl", value_parser = ["ghl", "stickycards"])]
+        target: String,
+        /// Mapping folder
+        #[arg(long, env = "MAPPER_MAPPINGS", default_value = "mappings")]
+        mappings: PathBuf,
+        /// Where a new source's event type is (a selector) [default: guessed from keys such as event_type, type]
+        #[arg(long, value_name = "SELECTOR")]
+        event_type: Option<String>,
+        /// Overwrite files that exist
+        #[arg(long)]
+        force: bool,
+    },
     /// Counts of stored events by state, per source and event, and the latest errors.
     Status {
         /// Database URL
@@ -210,6 +252,21 @@ enum Command {
     },
 }
 
+/// `mapper schema …`.
+#[derive(Subcommand)]
+enum SchemaAction {
+    /// Infer a payload JSON Schema from samples; with --merge, widen that
+    /// schema with them (in place) and print what was added and removed.
+    Infer {
+        /// Sample webhook bodies (JSON, single-quoted JSON, or a form with a JSON field)
+        #[arg(required = true)]
+        samples: Vec<PathBuf>,
+        /// An existing payload schema to widen
+        #[arg(long, value_name = "SCHEMA")]
+        merge: Option<PathBuf>,
+    },
+}
+
 /// A duration for `--coalesce-window`, checked now rather than ignored later.
 fn parse_window(text: &str) -> Result<std::time::Duration, String> {
     crate::config::compile::parse_duration(text)
@@ -238,7 +295,17 @@ pub fn run() -> ExitCode {
             payload,
             mappings,
         } => plan::run(&mappings, &source, &payload),
-        Command::Test { paths, verbose } => test::run(&default_paths(paths), verbose),
+        Command::Test {
+            paths,
+            verbose,
+            profile,
+            update,
+        } => test::run(&test::TestOptions {
+            paths: &default_paths(paths),
+            verbose,
+            profiles: &profile,
+            update,
+        }),
         Command::Serve {
             mappings,
             listen,
@@ -322,10 +389,31 @@ pub fn run() -> ExitCode {
             coalesce_window,
             keep_running,
         }),
-        Command::Schema => {
+        Command::Schema { action: None } => {
             print!("{}", crate::schema::schema_json());
             ExitCode::SUCCESS
         }
+        Command::Schema {
+            action: Some(SchemaAction::Infer { samples, merge }),
+        } => new::run_infer(&samples, merge.as_deref()),
+        Command::Explain { code } => explain::run(&code),
+        Command::New {
+            source,
+            event,
+            from,
+            target,
+            mappings,
+            event_type,
+            force,
+        } => new::run_new(&new::NewOptions {
+            source: &source,
+            event: &event,
+            samples: &from,
+            target: &target,
+            mappings: &mappings,
+            event_type: event_type.as_deref(),
+            force,
+        }),
     }
 }
 

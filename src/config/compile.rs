@@ -14,7 +14,7 @@ use crate::jsonpath::Selector;
 use indexmap::IndexMap;
 use serde_json::Value;
 use serde_saphyr::Spanned;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// Result of compiling a mapping folder.
@@ -26,6 +26,8 @@ pub struct Compiled {
     pub tests: Vec<(PathBuf, model::TestCase)>,
     pub diagnostics: Vec<Diagnostic>,
     pub texts: BTreeMap<PathBuf, String>,
+    /// The test payload files, read by `load` (see [`super::load::Loaded::payload_files`]).
+    pub payload_files: BTreeMap<PathBuf, Result<Vec<u8>, String>>,
 }
 
 impl Compiled {
@@ -34,9 +36,79 @@ impl Compiled {
     }
 }
 
-/// Loads and compiles the mapping folder at `root`.
+/// Loads and compiles what production runs of the mapping folder at `root`:
+/// project, sources, targets and mappings, never its tests (`serve`, its
+/// hot reload and `plan`).
 pub fn compile_dir(root: &Path) -> Compiled {
     compile(super::load::load_dir(root))
+}
+
+/// Loads and compiles the mapping folder at `root` with its mapping tests
+/// and their payload files (`check` and `test`).
+pub fn compile_dir_with_tests(root: &Path) -> Compiled {
+    compile(super::load::load_dir_scoped(
+        root,
+        super::load::Scope::WithTests,
+    ))
+}
+
+/// Compiles what production runs with `selection` (source or target name →
+/// profile) chosen over the project file's `profiles:`.
+pub fn compile_dir_under(root: &Path, selection: &[(String, String)]) -> Compiled {
+    let mut loaded = super::load::load_dir(root);
+    for (name, profile) in selection {
+        loaded.select_profile(name, profile);
+    }
+    compile(loaded)
+}
+
+/// What `mapper check` runs: the folder with its tests, then every mapping
+/// again under each profile not selected (a `$.` path one profile's payloads
+/// lack breaks the day that profile is chosen). Errors found only under
+/// another profile are reported with the profile named.
+pub fn check_dir(root: &Path) -> Compiled {
+    let loaded = super::load::load_dir_scoped(root, super::load::Scope::WithTests);
+    let profiles = loaded.profiles();
+    let mut compiled = compile(loaded);
+    let Some(program) = &compiled.program else {
+        return compiled;
+    };
+    let active = |name: &str| -> Option<String> {
+        program
+            .sources
+            .get(name)
+            .map(|s| s.profile.clone())
+            .or_else(|| program.targets.get(name).map(|t| t.profile.clone()))
+    };
+    let mut found = Vec::new();
+    for (name, list) in profiles.iter().filter(|(_, l)| l.len() > 1) {
+        let current = active(name);
+        for profile in list.iter().filter(|p| Some(*p) != current.as_ref()) {
+            let other = compile_dir_under(root, &[(name.clone(), profile.clone())]);
+            for mut d in other.diagnostics.into_iter().filter(Diagnostic::is_error) {
+                let known = compiled.diagnostics.iter().chain(&found).any(|m| {
+                    m.code == d.code && m.file == d.file && (m.line, m.col) == (d.line, d.col)
+                });
+                if known {
+                    continue;
+                }
+                d.message = format!("under profile `{name}: {profile}`: {}", d.message);
+                if d.hint.is_none() {
+                    d.hint = Some(format!(
+                        "make it work under both, or say which profiles the mapping supports: `profiles: {{ {name}: [{}] }}`",
+                        current.clone().unwrap_or_default()
+                    ));
+                }
+                found.push(d);
+            }
+        }
+    }
+    compiled.diagnostics.extend(found);
+    super::diagnostic::sort(&mut compiled.diagnostics);
+    if compiled.has_errors() {
+        compiled.program = None;
+    }
+    compiled
 }
 
 /// Names a template may read, and what `env.`/`params.` may name.
@@ -60,13 +132,17 @@ const MAPPING_ROOTS: &[&str] = &["event", "previous", "known", "vars"];
 const REQUEST_ROOTS: &[&str] = &["params", "customer", "env", "known", "event"];
 
 struct Ctx {
+    /// The mapping folder, to name files in notes as the user wrote them.
+    root: PathBuf,
     diags: Vec<Diagnostic>,
     texts: BTreeMap<PathBuf, String>,
     tb: TemplateBuilder,
 }
 
+/// Where a value is written (an anchor's definition when it came through an
+/// alias, with the alias kept as [`Pos::via`]).
 fn pos_of<T>(s: &Spanned<T>) -> Pos {
-    Pos::of(&s.referenced)
+    Pos::of_use(&s.referenced, &s.defined)
 }
 
 impl Ctx {
@@ -439,7 +515,8 @@ impl AsFile for TargetProfile<'_> {
     }
 }
 
-/// Compiles everything that was loaded.
+/// Compiles everything that was loaded. Pure: every file it needs was read
+/// by `load`.
 pub fn compile(loaded: Loaded) -> Compiled {
     let Loaded {
         root,
@@ -447,6 +524,8 @@ pub fn compile(loaded: Loaded) -> Compiled {
         texts,
         mut diagnostics,
         foundation_failed,
+        schemas: mut loaded_schemas,
+        payload_files,
     } = loaded;
     if foundation_failed {
         // Every mapping depends on the project, source and target files: report
@@ -466,11 +545,17 @@ pub fn compile(loaded: Loaded) -> Compiled {
             tests: vec![],
             diagnostics,
             texts,
+            payload_files,
         };
     }
 
     let mut test_files = Vec::new();
     let mut files_kept = Vec::new();
+    let test_paths: HashSet<PathBuf> = texts
+        .iter()
+        .filter(|(path, text)| super::load::is_test_file(path, text))
+        .map(|(path, _)| path.clone())
+        .collect();
     for (path, parsed) in files {
         match parsed {
             Parsed::Tests(t) => test_files.push((path, t)),
@@ -517,7 +602,7 @@ pub fn compile(loaded: Loaded) -> Compiled {
                     spec: t,
                 },
             )),
-            Parsed::Mappings(m) => mapping_files.push((path.clone(), m)),
+            Parsed::Mappings(m) => mapping_files.push((path.clone(), m.as_ref())),
             Parsed::Tests(_) => {}
         }
     }
@@ -536,6 +621,7 @@ pub fn compile(loaded: Loaded) -> Compiled {
         time_zone: settings.time_zone.clone(),
     };
     let mut ctx = Ctx {
+        root: root.clone(),
         diags: std::mem::take(&mut diags),
         texts,
         tb: TemplateBuilder::new(defaults),
@@ -591,12 +677,17 @@ pub fn compile(loaded: Loaded) -> Compiled {
     let mut compiled_sources = IndexMap::new();
     let mut schemas: HashMap<String, SchemaSet> = HashMap::new();
     let mut source_fields: HashMap<String, Fields> = HashMap::new();
+    let mut unreadable: HashSet<String> = HashSet::new();
     for (name, profiles) in &sources {
         for (i, (_, _, sp)) in profiles.iter().enumerate() {
             let active = source_pick.get(name) == Some(&i);
-            if let Some((src, set, fields)) = compile_source(&mut ctx, sp)
+            let loaded = loaded_schemas.remove(&sp.file);
+            if let Some((src, set, fields, readable)) = compile_source(&mut ctx, sp, loaded)
                 && active
             {
+                if !readable {
+                    unreadable.insert(name.clone());
+                }
                 schemas.insert(name.clone(), set);
                 source_fields.insert(name.clone(), fields);
                 compiled_sources.insert(name.clone(), src);
@@ -688,9 +779,10 @@ pub fn compile(loaded: Loaded) -> Compiled {
             }
             let raised = [Some(&s.event), s.reset_event.as_ref()];
             for event in raised.into_iter().flatten() {
-                let known = compiled_sources
-                    .get(SCHEDULE_SOURCE)
-                    .is_some_and(|src| src.events.contains(event));
+                let known = unreadable.contains(SCHEDULE_SOURCE)
+                    || compiled_sources
+                        .get(SCHEDULE_SOURCE)
+                        .is_some_and(|src| src.events.contains(event));
                 if !known {
                     ctx.err(
                         Code::M008,
@@ -882,7 +974,8 @@ pub fn compile(loaded: Loaded) -> Compiled {
             } else {
                 names.insert(m.name.value.clone(), (file.clone(), pos_of(&m.name)));
             }
-            if let Some(c) = compile_mapping(
+            let before = ctx.diags.len();
+            let compiled = compile_mapping(
                 &mut ctx,
                 file,
                 m,
@@ -892,11 +985,31 @@ pub fn compile(loaded: Loaded) -> Compiled {
                 &compiled_targets,
                 &target_specs,
                 &provision,
-            ) {
+                &unreadable,
+                &vars,
+            );
+            let shown = shown_path(&root, file);
+            for d in &mut ctx.diags[before..] {
+                if let Some((line, col)) = d.via.take() {
+                    d.notes.push(format!(
+                        "used by mapping `{}` at {shown}:{line}:{col}",
+                        m.name.value
+                    ));
+                }
+            }
+            if let Some(c) = compiled {
                 mappings.push((pos_of(&m.name), c));
             }
         }
     }
+
+    check_segment_echoes(
+        &mut ctx,
+        &mapping_files,
+        &target_specs,
+        &compiled_sources,
+        &vars,
+    );
 
     // ---- order and collisions
     let mut groups: BTreeMap<(String, String, String), Vec<usize>> = BTreeMap::new();
@@ -979,12 +1092,17 @@ pub fn compile(loaded: Loaded) -> Compiled {
             }
             if let Some(f) = &t.payload_file {
                 let file = path.parent().unwrap_or(Path::new(".")).join(&f.value);
-                if !file.is_file() {
+                let why = match payload_files.get(&file) {
+                    Some(Ok(_)) => None,
+                    Some(Err(e)) => Some(e.clone()),
+                    None => Some("was not read".to_string()),
+                };
+                if let Some(why) = why {
                     ctx.err(
                         Code::M019,
                         &path,
                         pos_of(f),
-                        format!("payload file {} does not exist", file.display()),
+                        format!("payload file {} {why}", file.display()),
                     )
                     .hint = Some("`payload_file` is relative to the test file".into());
                 }
@@ -997,14 +1115,19 @@ pub fn compile(loaded: Loaded) -> Compiled {
         mut diags,
         texts,
         tb,
+        ..
     } = ctx;
-    let has_errors = diags.iter().any(Diagnostic::is_error);
+    // A broken test never keeps the program from being built: `check` still
+    // fails on it, and `test` fails the cases of that file only.
+    let has_errors = diags
+        .iter()
+        .any(|d| d.is_error() && !test_paths.contains(&d.file));
     let program = if has_errors {
         None
     } else {
         match tb.finish() {
             Ok(templates) => Some(Program {
-                root,
+                root: root.clone(),
                 settings: Settings {
                     phone_region: settings.phone_region.clone(),
                     time_zone: settings.time_zone.clone(),
@@ -1030,44 +1153,79 @@ pub fn compile(loaded: Loaded) -> Compiled {
             }
         }
     };
+    for d in &mut diags {
+        if let Some((line, col)) = d.via.take() {
+            let shown = shown_path(&root, &d.file);
+            d.notes.push(format!("used at {shown}:{line}:{col}"));
+        }
+    }
+    let mut diags = super::diagnostic::merge_repeats(diags);
     super::diagnostic::sort(&mut diags);
     Compiled {
         program,
         tests: test_cases,
         diagnostics: diags,
         texts,
+        payload_files,
     }
 }
 
 type Fields = IndexMap<String, (Pos, PathBuf, Vec<Selector>)>;
 
-fn compile_source(ctx: &mut Ctx, sp: &SourceProfile) -> Option<(prog::Source, SchemaSet, Fields)> {
+/// A file as notes name it: relative to the mapping folder when inside it.
+fn shown_path(root: &Path, file: &Path) -> String {
+    file.strip_prefix(root)
+        .unwrap_or(file)
+        .display()
+        .to_string()
+}
+
+/// A compiled source profile, its payload schemas and `fields:`, and whether
+/// those schemas could be read (when not, its events are unknown, and what
+/// mappings say about them is not checked: one M021 says why).
+type CompiledSource = (prog::Source, SchemaSet, Fields, bool);
+
+fn compile_source(
+    ctx: &mut Ctx,
+    sp: &SourceProfile,
+    schemas: Option<Result<SchemaSet, String>>,
+) -> Option<CompiledSource> {
     let file = &sp.file;
     let s = sp.spec;
     let dir = file
         .parent()
         .unwrap_or(Path::new("."))
         .join(&s.schemas.value);
-    let set = match SchemaSet::load(&dir) {
+    let mut readable = true;
+    let set = match schemas.unwrap_or_else(|| Err(format!("{} was not read", dir.display()))) {
         Ok(set) => {
             if set.events.is_empty() {
+                readable = false;
                 ctx.err(
                     Code::M021,
                     file,
                     pos_of(&s.schemas),
                     format!("no `<Event>.schema.json` files in {}", dir.display()),
-                );
+                )
+                .hint = Some(format!(
+                    "write one JSON Schema per event there (`mapper new --source {} --event E --from SAMPLE.json` infers one from a sample); the mappings of source `{}` were not checked against events",
+                    s.source.value, s.source.value
+                ));
             }
             set
         }
         Err(e) => {
+            readable = false;
             ctx.err(
                 Code::M021,
                 file,
                 pos_of(&s.schemas),
                 format!("cannot read payload schemas: {e}"),
             )
-            .hint = Some("`schemas:` is a folder relative to this file".into());
+            .hint = Some(format!(
+                "`schemas:` is a folder relative to this file; the mappings of source `{}` were not checked against events until it can be read",
+                s.source.value
+            ));
             SchemaSet::default()
         }
     };
@@ -1192,7 +1350,7 @@ fn compile_source(ctx: &mut Ctx, sp: &SourceProfile) -> Option<(prog::Source, Sc
         verify: s.verify.clone(),
         events: set.events.keys().cloned().collect(),
     };
-    Some((src, set, fields))
+    Some((src, set, fields, readable))
 }
 
 fn check_verify(ctx: &mut Ctx, file: &Path, v: &model::VerifySpec) {
@@ -1554,7 +1712,28 @@ fn compile_mapping(
     targets: &IndexMap<String, prog::Target>,
     target_specs: &HashMap<String, &model::TargetFile>,
     provision: &IndexMap<String, IndexMap<String, IndexMap<String, Value>>>,
+    unreadable: &HashSet<String>,
+    vars: &Value,
 ) -> Option<prog::Mapping> {
+    // A mapping written for some profiles only is left out under the others.
+    for (name, supported) in &m.profiles {
+        let active = sources
+            .get(name)
+            .map(|s| &s.profile)
+            .or_else(|| targets.get(name).map(|t| &t.profile));
+        match active {
+            Some(p) if !supported.contains(p) => return None,
+            Some(_) => {}
+            None => {
+                ctx.err(
+                    Code::M009,
+                    file,
+                    pos_of(&m.name),
+                    format!("mapping `{}` names profiles of `{name}`, which is neither a source nor a target", m.name.value),
+                );
+            }
+        }
+    }
     let source_name = &m.source.value;
     let Some(source) = sources.get(source_name) else {
         let near = nearest(source_name, sources.keys().map(String::as_str));
@@ -1574,10 +1753,13 @@ fn compile_mapping(
         return None;
     };
     let events = m.event.value.to_vec();
-    let schema_set = schemas.get(source_name);
+    // A source whose schemas cannot be read has one M021 saying so; checking
+    // its events and selectors would only repeat it for every mapping.
+    let events_known = !unreadable.contains(source_name);
+    let schema_set = schemas.get(source_name).filter(|_| events_known);
     let mut ok = true;
     for e in &events {
-        if !source.events.contains(e) {
+        if events_known && !source.events.contains(e) {
             ok = false;
             let near = nearest(e, source.events.iter().map(String::as_str));
             ctx.err(
@@ -1617,6 +1799,7 @@ fn compile_mapping(
 
     // selects
     let mut selects = Vec::new();
+    let mut select_types: HashMap<String, Option<Vec<String>>> = HashMap::new();
     let src_fields = fields.get(source_name);
     for (name, spec) in &m.select {
         let pos = pos_of(spec);
@@ -1636,7 +1819,7 @@ fn compile_mapping(
         for p in from {
             if let Some(alias) = p.strip_prefix('@') {
                 match src_fields.and_then(|f| f.get(alias)) {
-                    Some((_, _, sels)) => {
+                    Some((field_pos, field_file, sels)) => {
                         let mut fits_any = false;
                         let mut last_err = None;
                         for sel in sels {
@@ -1647,14 +1830,22 @@ fn compile_mapping(
                             paths.push(sel.clone());
                         }
                         if !fits_any && let Some((event, nm)) = last_err {
-                            ctx.err(Code::M012, file, pos, format!(
+                            // The mistake is written in the source profile:
+                            // reported there once, with a note per mapping using it.
+                            let hint = no_match_hint(&nm, schema_set, &event);
+                            let mut d = Diagnostic::error(Code::M012, field_file, *field_pos, format!(
                                 "`@{alias}` (= {}) can never match event `{event}`: `{}` has no `{}`",
                                 sels.iter().map(Selector::as_str).collect::<Vec<_>>().join(" | "), nm.valid_prefix, nm.step
                             ))
-                            .hint = Some(match nm.nearest {
-                                Some(n) => format!("the nearest declared path is `{n}`"),
-                                None => "check the event's payload schema under schemas/events/".into(),
-                            });
+                            .with_hint(hint);
+                            d.notes.push(format!(
+                                "used by mapping `{}` at {}:{}:{}",
+                                m.name.value,
+                                shown_path(&ctx.root, file),
+                                pos.via.map_or(pos.line, |v| v.0),
+                                pos.via.map_or(pos.col, |v| v.1),
+                            ));
+                            ctx.diags.push(d);
                         }
                     }
                     None => {
@@ -1682,7 +1873,19 @@ fn compile_mapping(
                     }
                 }
             } else if let Some(sel) = ctx.selector(file, pos, &p) {
+                if let Some((event, gone)) = deprecated_in(schema_set, &events, &sel) {
+                    ctx.diags.push(
+                        Diagnostic::warning(
+                            Code::M012,
+                            file,
+                            ctx.inner(file, pos, 0),
+                            format!("`{p}` reads `{gone}`, which newer samples of `{event}` no longer carry (renamed or removed?)"),
+                        )
+                        .with_hint("`mapper schema infer` marked it `deprecated` in the payload schema: read the field that replaced it, or remove the selector"),
+                    );
+                }
                 if let Err((event, nm)) = check_against_events(schema_set, &events, &sel) {
+                    let hint = no_match_hint(&nm, schema_set, &event);
                     ctx.err(
                         Code::M012,
                         file,
@@ -1692,14 +1895,15 @@ fn compile_mapping(
                             nm.valid_prefix, nm.step
                         ),
                     )
-                    .hint = Some(match nm.nearest {
-                        Some(n) => format!("did you mean `{n}`?"),
-                        None => "check the event's payload schema under schemas/events/".into(),
-                    });
+                    .hint = Some(hint);
                 }
                 paths.push(sel);
             }
         }
+        select_types.insert(
+            name.clone(),
+            select_yield(schema_set, &events, &paths, default.as_ref()),
+        );
         selects.push(prog::Select {
             name: name.clone(),
             paths,
@@ -1885,11 +2089,37 @@ fn compile_mapping(
                 continue;
             };
             check_literal(ctx, file, op_name, &k.name, param, v);
+            let types = Types {
+                selects: &select_types,
+                vars,
+            };
+            if let Some(wanted) = Wanted::of_param(param.kind) {
+                check_yield(
+                    ctx,
+                    file,
+                    v,
+                    &format!("`{op_name}.{}`", k.name),
+                    wanted,
+                    &types,
+                );
+            }
             if let Some(lookup) = &param.keys_from
                 && let Some(map) = v.as_map()
             {
                 let declared = provision.get(target_name).and_then(|p| p.get(lookup));
-                for (key, _) in map {
+                for (key, value) in map {
+                    let data_type = declared
+                        .and_then(|d| d.get(&key.name))
+                        .and_then(|decl| decl.get("data_type"))
+                        .and_then(Value::as_str);
+                    if let Some(wanted) = data_type.and_then(Wanted::of_data_type) {
+                        let what = format!(
+                            "custom field `{}` ({})",
+                            key.name,
+                            data_type.unwrap_or_default()
+                        );
+                        check_yield(ctx, file, value, &what, wanted, &types);
+                    }
                     if !declared.is_some_and(|d| d.contains_key(&key.name)) {
                         ctx.err(Code::M018, file, key.pos, format!("`{}` is not declared under `provision.{target_name}.{lookup}` in mapper.yaml", key.name))
                             .hint = Some(format!("declare it so it can be created on first use, e.g. `{}: {{ name: …, data_type: TEXT }}`", key.name));
@@ -1908,6 +2138,7 @@ fn compile_mapping(
                 .hint = p.description.clone();
             }
         }
+        warn_todo(ctx, file, &m.name.value, params_node);
         if let Some(v) = ctx.value(file, params_node, &scope) {
             actions.push(prog::Action {
                 op: op_name.clone(),
@@ -1951,11 +2182,282 @@ fn compile_mapping(
     })
 }
 
+/// What to tell about a selector that cannot match: the declared path it
+/// most likely meant (always one, at any depth), the same name under another
+/// parent, and, when the schema accepts undeclared properties, the file to
+/// declare it in.
+fn no_match_hint(nm: &payload_schema::NoMatch, set: Option<&SchemaSet>, event: &str) -> String {
+    let file = set
+        .and_then(|s| s.files.get(event))
+        .map(|f| f.display().to_string())
+        .unwrap_or_else(|| format!("the payload schema of `{event}`"));
+    let declare = format!(
+        "if the payload really carries `{}`, declare it under `properties` of `{}` in {file} (the schema accepts undeclared properties, but `check` trusts only declared ones)",
+        nm.step, nm.valid_prefix
+    );
+    if let Some(e) = &nm.elsewhere
+        && nm.nearest.as_deref().is_none_or(|n| n == e)
+    {
+        return format!("`{}` is declared at `{e}`: did you mean it?", nm.step);
+    }
+    match (&nm.nearest, &nm.closest) {
+        (Some(n), _) => format!("did you mean `{n}`?"),
+        (None, Some(c)) if nm.open => format!("{declare}; the nearest declared path is `{c}`"),
+        (None, Some(c)) => format!("the nearest declared path is `{c}` (see {file})"),
+        (None, None) if nm.open => declare,
+        (None, None) => format!("{file} declares no property here"),
+    }
+}
+
+/// A type a value must have where it goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    Boolean,
+    Number,
+}
+
+impl Wanted {
+    fn of_param(kind: ParamKind) -> Option<Self> {
+        match kind {
+            ParamKind::Boolean => Some(Wanted::Boolean),
+            ParamKind::Number | ParamKind::Integer => Some(Wanted::Number),
+            _ => None,
+        }
+    }
+
+    /// GHL custom field types that hold numbers.
+    fn of_data_type(data_type: &str) -> Option<Self> {
+        match data_type.to_ascii_uppercase().as_str() {
+            "NUMERICAL" | "MONETORY" | "MONETARY" => Some(Wanted::Number),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Wanted::Boolean => "a boolean",
+            Wanted::Number => "a number",
+        }
+    }
+
+    fn accepts(self, ty: &str) -> bool {
+        match self {
+            Wanted::Boolean => ty == "boolean",
+            Wanted::Number => ty == "number" || ty == "integer",
+        }
+    }
+}
+
+/// What the checker knows of the values a mapping's templates read.
+struct Types<'a> {
+    /// Select name → the JSON types its selectors can find (`None`: unknown).
+    selects: &'a HashMap<String, Option<Vec<String>>>,
+    vars: &'a Value,
+}
+
+/// The types a select can yield, from the payload schemas of its events.
+fn select_yield(
+    set: Option<&SchemaSet>,
+    events: &[String],
+    paths: &[Selector],
+    default: Option<&Value>,
+) -> Option<Vec<String>> {
+    let set = set?;
+    let mut out: Vec<String> = Vec::new();
+    for sel in paths {
+        for e in events {
+            let schema = set.events.get(e)?;
+            for t in payload_schema::types_at(schema, sel.steps(), sel.is_singular())? {
+                if !out.contains(&t) {
+                    out.push(t);
+                }
+            }
+        }
+    }
+    if let Some(d) = default {
+        let t = json_type(d).to_string();
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Splits `text` at `sep` outside quotes and brackets.
+fn split_top(text: &str, sep: char) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut quote, mut start) = (0i32, None::<char>, 0);
+    for (i, c) in text.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '(' | '[' | '{') => depth += 1,
+            (None, ')' | ']' | '}') => depth -= 1,
+            (None, c) if c == sep && depth == 0 => {
+                out.push(&text[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    out.push(&text[start..]);
+    out
+}
+
+/// The JSON types a template yields, when the checker can tell, and what it
+/// read them from (for the message).
+fn yielded(text: &str, types: &Types) -> Option<(Vec<String>, String)> {
+    let trimmed = text.trim();
+    if !trimmed.contains("{{") && !trimmed.contains("{%") {
+        return None;
+    }
+    let sole = trimmed
+        .strip_prefix("{{")
+        .and_then(|t| t.strip_suffix("}}"))
+        .filter(|inner| !inner.contains("{{") && !inner.contains("}}"));
+    let Some(inner) = sole else {
+        // Text with templates in it is text.
+        return Some((vec!["string".into()], "text with a template in it".into()));
+    };
+    let inner = inner.trim();
+    let spaced = format!(" {inner} ");
+    // A conditional expression yields one of its branches: not judged here.
+    if spaced.contains(" if ") {
+        return None;
+    }
+    if [
+        " == ", " != ", " and ", " or ", " not ", " is ", " in ", " >= ", " <= ", " < ", " > ",
+    ]
+    .iter()
+    .any(|op| split_top(&spaced, '|').len() == 1 && spaced.contains(op))
+    {
+        return Some((vec!["boolean".into()], "a comparison".into()));
+    }
+    let parts = split_top(inner, '|');
+    let base = parts[0].trim();
+    let filters: Vec<&str> = parts[1..]
+        .iter()
+        .map(|f| f.split('(').next().unwrap_or("").trim())
+        .collect();
+    if let Some(last) = filters.last() {
+        let ty = match *last {
+            "number" | "int" | "float" | "abs_int" | "unix" | "length" | "count" | "round"
+            | "sum" => "number",
+            "string" | "lower" | "upper" | "trim" | "title" | "capitalize" | "e164" | "digits"
+            | "email" | "date" | "datetime" | "format_date" | "replace" | "join" | "truncate"
+            | "tojson" => "string",
+            "split_list" | "compact" | "list" | "unique" | "sort" | "map" | "select" | "reject"
+            | "selectattr" | "rejectattr" | "items" => "array",
+            _ => return None,
+        };
+        return Some((vec![ty.into()], format!("filter `{last}`")));
+    }
+    match base {
+        "true" | "false" | "True" | "False" => return Some((vec!["boolean".into()], base.into())),
+        _ if base.parse::<f64>().is_ok() => return Some((vec!["number".into()], base.into())),
+        _ if base.starts_with('\'') || base.starts_with('"') => {
+            return Some((vec!["string".into()], base.into()));
+        }
+        _ => {}
+    }
+    if let Some(var) = base.strip_prefix("vars.") {
+        let v = types.vars.get(var)?;
+        return Some((vec![json_type(v).into()], format!("`vars.{var}`")));
+    }
+    let ts = types.selects.get(base)?.clone()?;
+    Some((ts, format!("`{base}`, as the payload schema declares it")))
+}
+
+/// Holds a template's yield to the type where it goes: an error when it can
+/// only yield other types (nulls aside: a missing value is left out).
+fn check_yield(ctx: &mut Ctx, file: &Path, node: &Node, what: &str, wanted: Wanted, types: &Types) {
+    let NodeKind::Str(text) = &node.kind else {
+        return;
+    };
+    let Some((yields, from)) = yielded(text, types) else {
+        return;
+    };
+    let meaningful: Vec<&String> = yields.iter().filter(|t| *t != "null").collect();
+    if meaningful.is_empty() || meaningful.iter().any(|t| wanted.accepts(t)) {
+        return;
+    }
+    let shown: Vec<&str> = meaningful.iter().map(|t| t.as_str()).collect();
+    let hint = match wanted {
+        Wanted::Number => {
+            "convert it with the `number` filter (`{{ value | number }}`; not a number → missing), or pass a number"
+        }
+        Wanted::Boolean => {
+            "write a condition that yields true or false (`{{ value == 'yes' }}`), or pass true/false"
+        }
+    };
+    ctx.err(
+        Code::M025,
+        file,
+        node.pos,
+        format!(
+            "{what} takes {}, but `{}` yields {} (from {from})",
+            wanted.name(),
+            text.trim(),
+            shown.join(" or ")
+        ),
+    )
+    .hint = Some(hint.into());
+}
+
+/// Warns about a `TODO:` placeholder (as `mapper new` writes) left in an
+/// action's parameters: the mapping works, but does not do its real job yet.
+fn warn_todo(ctx: &mut Ctx, file: &Path, mapping: &str, node: &Node) {
+    match &node.kind {
+        NodeKind::Str(s) if s.trim_start().starts_with("TODO") => {
+            ctx.diags.push(
+                Diagnostic::warning(
+                    Code::M024,
+                    file,
+                    node.pos,
+                    format!("mapping `{mapping}` still has a placeholder: {s}"),
+                )
+                .with_hint("replace the action with what the event should do, then `mapper test --update` its test"),
+            );
+        }
+        NodeKind::Seq(items) => items.iter().for_each(|i| warn_todo(ctx, file, mapping, i)),
+        NodeKind::Map(entries) => entries
+            .iter()
+            .for_each(|(_, v)| warn_todo(ctx, file, mapping, v)),
+        _ => {}
+    }
+}
+
+/// The first event whose schema marks what `sel` reads as deprecated.
+fn deprecated_in(
+    set: Option<&SchemaSet>,
+    events: &[String],
+    sel: &Selector,
+) -> Option<(String, String)> {
+    let set = set?;
+    events.iter().find_map(|e| {
+        let schema = set.events.get(e)?;
+        payload_schema::deprecated(schema, sel.steps()).map(|p| (e.clone(), p))
+    })
+}
+
 fn check_against_events(
     set: Option<&SchemaSet>,
     events: &[String],
     sel: &Selector,
-) -> Result<(), (String, payload_schema::NoMatch)> {
+) -> Result<(), (String, Box<payload_schema::NoMatch>)> {
     let Some(set) = set else { return Ok(()) };
     for e in events {
         if let Some(schema) = set.events.get(e) {
@@ -2007,6 +2509,79 @@ fn check_literal(ctx: &mut Ctx, file: &Path, op: &str, name: &str, param: &model
             ),
         )
         .hint = Some(format!("found {}", v.to_json()));
+    }
+}
+
+/// Warns about tags a mapping adds on a target whose own webhooks come back
+/// (a source `describes:` it) and are turned into segments minus
+/// `vars.not_segments`: a tag this integration writes and that list lacks
+/// would come back as a segment on the other side.
+fn check_segment_echoes(
+    ctx: &mut Ctx,
+    mapping_files: &[(PathBuf, &model::MappingFile)],
+    target_specs: &HashMap<String, &model::TargetFile>,
+    sources: &IndexMap<String, prog::Source>,
+    vars: &Value,
+) {
+    let Some(not_segments) = vars.get("not_segments").and_then(Value::as_array) else {
+        return;
+    };
+    let excluded: Vec<String> = not_segments
+        .iter()
+        .filter_map(Value::as_str)
+        .map(str::to_lowercase)
+        .collect();
+    for (file, mf) in mapping_files {
+        for m in &mf.mappings {
+            let target = &m.target.value;
+            let described = sources
+                .values()
+                .any(|s| s.describes.as_deref() == Some(target.as_str()));
+            let Some(spec) = target_specs.get(target).filter(|_| described) else {
+                continue;
+            };
+            for a in &m.actions {
+                let Some(tracks) = spec
+                    .operations
+                    .get(&a.op.value)
+                    .and_then(|o| o.tracks.as_ref())
+                    .filter(|t| t.mode == model::TrackMode::Add)
+                else {
+                    continue;
+                };
+                let Some(NodeKind::Seq(items)) = a
+                    .params
+                    .as_ref()
+                    .and_then(|p| p.get(&tracks.list))
+                    .map(|n| &n.kind)
+                else {
+                    continue;
+                };
+                for item in items {
+                    let NodeKind::Str(tag) = &item.kind else {
+                        continue;
+                    };
+                    if tag.contains("{{") || excluded.contains(&tag.to_lowercase()) {
+                        continue;
+                    }
+                    ctx.diags.push(
+                        Diagnostic::warning(
+                            Code::M023,
+                            file,
+                            item.pos,
+                            format!(
+                                "tag `{tag}` written to `{target}` by `{}` would come back as a segment: it is not in `vars.not_segments`",
+                                m.name.value
+                            ),
+                        )
+                        .with_hint(format!(
+                            "add `{}` to `vars.not_segments` in mapper.yaml, unless it should become a segment",
+                            tag.to_lowercase()
+                        )),
+                    );
+                }
+            }
+        }
     }
 }
 

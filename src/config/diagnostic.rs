@@ -12,18 +12,41 @@ use std::path::{Path, PathBuf};
 pub struct Pos {
     pub line: u32,
     pub col: u32,
+    /// Where the node was used, when that is not where it is written: the
+    /// alias (`*contact`, `<<: *contact`) that brought an anchored node in.
+    /// A mistake is reported where it is written, with a note at each use.
+    #[serde(skip)]
+    pub via: Option<(u32, u32)>,
 }
 
 impl Pos {
-    pub const UNKNOWN: Pos = Pos { line: 0, col: 0 };
+    pub const UNKNOWN: Pos = Pos {
+        line: 0,
+        col: 0,
+        via: None,
+    };
     pub fn new(line: u32, col: u32) -> Self {
-        Self { line, col }
+        Self {
+            line,
+            col,
+            via: None,
+        }
     }
     /// The position of a YAML node as serde-saphyr reports it.
     pub fn of(loc: &serde_saphyr::Location) -> Self {
+        Self::new(loc.line() as u32, loc.column() as u32)
+    }
+    /// The position of a node that may have come through an alias: where it
+    /// is defined, remembering the alias it was used through.
+    pub fn of_use(referenced: &serde_saphyr::Location, defined: &serde_saphyr::Location) -> Self {
+        let at = Self::of(referenced);
+        let def = Self::of(defined);
+        if def.line == 0 || (def.line, def.col) == (at.line, at.col) {
+            return at;
+        }
         Self {
-            line: loc.line() as u32,
-            col: loc.column() as u32,
+            via: Some((at.line, at.col)),
+            ..def
         }
     }
     /// Shifts a position to a character offset inside a quoted or plain scalar.
@@ -32,8 +55,8 @@ impl Pos {
             return self;
         }
         Self {
-            line: self.line,
             col: self.col + chars as u32,
+            ..self
         }
     }
 }
@@ -85,6 +108,14 @@ pub enum Code {
     M021,
     /// The committed JSON Schema of the mapping language is stale.
     M022,
+    /// A tag a mapping writes would come back from the target as a segment
+    /// (it is not in `vars.not_segments`).
+    M023,
+    /// A `TODO` left by `mapper new`: the mapping still needs its real action.
+    M024,
+    /// A value's type, as its template yields it, does not fit where it goes
+    /// (a parameter's declared type, a custom field's `data_type`).
+    M025,
 }
 
 impl Code {
@@ -112,6 +143,9 @@ impl Code {
             Code::M020 => "M020",
             Code::M021 => "M021",
             Code::M022 => "M022",
+            Code::M023 => "M023",
+            Code::M024 => "M024",
+            Code::M025 => "M025",
         }
     }
 }
@@ -136,6 +170,14 @@ pub struct Diagnostic {
     /// What would be right, when we can tell.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
+    /// Where else the mistake shows: each use of an anchor, merge key or
+    /// `@field` whose definition this diagnostic points at.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// The alias the offending node was used through (see [`Pos::via`]),
+    /// until it becomes a note naming the mapping.
+    #[serde(skip)]
+    pub via: Option<(u32, u32)>,
 }
 
 impl Diagnostic {
@@ -148,6 +190,8 @@ impl Diagnostic {
             col: pos.col,
             message: message.into(),
             hint: None,
+            notes: Vec::new(),
+            via: pos.via,
         }
     }
 
@@ -201,11 +245,42 @@ impl Diagnostic {
                 .collect();
             let _ = writeln!(out, "{pad} | {spaces}^");
         }
+        for note in &self.notes {
+            let _ = writeln!(out, "  = note: {note}");
+        }
         if let Some(hint) = &self.hint {
             let _ = writeln!(out, "  = help: {hint}");
         }
         out
     }
+}
+
+/// Reports one mistake once: diagnostics at the same place with the same
+/// code (one anchor or `@field` reached from several mappings) become one,
+/// carrying the notes of all; exact repeats are dropped.
+pub fn merge_repeats(diags: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let mut out: Vec<Diagnostic> = Vec::with_capacity(diags.len());
+    for d in diags {
+        let same = out.iter_mut().find(|o| {
+            o.code == d.code
+                && o.severity == d.severity
+                && o.file == d.file
+                && (o.line, o.col) == (d.line, d.col)
+                && o.line > 0
+                && (o.message == d.message || (!o.notes.is_empty() && !d.notes.is_empty()))
+        });
+        match same {
+            Some(o) => {
+                for n in d.notes {
+                    if !o.notes.contains(&n) {
+                        o.notes.push(n);
+                    }
+                }
+            }
+            None => out.push(d),
+        }
+    }
+    out
 }
 
 /// Sorts diagnostics by file and position so output is stable.

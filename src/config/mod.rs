@@ -2,6 +2,7 @@
 
 pub mod compile;
 pub mod diagnostic;
+pub mod infer;
 pub mod load;
 pub mod model;
 pub mod node;

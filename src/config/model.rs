@@ -636,6 +636,11 @@ pub struct Mapping {
     /// How the customer is found on the target.
     #[serde(default)]
     pub customer: Option<CustomerSpec>,
+    /// The profiles this mapping is written for, by source or target name
+    /// (`{ stickycards: [seed] }`); under any other it is left out. Without
+    /// it, `mapper check` holds the mapping to every profile.
+    #[serde(default)]
+    pub profiles: IndexMap<String, Vec<String>>,
     pub actions: Vec<Action>,
 }
 
@@ -763,6 +768,10 @@ pub struct TestCase {
     /// Expected plan (subset unless `exact`). `mappings: []` asserts nothing fires.
     /// Record errors fail the case unless `errors:` is given.
     pub expect: Node,
+    /// The profiles the case runs under, by source or target name
+    /// (`{ stickycards: boomerangme }`); the project's selection otherwise.
+    #[serde(default)]
+    pub profiles: IndexMap<String, String>,
     #[serde(default)]
     pub exact: bool,
 }

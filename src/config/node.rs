@@ -89,7 +89,7 @@ impl<'de> Deserialize<'de> for Node {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let spanned = serde_saphyr::Spanned::<NodeKind>::deserialize(deserializer)?;
         Ok(Node {
-            pos: Pos::of(&spanned.referenced),
+            pos: Pos::of_use(&spanned.referenced, &spanned.defined),
             kind: spanned.value,
         })
     }
@@ -100,7 +100,7 @@ impl<'de> Deserialize<'de> for Key {
         let spanned = serde_saphyr::Spanned::<String>::deserialize(deserializer)?;
         Ok(Key {
             name: spanned.value,
-            pos: Pos::of(&spanned.referenced),
+            pos: Pos::of_use(&spanned.referenced, &spanned.defined),
         })
     }
 }

@@ -15,12 +15,15 @@ use std::path::Path;
 #[derive(Debug, Default)]
 pub struct SchemaSet {
     pub events: BTreeMap<String, Value>,
+    /// The file each event's schema was read from, for hints that say which file to edit.
+    pub files: BTreeMap<String, std::path::PathBuf>,
 }
 
 impl SchemaSet {
     /// Reads `<Event>.schema.json` files from a folder.
     pub fn load(dir: &Path) -> Result<Self, String> {
         let mut events = BTreeMap::new();
+        let mut files = BTreeMap::new();
         let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         for entry in entries.flatten() {
             let path = entry.path();
@@ -35,8 +38,9 @@ impl SchemaSet {
             let schema: Value =
                 serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
             events.insert(event.to_string(), schema);
+            files.insert(event.to_string(), normalize(&path));
         }
-        Ok(Self { events })
+        Ok(Self { events, files })
     }
 }
 
@@ -49,6 +53,34 @@ pub struct NoMatch {
     pub step: String,
     /// The declared path closest to what was written, if any is close.
     pub nearest: Option<String>,
+    /// The declared path closest to what was written, however far: every
+    /// M012 names one.
+    pub closest: Option<String>,
+    /// A declared path ending in the same name under another parent
+    /// (`$.balance` written, `$.card.balance` declared).
+    pub elsewhere: Option<String>,
+    /// The object where the step failed accepts undeclared properties: the
+    /// payload may carry it, the schema just does not say so.
+    pub open: bool,
+}
+
+/// `a/b/../c` as `a/c`, without touching the file system: paths in hints
+/// read as the file to open.
+pub fn normalize(path: &Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }
 
 fn types_of(schema: &Value) -> Vec<&str> {
@@ -69,7 +101,7 @@ pub fn check(
     schema: &Value,
     steps: &[crate::jsonpath::Step],
     written: &str,
-) -> Result<(), NoMatch> {
+) -> Result<(), Box<NoMatch>> {
     let mut node = schema;
     let mut prefix = String::from("$");
     for step in steps {
@@ -77,7 +109,7 @@ pub fn check(
             Step::Descendant => return Ok(()),
             Step::Name(name) => {
                 if !allows(node, "object") {
-                    return Err(no_match(schema, &prefix, name, written));
+                    return Err(no_match(schema, &prefix, name, written, false));
                 }
                 let props = node.get("properties").and_then(Value::as_object);
                 match props.and_then(|p| p.get(name)) {
@@ -87,10 +119,10 @@ pub fn check(
                         match node.get("additionalProperties") {
                             Some(extra @ Value::Object(_)) if declares_none => node = extra,
                             Some(Value::Bool(false)) => {
-                                return Err(no_match(schema, &prefix, name, written));
+                                return Err(no_match(schema, &prefix, name, written, false));
                             }
                             _ if declares_none => return Ok(()),
-                            _ => return Err(no_match(schema, &prefix, name, written)),
+                            _ => return Err(no_match(schema, &prefix, name, written, true)),
                         }
                     }
                 }
@@ -100,7 +132,7 @@ pub fn check(
             Step::Index(_) | Step::AnyChild => {
                 if let Some(items) = node.get("items") {
                     if !allows(node, "array") {
-                        return Err(no_match(schema, &prefix, "[…]", written));
+                        return Err(no_match(schema, &prefix, "[…]", written, false));
                     }
                     node = items;
                     prefix.push_str("[*]");
@@ -114,20 +146,88 @@ pub fn check(
     Ok(())
 }
 
-fn no_match(schema: &Value, prefix: &str, step: &str, written: &str) -> NoMatch {
+/// The declared path a selector reaches that is marked `deprecated: true`
+/// (`mapper schema infer` marks what newer samples no longer carry).
+pub fn deprecated(schema: &Value, steps: &[Step]) -> Option<String> {
+    let mut node = schema;
+    let mut prefix = String::from("$");
+    for step in steps {
+        match step {
+            Step::Name(name) => {
+                node = node.get("properties")?.get(name)?;
+                prefix = crate::config::infer::join(&prefix, name);
+            }
+            Step::Index(_) | Step::AnyChild => {
+                node = node.get("items")?;
+                prefix.push_str("[*]");
+            }
+            Step::Descendant => return None,
+        }
+        if node.get("deprecated") == Some(&Value::Bool(true)) {
+            return Some(prefix);
+        }
+    }
+    None
+}
+
+/// The JSON types a selector can find, as the schema declares them: `None`
+/// when it does not say (an untyped or undeclared node). A selector that can
+/// find several values (a wildcard, a filter) finds a list.
+pub fn types_at(schema: &Value, steps: &[Step], singular: bool) -> Option<Vec<String>> {
+    if !singular {
+        return Some(vec!["array".into()]);
+    }
+    let mut node = schema;
+    for step in steps {
+        node = match step {
+            Step::Name(name) => node.get("properties")?.get(name)?,
+            Step::Index(_) => node.get("items")?,
+            Step::AnyChild | Step::Descendant => return None,
+        };
+    }
+    let ts: Vec<String> = types_of(node).into_iter().map(String::from).collect();
+    (!ts.is_empty()).then_some(ts)
+}
+
+fn no_match(schema: &Value, prefix: &str, step: &str, written: &str, open: bool) -> Box<NoMatch> {
     let mut all = Vec::new();
     collect_paths(schema, "$", 0, &mut all);
-    let nearest = all
-        .into_iter()
-        .map(|p| (strsim::damerau_levenshtein(&p, written), p))
+    let mut ranked: Vec<(usize, &String)> = all
+        .iter()
+        .map(|p| (strsim::damerau_levenshtein(p, written), p))
+        .collect();
+    // Ties go to the shorter path, then alphabetically, so the hint is stable.
+    ranked.sort_by(|a, b| (a.0, a.1.len(), a.1).cmp(&(b.0, b.1.len(), b.1)));
+    // However far, the path sharing the longest start with what was written
+    // reads as what was meant (`$.phonee` → `$.phone_number`, not `$.card`).
+    let closest = all
+        .iter()
+        .map(|p| (strsim::jaro_winkler(p, written), p))
+        .max_by(|a, b| a.0.total_cmp(&b.0).then_with(|| b.1.len().cmp(&a.1.len())))
+        .map(|(_, p)| p.clone());
+    let nearest = ranked
+        .first()
         .filter(|(d, p)| *d <= (p.len().max(written.len()) / 3).max(2))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, p)| p);
-    NoMatch {
+        .map(|(_, p)| (*p).clone());
+    let tail = |p: &str| {
+        let last = p.rsplit(['.', '[']).next().unwrap_or("");
+        last.trim_matches(|c| c == '\'' || c == ']')
+            .to_ascii_lowercase()
+    };
+    let wanted = step.to_ascii_lowercase();
+    let elsewhere = all
+        .iter()
+        .filter(|p| tail(p) == wanted && !written.starts_with(p.as_str()))
+        .min_by_key(|p| (strsim::damerau_levenshtein(p, written), p.len()))
+        .cloned();
+    Box::new(NoMatch {
         valid_prefix: prefix.to_string(),
         step: step.to_string(),
         nearest,
-    }
+        closest,
+        elsewhere,
+        open,
+    })
 }
 
 /// Every declared path of a schema, up to a sane depth.
@@ -166,7 +266,7 @@ mod tests {
         }})
     }
 
-    fn run(path: &str) -> Result<(), NoMatch> {
+    fn run(path: &str) -> Result<(), Box<NoMatch>> {
         let s = Selector::parse(path).unwrap();
         check(&schema(), s.steps(), path)
     }
