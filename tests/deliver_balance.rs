@@ -4,30 +4,15 @@
 //! would. A delta must then arrive as the card's new absolute balance: its
 //! last-known balance (from the card's own webhooks) plus the delta.
 
+use mapper::sandbox::StickyCardsWebhooks;
 use mapper::sandbox::ghl::{CustomFieldValue, GhlSandbox, GhlWebhooks};
-use mapper::sandbox::{StickyCardsSandbox, StickyCardsWebhooks};
 use mapper::store::Store;
 use std::time::Duration;
 
-mod common;
-use common::{Serve, create_contact, create_custom_field, serve_in, settle_within, simulators};
+const REST: Duration = Duration::from_secs(60);
 
-async fn rest(s: &Serve, ghl: &GhlSandbox, sc: &StickyCardsSandbox) {
-    let store = Store::open(&s.db).await.unwrap();
-    let mut last = -1;
-    for _ in 0..60 {
-        ghl.webhooks_idle().await;
-        sc.webhooks_idle().await;
-        settle_within(&s.db, Duration::from_secs(30)).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let total: i64 = store.counts().await.unwrap().iter().map(|c| c.count).sum();
-        if total == last && ghl.webhooks_pending() == 0 && sc.webhooks_pending() == 0 {
-            return;
-        }
-        last = total;
-    }
-    panic!("the system did not come to rest");
-}
+mod common;
+use common::{create_contact, create_custom_field, rest_within, serve_in, simulators};
 
 fn set_bonus(ghl: &GhlSandbox, contact: &str, field: &str, value: i64) {
     ghl.edit_contact(contact, |c| {
@@ -69,13 +54,14 @@ async fn bonus_points_reach_the_card_as_its_new_absolute_balance() {
     ))))
     .unwrap();
 
+    let store = Store::open(&s.db).await.unwrap();
     let contact = create_contact(
         &ghl,
         serde_json::json!({"firstName": "Ana", "lastName": "Lima",
                            "email": "ana.lima@example.com", "phone": "+14155550123"}),
     )
     .await;
-    rest(&s, &ghl, &sc).await;
+    rest_within(&store, &ghl, &sc, REST).await;
     let card = sc
         .cards()
         .first()
@@ -84,16 +70,16 @@ async fn bonus_points_reach_the_card_as_its_new_absolute_balance() {
 
     // A cashier sets the card to 40; the card's webhook tells the engine.
     sc.set_card_balance(&card.id, 40).unwrap();
-    rest(&s, &ghl, &sc).await;
+    rest_within(&store, &ghl, &sc, REST).await;
 
     // 15 bonus points in GHL: the card holds 55.
     set_bonus(&ghl, &contact, &bonus, 15);
-    rest(&s, &ghl, &sc).await;
+    rest_within(&store, &ghl, &sc, REST).await;
     assert_eq!(sc.card(&card.id).unwrap().balance, 55);
 
     // Back to 5 (10 taken away): 45.
     set_bonus(&ghl, &contact, &bonus, 5);
-    rest(&s, &ghl, &sc).await;
+    rest_within(&store, &ghl, &sc, REST).await;
     assert_eq!(sc.card(&card.id).unwrap().balance, 45);
 
     let balance_calls: Vec<_> = sc
@@ -111,7 +97,6 @@ async fn bonus_points_reach_the_card_as_its_new_absolute_balance() {
             "only the field the seed names: {body}"
         );
     }
-    let store = Store::open(&s.db).await.unwrap();
     let dead: i64 = store
         .counts()
         .await
