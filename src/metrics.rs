@@ -12,14 +12,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-/// Events whose storing time is remembered for the delivery-lag histogram;
-/// past this the oldest are forgotten (an event delivered by another
-/// process, or never, would otherwise be kept for ever).
-const REMEMBERED_STORES: usize = 100_000;
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BySource {
@@ -96,8 +90,6 @@ struct Inner {
     events: Family<StoredEvents, Gauge>,
     held_writes: Family<HeldWrites, Gauge>,
     held_merged: Family<HeldWrites, Gauge>,
-    /// Delivery id → when this process stored it.
-    stored_at: Mutex<BTreeMap<i64, Instant>>,
     /// Scrapes refresh the gauges read from the database, then encode: one at a time.
     scrape: tokio::sync::Mutex<()>,
 }
@@ -237,7 +229,6 @@ impl Metrics {
             events,
             held_writes,
             held_merged,
-            stored_at: Mutex::new(BTreeMap::new()),
             scrape: tokio::sync::Mutex::new(()),
         }))
     }
@@ -258,15 +249,9 @@ impl Metrics {
             .inc();
     }
 
-    /// A webhook was stored as event `delivery_id` and acknowledged.
-    pub fn webhook_accepted(&self, source: &str, delivery_id: i64) {
+    /// A webhook was stored and acknowledged.
+    pub fn webhook_accepted(&self, source: &str) {
         self.0.accepted.get_or_create(&by_source(source)).inc();
-        if let Ok(mut stored) = self.0.stored_at.lock() {
-            stored.insert(delivery_id, Instant::now());
-            while stored.len() > REMEMBERED_STORES {
-                stored.pop_first();
-            }
-        }
     }
 
     /// A webhook was an event already stored.
@@ -283,9 +268,9 @@ impl Metrics {
     }
 
     /// One event (or held write) processed, by outcome (`delivered`,
-    /// `retrying`, `dead`, …), with the target calls it made. `delivery_id`
-    /// names the event, for the lag from storing to delivery.
-    pub fn event_processed(&self, outcome: &str, calls: u64, delivery_id: Option<i64>) {
+    /// `retrying`, `dead`, …), with the target calls it made and, for an
+    /// event, when the inbox stored it (the lag from storing to delivery).
+    pub fn event_processed(&self, outcome: &str, calls: u64, received_at: Option<i64>) {
         self.0
             .deliveries
             .get_or_create(&ByOutcome {
@@ -293,16 +278,13 @@ impl Metrics {
             })
             .inc();
         self.0.calls_per_event.observe(calls as f64);
-        let Some(id) = delivery_id else { return };
-        // Every final outcome forgets the event; only a delivery is a lag.
-        if outcome == "retrying" || outcome == "paused" {
-            return;
-        }
-        let stored = self.0.stored_at.lock().ok().and_then(|mut s| s.remove(&id));
-        if let Some(at) = stored
+        // Only a delivery ends the lag: stored → delivered, whichever
+        // process stored it and however many attempts it took.
+        if let Some(at) = received_at
             && outcome == "delivered"
         {
-            self.0.delivery_lag.observe(at.elapsed().as_secs_f64());
+            let lag_ms = (crate::store::now_ms() - at).max(0);
+            self.0.delivery_lag.observe(lag_ms as f64 / 1000.0);
         }
     }
 
@@ -442,20 +424,19 @@ mod tests {
     }
 
     #[test]
-    fn delivery_lag_counts_delivered_events_this_process_stored_once() {
+    fn delivery_lag_counts_delivered_events_from_when_they_were_stored() {
         let m = Metrics::new();
-        m.webhook_accepted("stickycards", 1);
-        m.webhook_accepted("stickycards", 2);
-        m.event_processed("retrying", 1, Some(1));
-        m.event_processed("delivered", 2, Some(1));
-        m.event_processed("dead", 1, Some(2));
-        // Stored by another process: no lag known.
-        m.event_processed("delivered", 1, Some(99));
-        // A redelivery of the same id is not counted again.
-        m.event_processed("delivered", 1, Some(1));
+        let stored = crate::store::now_ms() - 1_500;
+        m.webhook_accepted("stickycards");
+        m.event_processed("retrying", 1, Some(stored));
+        m.event_processed("delivered", 2, Some(stored));
+        m.event_processed("dead", 1, Some(stored));
+        // A held write has no stored event: no lag.
+        m.event_processed("delivered", 1, None);
+        m.event_processed("delivered", 1, Some(stored));
         let text = m.encode();
         assert!(
-            line(&text, "mapper_delivery_lag_seconds_count 1").is_some(),
+            line(&text, "mapper_delivery_lag_seconds_count 2").is_some(),
             "{text}"
         );
         assert!(

@@ -285,7 +285,7 @@ async fn accept(
     };
     match state.inbox.store(new_event).await {
         Ok(Inserted::New(id)) => {
-            state.metrics.webhook_accepted(source_name, id);
+            state.metrics.webhook_accepted(source_name);
             Ok(Accepted {
                 delivery_id: id,
                 duplicate: false,

@@ -187,6 +187,7 @@ impl Store {
                     attempts: r.try_get(5)?,
                     customer_key: r.try_get(6)?,
                     occurred_at: r.try_get(7)?,
+                    received_at: r.try_get(8)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()?;
@@ -214,7 +215,7 @@ impl Store {
              (SELECT e.id FROM events e WHERE e.id IN ({list}) \
              AND e.state IN {PENDING} AND e.next_attempt_at <= $1 \
              ORDER BY e.id LIMIT $2{lock}) \
-             RETURNING id, connection, source, event_type, body, attempts, customer_key, occurred_at"
+             RETURNING id, connection, source, event_type, body, attempts, customer_key, occurred_at, received_at"
         )
     }
 

@@ -113,6 +113,8 @@ pub struct ClaimedEvent {
     pub customer_key: Option<String>,
     /// When the platform says the event happened (epoch ms).
     pub occurred_at: Option<i64>,
+    /// When the inbox stored it (epoch ms): delivery lag is measured from here.
+    pub received_at: i64,
 }
 
 impl MirrorRecord {

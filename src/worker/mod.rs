@@ -182,7 +182,7 @@ async fn deliver_one(executor: &Executor, config: &WorkerConfig, event: &Claimed
     };
     executor
         .metrics()
-        .event_processed(label, delivery.calls, Some(event.id));
+        .event_processed(label, delivery.calls, Some(event.received_at));
     log_outcome(event, &outcome, &finish);
     delivery.journal.finish(event.id, finish);
     // A database busy for a moment (SQLite's writer lock held past its
@@ -294,6 +294,7 @@ mod tests {
             attempts,
             customer_key: None,
             occurred_at: None,
+            received_at: 0,
         }
     }
 
