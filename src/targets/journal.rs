@@ -71,9 +71,53 @@ pub enum Finish {
     Defer { until: i64, reason: String },
 }
 
+/// What deliveries in this process have written to records and not yet
+/// committed: the webhook a write causes can arrive before its journal is
+/// written, and must still be recognised as its echo. Each entry is one
+/// journal's reflection; applying one twice changes nothing.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    next: std::sync::atomic::AtomicU64,
+    reflections: Mutex<InFlightMap>,
+}
+
+/// (connection, source, customer id) → (journal, reflection), oldest first.
+type InFlightMap = HashMap<(String, String, String), Vec<(u64, Reflection)>>;
+
+/// Values a write made a record hold, with their times.
+#[derive(Debug, Clone)]
+struct Reflection {
+    values: Map<String, Value>,
+    learnt_at: Option<i64>,
+    applied_at: i64,
+}
+
+impl InFlight {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(String, String, String), Vec<(u64, Reflection)>>> {
+        match self.reflections.lock() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Forgets one journal's reflections (it is committed, or given up).
+    pub fn forget(&self, journal: u64) {
+        let mut all = self.lock();
+        all.retain(|_, entries| {
+            entries.retain(|(id, _)| *id != journal);
+            !entries.is_empty()
+        });
+    }
+}
+
 /// The writes of one delivery.
 #[derive(Debug, Clone)]
 pub struct Journal {
+    /// This journal among the in-flight ones.
+    id: u64,
+    in_flight: Option<Arc<InFlight>>,
     connection: String,
     intents: Vec<Intent>,
     finish: Option<(i64, Finish)>,
@@ -93,6 +137,8 @@ impl Journal {
     /// An empty journal for a delivery on `connection`.
     pub fn new(connection: &str) -> Journal {
         Journal {
+            id: 0,
+            in_flight: None,
             connection: connection.to_string(),
             intents: Vec::new(),
             finish: None,
@@ -104,11 +150,33 @@ impl Journal {
     /// A journal that only records a worker batch's summary.
     pub fn run_summary(run: RunSummary) -> Journal {
         Journal {
+            id: 0,
+            in_flight: None,
             connection: run.connection.clone(),
             intents: Vec::new(),
             finish: None,
             run: Some(run),
             reads: Default::default(),
+        }
+    }
+
+    /// A journal whose reflections other deliveries of this process see
+    /// before it is committed.
+    pub fn shared(connection: &str, in_flight: &Arc<InFlight>) -> Journal {
+        let mut journal = Journal::new(connection);
+        journal.id = in_flight
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        journal.in_flight = Some(in_flight.clone());
+        journal
+    }
+
+    /// This journal's reflections are written (or given up): others stop
+    /// seeing them in flight.
+    pub fn settled(&self) {
+        if let Some(in_flight) = &self.in_flight {
+            in_flight.forget(self.id);
         }
     }
 
@@ -166,6 +234,24 @@ impl Journal {
         (learnt_at, applied_at): (Option<i64>, i64),
     ) {
         if !values.is_empty() {
+            if let Some(in_flight) = &self.in_flight {
+                in_flight
+                    .lock()
+                    .entry((
+                        self.connection.clone(),
+                        source.to_string(),
+                        customer_id.to_string(),
+                    ))
+                    .or_default()
+                    .push((
+                        self.id,
+                        Reflection {
+                            values: values.clone(),
+                            learnt_at,
+                            applied_at,
+                        },
+                    ));
+            }
             self.intents.push(Intent::Reflect {
                 source: source.into(),
                 customer_id: customer_id.into(),
@@ -283,26 +369,51 @@ impl Journal {
                 stored
             }
         };
-        let mine: Vec<&Intent> = self
+        // Other deliveries' writes not committed yet, then this one's own,
+        // in the order they were made (applying one twice changes nothing).
+        let others: Vec<Reflection> = match &self.in_flight {
+            Some(in_flight) => in_flight
+                .lock()
+                .get(&(
+                    self.connection.clone(),
+                    source.to_string(),
+                    customer_id.to_string(),
+                ))
+                .map(|entries| {
+                    entries
+                        .iter()
+                        .filter(|(id, _)| *id != self.id)
+                        .map(|(_, r)| r.clone())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let mine: Vec<Reflection> = self
             .intents
             .iter()
-            .filter(|i| matches!(i, Intent::Reflect { source: s, customer_id: c, .. } if s == source && c == customer_id))
+            .filter_map(|i| match i {
+                Intent::Reflect {
+                    source: s,
+                    customer_id: c,
+                    values,
+                    learnt_at,
+                    applied_at,
+                } if s == source && c == customer_id => Some(Reflection {
+                    values: values.clone(),
+                    learnt_at: *learnt_at,
+                    applied_at: *applied_at,
+                }),
+                _ => None,
+            })
             .collect();
-        if mine.is_empty() {
+        if others.is_empty() && mine.is_empty() {
             return Ok(stored);
         }
         let mut record = stored.unwrap_or_default();
         let now = now_ms();
-        for intent in mine {
-            if let Intent::Reflect {
-                values,
-                learnt_at,
-                applied_at,
-                ..
-            } = intent
-            {
-                sync::apply_reflection(&mut record, values, *learnt_at, *applied_at, now);
-            }
+        for r in others.iter().chain(&mine) {
+            sync::apply_reflection(&mut record, &r.values, r.learnt_at, r.applied_at, now);
         }
         Ok(Some(record))
     }

@@ -148,6 +148,8 @@ pub struct Executor {
     lookups: lookups::Lookups,
     locks: customer::Locks,
     journal: journal::Writer,
+    /// Writes of deliveries not committed yet, for echo detection.
+    in_flight: Arc<journal::InFlight>,
     /// Per target: `env` as templates see it, fixed for the executor's life.
     env_values: HashMap<String, Value>,
     /// Per coalescing target: how long its writes are held (none when zero).
@@ -181,6 +183,7 @@ impl Executor {
             .collect();
         Executor {
             journal: journal::Writer::start(store.clone()),
+            in_flight: Default::default(),
             program,
             env,
             store,
@@ -211,6 +214,7 @@ impl Executor {
     pub fn sharing_limits_with(mut self, previous: &Executor) -> Executor {
         self.http.limiter = previous.http.limiter.clone();
         self.journal = previous.journal.clone();
+        self.in_flight = previous.in_flight.clone();
         self
     }
 
@@ -257,7 +261,7 @@ impl Executor {
     /// Delivers one stored event. Its journal is not written yet: add how
     /// the event ends ([`Journal::finish`]) and [`Executor::commit`] it.
     pub async fn deliver(&self, event: &ClaimedEvent) -> Delivery {
-        let mut journal = Journal::new(&event.connection);
+        let mut journal = Journal::shared(&event.connection, &self.in_flight);
         let mut held = Vec::new();
         let (outcome, calls) = counted(self.run(event, &mut journal, &mut held)).await;
         Delivery {
@@ -272,7 +276,9 @@ impl Executor {
     /// deliveries committing at the same moment), then frees its people.
     pub async fn commit(&self, delivery: Delivery) -> Result<(), StoreError> {
         let Delivery { journal, held, .. } = delivery;
+        let settled = journal.clone();
         let written = self.journal.commit(journal).await;
+        settled.settled();
         drop(held);
         written
     }
@@ -280,7 +286,11 @@ impl Executor {
     /// Writes a delivery's journal, keeping it (and its locks) when that
     /// fails so the caller may try again.
     pub async fn try_commit(&self, delivery: &Delivery) -> Result<(), StoreError> {
-        self.journal.commit(delivery.journal.clone()).await
+        let written = self.journal.commit(delivery.journal.clone()).await;
+        if written.is_ok() {
+            delivery.journal.settled();
+        }
+        written
     }
 
     /// Records a worker batch's summary with the next journals written.
@@ -955,9 +965,12 @@ impl Executor {
     /// Sends one held (coalesced) write, writes its journal, and says how
     /// many calls it took.
     pub async fn flush(&self, write: &PendingWrite) -> (Outcome, u64) {
-        let mut journal = Journal::new(&write.connection);
+        let mut journal = Journal::shared(&write.connection, &self.in_flight);
         let (mut outcome, calls) = counted(self.flush_write(write, &mut journal)).await;
-        if let Err(e) = self.journal.commit(journal).await {
+        let settled = journal.clone();
+        let written = self.journal.commit(journal).await;
+        settled.settled();
+        if let Err(e) = written {
             // What the write taught cannot be kept: send it again rather
             // than leave its log and reflections unwritten.
             outcome = Outcome::store(e);
