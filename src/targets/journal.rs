@@ -93,9 +93,7 @@ struct Reflection {
 }
 
 impl InFlight {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(String, String, String), Vec<(u64, Reflection)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InFlightMap> {
         match self.reflections.lock() {
             Ok(r) => r,
             Err(poisoned) => poisoned.into_inner(),
