@@ -183,14 +183,6 @@ impl Journal {
         self.intents.is_empty() && self.finish.is_none() && self.run.is_none()
     }
 
-    /// Sync log entries recorded so far.
-    pub fn entries(&self) -> impl Iterator<Item = &SyncLogEntry> {
-        self.intents.iter().filter_map(|i| match i {
-            Intent::Log(e) => Some(e),
-            _ => None,
-        })
-    }
-
     /// One attempt (or a decision: echo, stale, conflict, held) for the sync log.
     pub fn log(&mut self, entry: SyncLogEntry) {
         self.intents.push(Intent::Log(entry));
