@@ -204,7 +204,6 @@ fn custom_field(contact: &mapper::sandbox::ghl::Contact, id: &str) -> Option<f64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a two-way race: one person's names can end different on the two sides (3 of the last 5 runs); see the issue #10 note; run with --ignored"]
 async fn a_few_thousand_mixed_changes_come_to_rest_with_both_sides_equal() {
     use ed25519_dalek::pkcs8::EncodePublicKey;
     let started = Instant::now();

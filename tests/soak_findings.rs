@@ -24,6 +24,11 @@ struct Fixture {
 
 impl Fixture {
     async fn start() -> Fixture {
+        Fixture::start_in("mappings").await
+    }
+
+    /// The fixture over another mapping set (a changed copy of the shipped one).
+    async fn start_in(mappings: &str) -> Fixture {
         use ed25519_dalek::pkcs8::EncodePublicKey;
         let key = ed25519_dalek::SigningKey::from_bytes(&[34u8; 32]);
         let pem = key
@@ -35,7 +40,7 @@ impl Fixture {
             &ghl,
             &sc,
             &[("GHL_WEBHOOK_PUBLIC_KEY", pem.as_str())],
-            "mappings",
+            mappings,
         )
         .await;
         let store = Store::open(&s.db).await.unwrap();
@@ -224,7 +229,10 @@ async fn an_email_change_overtaken_by_a_later_tag_update_still_reaches_sticky_ca
 /// before its call, which erases that note. GHL's webhook about the
 /// engine's write is then taken for a change someone made in GHL and is
 /// synced back to Sticky Cards, where the name has changed again since:
-/// the newer name is overwritten with the older one.
+/// the newer name is overwritten with the older one. (Since finding 6 the
+/// Sticky Cards event waits for the GHL event of the same person to be
+/// journaled before it writes: the two deliveries no longer overlap, and
+/// the test checks that they do not, then the end state as before.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_to_ghl_during_a_ghl_delivery_is_still_recognised_as_its_echo() {
     let f = Fixture::start().await;
@@ -270,7 +278,7 @@ async fn a_write_to_ghl_during_a_ghl_delivery_is_still_recognised_as_its_echo() 
                 && r.body.as_ref().is_some_and(|b| b["firstName"] == "Bodil")
         })
     };
-    for _ in 0..100 {
+    for _ in 0..400 {
         if written(&f.ghl) {
             break;
         }
@@ -278,8 +286,8 @@ async fn a_write_to_ghl_during_a_ghl_delivery_is_still_recognised_as_its_echo() 
     }
     assert!(written(&f.ghl), "the engine wrote the name to GHL");
     assert!(
-        !answered(&f.sc),
-        "the repro needs the GHL event's Sticky Cards call still unanswered here"
+        answered(&f.sc),
+        "the name was written to GHL while the GHL event of the same person was still being delivered"
     );
     f.rest().await;
     // 3. Staff rename her once more in Sticky Cards (Sticky Cards sends
@@ -476,5 +484,197 @@ async fn a_delivery_that_ends_while_sqlite_is_busy_is_recorded_once_it_is_free()
         pending.is_empty() && customer.segments == ["vip"],
         "10 s after SQLite was free again: {pending:?}, segments {:?}",
         customer.segments
+    );
+}
+
+/// Finding 6 (the soak's names that ended different). Staff rename a
+/// customer in Sticky Cards and reinstall the card; the engine writes the
+/// name to GHL, whose answer is slow. GHL sends its webhook about that
+/// write at once, and it reaches the engine while the write is still
+/// unanswered. Staff meanwhile rename her again. The webhook is the
+/// engine's own echo; before, it was read against a mirror that did not
+/// hold the write yet, looked like a rename made in GHL (which owns names),
+/// and put the first name back over the newer one in Sticky Cards for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_echo_that_arrives_before_the_write_is_answered_is_not_synced_back() {
+    let f = Fixture::start().await;
+    let (contact, customer, card) = f
+        .person_added_in_sticky_cards("ivo@example.com", "+14155550306")
+        .await;
+    let held = f.hold_ghl_webhooks().await;
+    // 1. Renamed in Sticky Cards, the card reinstalled: the engine's write
+    //    to GHL is applied at once and answered 2 s later.
+    f.ghl.inject_on(
+        "PUT /contacts/",
+        Fault::AnswerLate(Duration::from_secs(2)),
+        1,
+    );
+    f.sc.edit_customer(&customer, |c| c.first_name = Some("Ivo".into()))
+        .unwrap();
+    f.sc.install_card(&card).unwrap();
+    let mut echoes = Vec::new();
+    for _ in 0..150 {
+        echoes.extend(held.take());
+        if echoes.iter().any(|b| b["firstName"] == "Ivo") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let unanswered = |ghl: &GhlSandbox| {
+        !ghl.request_log().iter().any(|r| {
+            r.method == "PUT"
+                && r.status.is_some()
+                && r.body.as_ref().is_some_and(|b| b["firstName"] == "Ivo")
+        })
+    };
+    assert!(
+        echoes.iter().any(|b| b["firstName"] == "Ivo"),
+        "GHL sent its webhook about the write: {echoes:?}"
+    );
+    // 2. Staff rename her again (Sticky Cards sends nothing yet).
+    f.sc.edit_customer(&customer, |c| c.first_name = Some("Bea".into()))
+        .unwrap();
+    // 3. GHL's webhook about the engine's write arrives, the write still
+    //    unanswered.
+    assert!(
+        unanswered(&f.ghl),
+        "the repro needs the write to GHL unanswered here"
+    );
+    let mut rows = Vec::new();
+    for body in &echoes {
+        rows.push(f.deliver(body).await);
+    }
+    f.rest().await;
+    assert_eq!(
+        f.sc.customer(&customer).unwrap().first_name.as_deref(),
+        Some("Bea"),
+        "the echo of the engine's own write was synced back over a newer name; echo events: {:?}",
+        f.states(&rows).await
+    );
+    // 4. The card reinstalled: the newer name reaches GHL, and both sides
+    //    end equal.
+    f.sc.install_card(&card).unwrap();
+    f.rest().await;
+    for body in held.take() {
+        rows.push(f.deliver(&body).await);
+    }
+    f.rest().await;
+    assert_eq!(
+        f.ghl.contact(&contact).unwrap().first_name.as_deref(),
+        Some("Bea"),
+        "events: {:?}",
+        f.states(&rows).await
+    );
+    assert_eq!(
+        f.sc.customer(&customer).unwrap().first_name.as_deref(),
+        Some("Bea"),
+        "events: {:?}",
+        f.states(&rows).await
+    );
+}
+
+/// Finding 7 (the same names, from the soak's sync log). The engine writes
+/// a rename from Sticky Cards to GHL, but GHL's rate limit makes the write
+/// wait. Meanwhile someone tags the contact in GHL: that webhook carries
+/// the old names, as GHL still held them. The engine dated its write from
+/// when it decided to make it, before the tag, so the tag's webhook looked
+/// like a newer rename made in GHL, and the old names went to Sticky Cards.
+/// A write dates from when it left, after the rate limiter.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_sent_while_a_write_waits_for_the_rate_limit_does_not_undo_it() {
+    let dir = tempfile::tempdir().unwrap();
+    common::copy_dir(
+        std::path::Path::new("mappings"),
+        &dir.path().join("mappings"),
+    );
+    common::copy_dir(std::path::Path::new("schemas"), &dir.path().join("schemas"));
+    let ghl_profile = dir.path().join("mappings/targets/ghl.yaml");
+    let profile = std::fs::read_to_string(&ghl_profile).unwrap();
+    let shipped = "rate_limit: { requests: 100, per_seconds: 10, daily: 200000, per: location }";
+    assert!(
+        profile.contains(shipped),
+        "the GHL profile's rate limit moved"
+    );
+    std::fs::write(
+        &ghl_profile,
+        profile.replace(
+            shipped,
+            "rate_limit: { requests: 1, per_seconds: 2, daily: 200000, per: location }",
+        ),
+    )
+    .unwrap();
+    let f = Fixture::start_in(dir.path().join("mappings").to_str().unwrap()).await;
+    let (contact, customer, card) = f
+        .person_added_in_sticky_cards("ivy@example.com", "+14155550307")
+        .await;
+    // The card installed once: the custom fields an install writes exist in
+    // GHL from now on (their creation would otherwise take the rate limit).
+    f.sc.install_card(&card).unwrap();
+    f.rest().await;
+    let held = f.hold_ghl_webhooks().await;
+    // 1. Points at the till (a write to GHL that spends the rate limit),
+    //    then a rename and a reinstall: the engine's write of the name waits.
+    f.sc.set_card_balance(&card, 20).unwrap();
+    f.sc.edit_customer(&customer, |c| c.first_name = Some("Ivy".into()))
+        .unwrap();
+    f.sc.install_card(&card).unwrap();
+    // The reinstall's delivery starts when the points' write is answered.
+    let points_written = |ghl: &GhlSandbox| {
+        ghl.request_log().iter().any(|r| {
+            r.method == "PUT"
+                && r.status == Some(200)
+                && r.body
+                    .as_ref()
+                    .is_some_and(|b| b.to_string().contains("\"field_value\":20"))
+        })
+    };
+    for _ in 0..500 {
+        if points_written(&f.ghl) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(points_written(&f.ghl), "the points reached GHL");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 2. Someone tags the contact in GHL, the name not written yet.
+    f.ghl
+        .edit_contact(&contact, |c| c.tags.push("vip".into()))
+        .unwrap();
+    assert_eq!(
+        f.ghl.contact(&contact).unwrap().first_name.as_deref(),
+        Some("Bo"),
+        "the repro needs the name's write still waiting for the rate limit here"
+    );
+    // 3. The write goes out. Then GHL's webhooks arrive: the tag's (with
+    //    the old name) and those about the engine's writes (after step 4).
+    for _ in 0..300 {
+        if f.ghl.contact(&contact).unwrap().first_name.as_deref() == Some("Ivy") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f.rest().await;
+    // 4. Staff rename her once more (Sticky Cards sends nothing for that).
+    f.sc.edit_customer(&customer, |c| c.first_name = Some("Bea".into()))
+        .unwrap();
+    let mut rows = Vec::new();
+    for body in held.take() {
+        rows.push(f.deliver(&body).await);
+    }
+    f.rest().await;
+    assert_eq!(
+        f.sc.customer(&customer).unwrap().first_name.as_deref(),
+        Some("Bea"),
+        "GHL's webhooks (from before the write, and about it) wrote names back to Sticky Cards; events: {:?}",
+        f.states(&rows).await
+    );
+    assert_eq!(
+        f.ghl.contact(&contact).unwrap().first_name.as_deref(),
+        Some("Ivy")
+    );
+    assert_eq!(
+        f.sc.customer(&customer).unwrap().segments,
+        ["vip"],
+        "the tag still becomes a segment"
     );
 }

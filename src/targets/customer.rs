@@ -24,20 +24,38 @@ pub struct Locks {
 pub type Held = Vec<OwnedMutexGuard<()>>;
 
 impl Locks {
-    /// Locks every value that can identify the customer (link, each key).
+    /// The keys that identify the customer a mapping works on (its link,
+    /// each matching key), for [`Locks::hold`] after the event's records.
     /// Events of different sources (or keyed differently) may be about the
     /// same person: none of them may create the customer while another does,
-    /// nor write one's email while the other creates a contact with it. Locks
-    /// are taken in sorted order, so two events never wait on each other.
-    pub async fn hold(&self, target: &str, source: &str, customer: &CustomerPlan, held: &mut Held) {
+    /// nor write one's email while the other creates a contact with it.
+    pub fn keys_of(target: &str, source: &str, customer: &CustomerPlan) -> Vec<String> {
         let mut keys: Vec<String> = Vec::new();
         if let Some(link) = &customer.link {
             let link_source = customer.link_source.as_deref().unwrap_or(source);
-            keys.push(format!("{target}|{link_source}|link:{link}"));
+            keys.push(format!("key|{target}|{link_source}|link:{link}"));
         }
         for k in &customer.keys {
-            keys.push(format!("{target}|{}:{}", k.key, k.value));
+            keys.push(format!("key|{target}|{}:{}", k.key, k.value));
         }
+        keys
+    }
+
+    /// The key of a record on a platform (`kind`: the target a source
+    /// describes, or the source itself). An event locks its own record and
+    /// the records linked to it before it reads their mirror, and a write
+    /// holds the record it writes: the webhook a write causes is then read
+    /// only once the write is recorded, however fast it comes back.
+    pub fn record_key(kind: &str, id: &str) -> String {
+        format!("record|{kind}|{id}")
+    }
+
+    /// Locks `keys` in sorted order, skipping those this event holds already.
+    /// An event takes its record keys first and its matching keys after,
+    /// each set in one call: every event takes locks in the same global
+    /// order (record keys, then matching keys, each sorted), so two events
+    /// never wait on each other.
+    pub async fn hold(&self, mut keys: Vec<String>, held: &mut Held) {
         keys.sort();
         keys.dedup();
         for key in keys {
@@ -160,8 +178,8 @@ pub async fn find_or_create(
                 None => request.body = Some(body.clone()),
             }
         }
-        let sent_at = crate::store::now_ms();
-        match ex.http.send(target, &request).await {
+        let (answer, sent_at) = ex.http.send_timed(target, &request).await;
+        match answer {
             Answer::Ok(answer) => {
                 found = cap.id.select(&answer).and_then(|v| scalar(&v));
                 if let Some(id) = &found {

@@ -79,16 +79,31 @@ impl Http {
     /// Sends one request with the target's headers, within its rate limit,
     /// and classifies the answer.
     pub async fn send(&self, target: &Target, request: &RequestPlan) -> Answer {
-        let method =
-            reqwest::Method::from_bytes(request.method.as_bytes()).unwrap_or(reqwest::Method::POST);
-        let url = url_with_query(request);
+        self.send_timed(target, request).await.0
+    }
+
+    /// [`Http::send`], with when the request left (ms since the epoch): after
+    /// the rate limiter let it go, which under load is seconds after it was
+    /// asked for. A write's effect on the record dates from then, not from
+    /// when the delivery decided to make it: a webhook the platform sent in
+    /// between still describes the record as it was.
+    pub async fn send_timed(&self, target: &Target, request: &RequestPlan) -> (Answer, i64) {
         if let Err(until) = self
             .limiter
             .acquire(&target.name, target.rate_limit.as_ref())
             .await
         {
-            return pause(target, until);
+            return (pause(target, until), crate::store::now_ms());
         }
+        let departed = crate::store::now_ms();
+        (self.call(target, request).await, departed)
+    }
+
+    /// One call, the rate limiter passed.
+    async fn call(&self, target: &Target, request: &RequestPlan) -> Answer {
+        let method =
+            reqwest::Method::from_bytes(request.method.as_bytes()).unwrap_or(reqwest::Method::POST);
+        let url = url_with_query(request);
         let _ = TALLY.try_with(|t| t.calls.set(t.calls.get() + 1));
         let started = std::time::Instant::now();
         let mut builder = self.client.request(method, &url).timeout(target.timeout);

@@ -320,11 +320,30 @@ impl Executor {
             }
         }
         let known = Value::clone(&self.lookups.known());
-        // The mirror is kept by the customer id inside the ordering key.
-        let customer_id = event
+        // The person's records are locked before their mirrors are read: a
+        // delivery writing one of them (from the other side's event) holds
+        // it until its journal is written, so this event's echo and stale
+        // checks see that write even when its webhook outran the answer.
+        let person = event
             .customer_key
             .as_deref()
-            .map(|k| crate::engine::program::customer_of_ordering_key(k).to_string())
+            .map(crate::engine::program::customer_of_ordering_key);
+        if let Some(person) = person {
+            let kind = src.describes.as_deref().unwrap_or(source);
+            let mut keys = vec![customer::Locks::record_key(kind, person)];
+            match self.store.links_of(connection, source, person).await {
+                Ok(links) => keys.extend(
+                    links
+                        .iter()
+                        .map(|(target, id)| customer::Locks::record_key(target, id)),
+                ),
+                Err(e) => return Outcome::store(e),
+            }
+            self.locks.hold(keys, held).await;
+        }
+        // The mirror is kept by the customer id inside the ordering key.
+        let customer_id = person
+            .map(str::to_string)
             .filter(|_| !src.mirror.is_empty());
         let mut values = Map::new();
         let mut previous = None;
@@ -384,11 +403,16 @@ impl Executor {
         };
         // Every person this event works on is locked before the first call,
         // all at once in one order, so two events never wait on each other.
-        for fired in &plan.mappings {
-            if let Some(c) = &fired.customer {
-                self.locks.hold(&fired.target, source, c, held).await;
-            }
-        }
+        let keys = plan
+            .mappings
+            .iter()
+            .filter_map(|fired| {
+                let c = fired.customer.as_ref()?;
+                Some(customer::Locks::keys_of(&fired.target, source, c))
+            })
+            .flatten()
+            .collect();
+        self.locks.hold(keys, held).await;
         for fired in &plan.mappings {
             let outcome = self.run_mapping(&ev, fired, &input, journal).await;
             if outcome != Outcome::Delivered {
@@ -426,6 +450,8 @@ impl Executor {
             ));
         }
         let mut carried: Vec<(usize, Value)> = Vec::new();
+        // When the create that carried this mapping's writes left.
+        let mut created_at = None;
         let (customer_id, created) = match &fired.customer {
             None => (None, false),
             Some(plan) => {
@@ -466,6 +492,7 @@ impl Executor {
                             )
                             .await;
                         }
+                        created_at = found.create_answer.as_ref().map(|(_, at)| *at);
                         (Some(found.id), found.created)
                     }
                 }
@@ -483,7 +510,8 @@ impl Executor {
                 carried.iter().find(|(i, _)| *i == index),
             ) {
                 (Some(id), Some((_, body))) => {
-                    self.carried(ev, fired, target, action, id, body, journal)
+                    let sent_at = created_at.unwrap_or_else(crate::store::now_ms);
+                    self.carried(ev, (fired, action), target, (id, sent_at), body, journal)
                         .await;
                     continue;
                 }
@@ -568,18 +596,15 @@ impl Executor {
 
     /// An action the customer's create carried: what it would have taught
     /// is recorded, as if it had been its own call.
-    #[allow(clippy::too_many_arguments)]
     async fn carried(
         &self,
         ev: &EventRef<'_>,
-        fired: &FiredMapping,
+        (fired, action): (&FiredMapping, &ActionPlan),
         target: &Target,
-        action: &ActionPlan,
-        id: &str,
+        (id, sent_at): (&str, i64),
         body: &Value,
         journal: &mut Journal,
     ) {
-        let sent_at = crate::store::now_ms();
         if let Some(op) = target.operations.get(&action.op) {
             self.record_answer(
                 journal,
@@ -744,8 +769,8 @@ impl Executor {
             ));
             return Outcome::Delivered;
         }
-        let sent_at = crate::store::now_ms();
-        match self.http.send(target, &request).await {
+        let (answer, sent_at) = self.http.send_timed(target, &request).await;
+        match answer {
             Answer::Ok(answer) => {
                 if let (Some(id), Some(op)) = (customer_id, op) {
                     self.record_answer(
@@ -965,6 +990,25 @@ impl Executor {
     /// Sends one held (coalesced) write, writes its journal, and says how
     /// many calls it took.
     pub async fn flush(&self, write: &PendingWrite) -> (Outcome, u64) {
+        // The record is held while it is written, as a delivery holds it, so
+        // the webhook the write causes is read against its reflection.
+        let mut held = Vec::new();
+        let mut keys = vec![customer::Locks::record_key(&write.target, &write.record_id)];
+        for source in self.describing(&write.target) {
+            match self
+                .store
+                .links_of(&write.connection, &source.name, &write.record_id)
+                .await
+            {
+                Ok(links) => keys.extend(
+                    links
+                        .iter()
+                        .map(|(target, id)| customer::Locks::record_key(target, id)),
+                ),
+                Err(e) => return (Outcome::store(e), 0),
+            }
+        }
+        self.locks.hold(keys, &mut held).await;
         let mut journal = Journal::shared(&write.connection, &self.in_flight);
         let (mut outcome, calls) = counted(self.flush_write(write, &mut journal)).await;
         let settled = journal.clone();
@@ -1074,8 +1118,8 @@ impl Executor {
             write.event_rows,
             describe(&request)
         );
-        let sent_at = crate::store::now_ms();
-        match self.http.send(target, &request).await {
+        let (answer, sent_at) = self.http.send_timed(target, &request).await;
+        match answer {
             Answer::Ok(answer) => {
                 self.record_answer(
                     journal,
