@@ -11,6 +11,7 @@
 #
 # Usage: scripts/load-ingest.sh [seconds per run, default 15]
 # Env: CONNECTIONS (64), THREADS (2), BACKLOG (50000), INGEST_CUSTOMERS (5000),
+#      MAPPER_BIN (default target/release/mapper: another build to compare),
 #      MAPPER_DATABASE (default: a SQLite file in a temporary folder),
 #      SKIP_BUILD=1 to use the binaries already in target/release.
 set -euo pipefail
@@ -79,7 +80,7 @@ pids+=("$bare_pid")
 db_file="$work/ingest.db"
 database=${MAPPER_DATABASE:-sqlite://$db_file}
 mapper_port=$(free_port)
-RUST_LOG=${RUST_LOG:-warn} ./target/release/mapper demo --keep-running --listen "127.0.0.1:$mapper_port" \
+RUST_LOG=${RUST_LOG:-warn} "${MAPPER_BIN:-./target/release/mapper}" demo --keep-running --listen "127.0.0.1:$mapper_port" \
     --database "$database" > "$work/mapper.log" 2>&1 &
 mapper_pid=$!
 pids+=("$mapper_pid")

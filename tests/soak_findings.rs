@@ -156,6 +156,23 @@ impl Fixture {
         answer["delivery_id"].as_i64().unwrap()
     }
 
+    /// Hands held GHL webhooks to serve, in order; the stored events' rows.
+    async fn deliver_all(&self, bodies: &[Value]) -> Vec<i64> {
+        let mut rows = Vec::new();
+        for body in bodies {
+            rows.push(self.deliver(body).await);
+        }
+        rows
+    }
+
+    /// The first name on each side: (GHL, Sticky Cards).
+    fn first_names(&self, contact: &str, customer: &str) -> (Option<String>, Option<String>) {
+        (
+            self.ghl.contact(contact).and_then(|c| c.first_name),
+            self.sc.customer(customer).and_then(|c| c.first_name),
+        )
+    }
+
     /// The state of stored events, for the failure messages.
     async fn states(&self, rows: &[i64]) -> Vec<String> {
         let mut out = Vec::new();
@@ -165,6 +182,18 @@ impl Fixture {
         }
         out
     }
+}
+
+/// Waits up to `limit` for `cond`; whether it came true.
+async fn eventually(limit: Duration, cond: impl Fn() -> bool) -> bool {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
 }
 
 fn kinds(bodies: &[Value]) -> Vec<&str> {
@@ -512,14 +541,14 @@ async fn an_echo_that_arrives_before_the_write_is_answered_is_not_synced_back() 
     f.sc.edit_customer(&customer, |c| c.first_name = Some("Ivo".into()))
         .unwrap();
     f.sc.install_card(&card).unwrap();
-    let mut echoes = Vec::new();
-    for _ in 0..150 {
+    let echoes = std::sync::Mutex::new(Vec::new());
+    eventually(Duration::from_secs(2), || {
+        let mut echoes = echoes.lock().unwrap();
         echoes.extend(held.take());
-        if echoes.iter().any(|b| b["firstName"] == "Ivo") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        echoes.iter().any(|b| b["firstName"] == "Ivo")
+    })
+    .await;
+    let echoes = echoes.into_inner().unwrap();
     let unanswered = |ghl: &GhlSandbox| {
         !ghl.request_log().iter().any(|r| {
             r.method == "PUT"
@@ -540,10 +569,7 @@ async fn an_echo_that_arrives_before_the_write_is_answered_is_not_synced_back() 
         unanswered(&f.ghl),
         "the repro needs the write to GHL unanswered here"
     );
-    let mut rows = Vec::new();
-    for body in &echoes {
-        rows.push(f.deliver(body).await);
-    }
+    let mut rows = f.deliver_all(&echoes).await;
     f.rest().await;
     assert_eq!(
         f.sc.customer(&customer).unwrap().first_name.as_deref(),
@@ -555,19 +581,11 @@ async fn an_echo_that_arrives_before_the_write_is_answered_is_not_synced_back() 
     //    end equal.
     f.sc.install_card(&card).unwrap();
     f.rest().await;
-    for body in held.take() {
-        rows.push(f.deliver(&body).await);
-    }
+    rows.extend(f.deliver_all(&held.take()).await);
     f.rest().await;
     assert_eq!(
-        f.ghl.contact(&contact).unwrap().first_name.as_deref(),
-        Some("Bea"),
-        "events: {:?}",
-        f.states(&rows).await
-    );
-    assert_eq!(
-        f.sc.customer(&customer).unwrap().first_name.as_deref(),
-        Some("Bea"),
+        f.first_names(&contact, &customer),
+        (Some("Bea".into()), Some("Bea".into())),
         "events: {:?}",
         f.states(&rows).await
     );
@@ -628,13 +646,10 @@ async fn a_webhook_sent_while_a_write_waits_for_the_rate_limit_does_not_undo_it(
                     .is_some_and(|b| b.to_string().contains("\"field_value\":20"))
         })
     };
-    for _ in 0..500 {
-        if points_written(&f.ghl) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(points_written(&f.ghl), "the points reached GHL");
+    assert!(
+        eventually(Duration::from_secs(10), || points_written(&f.ghl)).await,
+        "the points reached GHL"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     // 2. Someone tags the contact in GHL, the name not written yet.
     f.ghl
@@ -647,30 +662,21 @@ async fn a_webhook_sent_while_a_write_waits_for_the_rate_limit_does_not_undo_it(
     );
     // 3. The write goes out. Then GHL's webhooks arrive: the tag's (with
     //    the old name) and those about the engine's writes (after step 4).
-    for _ in 0..300 {
-        if f.ghl.contact(&contact).unwrap().first_name.as_deref() == Some("Ivy") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(6), || {
+        f.first_names(&contact, &customer).0.as_deref() == Some("Ivy")
+    })
+    .await;
     f.rest().await;
     // 4. Staff rename her once more (Sticky Cards sends nothing for that).
     f.sc.edit_customer(&customer, |c| c.first_name = Some("Bea".into()))
         .unwrap();
-    let mut rows = Vec::new();
-    for body in held.take() {
-        rows.push(f.deliver(&body).await);
-    }
+    let rows = f.deliver_all(&held.take()).await;
     f.rest().await;
     assert_eq!(
-        f.sc.customer(&customer).unwrap().first_name.as_deref(),
-        Some("Bea"),
+        f.first_names(&contact, &customer),
+        (Some("Ivy".into()), Some("Bea".into())),
         "GHL's webhooks (from before the write, and about it) wrote names back to Sticky Cards; events: {:?}",
         f.states(&rows).await
-    );
-    assert_eq!(
-        f.ghl.contact(&contact).unwrap().first_name.as_deref(),
-        Some("Ivy")
     );
     assert_eq!(
         f.sc.customer(&customer).unwrap().segments,

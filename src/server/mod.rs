@@ -302,8 +302,8 @@ async fn accept(
                 event_type: event.event_type,
             })
         }
-        Err(reason) => Err(ReceiveError::NotStored {
-            reason,
+        Err(e) => Err(ReceiveError::NotStored {
+            reason: e.to_string(),
             ghl: source.verify.method == crate::config::model::VerifyMethod::Ghl,
         }),
     }

@@ -33,6 +33,7 @@ impl Store {
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        let _turn = self.write_gate().await;
         let mut conn = self.pool.acquire().await?;
         self.insert_events_on(&mut conn, events).await
     }
@@ -131,6 +132,7 @@ impl Store {
     /// replicas). PostgreSQL skips rows another worker holds; SQLite has one
     /// writer, so the single `UPDATE … RETURNING` is already atomic.
     pub async fn claim_due(&self, limit: i64) -> Result<Vec<ClaimedEvent>, StoreError> {
+        let _turn = self.write_gate().await;
         let mut conn = self.pool.acquire().await?;
         let now = now_ms();
         // Heads to recompute and the claim share one transaction (one
@@ -419,7 +421,7 @@ pub struct Inbox {
 }
 
 /// A webhook waiting for its batch's commit, with where to say how it went.
-type Waiting = (NewEvent, oneshot::Sender<Result<Inserted, String>>);
+type Waiting = (NewEvent, oneshot::Sender<Result<Inserted, StoreError>>);
 
 impl Inbox {
     /// Starts the writer task; at most `max_batch` events per transaction.
@@ -452,7 +454,10 @@ impl Inbox {
                     own = store.pool.acquire().await.ok().map(|c| c.detach());
                 }
                 let outcome = match own.as_mut() {
-                    Some(conn) => store.insert_events_on(conn, &events).await,
+                    Some(conn) => {
+                        let _turn = store.write_gate().await;
+                        store.insert_events_on(conn, &events).await
+                    }
                     None => store.insert_events(&events).await,
                 };
                 match outcome {
@@ -464,9 +469,9 @@ impl Inbox {
                     Err(e) => {
                         // The connection may be what failed: a fresh one next time.
                         own = None;
-                        let message = e.to_string();
+                        let shared = std::sync::Arc::new(e);
                         for reply in replies.drain(..) {
-                            let _ = reply.send(Err(message.clone()));
+                            let _ = reply.send(Err(StoreError::Shared(shared.clone())));
                         }
                     }
                 }
@@ -477,14 +482,12 @@ impl Inbox {
     }
 
     /// Stores one event; returns once it is committed.
-    pub async fn store(&self, event: NewEvent) -> Result<Inserted, String> {
+    pub async fn store(&self, event: NewEvent) -> Result<Inserted, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send((event, reply))
             .await
-            .map_err(|_| StoreError::WriterGone.to_string())?;
-        answer
-            .await
-            .map_err(|_| StoreError::WriterGone.to_string())?
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
     }
 }

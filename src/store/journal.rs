@@ -12,6 +12,8 @@ pub struct WriteTx {
     tx: Transaction<'static, Any>,
     postgres: bool,
     store: Store,
+    /// Released after the commit (or the rollback, on drop).
+    _turn: super::WriteTurn,
 }
 
 impl Store {
@@ -19,6 +21,7 @@ impl Store {
     /// once (`BEGIN IMMEDIATE`): a transaction that reads then writes would
     /// otherwise fail with "busy" when another writer committed meanwhile.
     pub async fn begin_write(&self) -> Result<WriteTx, StoreError> {
+        let turn = self.write_gate().await;
         let tx = if self.is_postgres() {
             self.pool.begin().await?
         } else {
@@ -28,6 +31,7 @@ impl Store {
             tx,
             postgres: self.is_postgres(),
             store: self.clone(),
+            _turn: turn,
         })
     }
 

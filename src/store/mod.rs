@@ -208,6 +208,10 @@ pub enum StoreError {
     Url(String),
     #[error("the database is busy: {0}")]
     Busy(String),
+    /// A group insert of the inbox failed; every webhook of the group gets
+    /// the same error (sqlx's is not `Clone`).
+    #[error("cannot store the webhook: {0}")]
+    Shared(std::sync::Arc<StoreError>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,7 +227,16 @@ pub struct Store {
     dialect: Dialect,
     /// Write transactions committed (see [`Store::commits`]).
     commits: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// SQLite has one writer at a time. Writers of this process queue here
+    /// instead of in SQLite's busy handler, which polls with sleeps that grow
+    /// to 100 ms: the inbox, the claim and the journal writing at once cost
+    /// tens of milliseconds of sleep each time they met (see
+    /// [`Store::write_gate`]).
+    write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
+
+/// The turn of one writer of a SQLite store (nothing on PostgreSQL).
+pub(crate) type WriteTurn = Option<tokio::sync::OwnedMutexGuard<()>>;
 
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
@@ -279,7 +292,20 @@ impl Store {
             pool,
             dialect,
             commits: Default::default(),
+            write_gate: Default::default(),
         })
+    }
+
+    /// Waits for this process's turn to write (SQLite; PostgreSQL has row
+    /// locks and needs none). Held for the whole write transaction; taken
+    /// before a pooled connection, so a writer waiting never holds one. A
+    /// holder never asks for the turn again. Other processes (the CLI, a
+    /// second `serve`) still meet SQLite's own busy handler.
+    pub(crate) async fn write_gate(&self) -> WriteTurn {
+        match self.dialect {
+            Dialect::Sqlite => Some(self.write_gate.clone().lock_owned().await),
+            Dialect::Postgres => None,
+        }
     }
 
     /// True when the database answers.

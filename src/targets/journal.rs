@@ -129,6 +129,8 @@ pub struct Journal {
 struct Reads {
     mirrors: HashMap<(String, String), Option<MirrorRecord>>,
     records: HashMap<(String, String), Value>,
+    /// Every link of a source customer: (source, id) → [(target, target id)].
+    links: HashMap<(String, String), Vec<(String, String)>>,
 }
 
 impl Journal {
@@ -276,6 +278,23 @@ impl Journal {
         self.finish = Some((event, finish));
     }
 
+    /// Every link of a source customer, read once ([`Store::links_of`]):
+    /// [`Journal::link_of`] answers from it afterwards.
+    pub async fn links_of(
+        &self,
+        store: &Store,
+        source: &str,
+        source_id: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let key = (source.to_string(), source_id.to_string());
+        if let Some(links) = self.reads().links.get(&key) {
+            return Ok(links.clone());
+        }
+        let links = store.links_of(&self.connection, source, source_id).await?;
+        self.reads().links.insert(key, links.clone());
+        Ok(links)
+    }
+
     /// The target id linked to a source customer: this delivery's own link
     /// first, then the store's.
     pub async fn link_of(
@@ -295,8 +314,21 @@ impl Journal {
             } if s == source && id == source_id && t == target => Some(target_id.clone()),
             _ => None,
         });
-        match mine {
-            Some(id) => Ok(Some(id)),
+        if let Some(id) = mine {
+            return Ok(Some(id));
+        }
+        let read = self
+            .reads()
+            .links
+            .get(&(source.to_string(), source_id.to_string()))
+            .map(|links| {
+                links
+                    .iter()
+                    .find(|(t, _)| t == target)
+                    .map(|(_, id)| id.clone())
+            });
+        match read {
+            Some(id) => Ok(id),
             None => {
                 store
                     .link(&self.connection, source, source_id, target)

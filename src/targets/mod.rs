@@ -331,7 +331,7 @@ impl Executor {
         if let Some(person) = person {
             let kind = src.describes.as_deref().unwrap_or(source);
             let mut keys = vec![customer::Locks::record_key(kind, person)];
-            match self.store.links_of(connection, source, person).await {
+            match journal.links_of(&self.store, source, person).await {
                 Ok(links) => keys.extend(
                     links
                         .iter()
