@@ -497,14 +497,30 @@ fn with_header(schema: Value, source: &str, event: &str) -> Value {
     Value::Object(out)
 }
 
-/// What the skeleton reads of a leaf: an identifying role, or none.
-fn role(path: &str, value: &Value) -> Option<&'static str> {
-    let key = path
-        .rsplit(['.', '['])
+/// The name a leaf goes by: its key, or for a name/value pair read by a
+/// filter (`$.Fields[?@.Name == 'Email'].Value`) the pair's name.
+fn label(path: &str) -> String {
+    if let Some((_, rest)) = path.split_once("[?@.")
+        && let Some((_, quoted)) = rest.split_once("== '")
+        && let Some(end) = quoted.rfind("'].")
+    {
+        return quoted[..end].replace("\\'", "'").replace("\\\\", "\\");
+    }
+    path.rsplit(['.', '['])
         .next()
         .unwrap_or("")
         .trim_matches(|c| c == '\'' || c == ']')
-        .to_ascii_lowercase();
+        .to_string()
+}
+
+/// True when a selector finds a list rather than one value (a filter or a wildcard).
+fn finds_list(path: &str) -> bool {
+    path.contains("[?") || path.contains("[*]")
+}
+
+/// What the skeleton reads of a leaf: an identifying role, or none.
+fn role(path: &str, value: &Value) -> Option<&'static str> {
+    let key = label(path).to_ascii_lowercase().replace([' ', '-'], "_");
     let format = infer::format_of(value);
     if path.contains("[*]") || value.is_null() || value.is_object() {
         return None;
@@ -535,6 +551,8 @@ fn mapping_skeleton(o: &NewOptions, sample: &Sample, only_profile: Option<&str>)
     const RESERVED: &[&str] = &["event", "previous", "known", "vars"];
     let mut names: Vec<String> = Vec::new();
     let mut taken_roles: Vec<&str> = Vec::new();
+    // Roles whose selector finds a list (a name/value pair read by a filter).
+    let mut listed_roles: Vec<&str> = Vec::new();
     let mut lines: Vec<String> = Vec::new();
     for (path, value) in infer::leaves(&sample.value) {
         let shown = match &value {
@@ -547,15 +565,13 @@ fn mapping_skeleton(o: &NewOptions, sample: &Sample, only_profile: Option<&str>)
         let name = match role {
             Some(r) => {
                 taken_roles.push(r);
+                if finds_list(&path) {
+                    listed_roles.push(r);
+                }
                 r.to_string()
             }
             None => {
-                let last = path
-                    .rsplit(['.', '['])
-                    .next()
-                    .unwrap_or("")
-                    .trim_matches(|c| c == '\'' || c == ']');
-                let mut base = snake(last);
+                let mut base = snake(&label(&path));
                 if RESERVED.contains(&base.as_str()) || names.contains(&base) {
                     base = snake(&path.replace(['$', '[', ']', '*', '\''], " "));
                 }
@@ -576,6 +592,14 @@ fn mapping_skeleton(o: &NewOptions, sample: &Sample, only_profile: Option<&str>)
         ));
     }
     let has = |r: &str| taken_roles.contains(&r);
+    // A role read by a filter finds a list: its first item is the value.
+    let value_of = |r: &str| {
+        if listed_roles.contains(&r) {
+            format!("{r} | first")
+        } else {
+            r.to_string()
+        }
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -612,16 +636,37 @@ fn mapping_skeleton(o: &NewOptions, sample: &Sample, only_profile: Option<&str>)
     for l in &lines {
         let _ = writeln!(out, "{l}");
     }
-    if has("phone") || has("email") {
+    if has("customer_id") || has("phone") || has("email") {
+        // The sample's own id links the customer; its phone and email find
+        // (or create) them on the target.
         let _ = writeln!(out, "    customer:");
-        let _ = writeln!(out, "      match:");
-        if has("phone") {
-            let _ = writeln!(out, "        - phone: \"{{{{ phone | e164 }}}}\"");
+        if has("customer_id") {
+            let _ = writeln!(out, "      link: \"{{{{ {} }}}}\"", value_of("customer_id"));
         }
-        if has("email") {
-            let _ = writeln!(out, "        - email: \"{{{{ email | email }}}}\"");
+        if has("phone") || has("email") {
+            let _ = writeln!(out, "      match:");
+            if has("phone") {
+                let _ = writeln!(
+                    out,
+                    "        - phone: \"{{{{ {} | e164 }}}}\"",
+                    value_of("phone")
+                );
+            }
+            if has("email") {
+                let _ = writeln!(
+                    out,
+                    "        - email: \"{{{{ {} | email }}}}\"",
+                    value_of("email")
+                );
+            }
+            let _ = writeln!(out, "      when_unmatched: create");
+        } else {
+            let _ = writeln!(
+                out,
+                "      # No phone or email in the sample: a customer is found by a stored link only."
+            );
+            let _ = writeln!(out, "      when_unmatched: skip");
         }
-        let _ = writeln!(out, "      when_unmatched: create");
     }
     let _ = writeln!(out, "    actions:");
     let (op, param) = match o.target {
