@@ -182,3 +182,25 @@ fn text_with_a_template_in_it_is_text() {
     );
     none(&field("card_status", "Balance {{ balance }}"));
 }
+
+#[test]
+fn a_literal_custom_field_value_is_held_to_its_data_type() {
+    one(
+        &m025(
+            "upsert_contact",
+            "          custom_fields:\n            loyalty_points: lots\n",
+        ),
+        &["a literal", "(NUMERICAL) takes a number"],
+    );
+    none(&m025(
+        "upsert_contact",
+        "          custom_fields:\n            loyalty_points: 12\n            card_installed_date: \"2025-03-01\"\n            card_status: installed\n",
+    ));
+    one(
+        &m025(
+            "upsert_contact",
+            "          custom_fields:\n            card_installed_date: soon\n",
+        ),
+        &["(DATE) takes a date"],
+    );
+}

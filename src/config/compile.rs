@@ -2099,6 +2099,7 @@ fn compile_mapping(
                     &format!("`{op_name}.{}`", k.name),
                     wanted,
                     &resolve,
+                    false,
                 );
             }
             if let Some(lookup) = &param.keys_from
@@ -2116,7 +2117,7 @@ fn compile_mapping(
                             key.name,
                             data_type.unwrap_or_default()
                         );
-                        check_yield(ctx, file, value, &what, wanted, &resolve);
+                        check_yield(ctx, file, value, &what, wanted, &resolve, true);
                     }
                     if !declared.is_some_and(|d| d.contains_key(&key.name)) {
                         ctx.err(Code::M018, file, key.pos, format!("`{}` is not declared under `provision.{target_name}.{lookup}` in mapper.yaml", key.name))
@@ -2334,11 +2335,26 @@ fn check_yield(
     what: &str,
     wanted: Wanted,
     resolve: &dyn Fn(&str) -> Option<types::Yield>,
+    literals: bool,
 ) {
-    let NodeKind::Str(text) = &node.kind else {
-        return;
+    let is_template =
+        matches!(&node.kind, NodeKind::Str(t) if t.contains("{{") || t.contains("{%"));
+    let text = match &node.kind {
+        NodeKind::Str(t) => t.clone(),
+        _ => node.to_json().to_string(),
     };
-    let Some(y) = types::infer(text, resolve) else {
+    let y = if is_template {
+        types::infer(&text, resolve)
+    } else if literals {
+        // A literal value, where no parameter type judged it already.
+        Some(types::Yield {
+            kinds: Kinds::of_json(&node.to_json()),
+            from: "a literal".into(),
+        })
+    } else {
+        None
+    };
+    let Some(y) = y else {
         return;
     };
     let got = y.kinds.without(Kinds::NULL);
