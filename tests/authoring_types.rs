@@ -204,3 +204,28 @@ fn a_literal_custom_field_value_is_held_to_its_data_type() {
         &["(DATE) takes a date"],
     );
 }
+
+#[test]
+fn a_field_of_several_paths_yields_what_the_paths_the_event_has_yield() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(Path::new("mappings"), &dir.path().join("mappings"));
+    copy_dir(Path::new("schemas"), &dir.path().join("schemas"));
+    // A field listing one path per payload shape: only `$.first_name` is in
+    // this event's payload, so the field yields its text.
+    let profile = dir.path().join("mappings/sources/stickycards.yaml");
+    let text = std::fs::read_to_string(&profile).unwrap().replace(
+        "fields:\n",
+        "fields:\n  nickname: [$.member.nick_name, $.first_name]\n",
+    );
+    std::fs::write(&profile, text).unwrap();
+    let mapping = "mappings:\n  - name: extra\n    source: stickycards\n    event: CardInstalledEvent\n    target: ghl\n    order: 99\n    select:\n      nick: \"@nickname\"\n      phone: \"@phone\"\n    customer:\n      match:\n        - phone: \"{{ phone | e164 }}\"\n    actions:\n      - op: upsert_contact\n        with:\n          custom_fields:\n            loyalty_points: \"{{ nick }}\"\n";
+    std::fs::write(dir.path().join("mappings/extra.yaml"), mapping).unwrap();
+    let compiled = mapper::config::compile::compile_dir(&dir.path().join("mappings"));
+    let found: Vec<&Diagnostic> = compiled
+        .diagnostics
+        .iter()
+        .filter(|d| d.code.as_str() == "M025")
+        .collect();
+    assert_eq!(found.len(), 1, "{:#?}", compiled.diagnostics);
+    assert!(found[0].message.contains("`nick`"), "{found:#?}");
+}

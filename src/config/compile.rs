@@ -2283,6 +2283,11 @@ fn select_yield(
     for sel in paths {
         for e in events {
             let schema = set.events.get(e)?;
+            // An alternative the event's payload cannot have (a `@field`
+            // listing every profile's path) finds nothing there: no type.
+            if payload_schema::check(schema, sel.steps(), sel.as_str()).is_err() {
+                continue;
+            }
             for t in payload_schema::types_at(schema, sel.steps(), sel.is_singular())? {
                 out = out.union(Kinds::of_schema_type(&t)?);
             }
