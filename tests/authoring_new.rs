@@ -148,3 +148,44 @@ fn a_sample_with_only_an_id_links_and_skips_the_unmatched() {
     );
     assert_eq!(plan["mappings"][0]["customer"]["link"], "m_7", "{plan:#}");
 }
+
+#[test]
+fn a_new_event_toward_sticky_cards_checks_and_its_test_passes() {
+    let dir = project();
+    let root = dir.path();
+    let out = mapper(
+        root,
+        &[
+            "new",
+            "--source",
+            "crm",
+            "--event",
+            "ContactCreate",
+            "--from",
+            "examples/payloads/ghl/ContactCreate.json",
+            "--target",
+            "stickycards",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mapping =
+        std::fs::read_to_string(root.join("mappings/crm-stickycards/contact-create.yaml")).unwrap();
+    assert!(mapping.contains("    target: stickycards\n"), "{mapping}");
+    assert!(
+        mapping.contains("      link: \"{{ customer_id }}\"\n"),
+        "{mapping}"
+    );
+    assert!(mapping.contains("      - op: send_push\n"), "{mapping}");
+    let check = mapper(root, &["check"]);
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check));
+    let test = mapper(
+        root,
+        &["test", "mappings/crm-stickycards/contact-create.test.yaml"],
+    );
+    assert_eq!(test.status.code(), Some(0), "{}", text(&test));
+    assert!(
+        text(&test).contains("1 passed, 0 failed"),
+        "{}",
+        text(&test)
+    );
+}
