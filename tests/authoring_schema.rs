@@ -166,3 +166,79 @@ fn without_a_folder_the_names_are_left_open() {
     assert!(source.get("anyOf").is_none(), "{source:#}");
     assert_eq!(source["type"], "string");
 }
+
+/// Whether `v` fits `schema` as far as types, enums, consts and `$ref`s
+/// to the definitions go (enough to catch a wrong example).
+fn fits(v: &Value, schema: &Value, defs: &Value) -> bool {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        let name = r.trim_start_matches("#/definitions/");
+        return fits(v, &defs[name], defs);
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(alts) = schema.get(key).and_then(Value::as_array)
+            && !alts.iter().any(|a| fits(v, a, defs))
+        {
+            return false;
+        }
+    }
+    if let Some(all) = schema.get("allOf").and_then(Value::as_array)
+        && !all.iter().all(|a| fits(v, a, defs))
+    {
+        return false;
+    }
+    if let Some(e) = schema.get("enum").and_then(Value::as_array)
+        && !e.contains(v)
+    {
+        return false;
+    }
+    if let Some(c) = schema.get("const")
+        && c != v
+    {
+        return false;
+    }
+    let kind = match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    let allowed = |t: &str| t == kind || (t == "number" && kind == "integer");
+    match schema.get("type") {
+        Some(Value::String(t)) => allowed(t),
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).any(allowed),
+        _ => true,
+    }
+}
+
+#[test]
+fn every_example_fits_its_key() {
+    let schema = schema();
+    let defs = schema["definitions"].clone();
+    // The check itself tells a wrong value.
+    assert!(!fits(&Value::from("sometimes"), &defs["Missing"], &defs));
+    assert!(!fits(
+        &Value::from(5),
+        &schema["definitions"]["Mapping"]["properties"]["name"],
+        &defs
+    ));
+    assert!(fits(&Value::from("fail"), &defs["Missing"], &defs));
+    let mut all = Vec::new();
+    properties(&schema, "", &mut all);
+    let mut wrong = Vec::new();
+    for (path, p) in &all {
+        // The key's own schema without its examples.
+        let mut own = (*p).clone();
+        if let Some(o) = own.as_object_mut() {
+            o.remove("examples");
+        }
+        for e in p["examples"].as_array().into_iter().flatten() {
+            if !fits(e, &own, &defs) {
+                wrong.push(format!("{path}: {e}"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "examples that do not fit: {wrong:#?}");
+}
