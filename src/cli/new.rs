@@ -518,18 +518,27 @@ fn finds_list(path: &str) -> bool {
     path.contains("[?") || path.contains("[*]")
 }
 
-/// What the skeleton reads of a leaf: an identifying role, or none.
-fn role(path: &str, value: &Value) -> Option<&'static str> {
+/// What the skeleton reads of a leaf: an identifying role and how surely
+/// (higher wins when several leaves could be it), or none.
+fn role(path: &str, value: &Value) -> Option<(&'static str, u8)> {
     let key = label(path).to_ascii_lowercase().replace([' ', '-'], "_");
     let format = infer::format_of(value);
     if path.contains("[*]") || value.is_null() || value.is_object() {
         return None;
     }
-    if format == Some("email") || (key.contains("email") && value.is_string()) {
-        return Some("email");
+    if key.contains("email") && value.is_string() {
+        return Some(("email", 3));
     }
-    if format == Some("phone") || key.contains("phone") || key.contains("mobile") {
-        return Some("phone");
+    if format == Some("email") {
+        return Some(("email", 2));
+    }
+    if key.contains("phone") || key.contains("mobile") || key.contains("cell") {
+        return Some(("phone", 3));
+    }
+    // A digit string with dashes may be a serial number: a phone by its
+    // shape alone only when no key says phone.
+    if format == Some("phone") && !key.contains("serial") && !key.contains("code") {
+        return Some(("phone", 1));
     }
     let id_like = [
         "customer_id",
@@ -539,12 +548,59 @@ fn role(path: &str, value: &Value) -> Option<&'static str> {
         "contact_id",
         "contactid",
         "cardholder_id",
+        "cardholderid",
         "loyaltymemberid",
+        "user_id",
+        "userid",
     ];
-    if id_like.contains(&key.as_str()) || (key == "id" && path.matches('.').count() <= 2) {
-        return Some("customer_id");
+    if id_like.contains(&key.as_str()) {
+        return Some(("customer_id", 3));
+    }
+    if key == "id" {
+        // The id of the person's object (`$.Member.Id`) or of the payload
+        // itself (`$.id`), rather than of another object (`$.Reward.Id`).
+        let parent = path
+            .rsplit_once('.')
+            .map(|(p, _)| label(p).to_ascii_lowercase())
+            .unwrap_or_default();
+        let person = [
+            "member",
+            "customer",
+            "contact",
+            "user",
+            "cardholder",
+            "client",
+        ]
+        .iter()
+        .any(|w| parent.ends_with(w));
+        if person {
+            return Some(("customer_id", 2));
+        }
+        if path.matches('.').count() == 1 {
+            return Some(("customer_id", 2));
+        }
+        if path.matches('.').count() == 2 {
+            return Some(("customer_id", 1));
+        }
     }
     None
+}
+
+/// For each role, the path of the leaf that most surely has it (the first
+/// of the best).
+fn best_roles(leaves: &[(String, Value)]) -> Vec<(&'static str, String)> {
+    let mut best: Vec<(&'static str, u8, String)> = Vec::new();
+    for (path, value) in leaves {
+        let Some((r, score)) = role(path, value) else {
+            continue;
+        };
+        match best.iter_mut().find(|(b, _, _)| *b == r) {
+            Some(slot) if slot.1 < score => *slot = (r, score, path.clone()),
+            Some(_) => {}
+            None => best.push((r, score, path.clone())),
+        }
+    }
+    best.into_iter().map(|(r, _, p)| (r, p)).collect()
 }
 
 fn mapping_skeleton(o: &NewOptions, sample: &Sample, only_profile: Option<&str>) -> String {
@@ -554,14 +610,20 @@ fn mapping_skeleton(o: &NewOptions, sample: &Sample, only_profile: Option<&str>)
     // Roles whose selector finds a list (a name/value pair read by a filter).
     let mut listed_roles: Vec<&str> = Vec::new();
     let mut lines: Vec<String> = Vec::new();
-    for (path, value) in infer::leaves(&sample.value) {
+    let leaves = infer::leaves(&sample.value);
+    let roles = best_roles(&leaves);
+    for (path, value) in leaves {
         let shown = match &value {
             Value::String(s) if s.chars().count() > 40 => {
                 format!("{:?}…", s.chars().take(40).collect::<String>())
             }
             other => other.to_string(),
         };
-        let role = role(&path, &value).filter(|r| !taken_roles.contains(r));
+        let role = roles
+            .iter()
+            .find(|(_, p)| *p == path)
+            .map(|(r, _)| *r)
+            .filter(|r| !taken_roles.contains(r));
         let name = match role {
             Some(r) => {
                 taken_roles.push(r);
@@ -773,5 +835,25 @@ mod tests {
             relative(Path::new("/a/b/c.json"), Path::new("/a/d")),
             "../b/c.json"
         );
+    }
+
+    #[test]
+    fn roles_go_to_the_leaf_that_most_surely_has_them() {
+        let roles = |v: Value| best_roles(&infer::leaves(&v));
+        // A reward's id before the member's, a serial number shaped like a phone.
+        let r = roles(serde_json::json!({
+            "Reward": {"Id": 100},
+            "Member": {"Id": "m1", "MemberStatus": {"Id": 2}, "Email": "a@b.io"},
+            "data": {"serial_number": "5001-2671", "cardholder_phone": "14155552671"}
+        }));
+        assert!(r.contains(&("customer_id", "$.Member.Id".into())), "{r:?}");
+        assert!(
+            r.contains(&("phone", "$.data.cardholder_phone".into())),
+            "{r:?}"
+        );
+        assert!(r.contains(&("email", "$.Member.Email".into())), "{r:?}");
+        // A named id beats the payload's own `id` (GHL NoteCreate).
+        let r = roles(serde_json::json!({"id": "note_1", "contactId": "c_1"}));
+        assert_eq!(r, vec![("customer_id", "$.contactId".to_string())]);
     }
 }
