@@ -236,9 +236,13 @@ pub fn infer(text: &str, resolve: &dyn Fn(&str) -> Option<Yield>) -> Option<Yiel
         return Some(Yield::new(Kinds::TEXT, "text with a template in it"));
     };
     let toks = tokenize(inner)?;
+    if toks.len() > MAX_TOKENS {
+        return None;
+    }
     let mut p = Parser {
         toks,
         pos: 0,
+        depth: 0,
         resolve,
     };
     let y = p.expr().ok()?;
@@ -331,9 +335,17 @@ fn tokenize(s: &str) -> Option<Vec<Tok>> {
 /// `Err` means the expression is not understood: the whole template is then unknown.
 type R = Result<Option<Yield>, ()>;
 
+/// How long an expression may be before the checker gives up on it (a bound
+/// on the recursion of prefix operators such as `not not …`).
+const MAX_TOKENS: usize = 2000;
+
+/// How deep expressions may nest before the checker gives up on them.
+const MAX_DEPTH: usize = 64;
+
 struct Parser<'a> {
     toks: Vec<Tok>,
     pos: usize,
+    depth: usize,
     resolve: &'a dyn Fn(&str) -> Option<Yield>,
 }
 
@@ -383,6 +395,17 @@ impl Parser<'_> {
 
     /// `a if cond else b` (no `else`: missing when the condition fails).
     fn expr(&mut self) -> R {
+        // Nesting beyond what anyone writes: not judged, and never a stack overflow.
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(());
+        }
+        let out = self.conditional();
+        self.depth -= 1;
+        out
+    }
+
+    fn conditional(&mut self) -> R {
         let then = self.or()?;
         if self.eat_kw("if") {
             self.or()?;
@@ -730,6 +753,12 @@ mod tests {
         assert_eq!(kinds("{{ name[0] }}"), Some(Kinds::TEXT));
         assert_eq!(kinds("{{ tags[0] }}"), None);
         assert_eq!(kinds("{{ name | }}"), None, "not understood: unknown");
+        let deep = format!("{{{{ {}1{} }}}}", "(".repeat(5000), ")".repeat(5000));
+        assert_eq!(kinds(&deep), None, "too deep: unknown, no overflow");
+        let long = format!("{{{{ {}1 }}}}", "not ".repeat(100_000));
+        assert_eq!(kinds(&long), None, "too long: unknown, no overflow");
+        let fine = format!("{{{{ {}1{} }}}}", "(".repeat(20), ")".repeat(20));
+        assert_eq!(kinds(&fine), Some(Kinds::NUMBER));
     }
 
     #[test]
