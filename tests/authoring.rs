@@ -59,7 +59,13 @@ fn new_on_every_example_payload_writes_files_that_check_and_pass() {
     let before = counts(&mapper(root, &["test"]));
     assert_eq!(before.1, 0, "the shipped tests pass first");
     let mut made = 0;
-    for platform in ["stickycards", "slicktext", "signalmind", "ghl"] {
+    for platform in [
+        "stickycards",
+        "stickycards-boomerangme",
+        "slicktext",
+        "signalmind",
+        "ghl",
+    ] {
         let mut samples: Vec<PathBuf> =
             std::fs::read_dir(root.join("examples/payloads").join(platform))
                 .unwrap()

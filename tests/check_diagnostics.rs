@@ -500,7 +500,7 @@ fn a_template_yielding_text_into_a_boolean_or_numerical_field_is_an_error() {
         found[0]
             .message
             .contains("`upsert_contact.dnd` takes a boolean")
-            && found[0].message.contains("yields string"),
+            && found[0].message.contains("can yield text"),
         "{found:#?}"
     );
     assert_eq!((found[0].line, found[0].col), (16, 16), "{found:#?}");

@@ -183,10 +183,10 @@ const EXPLANATIONS: &[Explanation] = &[
     },
     Explanation {
         code: "M025",
-        title: "a template yields a type its destination cannot take",
-        meaning: "The checker follows types through templates (filters, comparisons, the payload schema's types) and holds them to the parameter's type and to a custom field's `data_type`. Text into a boolean or a NUMERICAL field is an error unless converted.",
-        wrong: "custom_fields: { loyalty_points: \"{{ balance_text }}\" }",
-        right: "custom_fields: { loyalty_points: \"{{ balance_text | number }}\" }",
+        title: "a template can yield a type its destination cannot take",
+        meaning: "The checker follows types through templates — filters (`number` gives a number, `date` a date, `split_list` a list, `e164` text…), comparisons and tests, `default(x)`, both branches of `a if c else b`, literals, and the payload schema's type of each value read — and holds them to the parameter's declared type (string, number, boolean, list, map) and to a custom field's `data_type` (NUMERICAL a number, DATE a date, TEXT one value). Anything that can arrive of another type is an error until a filter converts it; what it cannot tell (`pick`, an attribute, an unknown filter) is not judged.",
+        wrong: "custom_fields:\n  loyalty_points: \"{{ balance_text | default('none') }}\"\n  card_installed_date: \"{{ installed }}\"\nfirst_name: \"{{ names | split_list }}\"",
+        right: "custom_fields:\n  loyalty_points: \"{{ balance_text | number | default(0) }}\"\n  card_installed_date: \"{{ installed | date }}\"\nfirst_name: \"{{ names | split_list | first }}\"",
     },
 ];
 

@@ -497,23 +497,48 @@ fn with_header(schema: Value, source: &str, event: &str) -> Value {
     Value::Object(out)
 }
 
-/// What the skeleton reads of a leaf: an identifying role, or none.
-fn role(path: &str, value: &Value) -> Option<&'static str> {
-    let key = path
-        .rsplit(['.', '['])
+/// The name a leaf goes by: its key, or for a name/value pair read by a
+/// filter (`$.Fields[?@.Name == 'Email'].Value`) the pair's name.
+fn label(path: &str) -> String {
+    if let Some((_, rest)) = path.split_once("[?@.")
+        && let Some((_, quoted)) = rest.split_once("== '")
+        && let Some(end) = quoted.rfind("'].")
+    {
+        return quoted[..end].replace("\\'", "'").replace("\\\\", "\\");
+    }
+    path.rsplit(['.', '['])
         .next()
         .unwrap_or("")
         .trim_matches(|c| c == '\'' || c == ']')
-        .to_ascii_lowercase();
+        .to_string()
+}
+
+/// True when a selector finds a list rather than one value (a filter or a wildcard).
+fn finds_list(path: &str) -> bool {
+    path.contains("[?") || path.contains("[*]")
+}
+
+/// What the skeleton reads of a leaf: an identifying role and how surely
+/// (higher wins when several leaves could be it), or none.
+fn role(path: &str, value: &Value) -> Option<(&'static str, u8)> {
+    let key = label(path).to_ascii_lowercase().replace([' ', '-'], "_");
     let format = infer::format_of(value);
     if path.contains("[*]") || value.is_null() || value.is_object() {
         return None;
     }
-    if format == Some("email") || (key.contains("email") && value.is_string()) {
-        return Some("email");
+    if key.contains("email") && value.is_string() {
+        return Some(("email", 3));
     }
-    if format == Some("phone") || key.contains("phone") || key.contains("mobile") {
-        return Some("phone");
+    if format == Some("email") {
+        return Some(("email", 2));
+    }
+    if key.contains("phone") || key.contains("mobile") || key.contains("cell") {
+        return Some(("phone", 3));
+    }
+    // A digit string with dashes may be a serial number: a phone by its
+    // shape alone only when no key says phone.
+    if format == Some("phone") && !key.contains("serial") && !key.contains("code") {
+        return Some(("phone", 1));
     }
     let id_like = [
         "customer_id",
@@ -523,39 +548,92 @@ fn role(path: &str, value: &Value) -> Option<&'static str> {
         "contact_id",
         "contactid",
         "cardholder_id",
+        "cardholderid",
         "loyaltymemberid",
+        "user_id",
+        "userid",
     ];
-    if id_like.contains(&key.as_str()) || (key == "id" && path.matches('.').count() <= 2) {
-        return Some("customer_id");
+    if id_like.contains(&key.as_str()) {
+        return Some(("customer_id", 3));
+    }
+    if key == "id" {
+        // The id of the person's object (`$.Member.Id`) or of the payload
+        // itself (`$.id`), rather than of another object (`$.Reward.Id`).
+        let parent = path
+            .rsplit_once('.')
+            .map(|(p, _)| label(p).to_ascii_lowercase())
+            .unwrap_or_default();
+        let person = [
+            "member",
+            "customer",
+            "contact",
+            "user",
+            "cardholder",
+            "client",
+        ]
+        .iter()
+        .any(|w| parent.ends_with(w));
+        if person {
+            return Some(("customer_id", 2));
+        }
+        if path.matches('.').count() == 1 {
+            return Some(("customer_id", 2));
+        }
+        if path.matches('.').count() == 2 {
+            return Some(("customer_id", 1));
+        }
     }
     None
+}
+
+/// For each role, the path of the leaf that most surely has it (the first
+/// of the best).
+fn best_roles(leaves: &[(String, Value)]) -> Vec<(&'static str, String)> {
+    let mut best: Vec<(&'static str, u8, String)> = Vec::new();
+    for (path, value) in leaves {
+        let Some((r, score)) = role(path, value) else {
+            continue;
+        };
+        match best.iter_mut().find(|(b, _, _)| *b == r) {
+            Some(slot) if slot.1 < score => *slot = (r, score, path.clone()),
+            Some(_) => {}
+            None => best.push((r, score, path.clone())),
+        }
+    }
+    best.into_iter().map(|(r, _, p)| (r, p)).collect()
 }
 
 fn mapping_skeleton(o: &NewOptions, sample: &Sample, only_profile: Option<&str>) -> String {
     const RESERVED: &[&str] = &["event", "previous", "known", "vars"];
     let mut names: Vec<String> = Vec::new();
     let mut taken_roles: Vec<&str> = Vec::new();
+    // Roles whose selector finds a list (a name/value pair read by a filter).
+    let mut listed_roles: Vec<&str> = Vec::new();
     let mut lines: Vec<String> = Vec::new();
-    for (path, value) in infer::leaves(&sample.value) {
+    let leaves = infer::leaves(&sample.value);
+    let roles = best_roles(&leaves);
+    for (path, value) in leaves {
         let shown = match &value {
             Value::String(s) if s.chars().count() > 40 => {
                 format!("{:?}…", s.chars().take(40).collect::<String>())
             }
             other => other.to_string(),
         };
-        let role = role(&path, &value).filter(|r| !taken_roles.contains(r));
+        let role = roles
+            .iter()
+            .find(|(_, p)| *p == path)
+            .map(|(r, _)| *r)
+            .filter(|r| !taken_roles.contains(r));
         let name = match role {
             Some(r) => {
                 taken_roles.push(r);
+                if finds_list(&path) {
+                    listed_roles.push(r);
+                }
                 r.to_string()
             }
             None => {
-                let last = path
-                    .rsplit(['.', '['])
-                    .next()
-                    .unwrap_or("")
-                    .trim_matches(|c| c == '\'' || c == ']');
-                let mut base = snake(last);
+                let mut base = snake(&label(&path));
                 if RESERVED.contains(&base.as_str()) || names.contains(&base) {
                     base = snake(&path.replace(['$', '[', ']', '*', '\''], " "));
                 }
@@ -576,6 +654,14 @@ fn mapping_skeleton(o: &NewOptions, sample: &Sample, only_profile: Option<&str>)
         ));
     }
     let has = |r: &str| taken_roles.contains(&r);
+    // A role read by a filter finds a list: its first item is the value.
+    let value_of = |r: &str| {
+        if listed_roles.contains(&r) {
+            format!("{r} | first")
+        } else {
+            r.to_string()
+        }
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -612,16 +698,37 @@ fn mapping_skeleton(o: &NewOptions, sample: &Sample, only_profile: Option<&str>)
     for l in &lines {
         let _ = writeln!(out, "{l}");
     }
-    if has("phone") || has("email") {
+    if has("customer_id") || has("phone") || has("email") {
+        // The sample's own id links the customer; its phone and email find
+        // (or create) them on the target.
         let _ = writeln!(out, "    customer:");
-        let _ = writeln!(out, "      match:");
-        if has("phone") {
-            let _ = writeln!(out, "        - phone: \"{{{{ phone | e164 }}}}\"");
+        if has("customer_id") {
+            let _ = writeln!(out, "      link: \"{{{{ {} }}}}\"", value_of("customer_id"));
         }
-        if has("email") {
-            let _ = writeln!(out, "        - email: \"{{{{ email | email }}}}\"");
+        if has("phone") || has("email") {
+            let _ = writeln!(out, "      match:");
+            if has("phone") {
+                let _ = writeln!(
+                    out,
+                    "        - phone: \"{{{{ {} | e164 }}}}\"",
+                    value_of("phone")
+                );
+            }
+            if has("email") {
+                let _ = writeln!(
+                    out,
+                    "        - email: \"{{{{ {} | email }}}}\"",
+                    value_of("email")
+                );
+            }
+            let _ = writeln!(out, "      when_unmatched: create");
+        } else {
+            let _ = writeln!(
+                out,
+                "      # No phone or email in the sample: a customer is found by a stored link only."
+            );
+            let _ = writeln!(out, "      when_unmatched: skip");
         }
-        let _ = writeln!(out, "      when_unmatched: create");
     }
     let _ = writeln!(out, "    actions:");
     let (op, param) = match o.target {
@@ -728,5 +835,25 @@ mod tests {
             relative(Path::new("/a/b/c.json"), Path::new("/a/d")),
             "../b/c.json"
         );
+    }
+
+    #[test]
+    fn roles_go_to_the_leaf_that_most_surely_has_them() {
+        let roles = |v: Value| best_roles(&infer::leaves(&v));
+        // A reward's id before the member's, a serial number shaped like a phone.
+        let r = roles(serde_json::json!({
+            "Reward": {"Id": 100},
+            "Member": {"Id": "m1", "MemberStatus": {"Id": 2}, "Email": "a@b.io"},
+            "data": {"serial_number": "5001-2671", "cardholder_phone": "14155552671"}
+        }));
+        assert!(r.contains(&("customer_id", "$.Member.Id".into())), "{r:?}");
+        assert!(
+            r.contains(&("phone", "$.data.cardholder_phone".into())),
+            "{r:?}"
+        );
+        assert!(r.contains(&("email", "$.Member.Email".into())), "{r:?}");
+        // A named id beats the payload's own `id` (GHL NoteCreate).
+        let r = roles(serde_json::json!({"id": "note_1", "contactId": "c_1"}));
+        assert_eq!(r, vec![("customer_id", "$.contactId".to_string())]);
     }
 }

@@ -8,6 +8,7 @@ use super::load::{Loaded, Parsed};
 use super::model::{self, ParamKind, SelectSpec, Settings};
 use super::node::{Node, NodeKind};
 use super::payload_schema::{self, SchemaSet};
+use super::types::{self, Kinds};
 use crate::engine::program::{self as prog, Program, ValueTpl};
 use crate::engine::template::{StrTpl, TemplateBuilder, TplInfo};
 use crate::jsonpath::Selector;
@@ -1799,7 +1800,7 @@ fn compile_mapping(
 
     // selects
     let mut selects = Vec::new();
-    let mut select_types: HashMap<String, Option<Vec<String>>> = HashMap::new();
+    let mut select_types: HashMap<String, Option<Kinds>> = HashMap::new();
     let src_fields = fields.get(source_name);
     for (name, spec) in &m.select {
         let pos = pos_of(spec);
@@ -2089,10 +2090,7 @@ fn compile_mapping(
                 continue;
             };
             check_literal(ctx, file, op_name, &k.name, param, v);
-            let types = Types {
-                selects: &select_types,
-                vars,
-            };
+            let resolve = |name: &str| resolve_kinds(name, &select_types, vars);
             if let Some(wanted) = Wanted::of_param(param.kind) {
                 check_yield(
                     ctx,
@@ -2100,7 +2098,8 @@ fn compile_mapping(
                     v,
                     &format!("`{op_name}.{}`", k.name),
                     wanted,
-                    &types,
+                    &resolve,
+                    false,
                 );
             }
             if let Some(lookup) = &param.keys_from
@@ -2118,7 +2117,7 @@ fn compile_mapping(
                             key.name,
                             data_type.unwrap_or_default()
                         );
-                        check_yield(ctx, file, value, &what, wanted, &types);
+                        check_yield(ctx, file, value, &what, wanted, &resolve, true);
                     }
                     if !declared.is_some_and(|d| d.contains_key(&key.name)) {
                         ctx.err(Code::M018, file, key.pos, format!("`{}` is not declared under `provision.{target_name}.{lookup}` in mapper.yaml", key.name))
@@ -2209,212 +2208,177 @@ fn no_match_hint(nm: &payload_schema::NoMatch, set: Option<&SchemaSet>, event: &
     }
 }
 
-/// A type a value must have where it goes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Wanted {
-    Boolean,
-    Number,
+/// What a destination takes: the kinds of value it accepts, for messages
+/// its name, and how to convert what does not fit.
+#[derive(Clone, Copy)]
+struct Wanted {
+    accepts: Kinds,
+    name: &'static str,
 }
 
 impl Wanted {
+    /// A parameter's declared type (`any` takes everything: not judged).
     fn of_param(kind: ParamKind) -> Option<Self> {
-        match kind {
-            ParamKind::Boolean => Some(Wanted::Boolean),
-            ParamKind::Number | ParamKind::Integer => Some(Wanted::Number),
-            _ => None,
-        }
+        let (accepts, name) = match kind {
+            ParamKind::Any => return None,
+            ParamKind::String => (Kinds::STRINGS, "text"),
+            ParamKind::Number | ParamKind::Integer => (Kinds::NUMBER, "a number"),
+            ParamKind::Boolean => (Kinds::BOOLEAN, "a boolean"),
+            ParamKind::List => (Kinds::LIST, "a list"),
+            ParamKind::Map => (Kinds::OBJECT, "a map"),
+        };
+        Some(Wanted { accepts, name })
     }
 
-    /// GHL custom field types that hold numbers.
+    /// What a GHL custom field of this `data_type` takes; `None` for a type
+    /// the checker does not know (not judged).
     fn of_data_type(data_type: &str) -> Option<Self> {
-        match data_type.to_ascii_uppercase().as_str() {
-            "NUMERICAL" | "MONETORY" | "MONETARY" => Some(Wanted::Number),
-            _ => None,
-        }
+        let scalar = Kinds::STRINGS.union(Kinds::NUMBER).union(Kinds::BOOLEAN);
+        let (accepts, name) = match data_type.to_ascii_uppercase().as_str() {
+            "NUMERICAL" | "MONETORY" | "MONETARY" => (Kinds::NUMBER, "a number"),
+            "DATE" => (Kinds::DATE.union(Kinds::DATETIME), "a date"),
+            "TEXT" | "LARGE_TEXT" | "PHONE" | "EMAIL" | "SINGLE_OPTIONS" | "RADIO" => {
+                (scalar, "a single value")
+            }
+            "CHECKBOX" | "MULTIPLE_OPTIONS" => (Kinds::LIST.union(Kinds::STRINGS), "options"),
+            _ => return None,
+        };
+        Some(Wanted { accepts, name })
     }
 
-    fn name(self) -> &'static str {
-        match self {
-            Wanted::Boolean => "a boolean",
-            Wanted::Number => "a number",
+    /// How to make `got` fit.
+    fn hint(self, got: Kinds) -> String {
+        if self.accepts.within(Kinds::NUMBER) {
+            return "convert it with the `number` filter (`{{ value | number }}`; not a number → missing), or pass a number".into();
         }
-    }
-
-    fn accepts(self, ty: &str) -> bool {
-        match self {
-            Wanted::Boolean => ty == "boolean",
-            Wanted::Number => ty == "number" || ty == "integer",
+        if self.accepts.within(Kinds::BOOLEAN) {
+            return "write a condition that yields true or false (`{{ value == 'yes' }}`), or pass true/false".into();
         }
+        if self.accepts.within(Kinds::DATE.union(Kinds::DATETIME)) {
+            return "convert it with the `date` filter (`{{ value | date }}`; not a date → missing)".into();
+        }
+        if self.accepts.within(Kinds::LIST) {
+            return "make a list: `{{ value | split_list }}` for comma-separated text, or `[value]` in YAML".into();
+        }
+        if got.within(Kinds::LIST.union(Kinds::NULL)) {
+            return "take one item (`{{ values | first }}`) or join them (`{{ values | join(', ') }}`)".into();
+        }
+        if self.accepts.within(Kinds::STRINGS) {
+            return "make it text with the `string` filter (`{{ value | string }}`) or write it inside text".into();
+        }
+        format!("pass {}", self.name)
     }
 }
 
-/// What the checker knows of the values a mapping's templates read.
-struct Types<'a> {
-    /// Select name → the JSON types its selectors can find (`None`: unknown).
-    selects: &'a HashMap<String, Option<Vec<String>>>,
-    vars: &'a Value,
-}
-
-/// The types a select can yield, from the payload schemas of its events.
+/// The kinds of value a select can yield, from the payload schemas of its
+/// events (`None`: unknown, so not judged).
 fn select_yield(
     set: Option<&SchemaSet>,
     events: &[String],
     paths: &[Selector],
     default: Option<&Value>,
-) -> Option<Vec<String>> {
+) -> Option<Kinds> {
     let set = set?;
-    let mut out: Vec<String> = Vec::new();
+    let mut out = Kinds::default();
     for sel in paths {
         for e in events {
             let schema = set.events.get(e)?;
+            // An alternative the event's payload cannot have (a `@field`
+            // listing every profile's path) finds nothing there: no type.
+            if payload_schema::check(schema, sel.steps(), sel.as_str()).is_err() {
+                continue;
+            }
             for t in payload_schema::types_at(schema, sel.steps(), sel.is_singular())? {
-                if !out.contains(&t) {
-                    out.push(t);
-                }
+                out = out.union(Kinds::of_schema_type(&t)?);
             }
         }
     }
     if let Some(d) = default {
-        let t = json_type(d).to_string();
-        if !out.contains(&t) {
-            out.push(t);
-        }
+        out = out.union(Kinds::of_json(d));
     }
     (!out.is_empty()).then_some(out)
 }
 
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
+/// The kinds of a name a mapping template reads: a select (from the payload
+/// schema), a `vars.` constant, or a field of `event`.
+fn resolve_kinds(
+    name: &str,
+    selects: &HashMap<String, Option<Kinds>>,
+    vars: &Value,
+) -> Option<types::Yield> {
+    if let Some(var) = name.strip_prefix("vars.") {
+        let v = vars.get(var)?;
+        return Some(types::Yield {
+            kinds: Kinds::of_json(v),
+            from: format!("`vars.{var}`"),
+        });
     }
+    let kinds = match name {
+        "event.source" | "event.type" | "event.id" | "event.dedup_key" => Kinds::TEXT,
+        // Normalised to RFC 3339 when the event is read; missing when the payload has no time.
+        "event.occurred_at" => Kinds::DATETIME.union(Kinds::NULL),
+        _ => {
+            let kinds = (*selects.get(name)?)?;
+            return Some(types::Yield {
+                kinds,
+                from: format!("`{name}`, as the payload schema declares it"),
+            });
+        }
+    };
+    Some(types::Yield {
+        kinds,
+        from: format!("`{name}`"),
+    })
 }
 
-/// Splits `text` at `sep` outside quotes and brackets.
-fn split_top(text: &str, sep: char) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut depth, mut quote, mut start) = (0i32, None::<char>, 0);
-    for (i, c) in text.char_indices() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '\'' | '"') => quote = Some(c),
-            (None, '(' | '[' | '{') => depth += 1,
-            (None, ')' | ']' | '}') => depth -= 1,
-            (None, c) if c == sep && depth == 0 => {
-                out.push(&text[start..i]);
-                start = i + c.len_utf8();
-            }
-            _ => {}
-        }
-    }
-    out.push(&text[start..]);
-    out
-}
-
-/// The JSON types a template yields, when the checker can tell, and what it
-/// read them from (for the message).
-fn yielded(text: &str, types: &Types) -> Option<(Vec<String>, String)> {
-    let trimmed = text.trim();
-    if !trimmed.contains("{{") && !trimmed.contains("{%") {
-        return None;
-    }
-    let sole = trimmed
-        .strip_prefix("{{")
-        .and_then(|t| t.strip_suffix("}}"))
-        .filter(|inner| !inner.contains("{{") && !inner.contains("}}"));
-    let Some(inner) = sole else {
-        // Text with templates in it is text.
-        return Some((vec!["string".into()], "text with a template in it".into()));
+/// Holds a template's yield to the kinds its destination takes: an error
+/// when it can yield another kind (null aside: a missing value is left out).
+fn check_yield(
+    ctx: &mut Ctx,
+    file: &Path,
+    node: &Node,
+    what: &str,
+    wanted: Wanted,
+    resolve: &dyn Fn(&str) -> Option<types::Yield>,
+    literals: bool,
+) {
+    let is_template =
+        matches!(&node.kind, NodeKind::Str(t) if t.contains("{{") || t.contains("{%"));
+    let text = match &node.kind {
+        NodeKind::Str(t) => t.clone(),
+        _ => node.to_json().to_string(),
     };
-    let inner = inner.trim();
-    let spaced = format!(" {inner} ");
-    // A conditional expression yields one of its branches: not judged here.
-    if spaced.contains(" if ") {
-        return None;
-    }
-    if [
-        " == ", " != ", " and ", " or ", " not ", " is ", " in ", " >= ", " <= ", " < ", " > ",
-    ]
-    .iter()
-    .any(|op| split_top(&spaced, '|').len() == 1 && spaced.contains(op))
-    {
-        return Some((vec!["boolean".into()], "a comparison".into()));
-    }
-    let parts = split_top(inner, '|');
-    let base = parts[0].trim();
-    let filters: Vec<&str> = parts[1..]
-        .iter()
-        .map(|f| f.split('(').next().unwrap_or("").trim())
-        .collect();
-    if let Some(last) = filters.last() {
-        let ty = match *last {
-            "number" | "int" | "float" | "abs_int" | "unix" | "length" | "count" | "round"
-            | "sum" => "number",
-            "string" | "lower" | "upper" | "trim" | "title" | "capitalize" | "e164" | "digits"
-            | "email" | "date" | "datetime" | "format_date" | "replace" | "join" | "truncate"
-            | "tojson" => "string",
-            "split_list" | "compact" | "list" | "unique" | "sort" | "map" | "select" | "reject"
-            | "selectattr" | "rejectattr" | "items" => "array",
-            _ => return None,
-        };
-        return Some((vec![ty.into()], format!("filter `{last}`")));
-    }
-    match base {
-        "true" | "false" | "True" | "False" => return Some((vec!["boolean".into()], base.into())),
-        _ if base.parse::<f64>().is_ok() => return Some((vec!["number".into()], base.into())),
-        _ if base.starts_with('\'') || base.starts_with('"') => {
-            return Some((vec!["string".into()], base.into()));
-        }
-        _ => {}
-    }
-    if let Some(var) = base.strip_prefix("vars.") {
-        let v = types.vars.get(var)?;
-        return Some((vec![json_type(v).into()], format!("`vars.{var}`")));
-    }
-    let ts = types.selects.get(base)?.clone()?;
-    Some((ts, format!("`{base}`, as the payload schema declares it")))
-}
-
-/// Holds a template's yield to the type where it goes: an error when it can
-/// only yield other types (nulls aside: a missing value is left out).
-fn check_yield(ctx: &mut Ctx, file: &Path, node: &Node, what: &str, wanted: Wanted, types: &Types) {
-    let NodeKind::Str(text) = &node.kind else {
+    let y = if is_template {
+        types::infer(&text, resolve)
+    } else if literals {
+        // A literal value, where no parameter type judged it already.
+        Some(types::Yield {
+            kinds: Kinds::of_json(&node.to_json()),
+            from: "a literal".into(),
+        })
+    } else {
+        None
+    };
+    let Some(y) = y else {
         return;
     };
-    let Some((yields, from)) = yielded(text, types) else {
-        return;
-    };
-    let meaningful: Vec<&String> = yields.iter().filter(|t| *t != "null").collect();
-    if meaningful.is_empty() || meaningful.iter().any(|t| wanted.accepts(t)) {
+    let got = y.kinds.without(Kinds::NULL);
+    if got.is_empty() || got.within(wanted.accepts) {
         return;
     }
-    let shown: Vec<&str> = meaningful.iter().map(|t| t.as_str()).collect();
-    let hint = match wanted {
-        Wanted::Number => {
-            "convert it with the `number` filter (`{{ value | number }}`; not a number → missing), or pass a number"
-        }
-        Wanted::Boolean => {
-            "write a condition that yields true or false (`{{ value == 'yes' }}`), or pass true/false"
-        }
-    };
     ctx.err(
         Code::M025,
         file,
         node.pos,
         format!(
-            "{what} takes {}, but `{}` yields {} (from {from})",
-            wanted.name(),
+            "{what} takes {}, but `{}` can yield {} (from {})",
+            wanted.name,
             text.trim(),
-            shown.join(" or ")
+            got.without(wanted.accepts).describe(),
+            y.from
         ),
     )
-    .hint = Some(hint.into());
+    .hint = Some(wanted.hint(got));
 }
 
 /// Warns about a `TODO:` placeholder (as `mapper new` writes) left in an

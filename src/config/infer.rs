@@ -367,6 +367,19 @@ fn collect_leaves(value: &Value, prefix: &str, out: &mut Vec<(String, Value)>) {
                 collect_leaves(v, &join(prefix, k), out);
             }
         }
+        Value::Array(items) if name_value_pairs(items).is_some() => {
+            // A list of `{Name, Value}` pairs (SignalMind's form `Fields`):
+            // each pair is its own leaf, read by a filter on its name.
+            for (name_key, value_key, name, v) in name_value_pairs(items).unwrap_or_default() {
+                let path = format!(
+                    "{prefix}[?@.{name_key} == '{}'].{value_key}",
+                    name.replace('\\', "\\\\").replace('\'', "\\'")
+                );
+                if !out.iter().any(|(p, _)| *p == path) {
+                    out.push((path, v));
+                }
+            }
+        }
         Value::Array(items) if items.iter().any(|i| i.is_object()) => {
             let mut merged = Map::new();
             for item in items.iter().filter_map(Value::as_object) {
@@ -382,6 +395,32 @@ fn collect_leaves(value: &Value, prefix: &str, out: &mut Vec<(String, Value)>) {
             }
         }
     }
+}
+
+/// The pairs of a list whose every item is an object of two keys, one
+/// naming (`Name`, `name`, `Key`, `key`, `Label`, `label`, a string) and one
+/// holding the value (`Value`, `value`): (name key, value key, name, value).
+/// `None` when the list is anything else, or a name repeats.
+#[allow(clippy::type_complexity)]
+fn name_value_pairs(items: &[Value]) -> Option<Vec<(&str, &str, String, Value)>> {
+    const NAME_KEYS: &[&str] = &["Name", "name", "Key", "key", "Label", "label"];
+    const VALUE_KEYS: &[&str] = &["Value", "value"];
+    if items.is_empty() {
+        return None;
+    }
+    let mut out: Vec<(&str, &str, String, Value)> = Vec::new();
+    for item in items {
+        let obj = item.as_object().filter(|o| o.len() == 2)?;
+        let name_key = NAME_KEYS.iter().find(|k| obj.contains_key(**k))?;
+        let value_key = VALUE_KEYS.iter().find(|k| obj.contains_key(**k))?;
+        let name = obj.get(*name_key)?.as_str()?.to_string();
+        if name.is_empty() || out.iter().any(|(_, _, n, _)| *n == name) {
+            return None;
+        }
+        let value = obj.get(*value_key).cloned().unwrap_or(Value::Null);
+        out.push((name_key, value_key, name, value));
+    }
+    Some(out)
 }
 
 /// The format `infer` gives a string, for callers that recognise phones and emails.
@@ -455,5 +494,27 @@ mod tests {
             p,
             vec!["$.a.b", "$.a['c d']", "$.items[*].sku", "$.items[*].qty"]
         );
+    }
+
+    #[test]
+    fn name_value_pairs_are_leaves_read_by_name() {
+        let sample = json!({"Fields": [
+            {"Name": "Email", "Value": "a@b.io"},
+            {"Name": "It's", "Value": 3}
+        ], "tags": [{"Name": "x", "Value": 1, "extra": 2}]});
+        let p: Vec<String> = leaves(&sample).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(
+            p,
+            vec![
+                "$.Fields[?@.Name == 'Email'].Value",
+                "$.Fields[?@.Name == 'It\\'s'].Value",
+                "$.tags[*].Name",
+                "$.tags[*].Value",
+                "$.tags[*].extra"
+            ]
+        );
+        // A repeated name is not a pair list: the items are read as any list.
+        let twice = json!({"F": [{"Name": "a", "Value": 1}, {"Name": "a", "Value": 2}]});
+        assert_eq!(leaves(&twice)[0].0, "$.F[*].Name");
     }
 }

@@ -7,3 +7,4 @@ pub mod load;
 pub mod model;
 pub mod node;
 pub mod payload_schema;
+pub mod types;

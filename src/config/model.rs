@@ -302,7 +302,9 @@ pub enum SignatureEncoding {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SignedPart {
+    /// The raw body, as received.
     Body,
+    /// The raw value of this form field.
     FormField(String),
 }
 

@@ -170,7 +170,8 @@ pub fn deprecated(schema: &Value, steps: &[Step]) -> Option<String> {
     None
 }
 
-/// The JSON types a selector can find, as the schema declares them: `None`
+/// The JSON types a selector can find, as the schema declares them (`date`
+/// and `date-time` for strings of those formats): `None`
 /// when it does not say (an untyped or undeclared node). A selector that can
 /// find several values (a wildcard, a filter) finds a list.
 pub fn types_at(schema: &Value, steps: &[Step], singular: bool) -> Option<Vec<String>> {
@@ -185,7 +186,15 @@ pub fn types_at(schema: &Value, steps: &[Step], singular: bool) -> Option<Vec<St
             Step::AnyChild | Step::Descendant => return None,
         };
     }
-    let ts: Vec<String> = types_of(node).into_iter().map(String::from).collect();
+    // A string of a date format says so: `date` and `date-time` stand for it.
+    let format = node.get("format").and_then(Value::as_str);
+    let ts: Vec<String> = types_of(node)
+        .into_iter()
+        .map(|t| match (t, format) {
+            ("string", Some(f @ ("date" | "date-time"))) => f.to_string(),
+            _ => t.to_string(),
+        })
+        .collect();
     (!ts.is_empty()).then_some(ts)
 }
 

@@ -26,6 +26,41 @@ pub const FILTERS: &[&str] = &[
     "abs_int",
 ];
 
+/// What a filter gives back, as `mapper check` follows types through
+/// templates. Kept beside the registration so a new filter gets one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterYield {
+    /// Text (a string of no particular shape).
+    Text,
+    /// A calendar date, `YYYY-MM-DD`.
+    Date,
+    /// A point in time, RFC 3339.
+    DateTime,
+    /// A number.
+    Number,
+    /// A list.
+    List,
+    /// Whatever the input holds: not judged.
+    Any,
+}
+
+/// The yield of each filter of [`FILTERS`] (a filter that cannot read its
+/// input yields *missing*, which the checker never holds against a type).
+pub const FILTER_YIELDS: &[(&str, FilterYield)] = &[
+    ("e164", FilterYield::Text),
+    ("digits", FilterYield::Text),
+    ("email", FilterYield::Text),
+    ("datetime", FilterYield::DateTime),
+    ("date", FilterYield::Date),
+    ("unix", FilterYield::Number),
+    ("format_date", FilterYield::Text),
+    ("number", FilterYield::Number),
+    ("compact", FilterYield::List),
+    ("split_list", FilterYield::List),
+    ("pick", FilterYield::Any),
+    ("abs_int", FilterYield::Number),
+];
+
 /// Registers our filters on an environment.
 pub fn register(env: &mut Environment<'_>) {
     env.add_filter("e164", e164);
