@@ -752,3 +752,32 @@ async fn the_console_queries_run_on_postgres() {
     let store = Store::open(&url).await.unwrap();
     queries_on(&store).await;
 }
+
+/// `mapper demo` turns the console on and says where it is.
+#[test]
+fn the_demo_prints_the_console_url() {
+    let folder = tempfile::tempdir().unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mapper"))
+        .arg("demo")
+        .arg("--mappings")
+        .arg(repo.join("mappings"))
+        .arg("--examples")
+        .arg(repo.join("examples/payloads"))
+        .current_dir(folder.path())
+        .env("MAPPER_UI_TOKEN", "demo-console-token-1234")
+        .env_remove("MAPPER_COALESCE_WINDOW")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("console: "))
+        .unwrap_or_else(|| panic!("no console line in:\n{stdout}"));
+    assert!(line.starts_with("console: http://127.0.0.1:"), "{line}");
+    assert!(
+        line.ends_with("/ui (log in with the token demo-console-token-1234)"),
+        "{line}"
+    );
+}
