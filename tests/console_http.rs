@@ -10,7 +10,7 @@ use reqwest::redirect::Policy;
 use std::time::Duration;
 
 mod common;
-use common::{serve_env, settle, simulators};
+use common::{copy_dir, serve_env, settle, simulators};
 
 const TOKEN: &str = "console-test-token-0123456789";
 
@@ -24,17 +24,22 @@ struct Console {
 }
 
 async fn start(ui_token: Option<&str>) -> Console {
+    start_in(ui_token, "mappings", false).await
+}
+
+/// As [`start`], on the mapping folder `mappings`, reloaded when it changes if `watch`.
+async fn start_in(ui_token: Option<&str>, mappings: &str, watch: bool) -> Console {
     let (ghl, sc) = simulators().await;
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("console.db").display());
-    let program = mapper::config::compile::compile_dir(std::path::Path::new("mappings"))
+    let program = mapper::config::compile::compile_dir(std::path::Path::new(mappings))
         .program
         .expect("the mappings check clean");
     let mut config = AppConfig::serve(
         program,
         db.parse::<DatabaseUrl>().unwrap(),
         "127.0.0.1:0".parse().unwrap(),
-        None,
+        watch.then(|| mappings.into()),
         Env::from_map(serve_env(&ghl, &sc)),
     );
     config.coalesce_window = Some(Duration::ZERO);
@@ -780,4 +785,53 @@ fn the_demo_prints_the_console_url() {
         line.ends_with("/ui (log in with the token demo-console-token-1234)"),
         "{line}"
     );
+}
+
+/// The mappings view lists the files loaded and, after a refused reload,
+/// the diagnostics with their file, line and column.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_mappings_view_shows_a_refused_reload_with_its_place() {
+    let copy = tempfile::tempdir().unwrap();
+    for sub in ["mappings", "schemas", "examples"] {
+        copy_dir(std::path::Path::new(sub), &copy.path().join(sub));
+    }
+    let folder = copy.path().join("mappings");
+    let c = start_in(Some(TOKEN), folder.to_str().unwrap(), true).await;
+    let bearer = format!("Bearer {TOKEN}");
+    let page = || async {
+        client()
+            .get(format!("{}/ui/mappings", c.base))
+            .header("authorization", &bearer)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let before = page().await;
+    assert!(before.contains("id=\"reload-state\">ok"), "{before}");
+    // minijinja escapes `/` in HTML.
+    assert!(before.contains("sources&#x2f;stickycards.yaml"), "{before}");
+    std::fs::write(
+        folder.join("broken.yaml"),
+        "mappings:\n  - name: x\n    sourse: y\n",
+    )
+    .unwrap();
+    let mut after = String::new();
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = page().await;
+        if after.contains("was refused") {
+            break;
+        }
+    }
+    assert!(after.contains("was refused"), "{after}");
+    let at = after.find("broken.yaml:").expect("the file named") + "broken.yaml:".len();
+    let place: String = after[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == ':')
+        .collect();
+    let parts: Vec<&str> = place.split(':').filter(|p| !p.is_empty()).collect();
+    assert!(parts.len() >= 2, "no line:col after the file in {after}");
 }
