@@ -336,6 +336,18 @@ async fn a_replay_without_the_csrf_token_is_refused() {
         .await
         .unwrap();
     assert_eq!(crossed.status(), 403);
+    // Every other state-changing route refuses the same way.
+    for path in ["/ui/replay", "/ui/held/requeue", "/ui/logout"] {
+        let r = client()
+            .post(format!("{}{path}", c.base))
+            .header("cookie", &session)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("state=dead&confirm=yes")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+    }
     assert_eq!(
         store.event(id).await.unwrap().unwrap().0,
         "dead",
@@ -834,4 +846,57 @@ async fn the_mappings_view_shows_a_refused_reload_with_its_place() {
         .collect();
     let parts: Vec<&str> = place.split(':').filter(|p| !p.is_empty()).collect();
     assert!(parts.len() >= 2, "no line:col after the file in {after}");
+}
+
+/// A held write that failed is listed (masked) and re-queued from the console,
+/// through the store function `mapper replay --held` uses.
+#[tokio::test]
+async fn failed_held_writes_are_listed_and_re_queued() {
+    let c = start(Some(TOKEN)).await;
+    let store = Store::open(&c.db).await.unwrap();
+    let held = store
+        .hold_write(
+            &mapper::store::HeldWrite {
+                connection: "default".into(),
+                target: "stickycards".into(),
+                record_id: "cus_held".into(),
+                op: "update_customer".into(),
+                params: serde_json::json!({"email": "held.person@example.com"}),
+                mapping: "sc-test".into(),
+                event_row: 1,
+                occurred_at: None,
+            },
+            3_600_000,
+            |_, later| later.clone(),
+        )
+        .await
+        .unwrap();
+    store
+        .fail_write(held.id, 5, "422 rejected for held.person@example.com")
+        .await
+        .unwrap();
+    let session = login(&c).await;
+    let page = get_html(&c, &session, "/ui/actions").await;
+    assert!(page.contains("cus_held"));
+    assert!(!page.contains("held.person@example.com"), "email shown");
+    let csrf = csrf_of(&c, &session).await;
+    let r = client()
+        .post(format!("{}/ui/held/requeue", c.base))
+        .header("cookie", &session)
+        .header("accept", "text/html")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", csrf.as_str())]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/ui/actions?requeued=1&left=0");
+    let state = store
+        .pending_writes()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|w| w.id == held.id)
+        .map(|w| w.state);
+    assert_ne!(state.as_deref(), Some("failed"));
 }
