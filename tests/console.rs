@@ -5,7 +5,8 @@
 //! The walk: the wrong token is refused; log in; the overview counts the
 //! posted batch; open a dead event and read its error; a replay without the
 //! CSRF token is refused; fix the simulator, replay from the page and see
-//! the event delivered; count and confirm a filtered replay. Each view is
+//! the event delivered; count and confirm a filtered replay; the list
+//! refreshes itself. Each view is
 //! photographed on the way, into `MAPPER_SCREENSHOTS` (default
 //! `target/console-screenshots`; `docs/console` refreshes README's).
 //!
@@ -310,7 +311,8 @@ async fn serve() -> Serve {
     }
 }
 
-async fn post_scan(app: &Serve, customer: &str) {
+/// Posts a Sticky Cards scan of `customer`; its delivery id.
+async fn post_scan(app: &Serve, customer: &str) -> i64 {
     let body = std::fs::read_to_string("examples/payloads/stickycards/CardScannedEvent.json")
         .unwrap()
         .replace("cus_1001", customer);
@@ -321,9 +323,10 @@ async fn post_scan(app: &Serve, customer: &str) {
         .body(body)
         .send()
         .await
-        .unwrap()
-        .status();
-    assert_eq!(status, 202);
+        .unwrap();
+    assert_eq!(status.status(), 202);
+    let answer: Value = status.json().await.unwrap();
+    answer["delivery_id"].as_i64().unwrap()
 }
 
 async fn count(store: &Store, state: &str) -> i64 {
@@ -345,12 +348,12 @@ async fn an_operator_finds_a_dead_event_and_replays_it_from_the_browser() {
 
     // A batch that goes through, then two customers GHL refuses.
     for i in 0..4 {
-        post_scan(&app, &format!("cus_ok{i}")).await;
+        let _ = post_scan(&app, &format!("cus_ok{i}")).await;
     }
     settle(&app.db).await;
     app.ghl.inject(Fault::Status(400), 100_000);
-    post_scan(&app, "cus_dead").await;
-    post_scan(&app, "cus_dead2").await;
+    let _ = post_scan(&app, "cus_dead").await;
+    let _ = post_scan(&app, "cus_dead2").await;
     settle(&app.db).await;
     let delivered = count(&store, "delivered").await;
     assert_eq!(count(&store, "dead").await, 2);
@@ -475,5 +478,19 @@ async fn an_operator_finds_a_dead_event_and_replays_it_from_the_browser() {
     settle(&app.db).await;
     b.go(&format!("{}/ui", app.base)).await;
     assert_eq!(b.text("a[data-state=dead] .n").await, "0");
+
+    // The list refreshes itself (the vendored script runs under the page's
+    // Content-Security-Policy): a webhook posted now appears without a reload.
+    b.go(&format!("{}/ui/events", app.base)).await;
+    let late = post_scan(&app, "cus_late").await;
+    let marker = format!("data-id=\"{late}\"");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !b.source().await.contains(&marker) {
+        assert!(
+            Instant::now() < deadline,
+            "event #{late} never appeared in the list"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     b.close().await;
 }
