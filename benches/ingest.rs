@@ -2,6 +2,9 @@
 //! against a bare axum handler that accepts and discards, measured in the same
 //! run with the same client (64 connections over loopback).
 //!
+//! mapper is measured alone and with the operator console mounted
+//! (`MAPPER_UI_TOKEN`), two runs each in alternating order.
+//!
 //! `cargo bench --bench ingest` (env `INGEST_REQUESTS`, default 20000)
 
 use axum::Router;
@@ -115,47 +118,40 @@ fn main() {
         let _ = load(format!("{bare}/webhooks/stickycards"), 2000, make.clone()).await; // warm-up
         let baseline = load(format!("{bare}/webhooks/stickycards"), total, make.clone()).await;
 
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = format!("sqlite://{}", dir.path().join("ingest.db").display());
-        let store = Store::open(&db).await.expect("store");
-        let program = compile_dir(Path::new("mappings"))
-            .program
-            .expect("mappings compile");
-        let env = |name: &str| {
-            Some(if name.ends_with("TOKEN") || name.ends_with("SECRET") {
-                "bench".to_string()
-            } else {
-                String::new()
-            })
-        };
-        let verifiers = server::verifiers(&program, &env).expect("verifiers");
-        let state = Arc::new(AppState::new(
-            server::Loaded {
-                program: Arc::new(program),
-                verifiers,
-            },
-            store.clone(),
-            Inbox::start(store.clone(), 256),
-            "default".into(),
-        ));
-        let mapper_url = serve(server::router(state)).await;
-        let _ = load(
-            format!("{mapper_url}/webhooks/stickycards"),
-            2000,
-            make.clone(),
-        )
-        .await;
-        let durable = load(
-            format!("{mapper_url}/webhooks/stickycards"),
-            total,
-            move |i| make(i + 1_000_000),
-        )
-        .await;
-        let stored: i64 = store
-            .counts()
-            .await
-            .map(|c| c.iter().map(|c| c.count).sum())
-            .unwrap_or(0);
+        // mapper alone, and mapper with the operator console mounted beside
+        // the receiver (`MAPPER_UI_TOKEN` set), each on a fresh database,
+        // twice, in alternating order: neither gets the quieter moment.
+        let mut plain = Vec::new();
+        let mut with_console = Vec::new();
+        let mut stored = 0;
+        for round in 0..2 {
+            let order = if round == 0 { [false, true] } else { [true, false] };
+            for console in order {
+                let (url, store, _dir) = mapper(console).await;
+                let offset = 1_000_000 * (1 + round * 2 + usize::from(console));
+                let _ = load(format!("{url}/webhooks/stickycards"), 2000, {
+                    let make = make.clone();
+                    move |i| make(i + offset + 500_000)
+                })
+                .await;
+                let run = load(format!("{url}/webhooks/stickycards"), total, {
+                    let make = make.clone();
+                    move |i| make(i + offset)
+                })
+                .await;
+                if !console {
+                    stored = store
+                        .counts()
+                        .await
+                        .map(|c| c.iter().map(|c| c.count).sum())
+                        .unwrap_or(0);
+                }
+                if console { &mut with_console } else { &mut plain }.push(run);
+            }
+        }
+        let mean = |runs: &[Run]| runs.iter().map(|r| r.rate).sum::<f64>() / runs.len() as f64;
+        let worst_p99 = |runs: &[Run]| runs.iter().map(|r| r.p99).max().unwrap_or_default();
+        let best_p50 = |runs: &[Run]| runs.iter().map(|r| r.p50).min().unwrap_or_default();
 
         println!("requests per run: {total}, connections: {CONNECTIONS}");
         println!(
@@ -163,12 +159,28 @@ fn main() {
             baseline.rate, baseline.p50, baseline.p99
         );
         println!(
-            "mapper (verify, decode, durable insert): {:>9.0} req/s  p50 {:>7.2?}  p99 {:>7.2?}",
-            durable.rate, durable.p50, durable.p99
+            "mapper (verify, decode, durable insert): {:>9.0} req/s  p50 {:>7.2?}  p99 {:>7.2?}  (mean of {} runs: {})",
+            mean(&plain),
+            best_p50(&plain),
+            worst_p99(&plain),
+            plain.len(),
+            plain.iter().map(|r| format!("{:.0}", r.rate)).collect::<Vec<_>>().join(", ")
         );
         println!(
             "ratio: {:.1}% of bare axum's rate; rows stored: {stored}",
-            100.0 * durable.rate / baseline.rate
+            100.0 * mean(&plain) / baseline.rate
+        );
+        println!(
+            "mapper with the console mounted (MAPPER_UI_TOKEN set): {:>9.0} req/s  p50 {:>7.2?}  p99 {:>7.2?}  (mean of {} runs: {})",
+            mean(&with_console),
+            best_p50(&with_console),
+            worst_p99(&with_console),
+            with_console.len(),
+            with_console.iter().map(|r| format!("{:.0}", r.rate)).collect::<Vec<_>>().join(", ")
+        );
+        println!(
+            "ratio with the console: {:.1}% of bare axum's rate",
+            100.0 * mean(&with_console) / baseline.rate
         );
         if let Some(kb) = peak_rss_kb() {
             println!(
@@ -177,6 +189,39 @@ fn main() {
             );
         }
     });
+}
+
+/// The receiver on a fresh SQLite file, with the console beside it when
+/// `console`: its address, its store, and the folder to keep alive.
+async fn mapper(console: bool) -> (String, Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = format!("sqlite://{}", dir.path().join("ingest.db").display());
+    let store = Store::open(&db).await.expect("store");
+    let program = compile_dir(Path::new("mappings"))
+        .program
+        .expect("mappings compile");
+    let env = |name: &str| {
+        Some(if name.ends_with("TOKEN") || name.ends_with("SECRET") {
+            "bench".to_string()
+        } else {
+            String::new()
+        })
+    };
+    let verifiers = server::verifiers(&program, &env).expect("verifiers");
+    let state = Arc::new(AppState::new(
+        server::Loaded {
+            program: Arc::new(program),
+            verifiers,
+        },
+        store.clone(),
+        Inbox::start(store.clone(), 256),
+        "default".into(),
+    ));
+    let mut app = server::router(state.clone());
+    if console {
+        app = app.merge(server::ui::router(state, "bench-console-token").expect("console"));
+    }
+    (serve(app).await, store, dir)
 }
 
 fn peak_rss_kb() -> Option<u64> {

@@ -156,6 +156,9 @@ pub struct AppConfig {
     pub coalesce_window: Option<Duration>,
     /// Run the scheduled rules and send held writes when due.
     pub background: bool,
+    /// Serve the operator console at `/ui` with this token (`MAPPER_UI_TOKEN`);
+    /// `None` leaves `/ui` answering 404. Needs `listen`.
+    pub ui_token: Option<String>,
 }
 
 impl AppConfig {
@@ -171,6 +174,7 @@ impl AppConfig {
             worker: WorkerConfig::default(),
             coalesce_window: None,
             background: false,
+            ui_token: None,
         }
     }
 
@@ -206,6 +210,9 @@ pub enum StartError {
         address: SocketAddr,
         error: std::io::Error,
     },
+    /// The operator console cannot be served (`MAPPER_UI_TOKEN`).
+    #[error("{0}")]
+    Console(#[from] server::ui::ConsoleError),
     #[error("cannot watch the mapping folder {}: {error}", folder.display())]
     Watch {
         folder: PathBuf,
@@ -229,6 +236,7 @@ impl App {
             worker,
             coalesce_window,
             background,
+            ui_token,
         } = config;
         let verifiers = match listen {
             Some(_) => {
@@ -315,9 +323,22 @@ impl App {
             },
             None => None,
         };
+        let console = match (&state, ui_token.as_deref()) {
+            (Some(state), Some(token)) => match server::ui::router(state.clone(), token) {
+                Ok(console) => Some(console),
+                Err(e) => {
+                    let _ = stop.send(true);
+                    return Err(e.into());
+                }
+            },
+            _ => None,
+        };
         let server = match (listener, state) {
             (Some(listener), Some(state)) => {
-                let app = server::router(state);
+                let app = match console {
+                    Some(console) => server::router(state).merge(console),
+                    None => server::router(state),
+                };
                 let mut until = stopped;
                 Some(tokio::spawn(async move {
                     let shutdown = async move {

@@ -130,6 +130,12 @@ async fn demo(opts: DemoOptions) -> ExitCode {
     // Writes to Sticky Cards are held and merged per customer (5 minutes in
     // production); the demo holds them briefly, long enough to merge a burst.
     config.coalesce_window = Some(opts.coalesce_window);
+    // The console is on in the demo: the operator's token when set, else one of its own.
+    let ui_token = std::env::var(crate::server::ui::TOKEN_VARIABLE)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or_else(crate::server::ui::random_token);
+    config.ui_token = ui_token.clone();
     let running = match App::start(config).await {
         Ok(r) => r,
         Err(problem) => {
@@ -149,6 +155,9 @@ async fn demo(opts: DemoOptions) -> ExitCode {
         "database: {database}{}",
         if fresh { " (fresh for this run)" } else { "" }
     );
+    if let Some(token) = &ui_token {
+        println!("console: {base}/ui (log in with the token {token})");
+    }
     println!("\nwebhook URLs (demo secrets):");
     for (source, how) in &webhooks {
         println!("  {source:<13} POST {base}/webhooks/{source}{how}");
@@ -189,6 +198,9 @@ async fn demo(opts: DemoOptions) -> ExitCode {
     let failed = outcome.report(drained);
     if opts.keep_running {
         println!("\nstill serving on {base}; Ctrl-C stops");
+        if ui_token.is_some() {
+            println!("console: {base}/ui");
+        }
         shutdown_signal().await;
     }
     running.shutdown().await;

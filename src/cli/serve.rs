@@ -62,13 +62,25 @@ async fn serve(opts: ServeOptions) -> ExitCode {
     let Some(program) = load_program(&opts.mappings, "serve") else {
         return ExitCode::from(1);
     };
+    let env = Env::process();
+    let ui_token = env.get(crate::server::ui::TOKEN_VARIABLE);
     let mut config = AppConfig::serve(
         program,
         opts.database,
         opts.listen,
         Some(opts.mappings.clone()),
-        Env::process(),
+        env,
     );
+    if let Some(token) = &ui_token
+        && token.len() < 16
+    {
+        tracing::warn!(
+            "MAPPER_UI_TOKEN is {} characters long: use at least 16 random characters (e.g. `openssl rand -hex 32`)",
+            token.len()
+        );
+    }
+    let console = ui_token.is_some();
+    config.ui_token = ui_token;
     config.worker.concurrency = opts.workers;
     config.coalesce_window = opts.coalesce_window;
     let running = match App::start(config).await {
@@ -90,6 +102,9 @@ async fn serve(opts: ServeOptions) -> ExitCode {
     };
     let address = running.address.unwrap_or(opts.listen);
     tracing::info!(%address, mappings = %opts.mappings.display(), "listening for webhooks on http://{address}/webhooks/{{source}}");
+    if console {
+        tracing::info!("operator console on http://{address}/ui (log in with MAPPER_UI_TOKEN)");
+    }
     shutdown_signal().await;
     running.shutdown().await;
     tracing::info!("stopped; stored events stay in the database for the next start");

@@ -5,6 +5,7 @@
 //! platform retries (GHL retries only on 429).
 
 pub mod error;
+pub mod ui;
 pub mod verify;
 
 pub use error::ReceiveError;

@@ -7,8 +7,12 @@
 //! Every row is keyed by a *connection* (one GHL location with its source
 //! accounts); a single deployment uses `default`.
 
+mod console;
 mod inbox;
 mod journal;
+pub use console::{
+    Attempt, EventPage, EventQuery, EventRecord, EventRow, PAGE_SIZE, StateCount, utc_day_start_ms,
+};
 pub use inbox::Inbox;
 pub mod resync;
 pub use journal::WriteTx;
