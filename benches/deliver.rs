@@ -467,6 +467,7 @@ async fn store_costs(reps: u32) -> (Vec<(&'static str, Duration)>, Duration) {
         status: Some(200),
         error: None,
         attempt: 1,
+        took_ms: None,
     };
     let mut spent = [Duration::ZERO; 8];
     for rep in 0..reps {

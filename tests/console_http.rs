@@ -79,6 +79,19 @@ fn scan(customer: &str) -> Vec<u8> {
         .into_bytes()
 }
 
+/// How many attempt rows show a latency (`<td class="time">N ms</td>`).
+fn attempts_with_latency(page: &str) -> usize {
+    page.split("<td class=\"time\">")
+        .skip(1)
+        .filter(|cell| {
+            cell.split("</td>")
+                .next()
+                .and_then(|t| t.strip_suffix(" ms"))
+                .is_some_and(|n| n.parse::<u64>().is_ok())
+        })
+        .count()
+}
+
 async fn post_scan(c: &Console, customer: &str) -> u16 {
     client()
         .post(format!("{}/webhooks/stickycards", c.base))
@@ -407,6 +420,9 @@ async fn personal_data_is_masked_until_revealed_and_secrets_never_shown() {
     assert!(!masked.contains("Ana.Lima@Example.com"), "email shown");
     assert!(!masked.contains("555-2671"), "phone shown");
     assert!(masked.contains("A•••@E•••.com"));
+    // Each call of the event shows how long it took (departure to answer).
+    let took = attempts_with_latency(&masked);
+    assert!(took > 0, "no attempt shows its latency:\n{masked}");
     let revealed = get_html(&c, &session, &format!("/ui/events/{id}?reveal=1")).await;
     assert!(revealed.contains("Ana.Lima@Example.com"));
     assert!(revealed.contains("+1 (415) 555-2671"));
@@ -670,6 +686,7 @@ async fn queries_on(store: &Store) {
             status: Some(400),
             error: Some("bad".into()),
             attempt: 1,
+            took_ms: None,
         })
         .await
         .unwrap();

@@ -793,6 +793,7 @@ async fn run_queries(store: Store) {
         status,
         error: None,
         attempt: 1,
+        took_ms: None,
     };
     let (a, b, c) = (ids[0].id(), ids[1].id(), ids[2].id());
     store

@@ -88,6 +88,8 @@ pub struct Attempt {
     pub error: Option<String>,
     pub attempt: i64,
     pub at: i64,
+    /// How long the call took, in ms (`None`: no call, or logged before 0009).
+    pub took_ms: Option<i64>,
 }
 
 const EVENT_COLUMNS: &str =
@@ -119,6 +121,7 @@ fn attempt_row(r: &sqlx::any::AnyRow) -> Result<Attempt, sqlx::Error> {
         error: r.try_get(7)?,
         attempt: r.try_get(8)?,
         at: r.try_get(9)?,
+        took_ms: r.try_get(10)?,
     })
 }
 
@@ -374,7 +377,7 @@ impl Store {
     /// Every attempt logged for one event, oldest first.
     pub async fn attempts_of_event(&self, id: i64) -> Result<Vec<Attempt>, StoreError> {
         let rows = sqlx::query(
-            "SELECT event_row, mapping, action, target, customer, request, status, error, attempt, at \
+            "SELECT event_row, mapping, action, target, customer, request, status, error, attempt, at, took_ms \
              FROM sync_log WHERE event_row = $1 ORDER BY id LIMIT 1000",
         )
         .bind(id)
@@ -391,7 +394,7 @@ impl Store {
         let mut w = Where::default();
         w.one_of("customer", ids);
         let sql = format!(
-            "SELECT event_row, mapping, action, target, customer, request, status, error, attempt, at \
+            "SELECT event_row, mapping, action, target, customer, request, status, error, attempt, at, took_ms \
              FROM sync_log{} ORDER BY id DESC LIMIT 500",
             w.sql()
         );

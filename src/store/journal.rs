@@ -177,8 +177,8 @@ impl WriteTx {
     /// Writes one attempt to the sync log.
     pub async fn log(&mut self, entry: &SyncLogEntry) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO sync_log (connection, event_row, mapping, action, target, customer, request, status, error, attempt, at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "INSERT INTO sync_log (connection, event_row, mapping, action, target, customer, request, status, error, attempt, at, took_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&entry.connection)
         .bind(entry.event_row)
@@ -191,6 +191,7 @@ impl WriteTx {
         .bind(entry.error.as_deref())
         .bind(entry.attempt)
         .bind(now_ms())
+        .bind(entry.took_ms)
         .execute(&mut *self.tx)
         .await?;
         Ok(())

@@ -183,6 +183,16 @@ pub struct SyncLogEntry {
     pub status: Option<i64>,
     pub error: Option<String>,
     pub attempt: i64,
+    /// How long the call took (departure to answer), when a call was made.
+    pub took_ms: Option<i64>,
+}
+
+impl SyncLogEntry {
+    /// This entry, with how long its call took.
+    pub fn took(mut self, took_ms: Option<i64>) -> SyncLogEntry {
+        self.took_ms = took_ms;
+        self
+    }
 }
 
 /// Which events `replay` re-queues.
@@ -466,7 +476,7 @@ impl Store {
         customer: Option<&str>,
     ) -> Result<Vec<SyncLogEntry>, StoreError> {
         let rows = sqlx::query(
-            "SELECT connection, event_row, mapping, action, target, customer, request, status, error, attempt \
+            "SELECT connection, event_row, mapping, action, target, customer, request, status, error, attempt, took_ms \
              FROM sync_log WHERE ($1 = 0 OR event_row = $2) AND ($3 = '' OR customer = $3) ORDER BY id LIMIT 1000",
         )
         .bind(i64::from(event_row.is_some()))
@@ -487,6 +497,7 @@ impl Store {
                     status: r.try_get(7)?,
                     error: r.try_get(8)?,
                     attempt: r.try_get(9)?,
+                    took_ms: r.try_get(10)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -794,7 +805,7 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
             }
         };
     }
-    let steps: [(i64, &str, &'static str); 8] = [
+    let steps: [(i64, &str, &'static str); 9] = [
         (1, "inbox", both!("0001_inbox.sql")),
         (2, "records", both!("0002_records.sql")),
         (3, "order_mirror", both!("0003_order_mirror.sql")),
@@ -807,6 +818,7 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
             both!("0007_ownership_coalesce.sql"),
         ),
         (8, "claim_heads", both!("0008_claim_heads.sql")),
+        (9, "attempt_latency", both!("0009_attempt_latency.sql")),
     ];
     Migrator::with_migrations(
         steps

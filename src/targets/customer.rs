@@ -144,7 +144,8 @@ pub async fn find_or_create(
             let Some((_, id_path)) = cap.find.get(&key.key) else {
                 continue;
             };
-            match ex.http.send(target, request).await {
+            let sent = ex.http.send_timed(target, request).await;
+            match sent.answer {
                 Answer::Ok(answer) => {
                     if let Some(id) = id_path.select(&answer).and_then(|v| scalar(&v)) {
                         found = Some(id);
@@ -152,13 +153,16 @@ pub async fn find_or_create(
                     }
                 }
                 Answer::Failed(failure) => {
-                    journal.log(log(
-                        "find_customer",
-                        None,
-                        describe(request),
-                        failure.status,
-                        Some(failure.error.clone()),
-                    ));
+                    journal.log(
+                        log(
+                            "find_customer",
+                            None,
+                            describe(request),
+                            failure.status,
+                            Some(failure.error.clone()),
+                        )
+                        .took(sent.took_ms),
+                    );
                     return Err(Outcome::from_failure(failure));
                 }
             }
@@ -178,20 +182,24 @@ pub async fn find_or_create(
                 None => request.body = Some(body.clone()),
             }
         }
-        let (answer, sent_at) = ex.http.send_timed(target, &request).await;
-        match answer {
+        let sent = ex.http.send_timed(target, &request).await;
+        let (sent_at, took) = (sent.departed_at, sent.took_ms);
+        match sent.answer {
             Answer::Ok(answer) => {
                 found = cap.id.select(&answer).and_then(|v| scalar(&v));
                 if let Some(id) = &found {
                     // The log says who was created, not only who failed to be:
                     // `mapper log` and resync's summary read it.
-                    journal.log(log(
-                        "create_customer",
-                        Some(id),
-                        describe(&request),
-                        Some(200),
-                        None,
-                    ));
+                    journal.log(
+                        log(
+                            "create_customer",
+                            Some(id),
+                            describe(&request),
+                            Some(200),
+                            None,
+                        )
+                        .took(took),
+                    );
                     created = Some((answer, sent_at));
                 }
             }
@@ -208,24 +216,30 @@ pub async fn find_or_create(
                     .and_then(|p| p.select(&body))
                     .and_then(|v| scalar(&v));
                 if found.is_none() {
-                    journal.log(log(
-                        "create_customer",
-                        None,
-                        describe(&request),
-                        Some(400),
-                        Some(error.clone()),
-                    ));
+                    journal.log(
+                        log(
+                            "create_customer",
+                            None,
+                            describe(&request),
+                            Some(400),
+                            Some(error.clone()),
+                        )
+                        .took(took),
+                    );
                     return Err(Outcome::Permanent(error));
                 }
             }
             Answer::Failed(failure) => {
-                journal.log(log(
-                    "create_customer",
-                    None,
-                    describe(&request),
-                    failure.status,
-                    Some(failure.error.clone()),
-                ));
+                journal.log(
+                    log(
+                        "create_customer",
+                        None,
+                        describe(&request),
+                        failure.status,
+                        Some(failure.error.clone()),
+                    )
+                    .took(took),
+                );
                 return Err(Outcome::from_failure(failure));
             }
         }

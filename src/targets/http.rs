@@ -19,6 +19,16 @@ pub enum Answer {
     Failed(Failure),
 }
 
+/// A request sent, with its times.
+pub struct Sent {
+    pub answer: Answer,
+    /// When it left, after the rate limiter (ms since the epoch).
+    pub departed_at: i64,
+    /// From its departure to its answer (the sync log's `took_ms`); `None`
+    /// when it never left (a spent daily budget).
+    pub took_ms: Option<i64>,
+}
+
 /// A call that did not succeed, classified.
 #[derive(Debug, Clone)]
 pub struct Failure {
@@ -79,7 +89,7 @@ impl Http {
     /// Sends one request with the target's headers, within its rate limit,
     /// and classifies the answer.
     pub async fn send(&self, target: &Target, request: &RequestPlan) -> Answer {
-        self.send_timed(target, request).await.0
+        self.send_timed(target, request).await.answer
     }
 
     /// [`Http::send`], with when the request left (ms since the epoch): after
@@ -87,16 +97,26 @@ impl Http {
     /// asked for. A write's effect on the record dates from then, not from
     /// when the delivery decided to make it: a webhook the platform sent in
     /// between still describes the record as it was.
-    pub async fn send_timed(&self, target: &Target, request: &RequestPlan) -> (Answer, i64) {
+    pub async fn send_timed(&self, target: &Target, request: &RequestPlan) -> Sent {
         if let Err(until) = self
             .limiter
             .acquire(&target.name, target.rate_limit.as_ref())
             .await
         {
-            return (pause(target, until), crate::store::now_ms());
+            return Sent {
+                answer: pause(target, until),
+                departed_at: crate::store::now_ms(),
+                took_ms: None,
+            };
         }
-        let departed = crate::store::now_ms();
-        (self.call(target, request).await, departed)
+        let departed_at = crate::store::now_ms();
+        let started = std::time::Instant::now();
+        let answer = self.call(target, request).await;
+        Sent {
+            answer,
+            departed_at,
+            took_ms: Some(started.elapsed().as_millis() as i64),
+        }
     }
 
     /// One call, the rate limiter passed.

@@ -135,6 +135,7 @@ impl EventRef<'_> {
             status: status.map(i64::from),
             error,
             attempt: self.attempt,
+            took_ms: None,
         }
     }
 }
@@ -372,6 +373,7 @@ impl Executor {
                         status: None,
                         error: None,
                         attempt: event.attempts,
+                        took_ms: None,
                     });
                     return Outcome::Suppressed { kind, note };
                 }
@@ -769,8 +771,9 @@ impl Executor {
             ));
             return Outcome::Delivered;
         }
-        let (answer, sent_at) = self.http.send_timed(target, &request).await;
-        match answer {
+        let sent = self.http.send_timed(target, &request).await;
+        let (sent_at, took) = (sent.departed_at, sent.took_ms);
+        match sent.answer {
             Answer::Ok(answer) => {
                 if let (Some(id), Some(op)) = (customer_id, op) {
                     self.record_answer(
@@ -792,16 +795,19 @@ impl Executor {
                         );
                     }
                 }
-                journal.log(log(&action.op, describe(&request), Some(200), None));
+                journal.log(log(&action.op, describe(&request), Some(200), None).took(took));
                 Outcome::Delivered
             }
             Answer::Failed(failure) => {
-                journal.log(log(
-                    &action.op,
-                    describe(&request),
-                    failure.status,
-                    Some(failure.error.clone()),
-                ));
+                journal.log(
+                    log(
+                        &action.op,
+                        describe(&request),
+                        failure.status,
+                        Some(failure.error.clone()),
+                    )
+                    .took(took),
+                );
                 Outcome::from_failure(failure)
             }
         }
@@ -1118,8 +1124,9 @@ impl Executor {
             write.event_rows,
             describe(&request)
         );
-        let (answer, sent_at) = self.http.send_timed(target, &request).await;
-        match answer {
+        let sent = self.http.send_timed(target, &request).await;
+        let (sent_at, took) = (sent.departed_at, sent.took_ms);
+        match sent.answer {
             Answer::Ok(answer) => {
                 self.record_answer(
                     journal,
@@ -1131,17 +1138,20 @@ impl Executor {
                     (write.occurred_at, sent_at),
                 )
                 .await;
-                journal.log(held_entry(write, &write.op, summary, Some(200), None));
+                journal.log(held_entry(write, &write.op, summary, Some(200), None).took(took));
                 Outcome::Delivered
             }
             Answer::Failed(failure) => {
-                journal.log(held_entry(
-                    write,
-                    &write.op,
-                    summary,
-                    failure.status,
-                    Some(failure.error.clone()),
-                ));
+                journal.log(
+                    held_entry(
+                        write,
+                        &write.op,
+                        summary,
+                        failure.status,
+                        Some(failure.error.clone()),
+                    )
+                    .took(took),
+                );
                 Outcome::from_failure(failure)
             }
         }
@@ -1191,6 +1201,7 @@ fn held_entry(
         status: status.map(i64::from),
         error,
         attempt: write.attempts + 1,
+        took_ms: None,
     }
 }
 

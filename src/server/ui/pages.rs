@@ -574,6 +574,7 @@ fn attempt_view(a: &Attempt, reveal: bool) -> Value {
         error => a.error.as_deref().map(|e| mask::text_of(e, reveal)),
         attempt => a.attempt,
         at => format_ms(a.at),
+        took => a.took_ms.map(|ms| format!("{ms} ms")),
         ok => a.status.is_some_and(|s| (200..300).contains(&s)) && a.error.is_none(),
     }
 }
