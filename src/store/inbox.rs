@@ -44,10 +44,13 @@ impl Store {
         conn: &mut AnyConnection,
         events: &[NewEvent],
     ) -> Result<Vec<Inserted>, StoreError> {
-        let mut tx = conn.begin().await?;
         let now = now_ms();
-        // One multi-row statement per batch: the rows it inserts come back with
-        // their keys; the others were stored before (or earlier in this batch).
+        // One multi-row statement per batch, on its own (autocommit): a single
+        // statement is atomic by itself, and SQLite then needs no statement
+        // journal (inside an explicit transaction it copies every page the
+        // insert touches into one: 13% of the ingest's CPU). The rows it
+        // inserts come back with their keys; the others were stored before
+        // (or earlier in this batch) and are looked up once it is committed.
         let mut sql = String::from(
             "INSERT INTO events (connection, source, event_type, event_id, dedup_key, received_at, \
              occurred_at, headers, body, state, attempts, next_attempt_at, customer_key) VALUES ",
@@ -90,7 +93,7 @@ impl Store {
                 .bind(now)
                 .bind(e.customer_key.as_deref());
         }
-        let rows = query.fetch_all(&mut *tx).await?;
+        let rows = query.fetch_all(&mut *conn).await?;
         let mut fresh: HashMap<(String, String, String), i64> = HashMap::new();
         for r in &rows {
             fresh.insert((r.try_get(1)?, r.try_get(2)?, r.try_get(3)?), r.try_get(0)?);
@@ -112,7 +115,7 @@ impl Store {
                     .bind(&e.connection)
                     .bind(&e.source)
                     .bind(&e.dedup_key)
-                    .fetch_one(&mut *tx)
+                    .fetch_one(&mut *conn)
                     .await?;
                     Inserted::Duplicate(row.try_get::<i64, _>(0)?)
                 }
@@ -120,7 +123,6 @@ impl Store {
             seen.insert(key, result.id());
             out.push(result);
         }
-        tx.commit().await?;
         Ok(out)
     }
 
