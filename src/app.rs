@@ -278,6 +278,11 @@ impl App {
         let executor = Arc::new(arc_swap::ArcSwap::from_pointee(executor));
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(
+            store
+                .clone()
+                .checkpoints(Duration::from_millis(500), stopped.clone()),
+        ));
         if background {
             tasks.push(tokio::spawn(crate::worker::schedule::run(
                 store.clone(),
