@@ -1189,7 +1189,7 @@ type CompiledSource = (prog::Source, SchemaSet, Fields, bool);
 fn compile_source(
     ctx: &mut Ctx,
     sp: &SourceProfile,
-    schemas: Option<Result<SchemaSet, String>>,
+    schemas: Option<Result<SchemaSet, payload_schema::SchemaSetError>>,
 ) -> Option<CompiledSource> {
     let file = &sp.file;
     let s = sp.spec;
@@ -1198,7 +1198,11 @@ fn compile_source(
         .unwrap_or(Path::new("."))
         .join(&s.schemas.value);
     let mut readable = true;
-    let set = match schemas.unwrap_or_else(|| Err(format!("{} was not read", dir.display()))) {
+    let set = match schemas.unwrap_or_else(|| {
+        Err(payload_schema::SchemaSetError::NotRead {
+            path: dir.to_path_buf(),
+        })
+    }) {
         Ok(set) => {
             if set.events.is_empty() {
                 readable = false;

@@ -31,7 +31,7 @@ pub struct Loaded {
     pub foundation_failed: bool,
     /// The payload schemas of each source file (by its path), read from its
     /// `schemas:` folder, or why they could not be read.
-    pub schemas: BTreeMap<PathBuf, Result<SchemaSet, String>>,
+    pub schemas: BTreeMap<PathBuf, Result<SchemaSet, super::payload_schema::SchemaSetError>>,
     /// The files test cases name in `payload_file:`, by resolved path: their
     /// bytes, or why they cannot be read. Empty unless tests were loaded.
     pub payload_files: BTreeMap<PathBuf, Result<Vec<u8>, String>>,

@@ -19,12 +19,36 @@ pub struct SchemaSet {
     pub files: BTreeMap<String, std::path::PathBuf>,
 }
 
+/// Why a folder of payload schemas cannot be read (`check` reports it as
+/// M021 at the source's `schemas:`).
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaSetError {
+    /// The folder or one of its files cannot be read.
+    #[error("{}: {source}", .path.display())]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The load did not read the folder (a compile given files without it).
+    #[error("{} was not read", .path.display())]
+    NotRead { path: std::path::PathBuf },
+    /// A file is not JSON.
+    #[error("{}: {source}", .path.display())]
+    NotJson {
+        path: std::path::PathBuf,
+        source: serde_json::Error,
+    },
+}
+
 impl SchemaSet {
     /// Reads `<Event>.schema.json` files from a folder.
-    pub fn load(dir: &Path) -> Result<Self, String> {
+    pub fn load(dir: &Path) -> Result<Self, SchemaSetError> {
         let mut events = BTreeMap::new();
         let mut files = BTreeMap::new();
-        let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let entries = std::fs::read_dir(dir).map_err(|source| SchemaSetError::Read {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         for entry in entries.flatten() {
             let path = entry.path();
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
@@ -33,10 +57,15 @@ impl SchemaSet {
             let Some(event) = name.strip_suffix(".schema.json") else {
                 continue;
             };
-            let text =
-                std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(&path).map_err(|source| SchemaSetError::Read {
+                path: path.clone(),
+                source,
+            })?;
             let schema: Value =
-                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+                serde_json::from_str(&text).map_err(|source| SchemaSetError::NotJson {
+                    path: path.clone(),
+                    source,
+                })?;
             events.insert(event.to_string(), schema);
             files.insert(event.to_string(), normalize(&path));
         }
