@@ -9,7 +9,7 @@
 
 use mapper::app::{App, AppConfig, DatabaseUrl, Env, Running};
 use mapper::config::compile::compile_dir;
-use mapper::engine::program::Program;
+use mapper::program::Program;
 use mapper::sandbox::ghl::{GhlConfig, GhlSandbox};
 use mapper::sandbox::{RateLimit, StickyCardsConfig, StickyCardsSandbox};
 use mapper::store::{DEFAULT_CONNECTION, Store, SyncLogEntry};

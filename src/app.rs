@@ -9,8 +9,8 @@
 //! one is given). One [`Metrics`] handle is made for all of them.
 
 use crate::config::compile::compile_dir;
-use crate::engine::program::Program;
 use crate::metrics::Metrics;
+use crate::program::Program;
 use crate::server::{self, AppState, MissingSecrets};
 use crate::store::{DEFAULT_CONNECTION, Inbox, Store, StoreError};
 use crate::targets::Executor;

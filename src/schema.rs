@@ -501,7 +501,7 @@ const EXAMPLES: &str = r##"{
 }"##;
 
 /// Filters of minijinja the engine has (checked against it when the schema
-/// is printed), besides the project's own (`engine::filters::FILTERS`).
+/// is printed), besides the project's own (`template::filters::FILTERS`).
 const BUILTIN_FILTERS: &[&str] = &[
     "abs",
     "attr",
@@ -556,8 +556,8 @@ const BUILTIN_FILTERS: &[&str] = &[
 
 /// Every filter a template can use: the project's and the engine's built-ins.
 pub fn filter_names() -> Vec<String> {
-    let env = crate::engine::template::environment(minijinja::Value::from(()));
-    let mut out: Vec<String> = crate::engine::filters::FILTERS
+    let env = crate::template::environment(minijinja::Value::from(()));
+    let mut out: Vec<String> = crate::template::filters::FILTERS
         .iter()
         .map(|f| f.to_string())
         .collect();

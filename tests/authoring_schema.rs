@@ -141,7 +141,7 @@ fn filters_of_the_engine_are_an_enum() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    for f in mapper::engine::filters::FILTERS {
+    for f in mapper::template::filters::FILTERS {
         assert!(listed.contains(f), "project filter {f} missing");
     }
     for f in ["default", "join", "lower", "map", "first"] {
@@ -149,7 +149,7 @@ fn filters_of_the_engine_are_an_enum() {
     }
     assert_eq!(listed.len(), filter_names().len());
     // Every listed name really is a filter of the engine.
-    let env = mapper::engine::template::environment(minijinja::Value::from(()));
+    let env = mapper::template::environment(minijinja::Value::from(()));
     for f in &listed {
         let out = env.render_str(&format!("{{{{ [1] | {f} }}}}"), ());
         assert!(

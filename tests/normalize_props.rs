@@ -1,6 +1,6 @@
 //! Property tests for the normalisation that customer matching relies on.
 
-use mapper::engine::filters::{normalize_email, normalize_phone};
+use mapper::template::filters::{normalize_email, normalize_phone};
 use proptest::prelude::*;
 
 proptest! {

@@ -9,7 +9,7 @@
 use super::serve::{init_logging, load_program, shutdown_signal};
 use crate::app::{App, AppConfig, DatabaseUrl, Env};
 use crate::config::model::VerifyMethod;
-use crate::engine::program::Program;
+use crate::program::Program;
 use crate::sandbox::ghl::{GhlConfig, GhlSandbox};
 use crate::sandbox::{StickyCardsConfig, StickyCardsSandbox};
 use crate::store::Store;

@@ -178,7 +178,7 @@ pub fn parse_state(s: &str) -> Result<EventState, ArgError> {
 
 /// Parses `--since`: RFC 3339, a date, or unix seconds.
 pub fn parse_since(s: &str) -> Result<i64, ArgError> {
-    crate::engine::filters::parse_timestamp_str(s, "UTC")
+    crate::template::filters::parse_timestamp_str(s, "UTC")
         .map(|t| t.timestamp_millis())
         .ok_or_else(|| {
             ArgError(format!(

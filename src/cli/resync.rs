@@ -17,7 +17,7 @@ pub use import::ImportFormat;
 
 use crate::app::{App, AppConfig};
 use crate::engine::plan::PlanInput;
-use crate::engine::program::Program;
+use crate::program::Program;
 use crate::store::resync::{RESYNC_SOURCE, ResyncRun, SnapshotOutcome, snapshot_key};
 use crate::store::{DEFAULT_CONNECTION, EventState, Inserted, NewEvent, Store, StoreError, now_ms};
 use indicatif::{ProgressBar, ProgressStyle};

@@ -3,7 +3,7 @@
 
 use crate::app::{App, AppConfig, DatabaseUrl, Env};
 use crate::config::compile::compile_dir;
-use crate::engine::program::Program;
+use crate::program::Program;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -5,7 +5,7 @@ use crate::config::compile::{Compiled, compile_dir_under, compile_dir_with_tests
 use crate::config::model::TestCase;
 use crate::engine::decode::decode;
 use crate::engine::plan::PlanInput;
-use crate::engine::program::Program;
+use crate::program::Program;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

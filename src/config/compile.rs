@@ -9,9 +9,9 @@ use super::model::{self, ParamKind, SelectSpec, Settings};
 use super::node::{Node, NodeKind};
 use super::payload_schema::{self, SchemaSet};
 use super::types::{self, Kinds};
-use crate::engine::program::{self as prog, Program, ValueTpl};
-use crate::engine::template::{StrTpl, TemplateBuilder, TplInfo};
 use crate::jsonpath::Selector;
+use crate::program::{self as prog, Program, ValueTpl};
+use crate::template::{StrTpl, TemplateBuilder, TplInfo};
 use indexmap::IndexMap;
 use serde_json::Value;
 use serde_saphyr::Spanned;
@@ -194,7 +194,7 @@ impl Ctx {
 
     fn check_info(&mut self, file: &Path, pos: Pos, info: &TplInfo, scope: &Scope) {
         for f in &info.unknown_filters {
-            let mut known: Vec<&str> = crate::engine::filters::FILTERS.to_vec();
+            let mut known: Vec<&str> = crate::template::filters::FILTERS.to_vec();
             known.extend([
                 "lower", "upper", "trim", "default", "join", "split", "int", "float", "first",
                 "last", "length", "replace", "map", "select", "items",
@@ -617,7 +617,7 @@ pub fn compile(loaded: Loaded) -> Compiled {
         .unwrap_or(&default_settings);
     let empty_profiles = IndexMap::new();
     let selected = project.map(|(_, p)| &p.profiles).unwrap_or(&empty_profiles);
-    let defaults = crate::engine::native::Defaults {
+    let defaults = crate::template::native::Defaults {
         phone_region: settings.phone_region.clone(),
         time_zone: settings.time_zone.clone(),
     };
@@ -628,7 +628,8 @@ pub fn compile(loaded: Loaded) -> Compiled {
         tb: TemplateBuilder::new(defaults),
     };
     if let Some((file, p)) = project {
-        if crate::engine::filters::normalize_phone("2015550123", &p.settings.phone_region).is_none()
+        if crate::template::filters::normalize_phone("2015550123", &p.settings.phone_region)
+            .is_none()
             && p.settings
                 .phone_region
                 .parse::<phonenumber::country::Id>()

@@ -10,7 +10,7 @@
 //! *unknown*, and an unknown is never judged: a false error would teach
 //! people to ignore the check.
 
-use crate::engine::filters::{FILTER_YIELDS, FilterYield};
+use crate::template::filters::{FILTER_YIELDS, FilterYield};
 
 /// A set of value kinds (a union type).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -787,7 +787,7 @@ mod tests {
 
     #[test]
     fn every_project_filter_has_a_yield() {
-        for f in crate::engine::filters::FILTERS {
+        for f in crate::template::filters::FILTERS {
             assert!(
                 FILTER_YIELDS.iter().any(|(n, _)| n == f),
                 "filter `{f}` has no entry in FILTER_YIELDS"

@@ -1,6 +1,6 @@
 //! Turning a webhook body into JSON, as the source profile says it is encoded.
 
-use crate::config::model::{BodyFormat, BodySpec};
+use crate::program::{BodyFormat, BodySpec};
 use serde_json::Value;
 use std::fmt;
 

@@ -1,10 +1,10 @@
 //! Evaluating a program against one event: which mappings fire, how the
 //! customer is found, and the concrete requests each action sends.
 
-use super::program::{Action, Mapping, Program, Request, Source, Target, ValueTpl};
-use super::scope::Scope;
-use super::template::{EvalError, Templates, placeholder};
-use crate::config::model::{Missing, Unmatched};
+use crate::program::{Action, Mapping, Program, Request, Source, Target, ValueTpl};
+use crate::program::{Missing, Unmatched};
+use crate::template::scope::Scope;
+use crate::template::{EvalError, Templates, placeholder};
 use minijinja::value::{Serde, Value as MjValue};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -199,10 +199,10 @@ impl Program {
             .iter()
             .filter_map(|(name, how)| {
                 let v = match how {
-                    super::program::MirrorValue::Paths(paths) => {
+                    crate::program::MirrorValue::Paths(paths) => {
                         paths.iter().find_map(|p| p.select(payload))?
                     }
-                    super::program::MirrorValue::Template(tpl) => {
+                    crate::program::MirrorValue::Template(tpl) => {
                         let v = self.templates.eval_scope(tpl, &scope).ok()?;
                         // An id not listed yet, or nothing found: no value, not an empty one.
                         match &v {
@@ -798,7 +798,7 @@ fn identify(src: &Source, payload: &Value, default_tz: &str) -> Result<EventInfo
         .as_ref()
         .and_then(|p| p.select(payload))
         .and_then(|v| {
-            super::filters::parse_timestamp(&to_mj(&v), tz)
+            crate::template::filters::parse_timestamp(&to_mj(&v), tz)
                 .map(|dt| dt.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
         });
     let dedup_key = match &id {

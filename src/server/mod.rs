@@ -11,8 +11,8 @@ pub mod verify;
 pub use error::ReceiveError;
 
 use crate::engine::decode;
-use crate::engine::program::Program;
 use crate::metrics::Metrics;
+use crate::program::Program;
 use crate::store::{EventState, Inbox, Inserted, NewEvent, Store};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
@@ -194,7 +194,7 @@ impl IntoResponse for Accepted {
 async fn accept(
     state: &AppState,
     loaded: &Loaded,
-    source: &crate::engine::program::Source,
+    source: &crate::program::Source,
     source_name: &str,
     query: Option<String>,
     headers: &HeaderMap,

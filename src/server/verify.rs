@@ -277,7 +277,7 @@ impl Verifier {
                 // A signed but old delivery is a replay.
                 if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
                     && let Some(ts) = v.get("timestamp").and_then(|t| t.as_str())
-                    && let Some(at) = crate::engine::filters::parse_timestamp_str(ts, "UTC")
+                    && let Some(at) = crate::template::filters::parse_timestamp_str(ts, "UTC")
                 {
                     let age = now - at.timestamp();
                     let tolerance =

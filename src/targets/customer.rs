@@ -8,7 +8,7 @@ use super::http::{Answer, Failure, describe, scalar};
 use super::journal::Journal;
 use super::{EventRef, Executor, Outcome};
 use crate::engine::plan::{CustomerPlan, RequestPlan};
-use crate::engine::program::Target;
+use crate::program::Target;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;

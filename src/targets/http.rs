@@ -4,7 +4,7 @@
 
 use super::limiter::{self, Limiter};
 use crate::engine::plan::RequestPlan;
-use crate::engine::program::Target;
+use crate::program::Target;
 use serde_json::Value;
 use std::cell::Cell;
 use std::collections::HashMap;

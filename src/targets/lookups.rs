@@ -5,8 +5,8 @@
 use super::Outcome;
 use super::http::{Answer, Failure, Http, scalar};
 use crate::engine::plan::RequestPlan;
-use crate::engine::program::{Lookup, Program, Target};
-use crate::engine::scope::Scope;
+use crate::program::{Lookup, Program, Target};
+use crate::template::scope::Scope;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -17,11 +17,11 @@
 //! locks, the journal writer) and runs the stages.
 
 use crate::engine::plan::{ActionPlan, FiredMapping, PlanInput, RequestPlan};
-use crate::engine::program::{Operation, Program, Target};
-use crate::engine::scope::Scope;
+use crate::program::{Operation, Program, Target};
 use crate::store::{
     ClaimedEvent, HeldWrite, MirrorRecord, PendingWrite, Store, StoreError, SyncLogEntry,
 };
+use crate::template::scope::Scope;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -328,7 +328,7 @@ impl Executor {
         let person = event
             .customer_key
             .as_deref()
-            .map(crate::engine::program::customer_of_ordering_key);
+            .map(crate::program::customer_of_ordering_key);
         if let Some(person) = person {
             let kind = src.describes.as_deref().unwrap_or(source);
             let mut keys = vec![customer::Locks::record_key(kind, person)];
@@ -901,7 +901,7 @@ impl Executor {
     fn describing<'a>(
         &'a self,
         target: &'a str,
-    ) -> impl Iterator<Item = &'a crate::engine::program::Source> + 'a {
+    ) -> impl Iterator<Item = &'a crate::program::Source> + 'a {
         self.program
             .sources
             .values()
@@ -958,7 +958,7 @@ impl Executor {
         journal: &mut Journal,
         target: &Target,
         record_id: &str,
-        reflects: &[(String, crate::engine::template::StrTpl)],
+        reflects: &[(String, crate::template::StrTpl)],
         inputs: &[(&str, &Value)],
         times: (Option<i64>, i64),
     ) {

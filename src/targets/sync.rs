@@ -7,10 +7,10 @@
 //! answer. Every rule is tested over tables of cases below.
 
 use crate::config::model::{TrackMode, Tracks};
-use crate::engine::program::{Coalesce, Operation, Program};
-use crate::engine::scope::Scope;
-use crate::engine::template::{EvalError, StrTpl, Templates};
+use crate::program::{Coalesce, Operation, Program};
 use crate::store::MirrorRecord;
+use crate::template::scope::Scope;
+use crate::template::{EvalError, StrTpl, Templates};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 

@@ -7,10 +7,10 @@
 //! tick, so several replicas evaluating the same tick store each event once.
 
 use crate::config::compile::SCHEDULE_SOURCE;
-use crate::engine::program::{Program, Schedule};
-use crate::engine::scope::Scope;
+use crate::program::{Program, Schedule};
 use crate::store::{EventState, NewEvent, Store, StoreError, now_ms};
 use crate::targets::Executor;
+use crate::template::scope::Scope;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -300,11 +300,11 @@ fn customer(
     // An export without ids: the email or phone stands for the customer, so
     // the same row gets the same id when the run is continued.
     let text = |name: &str| values.get(name).and_then(Value::as_str).map(str::to_string);
-    if let Some(email) = text("email").and_then(|e| crate::engine::filters::normalize_email(&e)) {
+    if let Some(email) = text("email").and_then(|e| crate::template::filters::normalize_email(&e)) {
         return Ok((format!("email:{email}"), values));
     }
     if let Some(phone) =
-        text("phone").and_then(|p| crate::engine::filters::normalize_phone(&p, phone_region))
+        text("phone").and_then(|p| crate::template::filters::normalize_phone(&p, phone_region))
     {
         return Ok((format!("phone:{phone}"), values));
     }

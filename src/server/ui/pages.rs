@@ -3,7 +3,7 @@
 use super::auth::{self, COOKIE, Operator};
 use super::{Console, UiError, charts, mask, wants_html};
 use crate::engine::plan::PlanInput;
-use crate::engine::program::{Program, customer_of_ordering_key};
+use crate::program::{Program, customer_of_ordering_key};
 use crate::store::{
     Attempt, EventQuery, EventRow, EventState, PAGE_SIZE, ReplayFilter, format_ms, now_ms,
     utc_day_start_ms,
@@ -134,7 +134,7 @@ fn parse_time(text: &str, what: &str) -> Result<i64, UiError> {
     } else {
         text.to_string()
     };
-    crate::engine::filters::parse_timestamp_str(&text_owned, "UTC")
+    crate::template::filters::parse_timestamp_str(&text_owned, "UTC")
         .map(|t| t.timestamp_millis())
         .ok_or_else(|| {
             UiError::BadRequest(format!(

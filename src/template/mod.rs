@@ -9,12 +9,15 @@
 //! Undefined names are errors (strict mode). At run time a value that is
 //! missing makes its field *omitted*, which is how `missing: skip` works.
 
-use super::filters;
-use super::native::{self, Call, Defaults, Outcome, Step, is_ident, plain_path};
-use super::scope::Scope;
+pub mod filters;
+pub mod native;
+pub mod scope;
+
 use minijinja::value::Serde;
 use minijinja::value::Value;
 use minijinja::{Environment, ErrorKind, Expression, State, Template, UndefinedBehavior};
+use native::{Call, Defaults, Outcome, Step, is_ident, plain_path};
+use scope::Scope;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
@@ -817,7 +820,7 @@ mod tests {
 #[cfg(test)]
 mod set_templates {
     use super::*;
-    use crate::engine::scope::Scope;
+    use crate::template::scope::Scope;
     use serde_json::json;
 
     /// The set arithmetic target profiles' `reflects:` use for tags.

@@ -3,10 +3,12 @@
 //! Everything here was checked by `config::compile`; selectors and templates
 //! are compiled, `@field` aliases resolved, profiles chosen.
 
-use super::template::{StrTpl, Templates};
-use crate::config::model::{
-    BodySpec, EnvVar, Missing, Param, RateLimit, Settings, Unmatched, VerifySpec,
-};
+use crate::config::model::{EnvVar, Param, RateLimit, Settings, VerifySpec};
+use crate::template::{StrTpl, Templates};
+
+/// The parts of the mapping vocabulary the interpreter reads, named here so
+/// that `engine` depends on the program alone, never on `config`.
+pub use crate::config::model::{BodyFormat, BodySpec, Missing, Unmatched};
 use crate::jsonpath::Selector;
 use indexmap::IndexMap;
 use serde_json::Value;
@@ -206,8 +208,8 @@ impl Operation {
         let mut path = Vec::new();
         for step in steps {
             match step {
-                super::native::Step::Attr(a) => path.push(a.clone()),
-                super::native::Step::Index(_) => return None,
+                crate::template::native::Step::Attr(a) => path.push(a.clone()),
+                crate::template::native::Step::Index(_) => return None,
             }
         }
         (path.len() > 1 && path[0] == "params").then(|| path.split_off(1))
