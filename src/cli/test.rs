@@ -21,17 +21,20 @@ pub struct TestOptions<'a> {
     pub update: bool,
 }
 
+/// A `--profile` value that is neither `NAME=PROFILE` nor a bare `PROFILE`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}`: write NAME=PROFILE, e.g. stickycards=boomerangme")]
+pub struct BadProfileFlag(pub String);
+
 /// Parses `--profile NAME=PROFILE` (a bare `PROFILE` names the profile of
 /// whichever source or target has it, and is resolved later).
-pub fn parse_profile(text: &str) -> Result<(String, String), String> {
+pub fn parse_profile(text: &str) -> Result<(String, String), BadProfileFlag> {
     match text.split_once('=') {
         Some((n, p)) if !n.trim().is_empty() && !p.trim().is_empty() => {
             Ok((n.trim().to_string(), p.trim().to_string()))
         }
         None if !text.trim().is_empty() => Ok((String::new(), text.trim().to_string())),
-        _ => Err(format!(
-            "`{text}`: write NAME=PROFILE, e.g. stickycards=boomerangme"
-        )),
+        _ => Err(BadProfileFlag(text.to_string())),
     }
 }
 
