@@ -669,22 +669,17 @@ impl Executor {
         if let (Some(id), Some(op), Some(at)) = (customer_id, op, ev.occurred_at)
             && !self.describes(ev.source, &target.name)
         {
-            let mirrors = match self.mirrors_of(journal, target, id).await {
-                Ok(m) => m,
-                Err(e) => return Outcome::store(e),
-            };
             let write = sync::Write {
                 target: &target.name,
                 op,
                 params: &action.params,
                 occurred_at: at,
             };
-            if let Some(refusal) = sync::refused_fields(
-                &self.program.templates,
-                &self.program.owners,
-                &write,
-                &mirrors,
-            ) {
+            let refused = match self.refusal(journal, target, id, &write).await {
+                Ok(r) => r,
+                Err(outcome) => return outcome,
+            };
+            if let Some(refusal) = refused {
                 tracing::info!(event = ev.row, mapping = %fired.name, "{}", refusal.note);
                 journal.log(log(refusal.action, refusal.note, None, None));
                 match refusal.params {
@@ -771,43 +766,85 @@ impl Executor {
             ));
             return Outcome::Delivered;
         }
-        let sent = self.http.send_timed(target, &request).await;
+        let written = match (customer_id, op) {
+            (Some(id), Some(op)) => Some(WrittenRecord {
+                op,
+                record_id: id,
+                params: &params,
+                occurred_at: ev.occurred_at,
+            }),
+            _ => None,
+        };
+        let summary = describe(&request);
+        let outcome = self
+            .send_journaled(journal, target, &request, written, |status, error| {
+                log(&action.op, summary.clone(), status, error)
+            })
+            .await;
+        if let (Outcome::Delivered, Some(tracks), Some(id)) = (&outcome, tracks, customer_id) {
+            let set = sync::tracked_set_after(tracks, request.body.as_ref(), &record);
+            journal.remember(
+                &target.name,
+                id,
+                Map::from_iter([(tracks.record.clone(), set)]),
+            );
+        }
+        outcome
+    }
+
+    /// The fields of `write` that the owner of the record's fields refuses,
+    /// judged against the mirrors of the sources describing the record.
+    async fn refusal(
+        &self,
+        journal: &Journal,
+        target: &Target,
+        record_id: &str,
+        write: &sync::Write<'_>,
+    ) -> Result<Option<sync::Refusal>, Outcome> {
+        let mirrors = self
+            .mirrors_of(journal, target, record_id)
+            .await
+            .map_err(Outcome::store)?;
+        Ok(sync::refused_fields(
+            &self.program.templates,
+            &self.program.owners,
+            write,
+            &mirrors,
+        ))
+    }
+
+    /// Sends a rendered request and journals it: its sync-log entry (made
+    /// by `entry` from the answer's status and error) and, when it
+    /// succeeded on a known record, what the answer taught about it.
+    async fn send_journaled(
+        &self,
+        journal: &mut Journal,
+        target: &Target,
+        request: &RequestPlan,
+        written: Option<WrittenRecord<'_>>,
+        entry: impl Fn(Option<u16>, Option<String>) -> SyncLogEntry,
+    ) -> Outcome {
+        let sent = self.http.send_timed(target, request).await;
         let (sent_at, took) = (sent.departed_at, sent.took_ms);
         match sent.answer {
             Answer::Ok(answer) => {
-                if let (Some(id), Some(op)) = (customer_id, op) {
+                if let Some(w) = written {
                     self.record_answer(
                         journal,
                         target,
-                        op,
-                        id,
-                        &params,
+                        w.op,
+                        w.record_id,
+                        w.params,
                         &answer,
-                        (ev.occurred_at, sent_at),
+                        (w.occurred_at, sent_at),
                     )
                     .await;
-                    if let Some(tracks) = tracks {
-                        let set = sync::tracked_set_after(tracks, request.body.as_ref(), &record);
-                        journal.remember(
-                            &target.name,
-                            id,
-                            Map::from_iter([(tracks.record.clone(), set)]),
-                        );
-                    }
                 }
-                journal.log(log(&action.op, describe(&request), Some(200), None).took(took));
+                journal.log(entry(Some(200), None).took(took));
                 Outcome::Delivered
             }
             Answer::Failed(failure) => {
-                journal.log(
-                    log(
-                        &action.op,
-                        describe(&request),
-                        failure.status,
-                        Some(failure.error.clone()),
-                    )
-                    .took(took),
-                );
+                journal.log(entry(failure.status, Some(failure.error.clone())).took(took));
                 Outcome::from_failure(failure)
             }
         }
@@ -1050,22 +1087,20 @@ impl Executor {
         if let Some(at) = write.occurred_at
             && !self.describes(&origin, &target.name)
         {
-            let mirrors = match self.mirrors_of(journal, target, &write.record_id).await {
-                Ok(m) => m,
-                Err(e) => return Outcome::store(e),
-            };
             let check = sync::Write {
                 target: &target.name,
                 op,
                 params: &write.params,
                 occurred_at: at,
             };
-            if let Some(refusal) = sync::refused_fields(
-                &self.program.templates,
-                &self.program.owners,
-                &check,
-                &mirrors,
-            ) {
+            let refused = match self
+                .refusal(journal, target, &write.record_id, &check)
+                .await
+            {
+                Ok(r) => r,
+                Err(outcome) => return outcome,
+            };
+            if let Some(refusal) = refused {
                 let note = format!("while held: {}", refusal.note);
                 journal.log(held_entry(write, refusal.action, note, None, None));
                 match refusal.params {
@@ -1124,37 +1159,16 @@ impl Executor {
             write.event_rows,
             describe(&request)
         );
-        let sent = self.http.send_timed(target, &request).await;
-        let (sent_at, took) = (sent.departed_at, sent.took_ms);
-        match sent.answer {
-            Answer::Ok(answer) => {
-                self.record_answer(
-                    journal,
-                    target,
-                    op,
-                    &write.record_id,
-                    &params,
-                    &answer,
-                    (write.occurred_at, sent_at),
-                )
-                .await;
-                journal.log(held_entry(write, &write.op, summary, Some(200), None).took(took));
-                Outcome::Delivered
-            }
-            Answer::Failed(failure) => {
-                journal.log(
-                    held_entry(
-                        write,
-                        &write.op,
-                        summary,
-                        failure.status,
-                        Some(failure.error.clone()),
-                    )
-                    .took(took),
-                );
-                Outcome::from_failure(failure)
-            }
-        }
+        let written = WrittenRecord {
+            op,
+            record_id: &write.record_id,
+            params: &params,
+            occurred_at: write.occurred_at,
+        };
+        self.send_journaled(journal, target, &request, Some(written), |status, error| {
+            held_entry(write, &write.op, summary.clone(), status, error)
+        })
+        .await
     }
 
     fn lookup_ctx<'a>(&'a self, target: &Target) -> lookups::Ctx<'a> {
@@ -1164,6 +1178,16 @@ impl Executor {
             env: self.env_values.get(&target.name).unwrap_or(&Value::Null),
         }
     }
+}
+
+/// A write on one known record: what a successful answer is recorded against.
+struct WrittenRecord<'a> {
+    op: &'a Operation,
+    record_id: &'a str,
+    /// The parameters sent (after ownership refusals).
+    params: &'a Value,
+    /// When what was written happened on the other side.
+    occurred_at: Option<i64>,
 }
 
 /// Runs one delivery with its own tally: the calls it made, and a failure
