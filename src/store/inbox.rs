@@ -35,7 +35,30 @@ impl Store {
         }
         let _turn = self.write_gate().await;
         let mut conn = self.pool.acquire().await?;
-        self.insert_events_on(&mut conn, events).await
+        self.durable(&mut conn, true).await?;
+        let inserted = self.insert_events_on(&mut conn, events).await;
+        // Back to the pool's setting; a connection left at FULL is only slower.
+        let _ = self.durable(&mut conn, false).await;
+        inserted
+    }
+
+    /// Whether each commit of `conn` waits for the disk (SQLite's
+    /// `synchronous`; PostgreSQL commits are always durable): on for
+    /// storing webhooks, off for the pool (see [`Store::open`]).
+    pub(super) async fn durable(
+        &self,
+        conn: &mut AnyConnection,
+        on: bool,
+    ) -> Result<(), StoreError> {
+        if self.dialect == Dialect::Sqlite {
+            let pragma = if on {
+                "PRAGMA synchronous=FULL"
+            } else {
+                "PRAGMA synchronous=NORMAL"
+            };
+            sqlx::query(pragma).execute(&mut *conn).await?;
+        }
+        Ok(())
     }
 
     /// As [`Store::insert_events`], on a connection the caller holds.
@@ -453,7 +476,13 @@ impl Inbox {
                 }
                 if own.is_none() {
                     // Detached: the pool opens another in its place.
-                    own = store.pool.acquire().await.ok().map(|c| c.detach());
+                    own = match store.pool.acquire().await {
+                        Ok(conn) => {
+                            let mut conn = conn.detach();
+                            store.durable(&mut conn, true).await.ok().map(|()| conn)
+                        }
+                        Err(_) => None,
+                    };
                 }
                 let outcome = match own.as_mut() {
                     Some(conn) => {

@@ -279,11 +279,20 @@ impl Store {
         if dialect == Dialect::Sqlite {
             options = options.after_connect(|conn, _meta| {
                 Box::pin(async move {
-                    // WAL lets readers run beside the writer; FULL makes every commit durable.
+                    // WAL lets readers run beside the writer. NORMAL: a
+                    // commit reaches the disk with the next fsync of the
+                    // log, not by its own. The inbox, whose commit is what a
+                    // 202 promises, writes at FULL (`DURABLE`): its fsync
+                    // carries every earlier commit with it, since the log
+                    // is one file replayed as a prefix. A power cut can then
+                    // undo only the latest claims and journals, which puts
+                    // their events back to be delivered again, as a crash
+                    // between a call and its journal always could; a
+                    // process crash (kill -9) loses nothing either way.
                     sqlx::query("PRAGMA journal_mode=WAL")
                         .execute(&mut *conn)
                         .await?;
-                    sqlx::query("PRAGMA synchronous=FULL")
+                    sqlx::query("PRAGMA synchronous=NORMAL")
                         .execute(&mut *conn)
                         .await?;
                     sqlx::query("PRAGMA busy_timeout=5000")
@@ -946,5 +955,52 @@ mod tests {
             Dialect::Postgres
         );
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://***@h/db");
+    }
+
+    async fn synchronous(store: &Store) -> i64 {
+        let mut conn = store.pool.acquire().await.unwrap();
+        sqlx::query_scalar::<_, i64>("PRAGMA synchronous")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+    }
+
+    /// Webhooks are stored at FULL (a 202 promises the disk has them); the
+    /// pool's other writes at NORMAL, and storing leaves it there.
+    #[tokio::test]
+    async fn only_the_inbox_waits_for_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("s.db").display()))
+            .await
+            .unwrap();
+        const NORMAL: i64 = 1;
+        const FULL: i64 = 2;
+        assert_eq!(synchronous(&store).await, NORMAL);
+        let mut conn = store.pool.acquire().await.unwrap();
+        store.durable(&mut conn, true).await.unwrap();
+        let now: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(now, FULL);
+        store.durable(&mut conn, false).await.unwrap();
+        drop(conn);
+        let event = NewEvent {
+            connection: DEFAULT_CONNECTION.to_string(),
+            source: "s".into(),
+            event_type: "e".into(),
+            event_id: None,
+            dedup_key: "k".into(),
+            occurred_at: None,
+            customer_key: None,
+            headers: serde_json::json!({}),
+            body: b"{}".to_vec(),
+            state: EventState::Received,
+        };
+        store.insert_events(&[event]).await.unwrap();
+        // One connection in the pool is enough to see where it was left.
+        for _ in 0..4 {
+            assert_eq!(synchronous(&store).await, NORMAL);
+        }
     }
 }
