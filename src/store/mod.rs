@@ -271,11 +271,12 @@ impl Store {
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         install_default_drivers();
         let (dialect, url) = normalize_url(url)?;
-        // 16 SQLite connections delivered faster (deliver bench: 305 → 435
-        // events/s) but let the soak's two-way race through more often
-        // (BENCHMARKS.md); 4 until that race is closed.
+        // SQLite: readers run beside the one writer (WAL), and each of the
+        // up to 8 deliveries in flight reads its customer's rows while
+        // claims and journals write; 4 connections made them queue for one
+        // (deliver bench: 305 → 435 events/s with 16).
         let mut options =
-            AnyPoolOptions::new().max_connections(if dialect == Dialect::Sqlite { 4 } else { 10 });
+            AnyPoolOptions::new().max_connections(if dialect == Dialect::Sqlite { 16 } else { 10 });
         if dialect == Dialect::Sqlite {
             options = options.after_connect(|conn, _meta| {
                 Box::pin(async move {

@@ -7,8 +7,9 @@ pub mod schedule;
 use crate::store::{ClaimedEvent, EventState, RunSummary, Store, now_ms};
 use crate::targets::{Executor, Finish, Outcome, Suppression};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
 /// How workers retry.
@@ -86,7 +87,14 @@ pub async fn run(
             "re-queued events left in processing by an earlier stop"
         );
     }
-    let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let concurrency = config.concurrency.max(1);
+    let slots = Arc::new(Semaphore::new(concurrency));
+    // Claimed events still waiting for a slot. A worker claims ahead, up to
+    // one more round of slots, and claims again once half of that has
+    // started: a busy worker pays one claim (a write through SQLite's one
+    // writer) per several deliveries instead of one per delivery, and a
+    // slot that frees finds its next event already claimed.
+    let unstarted = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(Notify::new());
     let mut batches = JoinSet::new();
     loop {
@@ -95,7 +103,14 @@ pub async fn run(
             while batches.join_next().await.is_some() {}
             return;
         }
-        let room = slots.available_permits().min(config.batch.max(1) as usize);
+        let waiting = unstarted.load(Ordering::Acquire);
+        let room = if waiting > concurrency / 2 {
+            0
+        } else {
+            (slots.available_permits() + concurrency)
+                .saturating_sub(waiting)
+                .min(config.batch.max(1) as usize)
+        };
         let claimed = if room == 0 {
             Vec::new()
         } else {
@@ -116,38 +131,52 @@ pub async fn run(
             }
             continue;
         }
-        let mut permits = Vec::with_capacity(claimed.len());
-        for _ in &claimed {
-            match slots.clone().acquire_owned().await {
-                Ok(p) => permits.push(p),
-                Err(_) => return,
-            }
-        }
+        unstarted.fetch_add(claimed.len(), Ordering::AcqRel);
         batches.spawn(run_batch(
             executor.load_full(),
             config.clone(),
             claimed,
-            permits,
-            finished.clone(),
+            Slots {
+                free: slots.clone(),
+                unstarted: unstarted.clone(),
+                finished: finished.clone(),
+            },
         ));
     }
 }
 
-/// Delivers one claimed batch (distinct customers) concurrently and writes
-/// its run summary.
+/// What a batch shares with the claiming loop.
+struct Slots {
+    /// One permit per delivery in flight.
+    free: Arc<Semaphore>,
+    /// Claimed events without a slot yet (see [`run`]).
+    unstarted: Arc<AtomicUsize>,
+    /// Wakes the claiming loop when a slot frees or an event starts.
+    finished: Arc<Notify>,
+}
+
+/// Delivers one claimed batch (distinct customers), each event as a slot
+/// frees, and writes its run summary.
 async fn run_batch(
     executor: Arc<Executor>,
     config: WorkerConfig,
     claimed: Vec<ClaimedEvent>,
-    permits: Vec<OwnedSemaphorePermit>,
-    finished: Arc<Notify>,
+    slots: Slots,
 ) {
     let started = now_ms();
     let connection = event_connection(&claimed);
     let processed = claimed.len() as i64;
     let mut events = JoinSet::new();
-    for (event, permit) in claimed.into_iter().zip(permits) {
-        let (executor, config, finished) = (executor.clone(), config.clone(), finished.clone());
+    for event in claimed {
+        // The semaphore is never closed; were it, the event would stay
+        // `processing` until its lease ends and be taken again.
+        let Ok(permit) = slots.free.clone().acquire_owned().await else {
+            break;
+        };
+        slots.unstarted.fetch_sub(1, Ordering::AcqRel);
+        slots.finished.notify_one();
+        let (executor, config, finished) =
+            (executor.clone(), config.clone(), slots.finished.clone());
         events.spawn(async move {
             let delivered = deliver_one(&executor, &config, &event).await;
             drop(permit);
