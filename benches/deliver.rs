@@ -286,6 +286,9 @@ struct Delivery {
     commits_per_event: f64,
     /// CPU time of the whole process over the measured phase, in cores.
     cpu_cores: f64,
+    /// Share of the measured phase during which a SQLite writer (inbox,
+    /// claim or journal) held the process's one write turn.
+    writer_busy: f64,
 }
 
 /// The rows of a table, read beside mapper's own pool: the worker's
@@ -387,12 +390,14 @@ async fn deliver(workers: usize, total: usize, example: &Value) -> Delivery {
     let (ghl_before, sc_before) = (ghl.request_log().len(), sc.request_log().len());
     let batches_before = rows(&file, "SELECT COUNT(*) FROM run_summaries").await;
     let commits_before = mapper.store.commits();
+    let gate_before = mapper.store.write_gate_busy();
     let cpu_before = cpu_time();
     let started = Instant::now();
     let posting = tokio::spawn(load(POSTERS, total, post(bodies)));
     let settled = settle(&mapper.store, (CUSTOMERS + total) as i64).await;
     let elapsed = started.elapsed();
     let cpu = cpu_time() - cpu_before;
+    let gate = mapper.store.write_gate_busy() - gate_before;
     let posted = posting.await.expect("posting task");
     assert_eq!(posted.failed, 0, "mapper refused webhooks");
     let ghl_calls = ghl.request_log().len() - ghl_before;
@@ -416,6 +421,7 @@ async fn deliver(workers: usize, total: usize, example: &Value) -> Delivery {
         dead: settled.dead,
         commits_per_event: commits as f64 / total as f64,
         cpu_cores: cpu.as_secs_f64() / elapsed.as_secs_f64(),
+        writer_busy: gate.as_secs_f64() / elapsed.as_secs_f64(),
     }
 }
 
@@ -683,12 +689,12 @@ fn main() {
             direct.p50()
         );
         println!(
-            "| workers | events/s | ÷ baseline PUT/s | time | GHL calls/event | Sticky Cards calls | SQLite commits/event | commits/s | CPU (of {cores} cores) | delivered | dead |"
+            "| workers | events/s | ÷ baseline PUT/s | time | GHL calls/event | Sticky Cards calls | SQLite commits/event | commits/s | SQLite writer busy | CPU (of {cores} cores) | delivered | dead |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
         for r in &runs {
             println!(
-                "| {} | {:.0} | {:.1}% | {:.2?} | {:.2} | {} | {:.2} | {:.0} | {:.2} | {} | {} |",
+                "| {} | {:.0} | {:.1}% | {:.2?} | {:.2} | {} | {:.2} | {:.0} | {:.0}% | {:.2} | {} | {} |",
                 r.workers,
                 r.rate,
                 100.0 * r.rate / direct.rate(),
@@ -697,6 +703,7 @@ fn main() {
                 r.stickycards_calls,
                 r.commits_per_event,
                 r.commits_per_event * r.rate,
+                100.0 * r.writer_busy,
                 r.cpu_cores,
                 r.delivered,
                 r.dead

@@ -5,6 +5,7 @@
 
 use super::{EventState, MirrorRecord, Store, StoreError, SyncLogEntry, now_ms};
 use sqlx::{Any, Row, Transaction};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 /// An open write transaction.
@@ -236,6 +237,194 @@ impl WriteTx {
         Ok(())
     }
 
+    /// The mirrors of several source customers, `(connection, source,
+    /// customer_id)` each, read in one statement (locked on PostgreSQL, in
+    /// key order). Keys without a row are absent from the answer.
+    pub async fn mirrors(
+        &mut self,
+        keys: &[(&str, &str, &str)],
+    ) -> Result<HashMap<(String, String, String), MirrorRecord>, StoreError> {
+        let mut found = HashMap::new();
+        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT fields, field_times, last_activity, updated_at, written_at, changed_times, \
+                 connection, source, customer_id FROM mirror WHERE {} \
+                 ORDER BY connection, source, customer_id{}",
+                key_terms(chunk.len(), ["connection", "source", "customer_id"]),
+                if self.postgres { " FOR UPDATE" } else { "" }
+            );
+            let query = chunk.iter().fold(
+                sqlx::query(sqlx::AssertSqlSafe(sql)),
+                |q, (connection, source, customer)| {
+                    q.bind(*connection).bind(*source).bind(*customer)
+                },
+            );
+            for row in query.fetch_all(&mut *self.tx).await? {
+                let key = (row.try_get(6)?, row.try_get(7)?, row.try_get(8)?);
+                found.insert(key, super::mirror_of_row(&row)?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Writes mirror rows as each record holds it, in one statement per
+    /// chunk; a row's event, when given, is the one that last brought values.
+    pub async fn put_mirrors(
+        &mut self,
+        rows: &[((&str, &str, &str), &MirrorRecord, Option<i64>)],
+    ) -> Result<(), StoreError> {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO mirror (connection, source, customer_id, fields, field_times, last_activity, \
+                 last_event_row, updated_at, written_at, changed_times) VALUES {} \
+                 ON CONFLICT (connection, source, customer_id) DO UPDATE SET fields = excluded.fields, \
+                 field_times = excluded.field_times, last_activity = excluded.last_activity, \
+                 last_event_row = COALESCE(excluded.last_event_row, mirror.last_event_row), \
+                 updated_at = excluded.updated_at, written_at = excluded.written_at, \
+                 changed_times = excluded.changed_times",
+                value_rows(chunk.len(), 10)
+            );
+            let query = chunk.iter().fold(
+                sqlx::query(sqlx::AssertSqlSafe(sql)),
+                |q, ((connection, source, customer), record, event_row)| {
+                    q.bind(*connection)
+                        .bind(*source)
+                        .bind(*customer)
+                        .bind(serde_json::Value::Object(record.fields.clone()).to_string())
+                        .bind(serde_json::Value::Object(record.field_times.clone()).to_string())
+                        .bind(record.last_activity)
+                        .bind(*event_row)
+                        .bind(record.updated_at)
+                        .bind(record.written_at)
+                        .bind(serde_json::Value::Object(record.changed_times.clone()).to_string())
+                },
+            );
+            query.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// What is known of several target records, `(connection, target,
+    /// target_id)` each, read in one statement; records never seen are absent.
+    pub async fn target_records(
+        &mut self,
+        keys: &[(&str, &str, &str)],
+    ) -> Result<
+        HashMap<(String, String, String), serde_json::Map<String, serde_json::Value>>,
+        StoreError,
+    > {
+        let mut found = HashMap::new();
+        for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT fields, connection, target, target_id FROM target_records WHERE {} \
+                 ORDER BY connection, target, target_id{}",
+                key_terms(chunk.len(), ["connection", "target", "target_id"]),
+                if self.postgres { " FOR UPDATE" } else { "" }
+            );
+            let query = chunk.iter().fold(
+                sqlx::query(sqlx::AssertSqlSafe(sql)),
+                |q, (connection, target, id)| q.bind(*connection).bind(*target).bind(*id),
+            );
+            for row in query.fetch_all(&mut *self.tx).await? {
+                let fields = match serde_json::from_str(&row.try_get::<String, _>(0)?) {
+                    Ok(serde_json::Value::Object(map)) => map,
+                    _ => serde_json::Map::new(),
+                };
+                found.insert((row.try_get(1)?, row.try_get(2)?, row.try_get(3)?), fields);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Writes what is known of target records (all their fields), in one
+    /// statement per chunk.
+    pub async fn put_target_records(
+        &mut self,
+        rows: &[(
+            (&str, &str, &str),
+            &serde_json::Map<String, serde_json::Value>,
+        )],
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO target_records (connection, target, target_id, fields, updated_at) VALUES {} \
+                 ON CONFLICT (connection, target, target_id) DO UPDATE SET fields = excluded.fields, \
+                 updated_at = excluded.updated_at",
+                value_rows(chunk.len(), 5)
+            );
+            let query = chunk.iter().fold(
+                sqlx::query(sqlx::AssertSqlSafe(sql)),
+                |q, ((connection, target, id), fields)| {
+                    q.bind(*connection)
+                        .bind(*target)
+                        .bind(*id)
+                        .bind(serde_json::Value::Object((*fields).clone()).to_string())
+                        .bind(now)
+                },
+            );
+            query.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes attempts to the sync log, in one statement per chunk.
+    pub async fn log_all(&mut self, entries: &[&SyncLogEntry]) -> Result<(), StoreError> {
+        let now = now_ms();
+        for chunk in entries.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO sync_log (connection, event_row, mapping, action, target, customer, request, \
+                 status, error, attempt, at, took_ms) VALUES {}",
+                value_rows(chunk.len(), 12)
+            );
+            let query = chunk
+                .iter()
+                .fold(sqlx::query(sqlx::AssertSqlSafe(sql)), |q, entry| {
+                    q.bind(&entry.connection)
+                        .bind(entry.event_row)
+                        .bind(&entry.mapping)
+                        .bind(&entry.action)
+                        .bind(&entry.target)
+                        .bind(entry.customer.as_deref())
+                        .bind(&entry.request)
+                        .bind(entry.status)
+                        .bind(entry.error.as_deref())
+                        .bind(entry.attempt)
+                        .bind(now)
+                        .bind(entry.took_ms)
+                });
+            query.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Records how processing several events ended, in one statement per
+    /// chunk: `(id, state, next_attempt_at, error)` each.
+    pub async fn finish_all(
+        &mut self,
+        ends: &[(i64, EventState, i64, Option<&str>)],
+    ) -> Result<(), StoreError> {
+        for chunk in ends.chunks(ROWS_PER_STATEMENT) {
+            // VALUES columns are column1… on both databases.
+            let sql = format!(
+                "UPDATE events SET state = v.column2, next_attempt_at = v.column3, last_error = v.column4 \
+                 FROM (VALUES {}) AS v WHERE events.id = v.column1",
+                value_rows(chunk.len(), 4)
+            );
+            let query = chunk.iter().fold(
+                sqlx::query(sqlx::AssertSqlSafe(sql)),
+                |q, (id, state, next_attempt_at, error)| {
+                    q.bind(*id)
+                        .bind(state.as_str())
+                        .bind(*next_attempt_at)
+                        .bind(*error)
+                },
+            );
+            query.execute(&mut *self.tx).await?;
+        }
+        Ok(())
+    }
+
     /// Writes a worker batch summary (seed 000's `SyncRunSummary`).
     pub async fn record_run(&mut self, run: &super::RunSummary) -> Result<(), StoreError> {
         sqlx::query(
@@ -252,5 +441,58 @@ impl WriteTx {
         .execute(&mut *self.tx)
         .await?;
         Ok(())
+    }
+}
+
+/// Rows per multi-row statement: far below SQLite's 32,766 and
+/// PostgreSQL's 65,535 parameters at 12 a row.
+const ROWS_PER_STATEMENT: usize = 256;
+
+/// `($1, $2, …), ($k+1, …)`: `rows` rows of `width` parameters.
+fn value_rows(rows: usize, width: usize) -> String {
+    let mut sql = String::with_capacity(rows * width * 5);
+    for row in 0..rows {
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 0..width {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", row * width + column + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// `(a = $1 AND b = $2 AND c = $3) OR (…)`: one term per key of three columns.
+fn key_terms(keys: usize, [a, b, c]: [&str; 3]) -> String {
+    (0..keys)
+        .map(|k| {
+            let n = k * 3;
+            format!(
+                "({a} = ${} AND {b} = ${} AND {c} = ${})",
+                n + 1,
+                n + 2,
+                n + 3
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_across_rows() {
+        assert_eq!(value_rows(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(
+            key_terms(2, ["a", "b", "c"]),
+            "(a = $1 AND b = $2 AND c = $3) OR (a = $4 AND b = $5 AND c = $6)"
+        );
     }
 }

@@ -247,10 +247,27 @@ pub struct Store {
     /// tens of milliseconds of sleep each time they met (see
     /// [`Store::write_gate`]).
     write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Nanoseconds the gate was held (see [`Store::write_gate_busy`]).
+    gate_busy: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// The turn of one writer of a SQLite store (nothing on PostgreSQL).
-pub(crate) type WriteTurn = Option<tokio::sync::OwnedMutexGuard<()>>;
+/// The turn of one writer of a SQLite store (nothing on PostgreSQL); the
+/// time it is held is added to the store's tally when it ends.
+pub(crate) struct WriteTurn(#[allow(dead_code)] Option<HeldTurn>);
+
+struct HeldTurn {
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+    since: std::time::Instant,
+    busy: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Drop for HeldTurn {
+    fn drop(&mut self) {
+        let held = u64::try_from(self.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.busy
+            .fetch_add(held, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
@@ -325,6 +342,7 @@ impl Store {
             dialect,
             commits: Default::default(),
             write_gate: Default::default(),
+            gate_busy: Default::default(),
         })
     }
 
@@ -334,10 +352,22 @@ impl Store {
     /// holder never asks for the turn again. Other processes (the CLI, a
     /// second `serve`) still meet SQLite's own busy handler.
     pub(crate) async fn write_gate(&self) -> WriteTurn {
-        match self.dialect {
-            Dialect::Sqlite => Some(self.write_gate.clone().lock_owned().await),
+        WriteTurn(match self.dialect {
+            Dialect::Sqlite => Some(HeldTurn {
+                _guard: self.write_gate.clone().lock_owned().await,
+                since: std::time::Instant::now(),
+                busy: self.gate_busy.clone(),
+            }),
             Dialect::Postgres => None,
-        }
+        })
+    }
+
+    /// How long this process's SQLite writers have held their turn, in all
+    /// (zero on PostgreSQL). Over a stretch of time, near 100% of it means
+    /// the one writer is what the process waits for (the deliver bench
+    /// prints it).
+    pub fn write_gate_busy(&self) -> Duration {
+        Duration::from_nanos(self.gate_busy.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Copies the SQLite write-ahead log into the database every `every`

@@ -446,14 +446,81 @@ impl Journal {
             Err(poisoned) => poisoned.into_inner(),
         }
     }
+}
 
-    /// Writes this journal inside `tx`.
-    async fn apply(&self, tx: &mut WriteTx) -> Result<(), StoreError> {
-        let connection = self.connection.as_str();
-        let now = now_ms();
-        for intent in &self.intents {
+/// A row key: (connection, source or target, customer or record id).
+type RowKey = (String, String, String);
+
+fn borrowed(keys: &[RowKey]) -> Vec<(&str, &str, &str)> {
+    keys.iter()
+        .map(|(c, o, i)| (c.as_str(), o.as_str(), i.as_str()))
+        .collect()
+}
+
+/// Writes journals inside `tx`, in order, with a few statements for the
+/// whole group instead of several per journal: the rows the journals
+/// update (mirrors, target records) are read in one statement each, the
+/// journals' writes are applied to them in memory in the order they were
+/// made, and each table is written once. Links, deferrals and run
+/// summaries, rare, keep a statement each.
+async fn apply_all(journals: &[&Journal], tx: &mut WriteTx) -> Result<(), StoreError> {
+    let now = now_ms();
+    let key = |connection: &str, of: &str, id: &str| -> RowKey {
+        (connection.to_string(), of.to_string(), id.to_string())
+    };
+    let mut mirror_keys: Vec<RowKey> = Vec::new();
+    let mut record_keys: Vec<RowKey> = Vec::new();
+    for journal in journals {
+        let connection = journal.connection.as_str();
+        for intent in &journal.intents {
             match intent {
-                Intent::Log(entry) => tx.log(entry).await?,
+                Intent::Reflect {
+                    source,
+                    customer_id,
+                    ..
+                } => mirror_keys.push(key(connection, source, customer_id)),
+                Intent::Mirror {
+                    source,
+                    customer_id,
+                    describes,
+                    ..
+                } => {
+                    mirror_keys.push(key(connection, source, customer_id));
+                    if let Some(described) = describes {
+                        record_keys.push(key(connection, described, customer_id));
+                    }
+                }
+                Intent::Remember {
+                    target, target_id, ..
+                } => record_keys.push(key(connection, target, target_id)),
+                Intent::Log(_) | Intent::Link { .. } => {}
+            }
+        }
+    }
+    for keys in [&mut mirror_keys, &mut record_keys] {
+        keys.sort();
+        keys.dedup();
+    }
+    let mut mirrors = if mirror_keys.is_empty() {
+        HashMap::new()
+    } else {
+        tx.mirrors(&borrowed(&mirror_keys)).await?
+    };
+    let mut records = if record_keys.is_empty() {
+        HashMap::new()
+    } else {
+        tx.target_records(&borrowed(&record_keys)).await?
+    };
+    // Rows this group changed, with the event that last brought a mirror values.
+    let mut mirrors_changed: HashMap<RowKey, Option<i64>> = HashMap::new();
+    let mut records_changed: Vec<RowKey> = Vec::new();
+    let mut logs: Vec<&SyncLogEntry> = Vec::new();
+    let mut ends: Vec<(i64, EventState, i64, Option<&str>)> = Vec::new();
+    for journal in journals {
+        let connection = journal.connection.as_str();
+        for intent in &journal.intents {
+            match intent {
+                Intent::Log(entry) => logs.push(entry),
                 Intent::Link {
                     source,
                     source_id,
@@ -468,7 +535,12 @@ impl Journal {
                     target,
                     target_id,
                     fields,
-                } => tx.remember(connection, target, target_id, fields).await?,
+                } => {
+                    let row = key(connection, target, target_id);
+                    let known = records.entry(row.clone()).or_default();
+                    known.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    records_changed.push(row);
+                }
                 Intent::Reflect {
                     source,
                     customer_id,
@@ -476,13 +548,10 @@ impl Journal {
                     learnt_at,
                     applied_at,
                 } => {
-                    let mut record = tx
-                        .mirror(connection, source, customer_id)
-                        .await?
-                        .unwrap_or_default();
-                    sync::apply_reflection(&mut record, values, *learnt_at, *applied_at, now);
-                    tx.put_mirror(connection, source, customer_id, &record, None)
-                        .await?;
+                    let row = key(connection, source, customer_id);
+                    let record = mirrors.entry(row.clone()).or_default();
+                    sync::apply_reflection(record, values, *learnt_at, *applied_at, now);
+                    mirrors_changed.entry(row).or_insert(None);
                 }
                 Intent::Mirror {
                     source,
@@ -492,32 +561,34 @@ impl Journal {
                     event_row,
                     describes,
                 } => {
-                    let mut record = tx
-                        .mirror(connection, source, customer_id)
-                        .await?
-                        .unwrap_or_default();
-                    let stale = sync::apply_event(&mut record, values, *occurred_at, now);
-                    tx.put_mirror(connection, source, customer_id, &record, Some(*event_row))
-                        .await?;
+                    let row = key(connection, source, customer_id);
+                    let record = mirrors.entry(row.clone()).or_default();
+                    let stale = sync::apply_event(record, values, *occurred_at, now);
+                    mirrors_changed.insert(row, Some(*event_row));
                     if !stale.is_empty() {
                         tracing::info!(event = event_row, customer = %customer_id, fields = ?stale, "older than the mirror's values; kept the newer ones");
                     }
                     // What the target says its record holds beats what the engine remembers writing.
                     if let Some(described) = describes {
-                        let taken: Map<String, Value> = values
+                        let taken = values
                             .iter()
                             .filter(|(name, _)| !stale.contains(name))
-                            .map(|(k, v)| (k.clone(), v.clone()))
-                            .collect();
-                        if !taken.is_empty() {
-                            tx.remember(connection, described, customer_id, &taken)
-                                .await?;
+                            .map(|(k, v)| (k.clone(), v.clone()));
+                        let row = key(connection, described, customer_id);
+                        let known = records.entry(row.clone()).or_default();
+                        let mut took = false;
+                        for (k, v) in taken {
+                            known.insert(k, v);
+                            took = true;
+                        }
+                        if took {
+                            records_changed.push(row);
                         }
                     }
                 }
             }
         }
-        match &self.finish {
+        match &journal.finish {
             Some((
                 id,
                 Finish::State {
@@ -525,18 +596,50 @@ impl Journal {
                     next_attempt_at,
                     error,
                 },
-            )) => {
-                tx.finish(*id, *state, *next_attempt_at, error.as_deref())
-                    .await?
-            }
+            )) => ends.push((*id, *state, *next_attempt_at, error.as_deref())),
             Some((id, Finish::Defer { until, reason })) => tx.defer(*id, *until, reason).await?,
             None => {}
         }
-        if let Some(run) = &self.run {
+        if let Some(run) = &journal.run {
             tx.record_run(run).await?;
         }
-        Ok(())
     }
+    if !logs.is_empty() {
+        tx.log_all(&logs).await?;
+    }
+    let mut changed: Vec<(&RowKey, Option<i64>)> =
+        mirrors_changed.iter().map(|(k, row)| (k, *row)).collect();
+    changed.sort();
+    let mirror_rows: Vec<_> = changed
+        .iter()
+        .filter_map(|(k, event_row)| {
+            let record = mirrors.get(*k)?;
+            Some((
+                (k.0.as_str(), k.1.as_str(), k.2.as_str()),
+                record,
+                *event_row,
+            ))
+        })
+        .collect();
+    if !mirror_rows.is_empty() {
+        tx.put_mirrors(&mirror_rows).await?;
+    }
+    records_changed.sort();
+    records_changed.dedup();
+    let record_rows: Vec<_> = records_changed
+        .iter()
+        .filter_map(|k| {
+            let fields = records.get(k)?;
+            Some(((k.0.as_str(), k.1.as_str(), k.2.as_str()), fields))
+        })
+        .collect();
+    if !record_rows.is_empty() {
+        tx.put_target_records(&record_rows).await?;
+    }
+    if !ends.is_empty() {
+        tx.finish_all(&ends).await?;
+    }
+    Ok(())
 }
 
 type Pending = (Journal, Option<oneshot::Sender<Result<(), StoreError>>>);
@@ -609,9 +712,8 @@ async fn commit_group(store: &Store, group: Vec<Pending>) {
     if group.len() > 1 {
         let together = async {
             let mut tx = store.begin_write().await?;
-            for (journal, _) in &group {
-                journal.apply(&mut tx).await?;
-            }
+            let journals: Vec<&Journal> = group.iter().map(|(journal, _)| journal).collect();
+            apply_all(&journals, &mut tx).await?;
             tx.commit().await
         };
         match together.await {
@@ -631,7 +733,7 @@ async fn commit_group(store: &Store, group: Vec<Pending>) {
     for (journal, done) in group {
         let alone = async {
             let mut tx = store.begin_write().await?;
-            journal.apply(&mut tx).await?;
+            apply_all(&[&journal], &mut tx).await?;
             tx.commit().await
         };
         let result = alone.await;
