@@ -8,6 +8,9 @@ use sqlx::{Any, Row, Transaction};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
+/// A row's key, borrowed: (connection, source or target, customer or record id).
+pub type RowKeyRef<'a> = (&'a str, &'a str, &'a str);
+
 /// An open write transaction.
 pub struct WriteTx {
     tx: Transaction<'static, Any>,
@@ -242,7 +245,7 @@ impl WriteTx {
     /// key order). Keys without a row are absent from the answer.
     pub async fn mirrors(
         &mut self,
-        keys: &[(&str, &str, &str)],
+        keys: &[RowKeyRef<'_>],
     ) -> Result<HashMap<(String, String, String), MirrorRecord>, StoreError> {
         let mut found = HashMap::new();
         for chunk in keys.chunks(ROWS_PER_STATEMENT) {
@@ -271,7 +274,7 @@ impl WriteTx {
     /// chunk; a row's event, when given, is the one that last brought values.
     pub async fn put_mirrors(
         &mut self,
-        rows: &[((&str, &str, &str), &MirrorRecord, Option<i64>)],
+        rows: &[(RowKeyRef<'_>, &MirrorRecord, Option<i64>)],
     ) -> Result<(), StoreError> {
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
@@ -308,7 +311,7 @@ impl WriteTx {
     /// target_id)` each, read in one statement; records never seen are absent.
     pub async fn target_records(
         &mut self,
-        keys: &[(&str, &str, &str)],
+        keys: &[RowKeyRef<'_>],
     ) -> Result<
         HashMap<(String, String, String), serde_json::Map<String, serde_json::Value>>,
         StoreError,
@@ -340,10 +343,7 @@ impl WriteTx {
     /// statement per chunk.
     pub async fn put_target_records(
         &mut self,
-        rows: &[(
-            (&str, &str, &str),
-            &serde_json::Map<String, serde_json::Value>,
-        )],
+        rows: &[(RowKeyRef<'_>, &serde_json::Map<String, serde_json::Value>)],
     ) -> Result<(), StoreError> {
         let now = now_ms();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
