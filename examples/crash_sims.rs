@@ -6,7 +6,8 @@
 //! Prints one JSON line (the base URLs and credentials), then reads
 //! commands on stdin, one a line, answering each with one JSON line:
 //! - `report`: what GHL now holds, counted by marker (`cm-<digits>` in a
-//!   note's body): `notes`, `marked` (distinct markers), `duplicates`
+//!   note's body): `notes`, `marked` (distinct markers), `unmarked`
+//!   (notes without one), `duplicates`
 //!   (markers on more than one note, with their count), `markers` (every
 //!   marker seen), `contacts`, `requests` (to GHL, by status);
 //! - `quit` (or the end of stdin): stops.
@@ -33,12 +34,14 @@ fn marker(body: &str) -> Option<u64> {
 fn report(ghl: &GhlSandbox) -> serde_json::Value {
     let mut by_marker: BTreeMap<u64, usize> = BTreeMap::new();
     let mut notes = 0;
+    let mut unmarked = 0;
     let contacts = ghl.contacts();
     for contact in &contacts {
         for note in ghl.notes_of(&contact.id) {
             notes += 1;
-            if let Some(m) = marker(&note.body) {
-                *by_marker.entry(m).or_default() += 1;
+            match marker(&note.body) {
+                Some(m) => *by_marker.entry(m).or_default() += 1,
+                None => unmarked += 1,
             }
         }
     }
@@ -55,6 +58,7 @@ fn report(ghl: &GhlSandbox) -> serde_json::Value {
     json!({
         "notes": notes,
         "marked": by_marker.len(),
+        "unmarked": unmarked,
         "duplicates": duplicates,
         "markers": by_marker.keys().collect::<Vec<_>>(),
         "contacts": contacts.len(),
