@@ -884,6 +884,61 @@ async fn root_a_full_disk_refuses_webhooks_with_503_and_loses_nothing() {
     app.shutdown().await;
 }
 
+/// What each source is answered when the disk is full: 503 with
+/// `Retry-After`, but 429 for GHL's workflow requests (GHL retries only
+/// on 429: a 503 would lose them).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root (mounts a tmpfs); .ci/run runs it alone"]
+async fn root_a_full_disk_answers_ghl_workflows_429_and_the_others_503() {
+    let disk = SmallDisk::mount("16m");
+    let (ghl, sc) = fast_simulators().await;
+    let mappings = Mappings::ghl(|t| t);
+    let db = DatabaseUrl::sqlite(&disk.path().join("mapper.db"))
+        .as_str()
+        .to_string();
+    let app = start(&ghl, &sc, &mappings.path(), &db, &[]).await;
+    let base = app.url().unwrap();
+    let _filler = disk.fill();
+    let client = reqwest::Client::new();
+    let workflow: serde_json::Value = serde_json::from_slice(
+        &std::fs::read("examples/payloads/ghl-workflow/WorkflowWebhook.json").unwrap(),
+    )
+    .unwrap();
+    let mut seen = BTreeMap::<(&str, u16), usize>::new();
+    for i in 0..400 {
+        let mut body = workflow.clone();
+        body["padding"] = format!("{i:05}{}", "y".repeat(8_000)).into();
+        let answer = client
+            .post(format!("{base}/webhooks/ghl-workflow?token=wf-token"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        let retry_after = answer.headers().contains_key("retry-after");
+        *seen.entry(("ghl-workflow", status)).or_default() += 1;
+        if status != 202 {
+            assert_eq!(
+                status, 429,
+                "a GHL workflow's request that cannot be stored"
+            );
+            assert!(retry_after, "with Retry-After");
+            let (status, retry_after) = post(&client, &base, &feedback(i, 4, 8_000)).await;
+            *seen.entry(("stickycards", status)).or_default() += 1;
+            assert_eq!(status, 503, "a Sticky Cards webhook that cannot be stored");
+            assert!(retry_after.is_some(), "with Retry-After");
+            break;
+        }
+    }
+    assert!(
+        seen.contains_key(&("ghl-workflow", 429)),
+        "the full disk refused nothing: {seen:?}"
+    );
+    eprintln!("answers on a full disk: {seen:?}");
+    app.shutdown().await;
+}
+
 // ---- PostgreSQL restarted under load ---------------------------------
 
 /// A fresh database on the server of `MAPPER_TEST_POSTGRES_URL`: its URL.
