@@ -1028,3 +1028,64 @@ async fn pg_a_database_restarted_under_load_loses_nothing() {
     eprintln!("postgres restarted: refused {refused:?}, {tally:?}");
     app.shutdown().await;
 }
+
+/// The events table locked by someone else (a migration, a long
+/// `LOCK TABLE`) for 8 s on PostgreSQL: what the senders are answered,
+/// and how long they wait; once the lock is gone, everything acknowledged
+/// is delivered once.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "locks a PostgreSQL table: .ci/run runs it alone"]
+async fn pg_a_locked_events_table_delays_or_refuses_and_loses_nothing() {
+    use sqlx::Connection;
+    let db = pg_database("lock").await;
+    let (ghl, sc) = fast_simulators().await;
+    let mappings = Mappings::ghl(|t| t);
+    let app = start(&ghl, &sc, &mappings.path(), &db, &[]).await;
+    let base = app.url().unwrap();
+    let (mut acked, _) = post_range(&base, 0..10, 4, 0, false).await;
+    let mut locker = sqlx::AnyConnection::connect(&db).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let locked_at = Instant::now();
+    let posting = {
+        let base = base.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut answers = Vec::new();
+            for i in 10..20 {
+                let sent = Instant::now();
+                let (status, retry_after) = post(&client, &base, &feedback(i, 4, 0)).await;
+                answers.push((i, status, retry_after.is_some(), sent.elapsed()));
+            }
+            answers
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    sqlx::query("COMMIT").execute(&mut locker).await.unwrap();
+    let unlocked_after = locked_at.elapsed();
+    let answers = posting.await.unwrap();
+    eprintln!(
+        "lock held {unlocked_after:?}; answers (i, status, retry-after, waited): {answers:?}"
+    );
+    for (i, status, retry_after, _) in &answers {
+        match status {
+            202 => acked.push(*i),
+            503 => {
+                assert!(retry_after, "a 503 says when to retry");
+                post_until_acked(&base, *i..*i + 1, 4, 0).await;
+                acked.push(*i);
+            }
+            other => panic!("webhook {i}: serve answered {other} while the table was locked"),
+        }
+    }
+    assert!(
+        answers.iter().all(|a| a.3 < Duration::from_secs(31)),
+        "no sender waits past its own timeout"
+    );
+    acked.sort_unstable();
+    assert_exactly_once(&db, &ghl, &acked, 4, Duration::from_secs(60)).await;
+    app.shutdown().await;
+}
