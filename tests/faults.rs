@@ -764,16 +764,6 @@ impl SmallDisk {
         self.dir.path()
     }
 
-    fn remount(&self, mode: &str) {
-        let ok = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,{mode}")])
-            .arg(self.dir.path())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "remount {mode}");
-    }
-
     /// Fills the disk with a file until it is full.
     fn fill(&self) -> PathBuf {
         use std::io::Write;

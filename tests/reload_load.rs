@@ -38,7 +38,7 @@ fn feedback(i: usize) -> String {
 
 /// The set number `k` writes: valid for even `k`, broken three ways in turn.
 fn set_text(original: &str, k: usize) -> (bool, String) {
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         let valid = DESCRIPTION.replace("last_activity.", &format!("last_activity (set {k})."));
         return (true, original.replacen(DESCRIPTION, &valid, 1));
     }
