@@ -787,8 +787,8 @@ impl Drop for SmallDisk {
     }
 }
 
-/// Posts webhooks `range` until each is acknowledged, `pause` between
-/// rounds; the refusals seen on the way.
+/// Posts webhooks `range` until each is acknowledged (500 ms between
+/// rounds, as a sender retrying); the number of refusals on the way.
 async fn post_until_acked(
     base: &str,
     range: std::ops::Range<usize>,
