@@ -56,6 +56,31 @@ pub enum Fault {
     /// Serve the request (its effect happens), then hold the answer this
     /// long: a client that times out never learns that it succeeded.
     AnswerLate(Duration),
+    /// Answer this status (502, 503…) with `Retry-After: <seconds>`, as a
+    /// gateway in maintenance or an overloaded API does.
+    StatusRetryAfter {
+        /// The status answered.
+        status: u16,
+        /// Seconds for the `Retry-After` header.
+        retry_after: u64,
+    },
+    /// Serve the request (its effect happens), send the status line, the
+    /// headers with the full `Content-Length` and half the body, then close
+    /// the connection: the client reads a truncated answer it cannot trust.
+    ResetMidBody,
+    /// Serve the request (its effect happens), send the status line and
+    /// headers at once, then the body in pieces with this pause between
+    /// them (a congested link or a slow proxy).
+    SlowBody(Duration),
+    /// Serve the request (its effect happens), then answer 200 with a body
+    /// that is not JSON (an HTML page a proxy put in its place).
+    InvalidJson,
+    /// Refuse the request as the API refuses a revoked token: 401 with the
+    /// API's error body (GHL: `Invalid token: access token is invalid`).
+    Revoked,
+    /// Refuse the request as the API's validation does: 422 with these
+    /// messages (GHL: `message` is an array of strings).
+    Unprocessable(Vec<String>),
 }
 
 struct FaultRule {
@@ -240,6 +265,14 @@ pub(crate) trait Simulator: Send + Sync + 'static {
     fn controls(&self) -> &Controls;
     /// The error body this API answers for `status` (used by faults).
     fn error_body(&self, status: u16, message: &str) -> Value;
+    /// The body of this API's 422 for these validation messages.
+    fn unprocessable_body(&self, messages: &[String]) -> Value {
+        self.error_body(422, &messages.join("; "))
+    }
+    /// The message this API answers a revoked or invalid token with.
+    fn revoked_message(&self) -> &'static str {
+        "Unauthenticated."
+    }
     /// Serves one request (auth, rate limit, routing, state).
     fn handle(&self, request: &Incoming) -> Reply;
 }
@@ -278,11 +311,13 @@ impl Controls {
     }
 
     /// The next fault for a request. A rule's prefix may name the method
-    /// too (`"POST /contacts/"`), to hit a create but not a search.
+    /// too (`"POST /contacts/"`), to hit a create but not a search, and a
+    /// `*` segment stands for any one segment (`"POST /contacts/*/notes"`:
+    /// a note on any contact, whose id the test cannot know beforehand).
     fn take_fault(&self, method: &str, path: &str) -> Option<Fault> {
         let applies = |prefix: &str| match prefix.split_once(' ') {
-            Some((m, p)) => m.eq_ignore_ascii_case(method) && path.starts_with(p),
-            None => path.starts_with(prefix),
+            Some((m, p)) => m.eq_ignore_ascii_case(method) && path_matches(p, path),
+            None => path_matches(prefix, path),
         };
         let mut faults = lock(&self.faults);
         let index = faults
@@ -307,6 +342,26 @@ impl Controls {
         if let Some(entry) = lock(&self.log).get_mut(index) {
             entry.status = Some(status);
             entry.answered = Some(std::time::Instant::now());
+        }
+    }
+}
+
+/// Whether `path` starts with `prefix`, a `*` segment of the prefix
+/// matching any one segment of the path.
+fn path_matches(prefix: &str, path: &str) -> bool {
+    if !prefix.contains('*') {
+        return path.starts_with(prefix);
+    }
+    let mut wanted = prefix.split('/');
+    let mut got = path.split('/');
+    loop {
+        match (wanted.next(), got.next()) {
+            (None, _) => return true,
+            (Some(w), Some(g)) if w == "*" && !g.is_empty() => {}
+            // The prefix's last segment may end part-way through the path's.
+            (Some(w), Some(g)) if wanted.clone().next().is_none() => return g.starts_with(w),
+            (Some(w), Some(g)) if w == g => {}
+            _ => return false,
         }
     }
 }
@@ -430,10 +485,50 @@ async fn pipeline<S: Simulator>(sim: Arc<S>, request: Request<Body>) -> Response
             headers: parts.headers,
             body,
         };
-        let reply = match sim
+        let fault = sim
             .controls()
-            .take_fault(incoming.method.as_str(), &raw_path)
-        {
+            .take_fault(incoming.method.as_str(), &raw_path);
+        // Faults that damage the answer in transit: the request is served
+        // (its effect happens and is logged), then the body is cut, slowed
+        // or replaced on its way out.
+        match fault {
+            Some(Fault::ResetMidBody) => {
+                let reply = sim.handle(&incoming);
+                sim.controls().set_status(index, reply.status);
+                return truncated(reply);
+            }
+            Some(Fault::SlowBody(pause)) => {
+                let reply = sim.handle(&incoming);
+                sim.controls().set_status(index, reply.status);
+                return trickled(reply, pause);
+            }
+            Some(Fault::InvalidJson) => {
+                let _ = sim.handle(&incoming);
+                sim.controls().set_status(index, 200);
+                let mut response = Response::new(Body::from(
+                    "<html><body><h1>200 OK</h1>upstream answered</body></html>",
+                ));
+                response.headers_mut().insert(
+                    axum::http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json; charset=utf-8"),
+                );
+                return response;
+            }
+            _ => {}
+        }
+        let reply = match fault {
+            Some(Fault::StatusRetryAfter {
+                status,
+                retry_after,
+            }) => Reply::json(
+                status,
+                sim.error_body(status, "simulated failure (fault injection)"),
+            )
+            .with_header("retry-after", retry_after.to_string()),
+            Some(Fault::Revoked) => Reply::json(401, sim.error_body(401, sim.revoked_message())),
+            Some(Fault::Unprocessable(messages)) => {
+                Reply::json(422, sim.unprocessable_body(&messages))
+            }
             Some(Fault::Status(status)) => Reply::json(
                 status,
                 sim.error_body(status, "simulated failure (fault injection)"),
@@ -454,10 +549,111 @@ async fn pipeline<S: Simulator>(sim: Arc<S>, request: Request<Body>) -> Response
                 tokio::time::sleep(duration).await;
                 reply
             }
-            None => sim.handle(&incoming),
+            Some(Fault::ResetMidBody | Fault::SlowBody(_) | Fault::InvalidJson) | None => {
+                sim.handle(&incoming)
+            }
         };
         sim.controls().set_status(index, reply.status);
         to_response(reply)
+    }
+}
+
+/// The answer with its full `Content-Length`, whose body breaks after half
+/// of it: hyper sends the half, then closes the connection, so the client
+/// sees it cut in the middle of the body.
+fn truncated(reply: Reply) -> Response<Body> {
+    let full = serde_json::to_vec(&reply.body).unwrap_or_default();
+    let mut response = to_response(reply);
+    let half = full[..full.len() / 2].to_vec();
+    *response.body_mut() = Body::new(Cut {
+        half: Some(half),
+        pause: None,
+    });
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_LENGTH,
+        HeaderValue::from(full.len()),
+    );
+    response
+}
+
+/// A body that yields its first half, then fails after a pause (so that
+/// hyper has flushed the status, the headers and the half: without it the
+/// connection would close before anything left, a lost answer instead).
+struct Cut {
+    half: Option<Vec<u8>>,
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl http_body::Body for Cut {
+    type Data = axum::body::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if let Some(half) = self.half.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(
+                axum::body::Bytes::from(half),
+            ))));
+        }
+        let pause = self
+            .pause
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(200))));
+        if pause.as_mut().poll(cx).is_pending() {
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(Some(Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "simulated reset in the middle of the body (fault injection)",
+        ))))
+    }
+}
+
+/// The answer whose body leaves in 8-byte pieces, `pause` apart.
+fn trickled(reply: Reply, pause: Duration) -> Response<Body> {
+    let full = serde_json::to_vec(&reply.body).unwrap_or_default();
+    let mut response = to_response(reply);
+    *response.body_mut() = Body::new(Trickle {
+        rest: full,
+        pause,
+        sleep: None,
+    });
+    response
+}
+
+/// A body that yields a few bytes at a time with a pause before each piece.
+struct Trickle {
+    rest: Vec<u8>,
+    pause: Duration,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl http_body::Body for Trickle {
+    type Data = axum::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        if self.rest.is_empty() {
+            return Poll::Ready(None);
+        }
+        let pause = self.pause;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(pause)));
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.sleep = None;
+        let n = self.rest.len().min(8);
+        let piece: Vec<u8> = self.rest.drain(..n).collect();
+        Poll::Ready(Some(Ok(http_body::Frame::data(axum::body::Bytes::from(
+            piece,
+        )))))
     }
 }
 
@@ -923,6 +1119,17 @@ impl EventClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fault_prefixes_match_any_one_segment_at_a_star() {
+        assert!(path_matches("/contacts/", "/contacts/abc/notes"));
+        assert!(path_matches("/contacts/*/notes", "/contacts/abc/notes"));
+        assert!(path_matches("/contacts/*/notes", "/contacts/abc/notes/"));
+        assert!(!path_matches("/contacts/*/notes", "/contacts/abc/tags"));
+        assert!(!path_matches("/contacts/*/notes", "/contacts//notes"));
+        assert!(!path_matches("/contacts/*/notes", "/contacts/"));
+        assert!(path_matches("/contacts/*/no", "/contacts/abc/notes"));
+    }
 
     #[test]
     fn event_times_never_repeat() {

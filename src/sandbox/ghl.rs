@@ -1354,6 +1354,15 @@ impl Simulator for Ghl {
         error_json(status, message)
     }
 
+    /// GHL's validation answer: `message` is an array (reference §6).
+    fn unprocessable_body(&self, messages: &[String]) -> Value {
+        json!({"statusCode": 422, "message": messages, "error": "Unprocessable Entity"})
+    }
+
+    fn revoked_message(&self) -> &'static str {
+        "Invalid token: access token is invalid"
+    }
+
     fn handle(&self, request: &Incoming) -> Reply {
         let bearer = request
             .header("authorization")

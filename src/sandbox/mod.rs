@@ -25,7 +25,8 @@
 //!   server (customers, cards, balances, segments, pushes, preferences).
 //!
 //! Both share the request log ([`LoggedRequest`]), fault injection
-//! ([`Fault`]: status, 429 with or without `Retry-After`, hang) and a
+//! ([`Fault`]: status, 429 with or without `Retry-After`, hang, answers
+//! cut, slowed or garbled in transit, a revoked token, a 422) and a
 //! sliding-window [`RateLimit`]. Faults are served before anything else
 //! (auth and rate limit included) and consume nothing else; requests are
 //! logged on arrival, their status filled in when answered.

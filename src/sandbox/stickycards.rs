@@ -1079,6 +1079,14 @@ impl Simulator for Sticky {
         json!({ "message": message })
     }
 
+    /// Sticky Cards' 422: the first message, and every message under `errors`.
+    fn unprocessable_body(&self, messages: &[String]) -> Value {
+        json!({
+            "message": messages.first().cloned().unwrap_or_default(),
+            "errors": { "body": messages },
+        })
+    }
+
     fn handle(&self, request: &Incoming) -> Reply {
         let flavour = if request.path.starts_with("/api/") {
             Flavour::V2

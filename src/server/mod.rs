@@ -305,7 +305,11 @@ async fn accept(
         }
         Err(e) => Err(ReceiveError::NotStored {
             reason: e.to_string(),
-            ghl: source.verify.method == crate::config::model::VerifyMethod::Ghl,
+            // GHL sends both its signed webhooks and its workflows' requests
+            // (a source that `describes: ghl`), and retries either only on a
+            // 429: a 503 would lose a workflow's request for good.
+            ghl: source.verify.method == crate::config::model::VerifyMethod::Ghl
+                || source.describes.as_deref() == Some("ghl"),
         }),
     }
 }
