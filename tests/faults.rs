@@ -493,7 +493,6 @@ async fn an_answer_reset_mid_body_does_not_apply_the_note_twice() {
 /// id is in the half that never came. It must not be created twice, and the
 /// event's note must still be made.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "bug: a create whose 2xx body cannot be read ends the event `delivered` with no sync log and its note never sent (see RELIABILITY.md)"]
 async fn a_create_reset_mid_body_does_not_create_the_contact_twice() {
     let (ghl, _) = target_fault_case(
         Fault::ResetMidBody,
@@ -530,7 +529,6 @@ async fn a_slow_answer_body_does_not_apply_the_note_twice() {
 
 /// The same on the create: the status came, the new contact's id did not.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "bug: a create whose 2xx body outlasts the timeout ends the event `delivered` with no sync log and its note never sent (see RELIABILITY.md)"]
 async fn a_slow_answer_body_on_a_create_still_applies_the_note() {
     target_fault_case(
         Fault::SlowBody(Duration::from_millis(400)),
@@ -593,7 +591,6 @@ async fn a_200_with_invalid_json_on_a_note_does_not_apply_it_twice() {
 /// new contact's id; the retry's search must find it instead of creating
 /// another, and the event's note must still be made.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "bug: a create answered 200 with a body that is not JSON ends the event `delivered` with no sync log and its note never sent (see RELIABILITY.md)"]
 async fn a_200_with_invalid_json_on_a_create_does_not_create_twice() {
     target_fault_case(
         Fault::InvalidJson,

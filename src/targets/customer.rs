@@ -201,6 +201,28 @@ pub async fn find_or_create(
                         .took(took),
                     );
                     created = Some((answer, sent_at));
+                } else {
+                    // Created or not, nobody can tell which record: try again
+                    // (the next attempt searches first, and finds it if it was).
+                    let error = format!(
+                        "{} answered 2xx without the new record's id at `{}`",
+                        describe(&request),
+                        cap.id.as_str()
+                    );
+                    journal.log(
+                        log(
+                            "create_customer",
+                            None,
+                            describe(&request),
+                            Some(200),
+                            Some(error.clone()),
+                        )
+                        .took(took),
+                    );
+                    return Err(Outcome::Transient {
+                        error,
+                        retry_after: None,
+                    });
                 }
             }
             // "This location does not allow duplicated contacts": the answer names it.

@@ -184,8 +184,27 @@ impl Http {
             self.limiter.day_spent(&target.name).await;
         }
         let retry_after = header(reqwest::header::RETRY_AFTER.as_str()).map(Duration::from_secs);
-        let text = response.text().await.unwrap_or_default();
-        let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        // A 2xx status says the request was applied, whatever follows it: a
+        // body cut off, outlasting the timeout or not JSON (a proxy's page)
+        // is a success with nothing to read. Sending it again could apply it
+        // twice (a note); a step that needs the answer (a create's id) fails
+        // on its own and is retried, searching first.
+        let text = match response.text().await {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::warn!(target = %target.name, method = %request.method, path = %request.path, status = status.as_u16(), error = %e, "the answer's body could not be read");
+                String::new()
+            }
+        };
+        let json: Value = match serde_json::from_str(&text) {
+            Ok(json) => json,
+            Err(e) => {
+                if !text.trim().is_empty() {
+                    tracing::warn!(target = %target.name, method = %request.method, path = %request.path, status = status.as_u16(), error = %e, "the answer is not JSON");
+                }
+                Value::Null
+            }
+        };
         if status.is_success() {
             return Answer::Ok(json);
         }
