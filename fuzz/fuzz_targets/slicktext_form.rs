@@ -1,0 +1,15 @@
+#![no_main]
+//! See fuzz/README.md; the same function replays the corpus in tests/fuzz_corpus.rs.
+
+use libfuzzer_sys::fuzz_target;
+use mapper::fuzzing::FormTarget;
+use std::sync::OnceLock;
+
+static TARGET: OnceLock<FormTarget> = OnceLock::new();
+
+fuzz_target!(|data: &[u8]| {
+    let mappings = concat!(env!("CARGO_MANIFEST_DIR"), "/../mappings");
+    TARGET
+        .get_or_init(|| FormTarget::new(std::path::Path::new(mappings)))
+        .run(data);
+});
