@@ -29,8 +29,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 // The export reader is private to `mapper resync`; it is compiled here a
-// second time from the same file rather than widening the CLI's modules.
-#[allow(dead_code)]
+// second time from the same file rather than widening the CLI's modules
+// (`cli::resync` is private to `cli`), hence the lint's allowance.
+#[allow(dead_code, clippy::duplicate_mod)]
 #[path = "cli/resync/import.rs"]
 mod import;
 
