@@ -12,6 +12,8 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod jsonpath;
 pub mod metrics;
 pub mod program;

@@ -63,10 +63,9 @@ pub fn decode(body: &[u8], spec: &BodySpec) -> Result<Value, DecodeError> {
             limit,
         });
     }
-    let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
     match spec.format {
         // A form source that posts plain JSON (some SlickText setups do) is read as JSON.
-        BodyFormat::Form if first != Some(b'{') => {
+        BodyFormat::Form if !reads_as_json(body) => {
             let field = spec.field.as_deref().unwrap_or("data");
             let text = std::str::from_utf8(body).map_err(|_| DecodeError::NotUtf8)?;
             let value = form_field(text, field).ok_or_else(|| DecodeError::MissingFormField {
@@ -78,8 +77,20 @@ pub fn decode(body: &[u8], spec: &BodySpec) -> Result<Value, DecodeError> {
     }
 }
 
-/// The decoded value of one field of an `application/x-www-form-urlencoded` body.
+/// Whether a form source's body is read as JSON rather than as a form.
+fn reads_as_json(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()).copied() == Some(b'{')
+}
+
+/// The decoded value of one field of an `application/x-www-form-urlencoded`
+/// body; none when [`decode`] reads the body as JSON. Verification signs
+/// this field, so it must be the very text that is decoded: a JSON body
+/// carrying a captured `&data=…&` pair inside one of its strings would
+/// otherwise pass with that pair's signature while its own JSON is stored.
 pub fn form_field(body: &str, field: &str) -> Option<String> {
+    if reads_as_json(body.as_bytes()) {
+        return None;
+    }
     body.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (decode_component(k)? == field)
@@ -211,6 +222,20 @@ mod tests {
             })
         );
         assert_eq!(decode(br#"{"a":1}"#, &spec).unwrap(), json!({"a": 1}));
+    }
+
+    #[test]
+    fn a_json_body_has_no_form_fields() {
+        // The signed `data` pair of a real delivery, smuggled into a string
+        // of a JSON body that says something else.
+        let body = r#"{"Event":"LoyaltyEventDeleted","x":"&data=%7B%22Event%22%3A%22LoyaltyEventCreated%22%7D&"}"#;
+        assert_eq!(form_field(body, "data"), None);
+        assert_eq!(form_field(&format!(" \n{body}"), "data"), None);
+        // A form body still has them, whatever its values hold.
+        assert_eq!(
+            form_field("data=%7B%7D&x=%7B", "data").as_deref(),
+            Some("{}")
+        );
     }
 
     #[test]

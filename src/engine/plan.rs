@@ -780,6 +780,8 @@ fn identify(src: &Source, payload: &Value, default_tz: &str) -> Result<EventInfo
         .select(payload)
         .as_ref()
         .and_then(scalar_string)
+        // A blank type names no event: it could never be mapped or replayed.
+        .filter(|t| !t.trim().is_empty())
         .or_else(|| src.default_event.clone())
         .ok_or_else(|| PlanError::NoEventType {
             source: src.name.clone(),

@@ -16,9 +16,17 @@ pub enum ReceiveError {
     /// No source of that name in the mapping set (404).
     #[error("unknown source `{name}`; sources: {}", known.join(", "))]
     UnknownSource { name: String, known: Vec<String> },
-    /// Over the source's `max_bytes` (413).
-    #[error("body is {size} bytes, over the limit of {limit} bytes for source `{name}`")]
-    TooLarge { name: String, size: u64, limit: u64 },
+    /// Over the source's `max_bytes` (413). `size` is unknown when the body
+    /// was cut off while it was read (chunked, or longer than any source takes).
+    #[error(
+        "body is {}over the limit of {limit} bytes for source `{name}`",
+        size.map(|s| format!("{s} bytes, ")).unwrap_or_default()
+    )]
+    TooLarge {
+        name: String,
+        size: Option<u64>,
+        limit: u64,
+    },
     /// A `Content-Type` the source does not send (415).
     #[error("content type `{media}` is not what source `{name}` sends ({expected})")]
     ContentType {
@@ -161,6 +169,22 @@ mod tests {
                 .as_str()
                 .unwrap_or("")
                 .contains("application/xml")
+        );
+
+        let (status, json, _) = body(ReceiveError::TooLarge {
+            name: "stickycards".into(),
+            size: None,
+            limit: 5,
+        })
+        .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            (&json["error"], &json["field"]),
+            (&json!("too_large"), &json!("body"))
+        );
+        assert_eq!(
+            json["message"],
+            "body is over the limit of 5 bytes for source `stickycards`"
         );
 
         let (status, json, _) = body(ReceiveError::Malformed(DecodeError::TooLarge {

@@ -123,7 +123,7 @@ async fn receive(
     Path(source_name): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let started = std::time::Instant::now();
     // This request finishes with the set it started with, even if a reload lands meanwhile.
@@ -137,6 +137,24 @@ async fn receive(
         .into_response();
     };
     state.metrics.webhook_received(&source_name);
+    let body = match body {
+        Ok(body) => body,
+        // Longer than the router's cap (the largest source's limit): the
+        // same JSON refusal as a body over this source's own limit.
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let refused = ReceiveError::TooLarge {
+                name: source_name.clone(),
+                size: headers
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok()),
+                limit: source.body.max_bytes.unwrap_or(decode::DEFAULT_MAX_BYTES),
+            };
+            state.metrics.webhook_rejected(&source_name, refused.code());
+            return refused.into_response();
+        }
+        // The body could not be read at all (broken framing): HTTP's own answer.
+        Err(e) => return e.into_response(),
+    };
     let response = match accept(
         &state,
         &loaded,
@@ -205,7 +223,7 @@ async fn accept(
     if body.len() as u64 > limit {
         return Err(ReceiveError::TooLarge {
             name: source_name.to_string(),
-            size: body.len() as u64,
+            size: Some(body.len() as u64),
             limit,
         });
     }

@@ -1,0 +1,21 @@
+#![no_main]
+//! See fuzz/README.md; the same function replays the corpus in tests/fuzz_corpus.rs.
+
+use libfuzzer_sys::fuzz_target;
+use mapper::fuzzing::FormTarget;
+use std::sync::OnceLock;
+
+static TARGET: OnceLock<FormTarget> = OnceLock::new();
+
+fn target() -> &'static FormTarget {
+    let mappings = concat!(env!("CARGO_MANIFEST_DIR"), "/../mappings");
+    TARGET.get_or_init(|| FormTarget::new(std::path::Path::new(mappings)))
+}
+
+fuzz_target!(
+    // Compiling the mapping set takes longer than an input may (1 s): once, before the first.
+    init: {
+        target();
+    },
+    |data: &[u8]| target().run(data)
+);
