@@ -13,7 +13,7 @@ use crate::config::compile::{check_dir, compile_dir};
 use crate::config::model::{BodyFormat, VerifyMethod};
 use crate::engine::decode;
 use crate::engine::plan::PlanInput;
-use crate::engine::program::Program;
+use crate::program::Program;
 use crate::jsonpath::Selector;
 use crate::server::verify::{Verifier, hmac_md5};
 use crate::server::{self, AppState};
@@ -419,7 +419,7 @@ impl ReceiveTarget {
 /// Headers and query (`?…`) signing `body` as `spec` verifies: `mode` 0
 /// with the right secret, 1 not at all, 2 with a wrong one.
 pub fn sign_as(
-    spec: &crate::engine::program::Source,
+    spec: &crate::program::Source,
     body: &[u8],
     mode: u8,
 ) -> (Vec<(String, String)>, String) {

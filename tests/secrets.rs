@@ -178,7 +178,7 @@ async fn no_secret_or_phone_number_is_logged() {
     assert!(numbers.len() >= 3, "phone numbers found: {numbers:?}");
     for n in &numbers {
         needles.push((n.clone(), "phone"));
-        if let Some(e164) = mapper::engine::filters::normalize_phone(n, "US") {
+        if let Some(e164) = mapper::template::filters::normalize_phone(n, "US") {
             needles.push((e164.clone(), "phone"));
             // Without the `+`, as in a URL-encoded query or a digits-only log.
             needles.push((e164.trim_start_matches('+').to_string(), "phone"));
