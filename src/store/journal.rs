@@ -88,26 +88,8 @@ impl WriteTx {
         record: &MirrorRecord,
         event_row: Option<i64>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO mirror (connection, source, customer_id, fields, field_times, last_activity, last_event_row, updated_at, written_at, changed_times) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (connection, source, customer_id) DO UPDATE SET fields = $4, field_times = $5, \
-             last_activity = $6, last_event_row = COALESCE($7, mirror.last_event_row), updated_at = $8, \
-             written_at = $9, changed_times = $10",
-        )
-        .bind(connection)
-        .bind(source)
-        .bind(customer_id)
-        .bind(serde_json::Value::Object(record.fields.clone()).to_string())
-        .bind(serde_json::Value::Object(record.field_times.clone()).to_string())
-        .bind(record.last_activity)
-        .bind(event_row)
-        .bind(record.updated_at)
-        .bind(record.written_at)
-        .bind(serde_json::Value::Object(record.changed_times.clone()).to_string())
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
+        self.put_mirrors(&[((connection, source, customer_id), record, event_row)])
+            .await
     }
 
     /// Stores (or moves) a link between a source customer and a target
@@ -180,25 +162,7 @@ impl WriteTx {
 
     /// Writes one attempt to the sync log.
     pub async fn log(&mut self, entry: &SyncLogEntry) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO sync_log (connection, event_row, mapping, action, target, customer, request, status, error, attempt, at, took_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(&entry.connection)
-        .bind(entry.event_row)
-        .bind(&entry.mapping)
-        .bind(&entry.action)
-        .bind(&entry.target)
-        .bind(entry.customer.as_deref())
-        .bind(&entry.request)
-        .bind(entry.status)
-        .bind(entry.error.as_deref())
-        .bind(entry.attempt)
-        .bind(now_ms())
-        .bind(entry.took_ms)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
+        self.log_all(&[entry]).await
     }
 
     /// Records how processing an event ended.
@@ -209,16 +173,8 @@ impl WriteTx {
         next_attempt_at: i64,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE events SET state = $1, next_attempt_at = $2, last_error = $3 WHERE id = $4",
-        )
-        .bind(state.as_str())
-        .bind(next_attempt_at)
-        .bind(error)
-        .bind(id)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
+        self.finish_all(&[(id, state, next_attempt_at, error)])
+            .await
     }
 
     /// Puts an event back to wait without counting the attempt (a target's
