@@ -807,16 +807,20 @@ fn identify(src: &Source, payload: &Value, default_tz: &str) -> Result<EventInfo
         Some(id) => format!("{}:{}:{}", src.name, event_type, id),
         None => {
             let mut hasher = Sha256::new();
-            if src.dedup.is_empty() {
-                // No id and no declared key: the body itself, minus the attempt counter.
+            let parts: Vec<Option<Value>> = src.dedup.iter().map(|p| p.select(payload)).collect();
+            if parts.iter().all(Option::is_none) {
+                // No id and no declared key in this body (or none declared):
+                // the body itself, minus the attempt counter. Hashing the
+                // empty parts would make every such event of the type one
+                // duplicate of the first.
                 let mut body = payload.clone();
                 if let (Some(field), Some(obj)) = (&src.attempt_field, body.as_object_mut()) {
                     obj.remove(field);
                 }
                 hasher.update(body.to_string().as_bytes());
             } else {
-                for p in &src.dedup {
-                    let part = p.select(payload).map(|v| v.to_string()).unwrap_or_default();
+                for part in parts {
+                    let part = part.map(|v| v.to_string()).unwrap_or_default();
                     hasher.update(part.as_bytes());
                     hasher.update([0u8]);
                 }
