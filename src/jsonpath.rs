@@ -96,7 +96,17 @@ impl Selector {
                 position,
             });
         }
-        let compiled = serde_json_path::JsonPath::parse(path).map_err(|e| PathError {
+        // The parser panics on some malformed paths (a `\u` escape cut
+        // short, found by fuzzing): a bad selector in a mapping is an error
+        // to report, never a crash of `check` or `serve`.
+        let parsed =
+            std::panic::catch_unwind(|| serde_json_path::JsonPath::parse(path)).map_err(|_| {
+                PathError {
+                    message: "the path is malformed (check its quotes and escapes)".to_string(),
+                    position: 0,
+                }
+            })?;
+        let compiled = parsed.map_err(|e| PathError {
             message: e.message().to_string(),
             position: e.position(),
         })?;
@@ -338,6 +348,8 @@ mod tests {
         assert!(Selector::parse(path).is_err());
         // At the limit the parser answers (its time is the fuzzer's to watch).
         assert!(Selector::parse(&"$[?".repeat(MAX_NESTING)).is_err());
+        // A `\u` escape cut short made the parser panic (found by fuzzing).
+        assert!(Selector::parse("$[\"an\\u").is_err());
         let nested = format!("$.a{}", "[?(@.b == 1)]".repeat(3));
         assert!(Selector::parse(&nested).is_ok());
         assert!(Selector::parse("$['((((((((((((((((((((((((((((((((((((']").is_ok());
