@@ -284,6 +284,8 @@ struct Delivery {
     dead: i64,
     /// Committed writes to the SQLite file per event in the measured phase.
     commits_per_event: f64,
+    /// Share of the run each kind of writer held the SQLite write turn.
+    writer_by: Vec<(&'static str, f64)>,
     /// CPU time of the whole process over the measured phase, in cores.
     cpu_cores: f64,
     /// Share of the measured phase during which a SQLite writer (inbox,
@@ -391,6 +393,7 @@ async fn deliver(workers: usize, total: usize, example: &Value) -> Delivery {
     let batches_before = rows(&file, "SELECT COUNT(*) FROM run_summaries").await;
     let commits_before = mapper.store.commits();
     let gate_before = mapper.store.write_gate_busy();
+    let gate_by_before = mapper.store.write_gate_busy_by();
     let cpu_before = cpu_time();
     let started = Instant::now();
     let posting = tokio::spawn(load(POSTERS, total, post(bodies)));
@@ -398,6 +401,18 @@ async fn deliver(workers: usize, total: usize, example: &Value) -> Delivery {
     let elapsed = started.elapsed();
     let cpu = cpu_time() - cpu_before;
     let gate = mapper.store.write_gate_busy() - gate_before;
+    let writer_by = mapper
+        .store
+        .write_gate_busy_by()
+        .iter()
+        .zip(gate_by_before)
+        .map(|((writer, after), (_, before))| {
+            (
+                writer.name(),
+                (*after - before).as_secs_f64() / elapsed.as_secs_f64(),
+            )
+        })
+        .collect();
     let posted = posting.await.expect("posting task");
     assert_eq!(posted.failed, 0, "mapper refused webhooks");
     let ghl_calls = ghl.request_log().len() - ghl_before;
@@ -422,6 +437,7 @@ async fn deliver(workers: usize, total: usize, example: &Value) -> Delivery {
         commits_per_event: commits as f64 / total as f64,
         cpu_cores: cpu.as_secs_f64() / elapsed.as_secs_f64(),
         writer_busy: gate.as_secs_f64() / elapsed.as_secs_f64(),
+        writer_by,
     }
 }
 
@@ -707,6 +723,18 @@ fn main() {
                 r.cpu_cores,
                 r.delivered,
                 r.dead
+            );
+        }
+        for r in &runs {
+            let shares: Vec<String> = r
+                .writer_by
+                .iter()
+                .map(|(name, share)| format!("{name} {:.0}%", 100.0 * share))
+                .collect();
+            println!(
+                "SQLite writer held, {} workers: {}",
+                r.workers,
+                shares.join(", ")
             );
         }
         println!("store calls of one delivery, timed one at a time (mean of 200):");

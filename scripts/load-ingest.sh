@@ -45,12 +45,28 @@ ticks=$(getconf CLK_TCK)
 # utime + stime of a process, in milliseconds (fields 14 and 15, after the name).
 cpu_ms() { awk -v t="$ticks" '{ sub(/^.*\) /, ""); print ($12 + $13) * 1000 / t }' "/proc/$1/stat"; }
 
+# Seconds each SQLite writer of mapper has held the write turn, as
+# "writer seconds" lines (empty for the bare handler or on PostgreSQL).
+writer_busy() {
+    curl -sf "http://127.0.0.1:$mapper_port/metrics" 2>/dev/null |
+        sed -n 's/^mapper_sqlite_writer_busy_seconds{writer="\([a-z]*\)"} \([0-9.e+-]*\)$/\1 \2/p' || true
+}
+writer_notes=()
+
 # run LABEL URL PID -> prints a table row; sets RATE
 run() {
-    local label=$1 url=$2 pid=$3 before after out
+    local label=$1 url=$2 pid=$3 before after out busy_before busy_after
+    busy_before=$(writer_busy)
     before=$(cpu_ms "$pid")
     out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${SECONDS_PER_RUN}s" --latency -s scripts/ingest.lua "$url")
     after=$(cpu_ms "$pid")
+    busy_after=$(writer_busy)
+    if [ "$pid" = "${mapper_pid:-}" ] && [ -n "$busy_after" ]; then
+        writer_notes+=("$label: SQLite write turn held $(join -a2 <(echo "$busy_before" | sort) <(echo "$busy_after" | sort) |
+            awk -v s="$SECONDS_PER_RUN" 'NF == 3 { t += $3 - $2; parts = parts sprintf("%s %.0f%%, ", $1, 100 * ($3 - $2) / s) }
+                NF == 2 { t += $2; parts = parts sprintf("%s %.0f%%, ", $1, 100 * $2 / s) }
+                END { printf "%.0f%% of the run (%s)", 100 * t / s, substr(parts, 1, length(parts) - 2) }')")
+    fi
     echo "$out" > "$work/$label.wrk"
     local total non2xx secs p50 p99
     total=$(echo "$out" | awk '/requests in/ { print $1 }')
@@ -106,5 +122,6 @@ if [[ $database == sqlite://* ]]; then
     done
     run "mapper serve + worker, $(waiting) waiting" "http://127.0.0.1:$mapper_port/webhooks/stickycards?token=$TOKEN" "$mapper_pid"
     echo
+    for note in "${writer_notes[@]}"; do echo "$note"; done
     echo "after the runs: $(waiting) events waiting; delivered so far: $(sqlite3 "$db_file" "SELECT COUNT(*) FROM events WHERE state = 'delivered'")"
 fi

@@ -56,6 +56,13 @@ struct HeldWrites {
     state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByWriter {
+    writer: String,
+}
+
+type Seconds = Gauge<f64, std::sync::atomic::AtomicU64>;
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn ack_buckets() -> Histogram {
@@ -90,6 +97,7 @@ struct Inner {
     events: Family<StoredEvents, Gauge>,
     held_writes: Family<HeldWrites, Gauge>,
     held_merged: Family<HeldWrites, Gauge>,
+    writer_busy: Family<ByWriter, Seconds>,
     /// Scrapes refresh the gauges read from the database, then encode: one at a time.
     scrape: tokio::sync::Mutex<()>,
 }
@@ -212,6 +220,12 @@ impl Metrics {
             "Writes merged into the held writes, per target, operation and state",
             held_merged.clone(),
         );
+        let writer_busy = Family::<ByWriter, Seconds>::default();
+        registry.register(
+            "mapper_sqlite_writer_busy_seconds",
+            "Seconds this process's SQLite writers held the one write turn since it started, by writer",
+            writer_busy.clone(),
+        );
         Metrics(Arc::new(Inner {
             registry,
             received,
@@ -229,6 +243,7 @@ impl Metrics {
             events,
             held_writes,
             held_merged,
+            writer_busy,
             scrape: tokio::sync::Mutex::new(()),
         }))
     }
@@ -340,6 +355,16 @@ impl Metrics {
                 let labels = HeldWrites { target, op, state };
                 self.0.held_writes.get_or_create(&labels).set(rows);
                 self.0.held_merged.get_or_create(&labels).set(writes);
+            }
+        }
+        if !store.is_postgres() {
+            for (writer, held) in store.write_gate_busy_by() {
+                self.0
+                    .writer_busy
+                    .get_or_create(&ByWriter {
+                        writer: writer.name().into(),
+                    })
+                    .set(held.as_secs_f64());
             }
         }
         self.encode()

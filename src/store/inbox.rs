@@ -33,7 +33,7 @@ impl Store {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let _turn = self.write_gate().await;
+        let _turn = self.write_gate(super::Writer::Inbox).await;
         let mut conn = self.pool.acquire().await?;
         self.durable(&mut conn, true).await?;
         let inserted = self.insert_events_on(&mut conn, events).await;
@@ -157,7 +157,7 @@ impl Store {
     /// replicas). PostgreSQL skips rows another worker holds; SQLite has one
     /// writer, so the single `UPDATE … RETURNING` is already atomic.
     pub async fn claim_due(&self, limit: i64) -> Result<Vec<ClaimedEvent>, StoreError> {
-        let _turn = self.write_gate().await;
+        let _turn = self.write_gate(super::Writer::Claim).await;
         let mut conn = self.pool.acquire().await?;
         let now = now_ms();
         // Heads to recompute and the claim share one transaction (one
@@ -486,7 +486,7 @@ impl Inbox {
                 }
                 let outcome = match own.as_mut() {
                     Some(conn) => {
-                        let _turn = store.write_gate().await;
+                        let _turn = store.write_gate(super::Writer::Inbox).await;
                         store.insert_events_on(conn, &events).await
                     }
                     None => store.insert_events(&events).await,

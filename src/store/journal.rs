@@ -25,7 +25,7 @@ impl Store {
     /// once (`BEGIN IMMEDIATE`): a transaction that reads then writes would
     /// otherwise fail with "busy" when another writer committed meanwhile.
     pub async fn begin_write(&self) -> Result<WriteTx, StoreError> {
-        let turn = self.write_gate().await;
+        let turn = self.write_gate(super::Writer::Journal).await;
         let tx = if self.is_postgres() {
             self.pool.begin().await?
         } else {

@@ -247,8 +247,52 @@ pub struct Store {
     /// tens of milliseconds of sleep each time they met (see
     /// [`Store::write_gate`]).
     write_gate: std::sync::Arc<tokio::sync::Mutex<()>>,
-    /// Nanoseconds the gate was held (see [`Store::write_gate_busy`]).
-    gate_busy: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Where writers other than the inbox wait for their place in the
+    /// gate's queue, one at a time: the gate serves in arrival order, so a
+    /// batch of webhooks then waits for at most the turn being held and one
+    /// other, never for every claim and journal that queued before it.
+    lobby: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Nanoseconds the gate was held, by [`Writer`] (see
+    /// [`Store::write_gate_busy`]).
+    gate_busy: std::sync::Arc<[std::sync::atomic::AtomicU64; Writer::ALL.len()]>,
+}
+
+/// Who holds the SQLite write turn, for telling where the one writer's time
+/// goes ([`Store::write_gate_busy_by`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writer {
+    /// Storing webhooks.
+    Inbox,
+    /// Claiming due events (and repairing the per-customer heads).
+    Claim,
+    /// Journals of delivered events.
+    Journal,
+    /// Held writes: holding, claiming, finishing, retrying.
+    Held,
+    /// Everything else (replay, recovery, links).
+    Other,
+}
+
+impl Writer {
+    /// Every kind, in the order [`Store::write_gate_busy_by`] reports them.
+    pub const ALL: [Writer; 5] = [
+        Writer::Inbox,
+        Writer::Claim,
+        Writer::Journal,
+        Writer::Held,
+        Writer::Other,
+    ];
+
+    /// A short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Writer::Inbox => "inbox",
+            Writer::Claim => "claim",
+            Writer::Journal => "journal",
+            Writer::Held => "held",
+            Writer::Other => "other",
+        }
+    }
 }
 
 /// The turn of one writer of a SQLite store (nothing on PostgreSQL); the
@@ -258,14 +302,14 @@ pub(crate) struct WriteTurn(#[allow(dead_code)] Option<HeldTurn>);
 struct HeldTurn {
     _guard: tokio::sync::OwnedMutexGuard<()>,
     since: std::time::Instant,
-    busy: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    busy: std::sync::Arc<[std::sync::atomic::AtomicU64; Writer::ALL.len()]>,
+    writer: Writer,
 }
 
 impl Drop for HeldTurn {
     fn drop(&mut self) {
         let held = u64::try_from(self.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.busy
-            .fetch_add(held, std::sync::atomic::Ordering::Relaxed);
+        self.busy[self.writer as usize].fetch_add(held, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -342,6 +386,7 @@ impl Store {
             dialect,
             commits: Default::default(),
             write_gate: Default::default(),
+            lobby: Default::default(),
             gate_busy: Default::default(),
         })
     }
@@ -351,12 +396,18 @@ impl Store {
     /// before a pooled connection, so a writer waiting never holds one. A
     /// holder never asks for the turn again. Other processes (the CLI, a
     /// second `serve`) still meet SQLite's own busy handler.
-    pub(crate) async fn write_gate(&self) -> WriteTurn {
+    pub(crate) async fn write_gate(&self, writer: Writer) -> WriteTurn {
         WriteTurn(match self.dialect {
             Dialect::Sqlite => Some(HeldTurn {
-                _guard: self.write_gate.clone().lock_owned().await,
+                _guard: if writer == Writer::Inbox {
+                    self.write_gate.clone().lock_owned().await
+                } else {
+                    let _place = self.lobby.lock().await;
+                    self.write_gate.clone().lock_owned().await
+                },
                 since: std::time::Instant::now(),
                 busy: self.gate_busy.clone(),
+                writer,
             }),
             Dialect::Postgres => None,
         })
@@ -367,7 +418,18 @@ impl Store {
     /// the one writer is what the process waits for (the deliver bench
     /// prints it).
     pub fn write_gate_busy(&self) -> Duration {
-        Duration::from_nanos(self.gate_busy.load(std::sync::atomic::Ordering::Relaxed))
+        self.write_gate_busy_by()
+            .iter()
+            .map(|(_, held)| *held)
+            .sum()
+    }
+
+    /// [`Store::write_gate_busy`] by who held the turn.
+    pub fn write_gate_busy_by(&self) -> [(Writer, Duration); Writer::ALL.len()] {
+        Writer::ALL.map(|w| {
+            let nanos = self.gate_busy[w as usize].load(std::sync::atomic::Ordering::Relaxed);
+            (w, Duration::from_nanos(nanos))
+        })
     }
 
     /// Copies the SQLite write-ahead log into the database every `every`

@@ -95,7 +95,7 @@ impl Store {
         window_ms: i64,
         merge: impl Fn(&Value, &Value) -> Value,
     ) -> Result<Held, StoreError> {
-        let _turn = self.write_gate().await;
+        let _turn = self.write_gate(super::Writer::Held).await;
         // Each pass either lands or saw the row change under it; a handful
         // of passes is far more than two writers on one record ever need.
         for _ in 0..8 {
@@ -191,7 +191,7 @@ impl Store {
     /// Claims up to `limit` held writes that are due (and rows whose
     /// flusher's lease ran out), oldest first.
     pub async fn claim_due_writes(&self, limit: i64) -> Result<Vec<PendingWrite>, StoreError> {
-        let _turn = self.write_gate().await;
+        let _turn = self.write_gate(super::Writer::Held).await;
         let now = now_ms();
         let lock = match self.dialect {
             Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
@@ -217,7 +217,7 @@ impl Store {
 
     /// A held write went out: forget it.
     pub async fn finish_write(&self, id: i64) -> Result<(), StoreError> {
-        let _turn = self.write_gate().await;
+        let _turn = self.write_gate(super::Writer::Held).await;
         sqlx::query("DELETE FROM pending_writes WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
@@ -237,7 +237,7 @@ impl Store {
         merge: impl Fn(&Value, &Value) -> Value,
     ) -> Result<(), StoreError> {
         let attempts = write.attempts + i64::from(spent);
-        let _turn = self.write_gate().await;
+        let _turn = self.write_gate(super::Writer::Held).await;
         let mut tx = self.pool.begin().await?;
         let newer = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM pending_writes WHERE connection = $1 AND target = $2 \
