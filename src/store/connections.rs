@@ -99,7 +99,7 @@ pub enum ConnectionError {
     NotFound(String),
     /// Another connection holds the location already.
     #[error(
-        "GHL_LOCATION_ID `{location}` belongs to the connection `{other}` already: one location is one connection"
+        "GHL_LOCATION_ID `{location}` belongs to the connection `{other}` already: one location is one connection (change that one with `mapper connection set {other} …`, or remove it first)"
     )]
     DuplicateLocation {
         /// The location id.
