@@ -6,9 +6,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use mapper::sandbox::{GhlConfig, GhlSandbox};
 use mapper::secrets::SecretKey;
 use mapper::store::Store;
-use mapper::store::connections::{ConnectionError, OAuthTokens};
+use mapper::store::connections::{
+    ConnectionError, OAuthTokens, RefreshOutcome, TokenError, TokenPolicy,
+};
 use serde_json::Value;
 use sqlx::Connection as _;
 
@@ -495,14 +502,15 @@ async fn the_store_api_on_sqlite() {
     assert!(!contains(&bytes, "refresh-4") && !contains(&bytes, "refresh-3"));
 }
 
-#[tokio::test]
-async fn the_store_api_on_postgres() {
+/// A fresh PostgreSQL database (its URL, name and an admin connection to
+/// drop it with), or `None` when `MAPPER_TEST_POSTGRES_URL` is unset.
+async fn fresh_postgres(suffix: &str) -> Option<(String, String, sqlx::AnyConnection)> {
     let Ok(admin_url) = std::env::var("MAPPER_TEST_POSTGRES_URL") else {
         eprintln!("MAPPER_TEST_POSTGRES_URL is not set: skipping the PostgreSQL run");
-        return;
+        return None;
     };
     sqlx::any::install_default_drivers();
-    let name = format!("mapper_test_{}_connections", std::process::id());
+    let name = format!("mapper_test_{}_conn_{suffix}", std::process::id());
     let mut admin = sqlx::AnyConnection::connect(&admin_url).await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {name}"
@@ -518,14 +526,284 @@ async fn the_store_api_on_postgres() {
         .rsplit_once('/')
         .map(|(b, _)| b)
         .unwrap_or(&admin_url);
-    let store = Store::open(&format!("{base}/{name}")).await.unwrap();
-    assert!(store.is_postgres());
-    exercise(store.clone()).await;
-    drop(store);
+    Some((format!("{base}/{name}"), name, admin))
+}
+
+async fn drop_postgres(name: String, mut admin: sqlx::AnyConnection) {
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
     )))
     .execute(&mut admin)
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn the_store_api_on_postgres() {
+    let Some((url, name, admin)) = fresh_postgres("api").await else {
+        return;
+    };
+    let store = Store::open(&url).await.unwrap();
+    assert!(store.is_postgres());
+    exercise(store.clone()).await;
+    drop(store);
+    drop_postgres(name, admin).await;
+}
+
+/// What the delivery side will do: one call to GHL's token endpoint with a
+/// refresh token, read as a [`RefreshOutcome`]. Counts its calls.
+fn ghl_refresh(
+    ghl: &GhlSandbox,
+    calls: Arc<AtomicUsize>,
+) -> impl FnOnce(String) -> std::pin::Pin<Box<dyn Future<Output = RefreshOutcome> + Send>> + Send + use<>
+{
+    let url = format!("{}/oauth/token", ghl.base_url());
+    let config = ghl.oauth().config();
+    move |refresh_token: String| {
+        Box::pin(async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let body = [
+                ("client_id", config.client_id.as_str()),
+                ("client_secret", config.client_secret.as_str()),
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token.as_str()),
+                ("user_type", "Location"),
+            ]
+            .iter()
+            .map(|(k, v)| format!("{k}={}", urlencoding::encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+            let answer = reqwest::Client::new()
+                .post(url)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await;
+            let response = match answer {
+                Ok(r) => r,
+                Err(e) => return RefreshOutcome::Failed(e.to_string()),
+            };
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            match status {
+                200 => RefreshOutcome::Refreshed(OAuthTokens {
+                    access_token: body["access_token"].as_str().unwrap_or_default().into(),
+                    access_expires_at: mapper::store::now_ms()
+                        + 1000 * body["expires_in"].as_i64().unwrap_or(0),
+                    refresh_token: body["refresh_token"].as_str().unwrap_or_default().into(),
+                }),
+                400 if body["error"] == "invalid_grant" => {
+                    RefreshOutcome::Refused(format!("invalid_grant: {}", body["message"]))
+                }
+                _ => RefreshOutcome::Failed(format!("{status} {body}")),
+            }
+        })
+    }
+}
+
+/// Two replicas (two store handles on one database) asking for the token
+/// of a connection whose access token has expired, eight at a time: GHL
+/// sees one refresh, everyone gets the new token, and it works. A refresh
+/// token GHL refuses disables that connection only.
+async fn refresh_once(replicas: [Store; 2]) {
+    let ghl = GhlSandbox::start(GhlConfig::default()).await.unwrap();
+    let key = SecretKey::from_env_value(KEY_HEX).unwrap();
+    let store = &replicas[0];
+    let location = ghl.location_id().to_string();
+    store
+        .add_connection(
+            "oauth",
+            &vars(&[("GHL_LOCATION_ID", &location)]),
+            Some(&key),
+        )
+        .await
+        .unwrap();
+    store
+        .add_connection(
+            "other",
+            &vars(&[("GHL_LOCATION_ID", "loc_other")]),
+            Some(&key),
+        )
+        .await
+        .unwrap();
+    // The install: a code exchanged for the first pair, stored as expired.
+    let code = ghl.oauth().issue_location_code(&location);
+    let config = ghl.oauth().config();
+    let body = format!(
+        "client_id={}&client_secret={}&grant_type=authorization_code&code={code}",
+        config.client_id, config.client_secret
+    );
+    let first: Value = reqwest::Client::new()
+        .post(format!("{}/oauth/token", ghl.base_url()))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let installed = OAuthTokens {
+        access_token: first["access_token"].as_str().unwrap().into(),
+        access_expires_at: mapper::store::now_ms() - 1,
+        refresh_token: first["refresh_token"].as_str().unwrap().into(),
+    };
+    assert!(
+        store
+            .store_tokens("oauth", 0, &installed, &key)
+            .await
+            .unwrap()
+    );
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let policy = TokenPolicy {
+        poll: std::time::Duration::from_millis(20),
+        ..TokenPolicy::default()
+    };
+    let mut asks = Vec::new();
+    for i in 0..8 {
+        let replica = replicas[i % 2].clone();
+        let key = key.clone();
+        let refresh = ghl_refresh(&ghl, Arc::clone(&calls));
+        asks.push(tokio::spawn(async move {
+            replica
+                .access_token("oauth", &key, policy, None, refresh)
+                .await
+        }));
+    }
+    let mut got = Vec::new();
+    for ask in asks {
+        got.push(ask.await.unwrap().unwrap());
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one refresh across replicas"
+    );
+    assert!(got.iter().all(|t| t == &got[0]), "{got:?}");
+    assert_ne!(got[0], installed.access_token);
+    let stored = store.connection("oauth").await.unwrap().unwrap();
+    assert_eq!(stored.token_version, 2);
+    assert_eq!(stored.refresh_lease_until, None);
+    let pipelines = reqwest::Client::new()
+        .get(format!(
+            "{}/opportunities/pipelines?locationId={location}",
+            ghl.base_url()
+        ))
+        .header("Authorization", format!("Bearer {}", got[0]))
+        .header("Version", "2021-07-28")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pipelines.status().as_u16(), 200);
+
+    // Fresh now: no refresh.
+    let again = store
+        .access_token(
+            "oauth",
+            &key,
+            policy,
+            None,
+            ghl_refresh(&ghl, Arc::clone(&calls)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, got[0]);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // A 401 with the current token forces one refresh.
+    let after_401 = store
+        .access_token(
+            "oauth",
+            &key,
+            policy,
+            Some(&got[0]),
+            ghl_refresh(&ghl, Arc::clone(&calls)),
+        )
+        .await
+        .unwrap();
+    assert_ne!(after_401, got[0]);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // GHL refuses the refresh token (the app was uninstalled): that
+    // connection is disabled with the reason; the other is untouched.
+    let current = store.connection("oauth").await.unwrap().unwrap();
+    let refresh_token = current.tokens(&key).unwrap().unwrap().refresh_token;
+    assert!(ghl.oauth().revoke_refresh_token(&refresh_token));
+    let refused = store
+        .access_token(
+            "oauth",
+            &key,
+            policy,
+            Some(&after_401),
+            ghl_refresh(&ghl, Arc::clone(&calls)),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(TokenError::Refused { .. })),
+        "{refused:?}"
+    );
+    let disabled = store.connection("oauth").await.unwrap().unwrap();
+    assert!(!disabled.enabled);
+    assert!(
+        disabled
+            .disabled_reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("invalid_grant"),
+        "{:?}",
+        disabled.disabled_reason
+    );
+    assert!(store.connection("other").await.unwrap().unwrap().enabled);
+    assert!(matches!(
+        store
+            .access_token(
+                "oauth",
+                &key,
+                policy,
+                None,
+                ghl_refresh(&ghl, Arc::clone(&calls))
+            )
+            .await,
+        Err(TokenError::Disabled { .. })
+    ));
+    assert!(matches!(
+        store
+            .access_token(
+                "other",
+                &key,
+                policy,
+                None,
+                ghl_refresh(&ghl, Arc::clone(&calls))
+            )
+            .await,
+        Err(TokenError::NoTokens(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_token_is_refreshed_once_across_replicas_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/m.db", dir.path().display());
+    let a = Store::open(&url).await.unwrap();
+    let b = Store::open(&url).await.unwrap();
+    refresh_once([a, b]).await;
+    let bytes = db_bytes(dir.path());
+    assert!(
+        !contains(&bytes, "sandbox-refresh-"),
+        "a refresh token is readable in the file"
+    );
+    assert!(!contains(&bytes, "sandbox-access-"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_token_is_refreshed_once_across_replicas_on_postgres() {
+    let Some((url, name, admin)) = fresh_postgres("refresh").await else {
+        return;
+    };
+    let a = Store::open(&url).await.unwrap();
+    let b = Store::open(&url).await.unwrap();
+    refresh_once([a.clone(), b.clone()]).await;
+    drop((a, b));
+    drop_postgres(name, admin).await;
 }

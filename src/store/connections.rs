@@ -518,6 +518,192 @@ impl Store {
     }
 }
 
+/// What one call to the provider's token endpoint with a refresh token
+/// gave (the caller makes the call: the store never talks HTTP).
+#[derive(Debug)]
+pub enum RefreshOutcome {
+    /// A new pair: stored at once, before the new access token is used.
+    Refreshed(OAuthTokens),
+    /// The provider refused the refresh token for good (GHL's 400
+    /// `invalid_grant`): the connection is disabled with this reason.
+    Refused(String),
+    /// No answer, or one that may go away (5xx, 429, a timeout): the lease
+    /// is released and the caller tries again later.
+    Failed(String),
+}
+
+/// How [`Store::access_token`] keeps a connection's access token fresh.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenPolicy {
+    /// Refresh when the access token expires within this many ms.
+    pub refresh_before_ms: i64,
+    /// How long a replica's refresh lease lasts: longer than one call to
+    /// the token endpoint with its timeout.
+    pub lease_ms: i64,
+    /// How often a replica that lost the lease reads the connection again.
+    pub poll: std::time::Duration,
+    /// How long it waits for the other replica's result before giving up.
+    pub wait: std::time::Duration,
+}
+
+impl Default for TokenPolicy {
+    fn default() -> TokenPolicy {
+        TokenPolicy {
+            refresh_before_ms: 5 * 60 * 1000,
+            lease_ms: 30_000,
+            poll: std::time::Duration::from_millis(100),
+            wait: std::time::Duration::from_secs(35),
+        }
+    }
+}
+
+/// Why no access token could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// No connection has that name.
+    #[error("no connection is named `{0}`")]
+    NotFound(String),
+    /// The connection is disabled.
+    #[error("the connection `{name}` is disabled: {reason}")]
+    Disabled {
+        /// The connection.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The connection holds no OAuth tokens (it uses a PIT, or was never installed).
+    #[error("the connection `{0}` has no OAuth tokens")]
+    NoTokens(String),
+    /// The provider refused the refresh token; the connection is now disabled.
+    #[error("the connection `{name}` was disabled: {reason}")]
+    Refused {
+        /// The connection.
+        name: String,
+        /// The reason stored with it.
+        reason: String,
+    },
+    /// The refresh failed for now.
+    #[error("cannot refresh the access token of `{name}` now: {reason}")]
+    Failed {
+        /// The connection.
+        name: String,
+        /// What happened.
+        reason: String,
+    },
+    /// Another replica held the lease longer than [`TokenPolicy::wait`].
+    #[error("another replica is refreshing the access token of `{0}`; try again shortly")]
+    Busy(String),
+    /// A stored token did not open.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Store {
+    /// Releases this caller's refresh lease (after a failed refresh), so
+    /// another attempt need not wait for it to run out.
+    pub async fn release_token_refresh(
+        &self,
+        name: &str,
+        expected_version: i64,
+    ) -> Result<(), StoreError> {
+        let _turn = self.write_gate().await;
+        sqlx::query(
+            "UPDATE connections SET refresh_lease_until = NULL \
+             WHERE name = $1 AND token_version = $2",
+        )
+        .bind(name)
+        .bind(expected_version)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A usable access token of the connection `name`, refreshed first when
+    /// it expires within [`TokenPolicy::refresh_before_ms`], or when it is
+    /// `rejected` (the token a call just got a 401 with). Across every
+    /// process on this database one caller refreshes, through `refresh`
+    /// (given the refresh token, it calls the token endpoint once); the
+    /// others wait for the pair it stores. The new pair is committed before
+    /// its access token is returned. One window stays, which no client of a
+    /// rotating provider can close: a crash between the provider's answer
+    /// and the commit loses the new pair (GHL retires the old refresh token
+    /// on use); the next refresh is then refused, and the connection is
+    /// disabled with that reason rather than retried forever.
+    pub async fn access_token<F, Fut>(
+        &self,
+        name: &str,
+        key: &SecretKey,
+        policy: TokenPolicy,
+        rejected: Option<&str>,
+        refresh: F,
+    ) -> Result<String, TokenError>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = RefreshOutcome>,
+    {
+        let started = std::time::Instant::now();
+        let mut refresh = Some(refresh);
+        loop {
+            let Some(c) = self.connection(name).await? else {
+                return Err(TokenError::NotFound(name.to_string()));
+            };
+            if !c.enabled {
+                return Err(TokenError::Disabled {
+                    name: name.to_string(),
+                    reason: c.disabled_reason.unwrap_or_default(),
+                });
+            }
+            let Some(tokens) = c.tokens(key)? else {
+                return Err(TokenError::NoTokens(name.to_string()));
+            };
+            let stale = rejected == Some(tokens.access_token.as_str())
+                || tokens.access_expires_at - now_ms() < policy.refresh_before_ms;
+            if !stale {
+                return Ok(tokens.access_token);
+            }
+            if self
+                .claim_token_refresh(name, c.token_version, policy.lease_ms)
+                .await?
+                && let Some(refresh) = refresh.take()
+            {
+                return match refresh(tokens.refresh_token).await {
+                    RefreshOutcome::Refreshed(new) => {
+                        // Losing the compare-and-set means a replica whose
+                        // lease had run out stored a pair first; ours is
+                        // still a valid access token for its lifetime.
+                        self.store_tokens(name, c.token_version, &new, key).await?;
+                        Ok(new.access_token)
+                    }
+                    RefreshOutcome::Refused(why) => {
+                        let reason = format!(
+                            "the OAuth refresh was refused ({why}): install the app for this location again"
+                        );
+                        self.disable_connection(name, &reason).await?;
+                        Err(TokenError::Refused {
+                            name: name.to_string(),
+                            reason,
+                        })
+                    }
+                    RefreshOutcome::Failed(reason) => {
+                        self.release_token_refresh(name, c.token_version).await?;
+                        Err(TokenError::Failed {
+                            name: name.to_string(),
+                            reason,
+                        })
+                    }
+                };
+            }
+            if started.elapsed() >= policy.wait {
+                return Err(TokenError::Busy(name.to_string()));
+            }
+            tokio::time::sleep(policy.poll).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::valid_name;
