@@ -275,6 +275,17 @@ async fn an_agency_token_gets_location_tokens_for_approved_locations() {
     .await;
     assert_eq!(status, 403, "{body}");
 
+    // A token of the other approved location does not open this one.
+    let (status, elsewhere) =
+        location_token(agency_token.clone(), Some("2021-07-28"), "loc_other".into()).await;
+    assert_eq!(status, 200, "{elsewhere}");
+    let (status, body) = api(&ghl, str_of(&elsewhere, "access_token")).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        body["message"],
+        "The token does not have access to this location."
+    );
+
     // A location token is not an agency bearer.
     let (status, _) = location_token(
         str_of(&located, "access_token").to_string(),

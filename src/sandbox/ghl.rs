@@ -1385,7 +1385,7 @@ impl Simulator for Ghl {
             .header("authorization")
             .and_then(|h| h.strip_prefix("Bearer "));
         if bearer != Some(self.token.as_str())
-            && let Some(refused) = self.oauth.refuse_api_bearer(bearer)
+            && let Some(refused) = self.oauth.refuse_api_bearer(bearer, &self.location_id)
         {
             return refused;
         }

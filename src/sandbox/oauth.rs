@@ -28,7 +28,10 @@
 //!   day, `expires_in: 86399`); tests shorten it. On the API routes an
 //!   unknown or expired access token answers 401 `Invalid token: access
 //!   token is invalid`, an agency (Company) token 401 `The token is not
-//!   authorized for this scope.` (reference §1); the static token of
+//!   authorized for this scope.` (reference §1), a location token of
+//!   another location than the simulator's 403 `The token does not have
+//!   access to this location.` (its answer to a foreign `locationId`); the
+//!   static token of
 //!   [`super::GhlConfig::token`] keeps working beside OAuth.
 //! - `/oauth/token` needs no `Version` header and is not rate limited;
 //!   `/oauth/locationToken` needs the `Version` header as the API does.
@@ -101,8 +104,8 @@ struct State {
 
 /// What a bearer token is on the API routes.
 pub(crate) enum Bearer {
-    /// A sub-account access token that has not expired.
-    Location,
+    /// A sub-account access token that has not expired, for this location.
+    Location(Option<String>),
     /// An agency access token that has not expired.
     Company,
     /// Unknown, or expired.
@@ -274,18 +277,22 @@ impl OAuth {
                 if a.grant.company {
                     Bearer::Company
                 } else {
-                    Bearer::Location
+                    Bearer::Location(a.grant.location_id.clone())
                 }
             }
             _ => Bearer::Invalid,
         }
     }
 
-    /// Why an API request with this bearer is refused, if it is (the static
-    /// token is checked by the caller).
-    pub(crate) fn refuse_api_bearer(&self, bearer: Option<&str>) -> Option<Reply> {
+    /// Why an API request with this bearer to the simulator's location is
+    /// refused, if it is (the static token is checked by the caller).
+    pub(crate) fn refuse_api_bearer(&self, bearer: Option<&str>, location: &str) -> Option<Reply> {
         match bearer.map(|b| self.bearer(b)) {
-            Some(Bearer::Location) => None,
+            Some(Bearer::Location(Some(l))) if l == location => None,
+            Some(Bearer::Location(_)) => Some(api_error(
+                403,
+                "The token does not have access to this location.",
+            )),
             Some(Bearer::Company) => Some(api_error(401, NOT_AUTHORIZED)),
             Some(Bearer::Invalid) | None => Some(api_error(401, INVALID_TOKEN)),
         }
