@@ -239,6 +239,17 @@ fn seal_vars(
         .collect())
 }
 
+/// The `vars` column: a JSON object of sealed values.
+fn vars_json(sealed: &BTreeMap<String, String>) -> String {
+    // A map of strings to strings has no value JSON cannot hold.
+    serde_json::Value::from_iter(
+        sealed
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))),
+    )
+    .to_string()
+}
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
@@ -272,7 +283,7 @@ impl Store {
         )
         .bind(name)
         .bind(location.clone())
-        .bind(serde_json::to_string(&sealed).unwrap_or_else(|_| "{}".into()))
+        .bind(vars_json(&sealed))
         .bind(now)
         .execute(&self.pool)
         .await;
@@ -318,7 +329,7 @@ impl Store {
         let updated = sqlx::query(
             "UPDATE connections SET vars = $1, location_id = $2, updated_at = $3 WHERE name = $4",
         )
-        .bind(serde_json::to_string(&merged).unwrap_or_else(|_| "{}".into()))
+        .bind(vars_json(&merged))
         .bind(location.clone())
         .bind(now_ms())
         .bind(name)
