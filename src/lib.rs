@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod program;
 pub mod sandbox;
 pub mod schema;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod targets;

@@ -1,6 +1,7 @@
 //! The `mapper` command line.
 
 mod check;
+mod connection;
 mod demo;
 mod explain;
 mod new;
@@ -225,6 +226,12 @@ enum Command {
         #[arg(long, env = "MAPPER_WORKERS", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
         workers: u16,
     },
+    /// Manage connections (tenants: one GHL location with its source
+    /// accounts) stored in the database, their values encrypted with MAPPER_SECRET_KEY.
+    Connection {
+        #[command(subcommand)]
+        action: connection::ConnectionAction,
+    },
     /// Receive webhooks: verify, store durably in the inbox, acknowledge.
     Serve {
         /// Mapping folder
@@ -397,6 +404,7 @@ pub fn run() -> ExitCode {
             action: Some(SchemaAction::Infer { samples, merge }),
         } => new::run_infer(&samples, merge.as_deref()),
         Command::Explain { code } => explain::run(&code),
+        Command::Connection { action } => connection::run(action),
         Command::New {
             source,
             event,

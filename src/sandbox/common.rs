@@ -215,6 +215,8 @@ pub(crate) struct Incoming {
     pub headers: HeaderMap,
     /// `None`: empty body; `Some(Err(msg))`: not JSON.
     pub body: Option<Result<Value, String>>,
+    /// The body as received (form bodies, such as GHL's `/oauth/token`).
+    pub raw: axum::body::Bytes,
 }
 
 impl Incoming {
@@ -484,6 +486,7 @@ async fn pipeline<S: Simulator>(sim: Arc<S>, request: Request<Body>) -> Response
             query: parse_query(raw_query.as_deref().unwrap_or("")),
             headers: parts.headers,
             body,
+            raw: bytes,
         };
         let fault = sim
             .controls()

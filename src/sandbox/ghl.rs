@@ -18,6 +18,7 @@
 //! | `POST /opportunities/` | 201 `{opportunity}` |
 //! | `POST /opportunities/upsert` | 200 `{opportunity, new}` |
 //! | `GET /opportunities/{id}` | `{opportunity}` |
+//! | `POST /oauth/token`, `POST /oauth/locationToken` | the marketplace app's OAuth (see [`super::oauth`]) |
 //!
 //! Rules where the reference (`ghl-api.md`) is silent or uncertain:
 //! - Order of checks: fault injection, then token (401), then `Version`
@@ -102,6 +103,7 @@ use super::common::{
     self, Controls, Fault, Ids, Incoming, Limiter, LoggedRequest, Outbox, RateLimit, Reply,
     Running, SentWebhook, Simulator, WebhookDelivery, WebhookLog, lock,
 };
+use super::oauth::{OAuth, OAuthConfig};
 use super::validate::{Dto, Kind, validate};
 
 /// A field that identifies a contact in the location's dedup settings.
@@ -155,6 +157,9 @@ pub struct GhlConfig {
     /// Where and how to send webhooks; `None` sends none (see also
     /// [`GhlSandbox::set_webhooks`]).
     pub webhooks: Option<GhlWebhooks>,
+    /// The marketplace app's OAuth (`/oauth/token`, `/oauth/locationToken`;
+    /// see [`super::oauth`]); its access tokens work beside `token`.
+    pub oauth: OAuthConfig,
 }
 
 /// Webhooks of a [`GhlSandbox`]: the app's webhook URL and the key that
@@ -205,6 +210,7 @@ impl Default for GhlConfig {
                 ],
             }],
             webhooks: None,
+            oauth: OAuthConfig::default(),
         }
     }
 }
@@ -615,6 +621,7 @@ struct Ghl {
     /// does not change the ids contacts get.
     hook_ids: Ids,
     sent: WebhookLog,
+    oauth: OAuth,
 }
 
 /// Where webhooks go while they are on.
@@ -691,6 +698,7 @@ impl GhlSandbox {
             hooks: Mutex::new(hooks),
             hook_ids,
             sent,
+            oauth: OAuth::new(config.oauth),
         });
         let running = common::serve(config.addr, Arc::clone(&inner)).await?;
         Ok(GhlSandbox { inner, running })
@@ -714,6 +722,12 @@ impl GhlSandbox {
     /// The location id.
     pub fn location_id(&self) -> &str {
         &self.inner.location_id
+    }
+
+    /// The OAuth server: mint authorization codes, shorten or end access
+    /// tokens' lives.
+    pub fn oauth(&self) -> &OAuth {
+        &self.inner.oauth
     }
 
     /// Stops the server (in-flight requests get up to 2 s).
@@ -1364,11 +1378,16 @@ impl Simulator for Ghl {
     }
 
     fn handle(&self, request: &Incoming) -> Reply {
+        if let Some(reply) = self.oauth.route(request, &self.versions) {
+            return reply;
+        }
         let bearer = request
             .header("authorization")
             .and_then(|h| h.strip_prefix("Bearer "));
-        if bearer != Some(self.token.as_str()) {
-            return error(401, "Invalid token: access token is invalid");
+        if bearer != Some(self.token.as_str())
+            && let Some(refused) = self.oauth.refuse_api_bearer(bearer, &self.location_id)
+        {
+            return refused;
         }
         match request.header("version") {
             None => return error(401, "version header was not found."),

@@ -60,11 +60,13 @@
 
 mod common;
 pub mod ghl;
+pub mod oauth;
 pub mod stickycards;
 mod validate;
 
 pub use common::{Draws, Fault, LoggedRequest, RateLimit, SentWebhook, WebhookDelivery};
 pub use ghl::{GhlConfig, GhlSandbox, GhlWebhooks};
+pub use oauth::{OAuth, OAuthConfig};
 pub use stickycards::{
     StickyCardsConfig, StickyCardsSandbox, StickyCardsWebhookFormat, StickyCardsWebhooks,
 };

@@ -14,6 +14,7 @@ pub use console::{
     Attempt, EventPage, EventQuery, EventRecord, EventRow, PAGE_SIZE, StateCount, utc_day_start_ms,
 };
 pub use inbox::Inbox;
+pub mod connections;
 pub mod resync;
 pub use journal::WriteTx;
 
@@ -939,7 +940,7 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
             }
         };
     }
-    let steps: [(i64, &str, &'static str); 9] = [
+    let steps: [(i64, &str, &'static str); 10] = [
         (1, "inbox", both!("0001_inbox.sql")),
         (2, "records", both!("0002_records.sql")),
         (3, "order_mirror", both!("0003_order_mirror.sql")),
@@ -953,6 +954,7 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
         ),
         (8, "claim_heads", both!("0008_claim_heads.sql")),
         (9, "attempt_latency", both!("0009_attempt_latency.sql")),
+        (10, "connections", both!("0010_connections.sql")),
     ];
     Migrator::with_migrations(
         steps
