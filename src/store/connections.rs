@@ -269,7 +269,7 @@ impl Store {
         }
         let sealed = seal_vars(name, vars, key)?;
         let location = vars.get(LOCATION_VARIABLE).cloned();
-        let _turn = self.write_gate().await;
+        let _turn = self.write_gate(super::Writer::Other).await;
         if self.connection(name).await?.is_some() {
             return Err(ConnectionError::Exists(name.to_string()));
         }
@@ -313,7 +313,7 @@ impl Store {
         key: Option<&SecretKey>,
     ) -> Result<Connection, ConnectionError> {
         let sealed = seal_vars(name, vars, key)?;
-        let _turn = self.write_gate().await;
+        let _turn = self.write_gate(super::Writer::Other).await;
         let Some(current) = self.connection(name).await? else {
             return Err(ConnectionError::NotFound(name.to_string()));
         };
@@ -410,7 +410,7 @@ impl Store {
     /// Enables the connection `name` (its reason is cleared); false when
     /// there is no such connection.
     pub async fn enable_connection(&self, name: &str) -> Result<bool, StoreError> {
-        let _turn = self.write_gate().await;
+        let _turn = self.write_gate(super::Writer::Other).await;
         let done = sqlx::query(
             "UPDATE connections SET enabled = 1, disabled_reason = NULL, updated_at = $1 \
              WHERE name = $2",
@@ -426,7 +426,7 @@ impl Store {
     /// list` and `status`): its events are kept, not delivered. False when
     /// there is no such connection.
     pub async fn disable_connection(&self, name: &str, reason: &str) -> Result<bool, StoreError> {
-        let _turn = self.write_gate().await;
+        let _turn = self.write_gate(super::Writer::Other).await;
         let done = sqlx::query(
             "UPDATE connections SET enabled = 0, disabled_reason = $1, updated_at = $2 \
              WHERE name = $3",
@@ -442,7 +442,7 @@ impl Store {
     /// Removes the connection `name` and its secrets (its events and logs
     /// stay); false when there is no such connection.
     pub async fn remove_connection(&self, name: &str) -> Result<bool, StoreError> {
-        let _turn = self.write_gate().await;
+        let _turn = self.write_gate(super::Writer::Other).await;
         let done = sqlx::query("DELETE FROM connections WHERE name = $1")
             .bind(name)
             .execute(&self.pool)
@@ -475,7 +475,7 @@ impl Store {
         expected_version: i64,
         lease_ms: i64,
     ) -> Result<bool, StoreError> {
-        let _turn = self.write_gate().await;
+        let _turn = self.write_gate(super::Writer::Other).await;
         let now = now_ms();
         let done = sqlx::query(
             "UPDATE connections SET refresh_lease_until = $1 \
@@ -511,7 +511,7 @@ impl Store {
             &token_context(name, "refresh_token"),
             tokens.refresh_token.as_bytes(),
         );
-        let _turn = self.write_gate().await;
+        let _turn = self.write_gate(super::Writer::Other).await;
         let done = sqlx::query(
             "UPDATE connections SET access_token = $1, access_expires_at = $2, \
              refresh_token = $3, token_version = token_version + 1, refresh_lease_until = NULL, \
@@ -620,7 +620,7 @@ impl Store {
         name: &str,
         expected_version: i64,
     ) -> Result<(), StoreError> {
-        let _turn = self.write_gate().await;
+        let _turn = self.write_gate(super::Writer::Other).await;
         sqlx::query(
             "UPDATE connections SET refresh_lease_until = NULL \
              WHERE name = $1 AND token_version = $2",
