@@ -210,6 +210,7 @@ async fn mapper(console: bool) -> (String, Store, tempfile::TempDir) {
     let verifiers = server::verifiers(&program, &env).expect("verifiers");
     let state = Arc::new(AppState::new(
         server::Loaded {
+            tenants: Default::default(),
             program: Arc::new(program),
             verifiers,
         },

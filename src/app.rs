@@ -213,6 +213,10 @@ pub enum StartError {
     /// The operator console cannot be served (`MAPPER_UI_TOKEN`).
     #[error("{0}")]
     Console(#[from] server::ui::ConsoleError),
+    /// Connections are stored with sealed values and `MAPPER_SECRET_KEY`
+    /// is unset, or is not the key that sealed them.
+    #[error("{0}")]
+    SecretKey(String),
     #[error("cannot watch the mapping folder {}: {error}", folder.display())]
     Watch {
         folder: PathBuf,
@@ -264,14 +268,16 @@ impl App {
             None => None,
         };
         let metrics = Metrics::new();
+        let tenants = load_tenants(&store, &env).await?;
         let delivery = Delivery {
             store: store.clone(),
             env: env.clone(),
             coalesce_window,
             metrics: metrics.clone(),
+            tenants: Arc::new(tenants),
         };
         let program = Arc::new(program);
-        let executor = delivery.executor(program.clone());
+        let executor = delivery.executor(program.clone(), None);
         for missing in executor.unset_variables() {
             tracing::warn!("{missing} is not set: deliveries to that target will fail until it is");
         }
@@ -307,6 +313,7 @@ impl App {
             Arc::new(
                 AppState::new(
                     server::Loaded {
+                        tenants: delivery.tenant_verifiers(&program),
                         program: program.clone(),
                         verifiers,
                     },
@@ -433,15 +440,124 @@ struct Delivery {
     env: Env,
     coalesce_window: Option<Duration>,
     metrics: Metrics,
+    /// The stored connections, read at start.
+    tenants: Arc<Vec<StoredTenant>>,
+}
+
+/// A stored connection, its values opened.
+struct StoredTenant {
+    name: String,
+    /// Why its events wait instead of being delivered, when it is disabled.
+    disabled: Option<String>,
+    env: Env,
+}
+
+/// Reads the stored connections and opens their values with
+/// `MAPPER_SECRET_KEY`. A connection's variables are its own: of the
+/// process's environment it sees only the base URLs (`…_URL`) it does not set
+/// itself, never another tenant's credentials or location.
+async fn load_tenants(store: &Store, env: &Env) -> Result<Vec<StoredTenant>, StartError> {
+    let stored = store.connections().await?;
+    if stored.is_empty() {
+        return Ok(Vec::new());
+    }
+    let key = match env.get("MAPPER_SECRET_KEY") {
+        Some(text) => Some(
+            crate::secrets::SecretKey::from_env_value(&text)
+                .map_err(|e| StartError::SecretKey(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let mut tenants = Vec::with_capacity(stored.len());
+    for connection in stored {
+        let vars = if connection.sealed_vars.is_empty() {
+            BTreeMap::new()
+        } else {
+            let Some(key) = &key else {
+                return Err(StartError::SecretKey(format!(
+                    "connection `{}` has encrypted values and MAPPER_SECRET_KEY is not set: \
+                     set it to the key the connections were added with",
+                    connection.name
+                )));
+            };
+            connection.vars(key).map_err(|e| {
+                StartError::SecretKey(format!(
+                    "cannot open the values of connection `{}` with MAPPER_SECRET_KEY: {e}",
+                    connection.name
+                ))
+            })?
+        };
+        let process = env.clone();
+        let own = Env::from_map(vars);
+        let tenant_env = Env(Arc::new(move |name: &str| {
+            own.get(name)
+                .or_else(|| name.ends_with("_URL").then(|| process.get(name)).flatten())
+        }));
+        tenants.push(StoredTenant {
+            disabled: (!connection.enabled).then(|| {
+                connection
+                    .disabled_reason
+                    .clone()
+                    .unwrap_or_else(|| "disabled".to_string())
+            }),
+            name: connection.name,
+            env: tenant_env,
+        });
+    }
+    Ok(tenants)
 }
 
 impl Delivery {
-    /// An executor over `program` with the targets' variables read from `env`.
-    fn executor(&self, program: Arc<Program>) -> Executor {
+    /// An executor over `program` with the targets' variables read from
+    /// `env`, and one for each stored connection with its own. `previous`:
+    /// the executor it replaces after a reload, whose rate-limit windows
+    /// (the default connection's and each tenant's) it keeps counting in.
+    fn executor(&self, program: Arc<Program>, previous: Option<&Executor>) -> Executor {
+        let mut executor = self.one_executor(program.clone(), &self.env);
+        if let Some(previous) = previous {
+            executor = executor.sharing_limits_with(previous);
+        }
+        let mut tenants = std::collections::HashMap::new();
+        for tenant in self.tenants.iter() {
+            let entry = match &tenant.disabled {
+                Some(reason) => crate::targets::Tenant::Disabled(reason.clone()),
+                None => {
+                    let mut one = self
+                        .one_executor(program.clone(), &tenant.env)
+                        .sharing_journal_with(&executor);
+                    if let Some(limits) = previous.and_then(|p| p.tenant_limits(&tenant.name)) {
+                        one = one.with_limits(limits);
+                    }
+                    crate::targets::Tenant::Ready(Arc::new(one))
+                }
+            };
+            tenants.insert(tenant.name.clone(), entry);
+        }
+        executor.with_tenants(tenants)
+    }
+
+    /// The stored connections' webhook verifiers over `program`.
+    fn tenant_verifiers(
+        &self,
+        program: &Program,
+    ) -> std::collections::HashMap<
+        String,
+        std::collections::HashMap<String, Result<server::verify::Verifier, String>>,
+    > {
+        server::tenant_verifiers(
+            program,
+            self.tenants.iter().map(|t| {
+                let lookup: &dyn Fn(&str) -> Option<String> = &*t.env.0;
+                (t.name.as_str(), lookup)
+            }),
+        )
+    }
+
+    fn one_executor(&self, program: Arc<Program>, env: &Env) -> Executor {
         let mut target_env = BTreeMap::new();
         for target in program.targets.values() {
             for name in target.env.keys() {
-                if let Some(v) = self.env.get(name) {
+                if let Some(v) = env.get(name) {
                     target_env.insert(name.clone(), v);
                 }
             }
@@ -524,15 +640,15 @@ fn watch_mappings(
             match outcome {
                 Ok((program, verifiers)) => {
                     let program = Arc::new(program);
-                    let next = delivery
-                        .executor(program.clone())
-                        .sharing_limits_with(&executor.load());
+                    let next = delivery.executor(program.clone(), Some(&executor.load()));
                     executor.store(Arc::new(next));
                     let mappings = program.mappings.len();
                     if let Some(state) = &state {
-                        state
-                            .loaded
-                            .store(Arc::new(server::Loaded { program, verifiers }));
+                        state.loaded.store(Arc::new(server::Loaded {
+                            tenants: delivery.tenant_verifiers(&program),
+                            program,
+                            verifiers,
+                        }));
                         if let Ok(mut r) = state.reload.lock() {
                             r.ok += 1;
                             r.last_error = None;

@@ -320,6 +320,7 @@ impl ReceiveTarget {
                 .unwrap_or_else(|e| panic!("store: {e}"));
             let state = AppState::new(
                 server::Loaded {
+                    tenants: Default::default(),
                     program: program.clone(),
                     verifiers,
                 },

@@ -16,6 +16,19 @@ pub enum ReceiveError {
     /// No source of that name in the mapping set (404).
     #[error("unknown source `{name}`; sources: {}", known.join(", "))]
     UnknownSource { name: String, known: Vec<String> },
+    /// No stored connection of that name (404).
+    #[error(
+        "unknown connection `{name}`: add it with `mapper connection add {name} --set …`, then restart serve"
+    )]
+    UnknownConnection { name: String },
+    /// The connection has no usable secret for this source's signatures
+    /// (503: the operator sets it, the sender retries).
+    #[error("connection `{connection}` cannot verify source `{source_name}`: {reason}")]
+    ConnectionNotReady {
+        connection: String,
+        source_name: String,
+        reason: String,
+    },
     /// Over the source's `max_bytes` (413). `size` is unknown when the body
     /// was cut off while it was read (chunked, or longer than any source takes).
     #[error(
@@ -58,6 +71,8 @@ impl ReceiveError {
     pub fn code(&self) -> &'static str {
         match self {
             ReceiveError::UnknownSource { .. } => "unknown_source",
+            ReceiveError::UnknownConnection { .. } => "unknown_connection",
+            ReceiveError::ConnectionNotReady { .. } => "connection_not_ready",
             ReceiveError::TooLarge { .. } => "too_large",
             ReceiveError::Malformed(DecodeError::TooLarge { .. }) => "too_large",
             ReceiveError::ContentType { .. } => "content_type",
@@ -72,7 +87,10 @@ impl ReceiveError {
     /// The answer's status.
     pub fn status(&self) -> StatusCode {
         match self {
-            ReceiveError::UnknownSource { .. } => StatusCode::NOT_FOUND,
+            ReceiveError::UnknownSource { .. } | ReceiveError::UnknownConnection { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            ReceiveError::ConnectionNotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ReceiveError::TooLarge { .. }
             | ReceiveError::Malformed(DecodeError::TooLarge { .. }) => {
                 StatusCode::PAYLOAD_TOO_LARGE
@@ -101,6 +119,7 @@ impl ReceiveError {
     pub fn field(&self) -> Option<String> {
         match self {
             ReceiveError::UnknownSource { .. } => Some("source".into()),
+            ReceiveError::UnknownConnection { .. } => Some("connection".into()),
             ReceiveError::NoEventType(crate::engine::plan::PlanError::NoEventType {
                 path, ..
             }) => Some(path.clone()),

@@ -29,6 +29,34 @@ use verify::Verifier;
 pub struct Loaded {
     pub program: Arc<Program>,
     pub verifiers: HashMap<String, Verifier>,
+    /// The stored connections' verifiers, by connection then source; a
+    /// source whose secret a connection lacks is that reason instead.
+    pub tenants: HashMap<String, HashMap<String, Result<Verifier, String>>>,
+}
+
+/// Each stored connection's verifiers: `env_of` gives a connection's
+/// variables. A source a connection cannot verify is kept with the reason,
+/// so its other sources still receive.
+pub fn tenant_verifiers<'a>(
+    program: &Program,
+    connections: impl IntoIterator<Item = (&'a str, &'a dyn Fn(&str) -> Option<String>)>,
+) -> HashMap<String, HashMap<String, Result<Verifier, String>>> {
+    connections
+        .into_iter()
+        .map(|(connection, env)| {
+            let by_source = program
+                .sources
+                .iter()
+                .map(|(name, source)| {
+                    (
+                        name.clone(),
+                        Verifier::new(&source.verify, env).map_err(|e| e.to_string()),
+                    )
+                })
+                .collect();
+            (connection.to_string(), by_source)
+        })
+        .collect()
 }
 
 /// The outcome of the latest reload of the mapping folder.
@@ -110,6 +138,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .unwrap_or(decode::DEFAULT_MAX_BYTES);
     Router::new()
         .route("/webhooks/{source}", post(receive))
+        .route("/webhooks/{source}/{connection}", post(receive_for))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -118,6 +147,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// A webhook of the `default` connection (the environment's).
 async fn receive(
     State(state): State<Arc<AppState>>,
     Path(source_name): Path<String>,
@@ -125,9 +155,54 @@ async fn receive(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    receive_as(state, source_name, None, query, headers, body).await
+}
+
+/// A webhook of a stored connection, verified with its secrets.
+async fn receive_for(
+    State(state): State<Arc<AppState>>,
+    Path((source_name, connection)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    receive_as(state, source_name, Some(connection), query, headers, body).await
+}
+
+async fn receive_as(
+    state: Arc<AppState>,
+    source_name: String,
+    connection: Option<String>,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
     let started = std::time::Instant::now();
     // This request finishes with the set it started with, even if a reload lands meanwhile.
     let loaded = state.loaded.load_full();
+    let verifier = match &connection {
+        None => Ok(loaded.verifiers.get(&source_name)),
+        Some(name) if name == crate::store::DEFAULT_CONNECTION => {
+            Ok(loaded.verifiers.get(&source_name))
+        }
+        Some(name) => match loaded.tenants.get(name) {
+            None => Err(ReceiveError::UnknownConnection { name: name.clone() }),
+            Some(by_source) => match by_source.get(&source_name) {
+                None => Ok(None),
+                Some(Ok(verifier)) => Ok(Some(verifier)),
+                Some(Err(reason)) => Err(ReceiveError::ConnectionNotReady {
+                    connection: name.clone(),
+                    source_name: source_name.clone(),
+                    reason: reason.clone(),
+                }),
+            },
+        },
+    };
+    let verifier = match verifier {
+        Ok(verifier) => verifier,
+        Err(refused) => return refused.into_response(),
+    };
+    let connection = connection.unwrap_or_else(|| state.connection.clone());
     let Some(source) = loaded.program.sources.get(&source_name) else {
         // Not counted: the label would be whatever a stranger puts in the path.
         return ReceiveError::UnknownSource {
@@ -158,8 +233,12 @@ async fn receive(
     let response = match accept(
         &state,
         &loaded,
-        source,
-        &source_name,
+        Target {
+            source,
+            source_name: &source_name,
+            connection: &connection,
+            verifier,
+        },
         query,
         &headers,
         &body,
@@ -208,16 +287,30 @@ impl IntoResponse for Accepted {
     }
 }
 
+/// Where a webhook goes: its source, the connection it is for, and the
+/// verifier of that connection's secrets (none: the source is unsigned).
+struct Target<'a> {
+    source: &'a crate::program::Source,
+    source_name: &'a str,
+    connection: &'a str,
+    verifier: Option<&'a Verifier>,
+}
+
 /// The checks of README's table, in its order, then the commit.
 async fn accept(
     state: &AppState,
     loaded: &Loaded,
-    source: &crate::program::Source,
-    source_name: &str,
+    target: Target<'_>,
     query: Option<String>,
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Accepted, ReceiveError> {
+    let Target {
+        source,
+        source_name,
+        connection,
+        verifier,
+    } = target;
     let program = &loaded.program;
     let limit = source.body.max_bytes.unwrap_or(decode::DEFAULT_MAX_BYTES);
     if body.len() as u64 > limit {
@@ -255,7 +348,7 @@ async fn accept(
     }
     let text = std::str::from_utf8(body).unwrap_or("");
     let form_field = |name: &str| decode::form_field(text, name);
-    if let Some(v) = loaded.verifiers.get(source_name) {
+    if let Some(v) = verifier {
         let now = chrono::Utc::now().timestamp();
         v.verify(headers, query.as_deref(), body, now, &form_field)
             .map_err(ReceiveError::Signature)?;
@@ -285,7 +378,7 @@ async fn accept(
         .filter_map(|(name, value)| Some((name.to_string(), json!(value.to_str().ok()?))))
         .collect();
     let new_event = NewEvent {
-        connection: state.connection.clone(),
+        connection: connection.to_string(),
         source: source_name.to_string(),
         event_type: event.event_type.clone(),
         event_id: event.id.clone(),

@@ -155,7 +155,26 @@ pub struct Executor {
     env_values: HashMap<String, Value>,
     /// Per coalescing target: how long its writes are held (none when zero).
     coalesce_windows: HashMap<String, Duration>,
+    /// The other connections (tenants), by name: this executor delivers the
+    /// events of the `default` connection and hands each other event to its
+    /// connection's executor (see [`Tenant`]).
+    tenants: Arc<HashMap<String, Tenant>>,
 }
+
+/// A stored connection as delivery sees it.
+pub enum Tenant {
+    /// Its own executor: its variables, headers, id caches, rate limits and
+    /// people's locks; the journal writer is shared.
+    Ready(Arc<Executor>),
+    /// Disabled (`mapper connection disable`, a refused token): its events
+    /// are kept, not delivered, and say why.
+    Disabled(String),
+}
+
+/// How long an event of a connection that cannot deliver waits before it is
+/// looked at again: long enough not to spin, short enough that enabling or
+/// adding the connection is soon followed by its deliveries.
+const TENANT_WAIT: Duration = Duration::from_secs(60);
 
 impl Executor {
     /// An executor reading the target profiles' environment variables from `env`.
@@ -193,6 +212,53 @@ impl Executor {
             locks: Default::default(),
             env_values,
             coalesce_windows,
+            tenants: Default::default(),
+        }
+    }
+
+    /// This executor, handing the events of the other connections to
+    /// `tenants` (each built with [`Executor::sharing_journal_with`] this one).
+    pub fn with_tenants(mut self, tenants: HashMap<String, Tenant>) -> Executor {
+        self.tenants = Arc::new(tenants);
+        self
+    }
+
+    /// This executor, writing through `parent`'s journal writer and seeing
+    /// its writes in flight (a connection's executor beside the default one).
+    pub fn sharing_journal_with(mut self, parent: &Executor) -> Executor {
+        self.journal = parent.journal.clone();
+        self.in_flight = parent.in_flight.clone();
+        self
+    }
+
+    /// The rate-limit windows of `connection`'s executor, when it has one
+    /// (a reloaded tenant keeps counting in its predecessor's).
+    pub fn tenant_limits(&self, connection: &str) -> Option<Arc<limiter::Limiter>> {
+        match self.tenants.get(connection) {
+            Some(Tenant::Ready(tenant)) => Some(tenant.http.limiter.clone()),
+            _ => None,
+        }
+    }
+
+    /// This executor, counting its requests in `limiter`'s windows.
+    pub fn with_limits(mut self, limiter: Arc<limiter::Limiter>) -> Executor {
+        self.http.limiter = limiter;
+        self
+    }
+
+    /// Which executor delivers `connection`'s events, or why none does.
+    fn for_connection(&self, connection: &str) -> Result<&Executor, String> {
+        if connection == crate::store::DEFAULT_CONNECTION {
+            return Ok(self);
+        }
+        match self.tenants.get(connection) {
+            Some(Tenant::Ready(tenant)) => Ok(tenant),
+            Some(Tenant::Disabled(reason)) => Err(format!(
+                "connection `{connection}` is disabled ({reason}); its events are kept: `mapper connection enable {connection}` delivers them"
+            )),
+            None => Err(format!(
+                "no connection is named `{connection}`; its events are kept: add it with `mapper connection add {connection} --set …`"
+            )),
         }
     }
 
@@ -262,9 +328,23 @@ impl Executor {
     /// Delivers one stored event. Its journal is not written yet: add how
     /// the event ends ([`Journal::finish`]) and [`Executor::commit`] it.
     pub async fn deliver(&self, event: &ClaimedEvent) -> Delivery {
-        let mut journal = Journal::shared(&event.connection, &self.in_flight);
+        let executor = match self.for_connection(&event.connection) {
+            Ok(executor) => executor,
+            Err(error) => {
+                return Delivery {
+                    outcome: Outcome::Paused {
+                        error,
+                        until: TENANT_WAIT,
+                    },
+                    calls: 0,
+                    journal: Journal::shared(&event.connection, &self.in_flight),
+                    held: Vec::new(),
+                };
+            }
+        };
+        let mut journal = Journal::shared(&event.connection, &executor.in_flight);
         let mut held = Vec::new();
-        let (outcome, calls) = counted(self.run(event, &mut journal, &mut held)).await;
+        let (outcome, calls) = counted(executor.run(event, &mut journal, &mut held)).await;
         Delivery {
             outcome,
             calls,
@@ -1033,6 +1113,21 @@ impl Executor {
     /// Sends one held (coalesced) write, writes its journal, and says how
     /// many calls it took.
     pub async fn flush(&self, write: &PendingWrite) -> (Outcome, u64) {
+        match self.for_connection(&write.connection) {
+            Ok(executor) if !std::ptr::eq(executor, self) => {
+                return Box::pin(executor.flush(write)).await;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                return (
+                    Outcome::Paused {
+                        error,
+                        until: TENANT_WAIT,
+                    },
+                    0,
+                );
+            }
+        }
         // The record is held while it is written, as a delivery holds it, so
         // the webhook the write causes is read against its reflection.
         let mut held = Vec::new();

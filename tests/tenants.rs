@@ -1,0 +1,273 @@
+//! Several connections on one `serve` (issue #11): each stored connection
+//! receives on `/webhooks/{source}/{connection}` with its own secrets and
+//! delivers to its own GHL location with its own credentials, over real HTTP
+//! against one GHL simulator per location.
+
+mod common;
+
+use common::{serve_env, settle};
+use mapper::app::{App, AppConfig, DatabaseUrl, Env, StartError};
+use mapper::config::compile::compile_dir;
+use mapper::sandbox::ghl::GhlSandbox;
+use mapper::sandbox::{GhlConfig, StickyCardsConfig, StickyCardsSandbox};
+use mapper::secrets::SecretKey;
+use mapper::store::Store;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+const KEY: &str = "7f3e2a19c0b84d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e";
+
+fn customer(id: &str, phone: &str) -> Vec<u8> {
+    format!(
+        r#"{{"event_type":"CustomerCreatedEvent","timestamp":"2025-03-05T10:00:00Z","customer_id":"{id}","phone_number":"{phone}","email":"{id}@example.com","first_name":"Ada","last_name":"L"}}"#
+    )
+    .into_bytes()
+}
+
+async fn ghl_for(location: &str, token: &str) -> GhlSandbox {
+    GhlSandbox::start(GhlConfig {
+        location_id: location.into(),
+        token: token.into(),
+        ..GhlConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+async fn post(base: &str, path: &str, query: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    let answer = reqwest::Client::new()
+        .post(format!("{base}{path}{query}"))
+        .header("content-type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status().as_u16();
+    (status, answer.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn two_connections_deliver_the_same_phone_to_their_own_locations() {
+    let default_ghl = ghl_for("loc_default", "pit-default").await;
+    let tenant_ghl = ghl_for("loc_tenant", "pit-tenant").await;
+    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("mapper.db").display());
+    let store = Store::open(&db).await.unwrap();
+    let key = SecretKey::from_env_value(KEY).unwrap();
+    let vars: BTreeMap<String, String> = [
+        ("GHL_API_BASE_URL", tenant_ghl.base_url()),
+        ("GHL_API_TOKEN", "pit-tenant".to_string()),
+        ("GHL_LOCATION_ID", "loc_tenant".to_string()),
+        ("STICKYCARDS_WEBHOOK_TOKEN", "tenant-sc-token".to_string()),
+        ("STICKYCARDS_API_KEY", sc.api_key().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    store
+        .add_connection("bakery", &vars, Some(&key))
+        .await
+        .unwrap();
+
+    let mut env = serve_env(&default_ghl, &sc);
+    env.insert("MAPPER_SECRET_KEY".into(), KEY.into());
+    let program = compile_dir(Path::new("mappings")).program.unwrap();
+    let mut config = AppConfig::serve(
+        program,
+        db.parse::<DatabaseUrl>().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        Env::from_map(env),
+    );
+    config.coalesce_window = Some(std::time::Duration::ZERO);
+    let running = App::start(config).await.unwrap();
+    let base = running.url().unwrap();
+
+    let phone = "+1 415 555 0101";
+    let (status, _) = post(
+        &base,
+        "/webhooks/stickycards",
+        "?token=sc-token",
+        &customer("c_default", phone),
+    )
+    .await;
+    assert_eq!(status, 202);
+    // The tenant's route takes its own token, not the environment's.
+    let (status, answer) = post(
+        &base,
+        "/webhooks/stickycards/bakery",
+        "?token=sc-token",
+        &customer("c_tenant", phone),
+    )
+    .await;
+    assert_eq!(status, 401, "{answer}");
+    let (status, answer) = post(
+        &base,
+        "/webhooks/stickycards/bakery",
+        "?token=tenant-sc-token",
+        &customer("c_tenant", phone),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    let (status, answer) = post(
+        &base,
+        "/webhooks/stickycards/nobody",
+        "?token=tenant-sc-token",
+        &customer("c_nobody", phone),
+    )
+    .await;
+    assert_eq!(status, 404, "{answer}");
+    assert_eq!(answer["error"], "unknown_connection");
+    assert_eq!(answer["field"], "connection");
+
+    let counts = settle(&db).await;
+    let delivered: i64 = counts
+        .iter()
+        .filter(|c| c.state == "delivered")
+        .map(|c| c.count)
+        .sum();
+    assert_eq!(delivered, 2, "{counts:?}");
+    // One contact per location, each created with its location's token.
+    let at_default = default_ghl.contacts();
+    let at_tenant = tenant_ghl.contacts();
+    assert_eq!(at_default.len(), 1, "{at_default:?}");
+    assert_eq!(at_tenant.len(), 1, "{at_tenant:?}");
+    assert!(
+        default_ghl
+            .contact_by_email("c_default@example.com")
+            .is_some()
+    );
+    assert!(
+        tenant_ghl
+            .contact_by_email("c_tenant@example.com")
+            .is_some()
+    );
+    assert_eq!(
+        connections_of_events(&db).await,
+        vec!["bakery".to_string(), "default".to_string()]
+    );
+    running.shutdown().await;
+}
+
+/// The connections the stored events belong to, sorted.
+async fn connections_of_events(db: &str) -> Vec<String> {
+    use sqlx::Row;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(db).await.unwrap();
+    sqlx::query("SELECT DISTINCT connection FROM events ORDER BY connection")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<String, _>(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_disabled_connection_keeps_its_events_without_delivering_them() {
+    let default_ghl = ghl_for("loc_default", "pit-default").await;
+    let tenant_ghl = ghl_for("loc_tenant", "pit-tenant").await;
+    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("mapper.db").display());
+    let store = Store::open(&db).await.unwrap();
+    let key = SecretKey::from_env_value(KEY).unwrap();
+    let vars: BTreeMap<String, String> = [
+        ("GHL_API_BASE_URL", tenant_ghl.base_url()),
+        ("GHL_API_TOKEN", "pit-tenant".to_string()),
+        ("GHL_LOCATION_ID", "loc_tenant".to_string()),
+        ("STICKYCARDS_WEBHOOK_TOKEN", "tenant-sc-token".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    store
+        .add_connection("bakery", &vars, Some(&key))
+        .await
+        .unwrap();
+    store
+        .disable_connection("bakery", "paused by the agency")
+        .await
+        .unwrap();
+    let mut env = serve_env(&default_ghl, &sc);
+    env.insert("MAPPER_SECRET_KEY".into(), KEY.into());
+    let program = compile_dir(Path::new("mappings")).program.unwrap();
+    let running = App::start(AppConfig::serve(
+        program,
+        db.parse::<DatabaseUrl>().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        Env::from_map(env),
+    ))
+    .await
+    .unwrap();
+    let base = running.url().unwrap();
+    let (status, answer) = post(
+        &base,
+        "/webhooks/stickycards/bakery",
+        "?token=tenant-sc-token",
+        &customer("c_tenant", "+1 415 555 0102"),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    // Taken, found disabled, and put back to wait: never sent.
+    let mut waited = None;
+    for _ in 0..100 {
+        let row = store
+            .last_errors(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|(_, _, _, _, error)| error.contains("disabled"));
+        if row.is_some() {
+            waited = row;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let waited = waited.expect("the event records why it waits");
+    assert!(waited.4.contains("paused by the agency"), "{waited:?}");
+    assert_eq!(waited.3, "retrying", "{waited:?}");
+    assert!(tenant_ghl.contacts().is_empty());
+    assert!(default_ghl.contacts().is_empty());
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn serve_refuses_to_start_with_sealed_values_and_no_key() {
+    let (ghl, sc) = common::simulators().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("mapper.db").display());
+    let store = Store::open(&db).await.unwrap();
+    let key = SecretKey::from_env_value(KEY).unwrap();
+    let vars: BTreeMap<String, String> = [("GHL_API_TOKEN", "pit-tenant")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    store
+        .add_connection("bakery", &vars, Some(&key))
+        .await
+        .unwrap();
+    let program = compile_dir(Path::new("mappings")).program.unwrap();
+    let refused = App::start(AppConfig::serve(
+        program,
+        db.parse::<DatabaseUrl>().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        Env::from_map(serve_env(&ghl, &sc)),
+    ))
+    .await;
+    match refused {
+        Err(StartError::SecretKey(message)) => {
+            assert!(message.contains("MAPPER_SECRET_KEY"), "{message}");
+            assert!(message.contains("bakery"), "{message}");
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("started without the key"),
+    }
+}
