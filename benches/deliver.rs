@@ -460,6 +460,7 @@ async fn store_costs(reps: u32) -> (Vec<(&'static str, Duration)>, Duration) {
         headers: json!({}),
         body: b"{}".to_vec(),
         state: mapper::store::EventState::Received,
+        note: None,
     };
     let id = store
         .insert_events(&[event])
@@ -594,6 +595,7 @@ async fn claim_cost(total: usize, delivered: &[usize]) -> Vec<(usize, Duration, 
             headers: json!({}),
             body: b"{}".to_vec(),
             state: mapper::store::EventState::Received,
+            note: None,
         })
         .collect();
     for chunk in events.chunks(256) {

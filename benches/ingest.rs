@@ -211,6 +211,7 @@ async fn mapper(console: bool) -> (String, Store, tempfile::TempDir) {
     let state = Arc::new(AppState::new(
         server::Loaded {
             tenants: Default::default(),
+            routes: Default::default(),
             program: Arc::new(program),
             verifiers,
         },

@@ -39,6 +39,7 @@ fn event(n: usize, customer: String) -> NewEvent {
         headers: serde_json::json!({}),
         body: br#"{"event_type":"CardScannedEvent"}"#.to_vec(),
         state: EventState::Received,
+        note: None,
     }
 }
 

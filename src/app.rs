@@ -313,6 +313,7 @@ impl App {
             Arc::new(
                 AppState::new(
                     server::Loaded {
+                        routes: delivery.routes(&program),
                         tenants: delivery.tenant_verifiers(&program),
                         program: program.clone(),
                         verifiers,
@@ -553,6 +554,27 @@ impl Delivery {
         )
     }
 
+    /// For each variable a source routes by: which connection has which
+    /// value (the environment's is `default`'s).
+    fn routes(&self, program: &Program) -> std::collections::HashMap<(String, String), String> {
+        let mut routes = std::collections::HashMap::new();
+        for variable in program
+            .sources
+            .values()
+            .filter_map(|s| s.route.as_ref().map(|r| r.variable.clone()))
+        {
+            if let Some(value) = self.env.get(&variable) {
+                routes.insert((variable.clone(), value), DEFAULT_CONNECTION.to_string());
+            }
+            for tenant in self.tenants.iter() {
+                if let Some(value) = tenant.env.get(&variable) {
+                    routes.insert((variable.clone(), value), tenant.name.clone());
+                }
+            }
+        }
+        routes
+    }
+
     fn one_executor(&self, program: Arc<Program>, env: &Env) -> Executor {
         let mut target_env = BTreeMap::new();
         for target in program.targets.values() {
@@ -645,6 +667,7 @@ fn watch_mappings(
                     let mappings = program.mappings.len();
                     if let Some(state) = &state {
                         state.loaded.store(Arc::new(server::Loaded {
+                            routes: delivery.routes(&program),
                             tenants: delivery.tenant_verifiers(&program),
                             program,
                             verifiers,

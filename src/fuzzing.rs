@@ -321,6 +321,7 @@ impl ReceiveTarget {
             let state = AppState::new(
                 server::Loaded {
                     tenants: Default::default(),
+                    routes: Default::default(),
                     program: program.clone(),
                     verifiers,
                 },

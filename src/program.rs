@@ -89,6 +89,23 @@ pub struct Source {
     pub verify: VerifySpec,
     /// Events that have a payload schema.
     pub events: Vec<String>,
+    /// How its webhooks find their connection (`route:`).
+    pub route: Option<Route>,
+}
+
+/// A source's `route:`: the connection of a webhook is the one whose
+/// `variable` has the value `by` selects in its body.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub by: Selector,
+    pub variable: String,
+}
+
+/// The connection a webhook of an unknown tenant is kept under:
+/// `VARIABLE=value` (never a connection's name: names have no `=`). The
+/// worker delivers it once a connection with that value exists.
+pub fn routed_connection(variable: &str, value: &str) -> String {
+    format!("{variable}={value}")
 }
 
 impl Source {

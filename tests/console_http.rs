@@ -576,6 +576,7 @@ async fn queries_on(store: &Store) {
         headers: serde_json::json!({}),
         body: b"{}".to_vec(),
         state,
+        note: None,
     };
     let mut batch = Vec::new();
     for i in 0..7 {

@@ -236,10 +236,7 @@ fn the_demo_delivers_every_example_and_prints_the_result() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        text.contains("GHL location loc_sandbox: 4 contacts"),
-        "{text}"
-    );
+    assert!(text.contains("GHL location loc_demo: 4 contacts"), "{text}");
     assert!(text.contains("tags: card expired, referrer, vip"), "{text}");
     assert!(text.contains("Sticky Cards: 1 customers"), "{text}");
     assert!(text.contains("push: Your reward is ready!"), "{text}");

@@ -64,7 +64,7 @@ fn two_demo_runs_in_one_folder_both_deliver_everything() {
         assert!(delivered > 30, "{stdout}");
         assert!(stdout.contains("(fresh for this run)"), "{stdout}");
         assert!(
-            stdout.contains("GHL location loc_sandbox: 4 contacts"),
+            stdout.contains("GHL location loc_demo: 4 contacts"),
             "{stdout}"
         );
         // What a person needs to post their own webhooks and look at the simulators.

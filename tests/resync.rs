@@ -734,6 +734,7 @@ fn snapshot(run: &str, customer: &str) -> mapper::store::NewEvent {
         headers: json!({}),
         body: br#"{"event":"CustomerSnapshot"}"#.to_vec(),
         state: mapper::store::EventState::Received,
+        note: None,
     }
 }
 

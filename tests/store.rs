@@ -16,6 +16,7 @@ fn event(key: &str) -> NewEvent {
         headers: serde_json::json!({"content-type": "application/json"}),
         body: br#"{"event_type":"CardInstalledEvent"}"#.to_vec(),
         state: EventState::Received,
+        note: None,
     }
 }
 

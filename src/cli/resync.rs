@@ -716,6 +716,7 @@ async fn snapshots(
             headers: json!({}),
             body: body.to_string().into_bytes(),
             state: EventState::Received,
+            note: None,
         });
     }
     Ok(out)

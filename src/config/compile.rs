@@ -1336,7 +1336,23 @@ fn compile_source(
         )
         .hint = Some("e.g. `event: {customer: $.customer_id}`".into());
     }
+    let route = s.route.as_ref().and_then(|r| {
+        if r.variable.is_empty() || r.variable.contains('=') {
+            ctx.err(
+                Code::M011,
+                file,
+                pos_of(&r.by),
+                "`route.variable` must name a variable, e.g. `GHL_LOCATION_ID`",
+            );
+            return None;
+        }
+        Some(prog::Route {
+            by: ctx.selector(file, pos_of(&r.by), &r.by.value)?,
+            variable: r.variable.clone(),
+        })
+    });
     let src = prog::Source {
+        route,
         name: s.source.value.clone(),
         profile: s.profile.value.clone(),
         file: file.clone(),

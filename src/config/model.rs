@@ -155,6 +155,24 @@ pub struct SourceFile {
     /// stale: neither is synced.
     #[serde(default)]
     pub snapshots: bool,
+    /// Which connection (tenant) a webhook posted to `/webhooks/{source}`
+    /// is for, read from its body: GHL's webhooks name their location. A
+    /// webhook whose value no connection has is stored `unmapped` with
+    /// that reason, never delivered by another tenant.
+    #[serde(default)]
+    pub route: Option<RouteSpec>,
+}
+
+/// A source's webhooks route themselves to a connection: the one whose
+/// `variable` has the value `by` selects.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSpec {
+    /// JSONPath of the value, e.g. `$.locationId`.
+    #[schemars(with = "String")]
+    pub by: Spanned<String>,
+    /// The variable a connection holds that value in, e.g. `GHL_LOCATION_ID`.
+    pub variable: String,
 }
 
 pub fn default_profile() -> Spanned<String> {

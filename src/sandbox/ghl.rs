@@ -196,7 +196,7 @@ impl Default for GhlConfig {
         GhlConfig {
             addr: None,
             token: "sandbox-token".to_string(),
-            location_id: "loc_sandbox".to_string(),
+            location_id: "loc_demo".to_string(),
             versions: vec!["2021-07-28".to_string()],
             rate_limit: RateLimit::ghl(),
             allow_duplicates: false,

@@ -32,6 +32,9 @@ pub struct Loaded {
     /// The stored connections' verifiers, by connection then source; a
     /// source whose secret a connection lacks is that reason instead.
     pub tenants: HashMap<String, HashMap<String, Result<Verifier, String>>>,
+    /// For sources with `route:`: (variable, value) → the connection whose
+    /// variable has that value (`default` included).
+    pub routes: HashMap<(String, String), String>,
 }
 
 /// Each stored connection's verifiers: `env_of` gives a connection's
@@ -202,6 +205,9 @@ async fn receive_as(
         Ok(verifier) => verifier,
         Err(refused) => return refused.into_response(),
     };
+    // A source that routes itself (GHL's webhooks name their location)
+    // finds its connection in its body, unless the path named one.
+    let routed = connection.is_none();
     let connection = connection.unwrap_or_else(|| state.connection.clone());
     let Some(source) = loaded.program.sources.get(&source_name) else {
         // Not counted: the label would be whatever a stranger puts in the path.
@@ -238,6 +244,7 @@ async fn receive_as(
             source_name: &source_name,
             connection: &connection,
             verifier,
+            routed,
         },
         query,
         &headers,
@@ -294,6 +301,8 @@ struct Target<'a> {
     source_name: &'a str,
     connection: &'a str,
     verifier: Option<&'a Verifier>,
+    /// The path named no connection: a source with `route:` finds it.
+    routed: bool,
 }
 
 /// The checks of README's table, in its order, then the commit.
@@ -310,6 +319,7 @@ async fn accept(
         source_name,
         connection,
         verifier,
+        routed,
     } = target;
     let program = &loaded.program;
     let limit = source.body.max_bytes.unwrap_or(decode::DEFAULT_MAX_BYTES);
@@ -357,9 +367,34 @@ async fn accept(
     let event = program
         .identify(source_name, &payload)
         .map_err(ReceiveError::NoEventType)?;
-    let mapped = program
+    let mut mapped = program
         .by_event
         .contains_key(&(source_name.to_string(), event.event_type.clone()));
+    let mut connection = connection.to_string();
+    let mut note = None;
+    if routed
+        && let Some(route) = &source.route
+        && let Some(value) = route.by.select(&payload).and_then(|v| match v {
+            serde_json::Value::String(text) => Some(text),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+    {
+        match loaded.routes.get(&(route.variable.clone(), value.clone())) {
+            Some(owner) => connection = owner.clone(),
+            None => {
+                // Kept, not refused (the sender would only retry), and never
+                // delivered by another tenant: it waits under its value
+                // until a connection has it.
+                connection = crate::program::routed_connection(&route.variable, &value);
+                mapped = false;
+                note = Some(format!(
+                    "no connection has {} = {value}: add one (`mapper connection add NAME --set {}={value} …`), restart serve, then `mapper replay --state unmapped`",
+                    route.variable, route.variable
+                ));
+            }
+        }
+    }
     let occurred_at = event
         .occurred_at
         .as_deref()
@@ -378,7 +413,7 @@ async fn accept(
         .filter_map(|(name, value)| Some((name.to_string(), json!(value.to_str().ok()?))))
         .collect();
     let new_event = NewEvent {
-        connection: connection.to_string(),
+        connection,
         source: source_name.to_string(),
         event_type: event.event_type.clone(),
         event_id: event.id.clone(),
@@ -394,6 +429,7 @@ async fn accept(
         } else {
             EventState::Unmapped
         },
+        note,
     };
     match state.inbox.store(new_event).await {
         Ok(Inserted::New(id)) => {

@@ -76,15 +76,15 @@ impl Store {
         // (or earlier in this batch) and are looked up once it is committed.
         let mut sql = String::from(
             "INSERT INTO events (connection, source, event_type, event_id, dedup_key, received_at, \
-             occurred_at, headers, body, state, attempts, next_attempt_at, customer_key) VALUES ",
+             occurred_at, headers, body, state, attempts, next_attempt_at, customer_key, last_error) VALUES ",
         );
         for n in 0..events.len() {
-            let b = n * 12;
+            let b = n * 13;
             if n > 0 {
                 sql.push_str(", ");
             }
             sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, ${}, ${})",
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 0, ${}, ${}, ${})",
                 b + 1,
                 b + 2,
                 b + 3,
@@ -96,7 +96,8 @@ impl Store {
                 b + 9,
                 b + 10,
                 b + 11,
-                b + 12
+                b + 12,
+                b + 13
             ));
         }
         sql.push_str(" ON CONFLICT (connection, source, dedup_key) DO NOTHING RETURNING id, connection, source, dedup_key");
@@ -114,7 +115,8 @@ impl Store {
                 .bind(e.body.as_slice())
                 .bind(e.state.as_str())
                 .bind(now)
-                .bind(e.customer_key.as_deref());
+                .bind(e.customer_key.as_deref())
+                .bind(e.note.as_deref());
         }
         let rows = query.fetch_all(&mut *conn).await?;
         let mut fresh: HashMap<(String, String, String), i64> = HashMap::new();

@@ -77,6 +77,9 @@ pub struct NewEvent {
     pub headers: serde_json::Value,
     pub body: Vec<u8>,
     pub state: EventState,
+    /// Why it is stored as it is, for the operator (`last_error`): the
+    /// reason an `unmapped` event waits, e.g. no connection for its location.
+    pub note: Option<String>,
 }
 
 /// The outcome of storing a webhook.
@@ -1091,6 +1094,7 @@ mod tests {
             headers: serde_json::json!({}),
             body: b"{}".to_vec(),
             state: EventState::Received,
+            note: None,
         };
         store.insert_events(&[event]).await.unwrap();
         // One connection in the pool is enough to see where it was left.

@@ -251,6 +251,29 @@ impl Executor {
         if connection == crate::store::DEFAULT_CONNECTION {
             return Ok(self);
         }
+        // Kept under `VARIABLE=value` by a source's `route:` when no
+        // connection had that value: delivered by the one that has it now.
+        if let Some((variable, value)) = connection.split_once('=') {
+            if self.env.get(variable).is_some_and(|v| v == value) {
+                return Ok(self);
+            }
+            return self
+                .tenants
+                .values()
+                .find_map(|t| match t {
+                    Tenant::Ready(tenant)
+                        if tenant.env.get(variable).is_some_and(|v| v == value) =>
+                    {
+                        Some(&**tenant)
+                    }
+                    _ => None,
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "no connection has {variable} = {value}; its events are kept: add one with `mapper connection add NAME --set {variable}={value} …` and restart serve"
+                    )
+                });
+        }
         match self.tenants.get(connection) {
             Some(Tenant::Ready(tenant)) => Ok(tenant),
             Some(Tenant::Disabled(reason)) => Err(format!(

@@ -154,6 +154,7 @@ pub async fn run_tick(
             } else {
                 EventState::Unmapped
             },
+            note: None,
         });
     }
     let raised = events.iter().filter(|e| e.event_type == rule.event).count();

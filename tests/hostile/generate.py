@@ -531,11 +531,11 @@ case("signature-ghl", "unknown-type", "A signed GHL webhook of a type no mapping
 case("signature-ghl", "another-location",
      "A webhook GHL signed for another location (an app installed elsewhere, or\n"
      "pointed here by someone else): GHL signs every location's webhooks with one key,\n"
-     "so the signature does not say whose it is. KNOWN GAP: accepted today (nothing\n"
-     "compares locationId with GHL_LOCATION_ID; `mapper demo` and tests post the\n"
-     "examples' loc_demo to a loc_sandbox install). See the report of issue #14.",
+     "so the signature does not say whose it is. The source's `route:` reads its\n"
+     "locationId: no connection has loc_someone_else, so it is kept as `unmapped`\n"
+     "with that reason and never delivered into this location.",
      "POST /webhooks/ghl", ghl_body.replace("@LOCATION@", "loc_someone_else"), [JSON], sign="ghl",
-     expect="202 accepted")
+     expect="202 unmapped")
 case("signature-ghl", "no-location",
      "A signed GHL webhook without a locationId (company-level events have none): accepted.",
      "POST /webhooks/ghl", ghl_body.replace('"locationId":"@LOCATION@",', ""), [JSON], sign="ghl")
