@@ -271,3 +271,176 @@ async fn serve_refuses_to_start_with_sealed_values_and_no_key() {
         Ok(_) => panic!("started without the key"),
     }
 }
+
+/// Signs GHL webhooks with a test key that `serve` is told to trust.
+struct GhlSigner {
+    key: ed25519_dalek::SigningKey,
+    pem: String,
+}
+
+impl GhlSigner {
+    fn new() -> GhlSigner {
+        use ed25519_dalek::pkcs8::EncodePublicKey;
+        let key = ed25519_dalek::SigningKey::from_bytes(&[11; 32]);
+        let pem = key
+            .verifying_key()
+            .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .unwrap();
+        GhlSigner { key, pem }
+    }
+
+    async fn post(&self, base: &str, payload: &serde_json::Value) -> (u16, serde_json::Value) {
+        use base64::Engine;
+        use ed25519_dalek::Signer;
+        let body = serde_json::to_vec(payload).unwrap();
+        let signature =
+            base64::engine::general_purpose::STANDARD.encode(self.key.sign(&body).to_bytes());
+        let answer = reqwest::Client::new()
+            .post(format!("{base}/webhooks/ghl"))
+            .header("content-type", "application/json")
+            .header("x-ghl-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        (status, answer.json().await.unwrap_or_default())
+    }
+}
+
+/// (connection, state, last_error) of every stored GHL event, by id.
+async fn ghl_events(db: &str) -> Vec<(String, String, Option<String>)> {
+    use sqlx::Row;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(db).await.unwrap();
+    sqlx::query("SELECT connection, state, last_error FROM events WHERE source = 'ghl' ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+async fn serve_on(db: &str, env: BTreeMap<String, String>) -> mapper::app::Running {
+    let program = compile_dir(Path::new("mappings")).program.unwrap();
+    App::start(AppConfig::serve(
+        program,
+        db.parse::<DatabaseUrl>().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        Env::from_map(env),
+    ))
+    .await
+    .unwrap()
+}
+
+/// GHL signs every location's webhooks with one key: `route:` sends each to
+/// the connection of its `locationId`, and keeps one no connection has as
+/// `unmapped` with the reason until a connection for it exists.
+#[tokio::test]
+async fn ghl_webhooks_go_to_the_connection_of_their_location() {
+    let default_ghl = ghl_for("loc_default", "pit-default").await;
+    let tenant_ghl = ghl_for("loc_tenant", "pit-tenant").await;
+    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
+        .await
+        .unwrap();
+    let signer = GhlSigner::new();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("mapper.db").display());
+    let store = Store::open(&db).await.unwrap();
+    let key = SecretKey::from_env_value(KEY).unwrap();
+    let tenant_vars = |location: &str| -> BTreeMap<String, String> {
+        [
+            ("GHL_API_BASE_URL", tenant_ghl.base_url()),
+            ("GHL_API_TOKEN", "pit-tenant".to_string()),
+            ("GHL_LOCATION_ID", location.to_string()),
+            ("STICKYCARDS_API_KEY", sc.api_key().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    };
+    store
+        .add_connection("bakery", &tenant_vars("loc_tenant"), Some(&key))
+        .await
+        .unwrap();
+    let mut env = serve_env(&default_ghl, &sc);
+    env.insert("MAPPER_SECRET_KEY".into(), KEY.into());
+    env.insert("GHL_WEBHOOK_PUBLIC_KEY".into(), signer.pem.clone());
+    let running = serve_on(&db, env.clone()).await;
+    let base = running.url().unwrap();
+
+    let example: serde_json::Value =
+        serde_json::from_slice(&std::fs::read("examples/payloads/ghl/ContactUpdate.json").unwrap())
+            .unwrap();
+    let at = |location: &str, n: u32| {
+        let mut v = example.clone();
+        v["locationId"] = location.into();
+        v["id"] = format!("ghl_{location}").into();
+        v["webhookId"] = format!("wh_{location}_{n}").into();
+        // GHL's signed timestamp must be recent (replay protection).
+        v["timestamp"] = chrono::Utc::now()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            .into();
+        v
+    };
+    let (status, answer) = signer.post(&base, &at("loc_default", 1)).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (202, Some("accepted")),
+        "{answer}"
+    );
+    let (status, answer) = signer.post(&base, &at("loc_tenant", 2)).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (202, Some("accepted")),
+        "{answer}"
+    );
+    let (status, answer) = signer.post(&base, &at("loc_nobody", 3)).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (202, Some("unmapped")),
+        "{answer}"
+    );
+    settle(&db).await;
+    running.shutdown().await;
+    let events = ghl_events(&db).await;
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[0].0, "default");
+    assert_eq!(events[1].0, "bakery");
+    assert_eq!(events[2].0, "GHL_LOCATION_ID=loc_nobody");
+    assert_eq!(events[2].1, "unmapped");
+    let reason = events[2].2.clone().unwrap_or_default();
+    assert!(
+        reason.contains("no connection has GHL_LOCATION_ID = loc_nobody"),
+        "{reason}"
+    );
+
+    // The location's connection is added, serve restarts, the operator replays.
+    store
+        .add_connection("late", &tenant_vars("loc_nobody"), Some(&key))
+        .await
+        .unwrap();
+    let running = serve_on(&db, env).await;
+    let replayed = store
+        .replay(&mapper::store::ReplayFilter {
+            states: vec![mapper::store::EventState::Unmapped],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(replayed, 1);
+    settle(&db).await;
+    running.shutdown().await;
+    let events = ghl_events(&db).await;
+    assert_ne!(events[2].1, "unmapped", "{events:?}");
+    assert!(
+        !events[2]
+            .2
+            .as_deref()
+            .unwrap_or("")
+            .contains("no connection has"),
+        "{events:?}"
+    );
+}
