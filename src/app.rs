@@ -274,7 +274,7 @@ impl App {
             env: env.clone(),
             coalesce_window,
             metrics: metrics.clone(),
-            tenants: Arc::new(tenants),
+            tenants: Arc::new(arc_swap::ArcSwap::from_pointee(tenants)),
         };
         let program = Arc::new(program);
         let executor = delivery.executor(program.clone(), None);
@@ -325,6 +325,14 @@ impl App {
                 .with_metrics(metrics.clone()),
             )
         });
+        if background {
+            tasks.push(tokio::spawn(watch_connections(
+                delivery.clone(),
+                state.clone(),
+                executor.clone(),
+                stopped.clone(),
+            )));
+        }
         let watcher = match watch {
             Some(folder) => match watch_mappings(&folder, state.clone(), executor, delivery) {
                 Ok(watcher) => Some(watcher),
@@ -441,8 +449,9 @@ struct Delivery {
     env: Env,
     coalesce_window: Option<Duration>,
     metrics: Metrics,
-    /// The stored connections, read at start.
-    tenants: Arc<Vec<StoredTenant>>,
+    /// The stored connections, read at start and again when they change
+    /// (`watch_connections`).
+    tenants: Arc<arc_swap::ArcSwap<Vec<StoredTenant>>>,
 }
 
 /// A stored connection, its values opened.
@@ -519,7 +528,7 @@ impl Delivery {
             executor = executor.sharing_limits_with(previous);
         }
         let mut tenants = std::collections::HashMap::new();
-        for tenant in self.tenants.iter() {
+        for tenant in self.tenants.load().iter() {
             let entry = match &tenant.disabled {
                 Some(reason) => crate::targets::Tenant::Disabled(reason.clone()),
                 None => {
@@ -547,7 +556,7 @@ impl Delivery {
     > {
         server::tenant_verifiers(
             program,
-            self.tenants.iter().map(|t| {
+            self.tenants.load().iter().map(|t| {
                 let lookup: &dyn Fn(&str) -> Option<String> = &*t.env.0;
                 (t.name.as_str(), lookup)
             }),
@@ -566,7 +575,7 @@ impl Delivery {
             if let Some(value) = self.env.get(&variable) {
                 routes.insert((variable.clone(), value), DEFAULT_CONNECTION.to_string());
             }
-            for tenant in self.tenants.iter() {
+            for tenant in self.tenants.load().iter() {
                 if let Some(value) = tenant.env.get(&variable) {
                     routes.insert((variable.clone(), value), tenant.name.clone());
                 }
@@ -589,6 +598,71 @@ impl Delivery {
         match self.coalesce_window {
             Some(window) => executor.with_coalesce_window(window),
             None => executor,
+        }
+    }
+}
+
+/// How often `serve` looks for added, changed, enabled or disabled connections.
+const CONNECTIONS_POLL: Duration = Duration::from_secs(5);
+
+/// What of the stored connections makes a running app rebuild its tenants.
+async fn connections_fingerprint(store: &Store) -> Option<Vec<(String, bool, i64)>> {
+    let stored = store.connections().await.ok()?;
+    Some(
+        stored
+            .into_iter()
+            .map(|c| (c.name, c.enabled, c.updated_at))
+            .collect(),
+    )
+}
+
+/// Re-reads the stored connections when they change (`mapper connection
+/// add`, `set`, `enable`, `disable`, `remove`, from any process), and swaps
+/// in executors and verifiers for them: no restart needed. A set that cannot
+/// be opened (the key changed) is refused with the reason, and the
+/// connections read before keep serving.
+async fn watch_connections(
+    delivery: Delivery,
+    state: Option<Arc<AppState>>,
+    executor: Arc<arc_swap::ArcSwap<Executor>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut seen = connections_fingerprint(&delivery.store).await;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CONNECTIONS_POLL) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let now = connections_fingerprint(&delivery.store).await;
+        if now.is_none() || now == seen {
+            continue;
+        }
+        match load_tenants(&delivery.store, &delivery.env).await {
+            Ok(tenants) => {
+                let count = tenants.len();
+                delivery.tenants.store(Arc::new(tenants));
+                let current = executor.load_full();
+                let program = current.program().clone();
+                executor.store(Arc::new(delivery.executor(program, Some(&current))));
+                if let Some(state) = &state {
+                    let loaded = state.loaded.load_full();
+                    state.loaded.store(Arc::new(server::Loaded {
+                        program: loaded.program.clone(),
+                        verifiers: loaded.verifiers.clone(),
+                        tenants: delivery.tenant_verifiers(&loaded.program),
+                        routes: delivery.routes(&loaded.program),
+                    }));
+                }
+                tracing::info!(
+                    connections = count,
+                    "the stored connections changed; serving them"
+                );
+                seen = now;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the stored connections changed but cannot be read; the previous ones keep serving");
+                seen = now;
+            }
         }
     }
 }

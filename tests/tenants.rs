@@ -444,3 +444,64 @@ async fn ghl_webhooks_go_to_the_connection_of_their_location() {
         "{events:?}"
     );
 }
+
+/// `mapper connection add` while `serve` runs: within a few seconds its
+/// route answers and its events are delivered, with no restart.
+#[tokio::test]
+async fn a_connection_added_while_serving_is_served_without_a_restart() {
+    let default_ghl = ghl_for("loc_default", "pit-default").await;
+    let tenant_ghl = ghl_for("loc_tenant", "pit-tenant").await;
+    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("mapper.db").display());
+    let mut env = serve_env(&default_ghl, &sc);
+    env.insert("MAPPER_SECRET_KEY".into(), KEY.into());
+    let running = serve_on(&db, env).await;
+    let base = running.url().unwrap();
+    let body = customer("c_late", "+1 415 555 0109");
+    let (status, _) = post(
+        &base,
+        "/webhooks/stickycards/late",
+        "?token=late-token",
+        &body,
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    let store = Store::open(&db).await.unwrap();
+    let vars: BTreeMap<String, String> = [
+        ("GHL_API_BASE_URL", tenant_ghl.base_url()),
+        ("GHL_API_TOKEN", "pit-tenant".to_string()),
+        ("GHL_LOCATION_ID", "loc_tenant".to_string()),
+        ("STICKYCARDS_WEBHOOK_TOKEN", "late-token".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let key = SecretKey::from_env_value(KEY).unwrap();
+    store
+        .add_connection("late", &vars, Some(&key))
+        .await
+        .unwrap();
+    let mut status = 0;
+    for _ in 0..150 {
+        (status, _) = post(
+            &base,
+            "/webhooks/stickycards/late",
+            "?token=late-token",
+            &body,
+        )
+        .await;
+        if status == 202 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 202, "the new connection was not served within 15 s");
+    settle(&db).await;
+    assert!(tenant_ghl.contact_by_email("c_late@example.com").is_some());
+    assert!(default_ghl.contacts().is_empty());
+    running.shutdown().await;
+}

@@ -18,7 +18,7 @@ pub enum ReceiveError {
     UnknownSource { name: String, known: Vec<String> },
     /// No stored connection of that name (404).
     #[error(
-        "unknown connection `{name}`: add it with `mapper connection add {name} --set …`, then restart serve"
+        "unknown connection `{name}`: add it with `mapper connection add {name} --set …` (serve picks it up within 5 s)"
     )]
     UnknownConnection { name: String },
     /// The connection has no usable secret for this source's signatures

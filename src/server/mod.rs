@@ -389,7 +389,7 @@ async fn accept(
                 connection = crate::program::routed_connection(&route.variable, &value);
                 mapped = false;
                 note = Some(format!(
-                    "no connection has {} = {value}: add one (`mapper connection add NAME --set {}={value} …`), restart serve, then `mapper replay --state unmapped`",
+                    "no connection has {} = {value}: add one (`mapper connection add NAME --set {}={value} …`), then `mapper replay --state unmapped`",
                     route.variable, route.variable
                 ));
             }

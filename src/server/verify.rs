@@ -17,6 +17,7 @@ pub const GHL_ED25519_PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2
 const DEFAULT_TOLERANCE_SECONDS: u64 = 300;
 
 /// A source's verification, with its secrets resolved.
+#[derive(Clone)]
 pub struct Verifier {
     spec: VerifySpec,
     secret: Option<Vec<u8>>,

@@ -270,7 +270,7 @@ impl Executor {
                 })
                 .ok_or_else(|| {
                     format!(
-                        "no connection has {variable} = {value}; its events are kept: add one with `mapper connection add NAME --set {variable}={value} …` and restart serve"
+                        "no connection has {variable} = {value}; its events are kept: add one with `mapper connection add NAME --set {variable}={value} …`"
                     )
                 });
         }
