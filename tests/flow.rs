@@ -9,7 +9,7 @@ use mapper::store::Store;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{copy_dir, serve_in, settle_within, simulators};
+use common::{GhlSigner, copy_dir, serve_in, settle_within, simulators};
 
 /// A copy of the shipped mapping set with `edit` applied to the GHL target
 /// profile (rate limits, timeouts a test needs).
@@ -484,41 +484,6 @@ async fn a_known_tag_is_not_sent_again_until_ghl_says_it_is_gone() {
             .tags
             .contains(&"card holder".to_string())
     );
-}
-
-/// Signs GHL webhooks with a test key that `serve` is told to trust.
-struct GhlSigner {
-    key: ed25519_dalek::SigningKey,
-    pem: String,
-}
-
-impl GhlSigner {
-    fn new(seed: u8) -> GhlSigner {
-        use ed25519_dalek::pkcs8::EncodePublicKey;
-        let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
-        let pem = key
-            .verifying_key()
-            .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
-            .unwrap();
-        GhlSigner { key, pem }
-    }
-
-    async fn post(&self, base: &str, payload: &serde_json::Value) -> u16 {
-        use base64::Engine;
-        use ed25519_dalek::Signer;
-        let body = serde_json::to_vec(payload).unwrap();
-        let signature =
-            base64::engine::general_purpose::STANDARD.encode(self.key.sign(&body).to_bytes());
-        reqwest::Client::new()
-            .post(format!("{base}/webhooks/ghl"))
-            .header("content-type", "application/json")
-            .header("x-ghl-signature", signature)
-            .body(body)
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0)
-    }
 }
 
 /// `bonus_points` going from 10 to 25 in GHL adds 10, then 15 points to the

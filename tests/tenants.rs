@@ -46,41 +46,73 @@ async fn post(base: &str, path: &str, query: &str, body: &[u8]) -> (u16, serde_j
     (status, answer.json().await.unwrap_or_default())
 }
 
+/// Two GHL locations (the environment's `loc_default`, a tenant's
+/// `loc_tenant`), Sticky Cards, and a fresh SQLite file.
+struct Fixture {
+    default_ghl: GhlSandbox,
+    tenant_ghl: GhlSandbox,
+    sc: StickyCardsSandbox,
+    db: String,
+    store: Store,
+    key: SecretKey,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("sqlite://{}", dir.path().join("mapper.db").display());
+        Fixture {
+            default_ghl: ghl_for("loc_default", "pit-default").await,
+            tenant_ghl: ghl_for("loc_tenant", "pit-tenant").await,
+            sc: StickyCardsSandbox::start(StickyCardsConfig::default())
+                .await
+                .unwrap(),
+            store: Store::open(&db).await.unwrap(),
+            key: SecretKey::from_env_value(KEY).unwrap(),
+            db,
+            _dir: dir,
+        }
+    }
+
+    /// Stores connection `name` at `location` on the tenant's GHL, taking
+    /// Sticky Cards webhooks with `token`.
+    async fn add(&self, name: &str, location: &str, token: &str) {
+        let vars: BTreeMap<String, String> = [
+            ("GHL_API_BASE_URL", self.tenant_ghl.base_url()),
+            ("GHL_API_TOKEN", "pit-tenant".to_string()),
+            ("GHL_LOCATION_ID", location.to_string()),
+            ("STICKYCARDS_WEBHOOK_TOKEN", token.to_string()),
+            ("STICKYCARDS_API_KEY", self.sc.api_key().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        self.store
+            .add_connection(name, &vars, Some(&self.key))
+            .await
+            .unwrap();
+    }
+
+    /// The environment of `serve`: the default connection's, and the key.
+    fn env(&self) -> BTreeMap<String, String> {
+        let mut env = serve_env(&self.default_ghl, &self.sc);
+        env.insert("MAPPER_SECRET_KEY".into(), KEY.into());
+        env
+    }
+}
+
 #[tokio::test]
 async fn two_connections_deliver_the_same_phone_to_their_own_locations() {
-    let default_ghl = ghl_for("loc_default", "pit-default").await;
-    let tenant_ghl = ghl_for("loc_tenant", "pit-tenant").await;
-    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("mapper.db").display());
-    let store = Store::open(&db).await.unwrap();
-    let key = SecretKey::from_env_value(KEY).unwrap();
-    let vars: BTreeMap<String, String> = [
-        ("GHL_API_BASE_URL", tenant_ghl.base_url()),
-        ("GHL_API_TOKEN", "pit-tenant".to_string()),
-        ("GHL_LOCATION_ID", "loc_tenant".to_string()),
-        ("STICKYCARDS_WEBHOOK_TOKEN", "tenant-sc-token".to_string()),
-        ("STICKYCARDS_API_KEY", sc.api_key().to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    store
-        .add_connection("bakery", &vars, Some(&key))
-        .await
-        .unwrap();
-
-    let mut env = serve_env(&default_ghl, &sc);
-    env.insert("MAPPER_SECRET_KEY".into(), KEY.into());
+    let f = Fixture::new().await;
+    f.add("bakery", "loc_tenant", "tenant-sc-token").await;
     let program = compile_dir(Path::new("mappings")).program.unwrap();
     let mut config = AppConfig::serve(
         program,
-        db.parse::<DatabaseUrl>().unwrap(),
+        f.db.parse::<DatabaseUrl>().unwrap(),
         "127.0.0.1:0".parse().unwrap(),
         None,
-        Env::from_map(env),
+        Env::from_map(f.env()),
     );
     config.coalesce_window = Some(std::time::Duration::ZERO);
     let running = App::start(config).await.unwrap();
@@ -123,7 +155,7 @@ async fn two_connections_deliver_the_same_phone_to_their_own_locations() {
     assert_eq!(answer["error"], "unknown_connection");
     assert_eq!(answer["field"], "connection");
 
-    let counts = settle(&db).await;
+    let counts = settle(&f.db).await;
     let delivered: i64 = counts
         .iter()
         .filter(|c| c.state == "delivered")
@@ -131,22 +163,22 @@ async fn two_connections_deliver_the_same_phone_to_their_own_locations() {
         .sum();
     assert_eq!(delivered, 2, "{counts:?}");
     // One contact per location, each created with its location's token.
-    let at_default = default_ghl.contacts();
-    let at_tenant = tenant_ghl.contacts();
+    let at_default = f.default_ghl.contacts();
+    let at_tenant = f.tenant_ghl.contacts();
     assert_eq!(at_default.len(), 1, "{at_default:?}");
     assert_eq!(at_tenant.len(), 1, "{at_tenant:?}");
     assert!(
-        default_ghl
+        f.default_ghl
             .contact_by_email("c_default@example.com")
             .is_some()
     );
     assert!(
-        tenant_ghl
+        f.tenant_ghl
             .contact_by_email("c_tenant@example.com")
             .is_some()
     );
     assert_eq!(
-        connections_of_events(&db).await,
+        connections_of_events(&f.db).await,
         vec!["bakery".to_string(), "default".to_string()]
     );
     running.shutdown().await;
@@ -168,44 +200,13 @@ async fn connections_of_events(db: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_disabled_connection_keeps_its_events_without_delivering_them() {
-    let default_ghl = ghl_for("loc_default", "pit-default").await;
-    let tenant_ghl = ghl_for("loc_tenant", "pit-tenant").await;
-    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("mapper.db").display());
-    let store = Store::open(&db).await.unwrap();
-    let key = SecretKey::from_env_value(KEY).unwrap();
-    let vars: BTreeMap<String, String> = [
-        ("GHL_API_BASE_URL", tenant_ghl.base_url()),
-        ("GHL_API_TOKEN", "pit-tenant".to_string()),
-        ("GHL_LOCATION_ID", "loc_tenant".to_string()),
-        ("STICKYCARDS_WEBHOOK_TOKEN", "tenant-sc-token".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    store
-        .add_connection("bakery", &vars, Some(&key))
-        .await
-        .unwrap();
-    store
+    let f = Fixture::new().await;
+    f.add("bakery", "loc_tenant", "tenant-sc-token").await;
+    f.store
         .disable_connection("bakery", "paused by the agency")
         .await
         .unwrap();
-    let mut env = serve_env(&default_ghl, &sc);
-    env.insert("MAPPER_SECRET_KEY".into(), KEY.into());
-    let program = compile_dir(Path::new("mappings")).program.unwrap();
-    let running = App::start(AppConfig::serve(
-        program,
-        db.parse::<DatabaseUrl>().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-        Env::from_map(env),
-    ))
-    .await
-    .unwrap();
+    let running = serve_on(&f.db, f.env()).await;
     let base = running.url().unwrap();
     let (status, answer) = post(
         &base,
@@ -218,7 +219,8 @@ async fn a_disabled_connection_keeps_its_events_without_delivering_them() {
     // Taken, found disabled, and put back to wait: never sent.
     let mut waited = None;
     for _ in 0..100 {
-        let row = store
+        let row = f
+            .store
             .last_errors(10)
             .await
             .unwrap()
@@ -233,8 +235,8 @@ async fn a_disabled_connection_keeps_its_events_without_delivering_them() {
     let waited = waited.expect("the event records why it waits");
     assert!(waited.4.contains("paused by the agency"), "{waited:?}");
     assert_eq!(waited.3, "retrying", "{waited:?}");
-    assert!(tenant_ghl.contacts().is_empty());
-    assert!(default_ghl.contacts().is_empty());
+    assert!(f.tenant_ghl.contacts().is_empty());
+    assert!(f.default_ghl.contacts().is_empty());
     running.shutdown().await;
 }
 
@@ -272,42 +274,6 @@ async fn serve_refuses_to_start_with_sealed_values_and_no_key() {
     }
 }
 
-/// Signs GHL webhooks with a test key that `serve` is told to trust.
-struct GhlSigner {
-    key: ed25519_dalek::SigningKey,
-    pem: String,
-}
-
-impl GhlSigner {
-    fn new() -> GhlSigner {
-        use ed25519_dalek::pkcs8::EncodePublicKey;
-        let key = ed25519_dalek::SigningKey::from_bytes(&[11; 32]);
-        let pem = key
-            .verifying_key()
-            .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
-            .unwrap();
-        GhlSigner { key, pem }
-    }
-
-    async fn post(&self, base: &str, payload: &serde_json::Value) -> (u16, serde_json::Value) {
-        use base64::Engine;
-        use ed25519_dalek::Signer;
-        let body = serde_json::to_vec(payload).unwrap();
-        let signature =
-            base64::engine::general_purpose::STANDARD.encode(self.key.sign(&body).to_bytes());
-        let answer = reqwest::Client::new()
-            .post(format!("{base}/webhooks/ghl"))
-            .header("content-type", "application/json")
-            .header("x-ghl-signature", signature)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = answer.status().as_u16();
-        (status, answer.json().await.unwrap_or_default())
-    }
-}
-
 /// (connection, state, last_error) of every stored GHL event, by id.
 async fn ghl_events(db: &str) -> Vec<(String, String, Option<String>)> {
     use sqlx::Row;
@@ -340,35 +306,12 @@ async fn serve_on(db: &str, env: BTreeMap<String, String>) -> mapper::app::Runni
 /// `unmapped` with the reason until a connection for it exists.
 #[tokio::test]
 async fn ghl_webhooks_go_to_the_connection_of_their_location() {
-    let default_ghl = ghl_for("loc_default", "pit-default").await;
-    let tenant_ghl = ghl_for("loc_tenant", "pit-tenant").await;
-    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
-        .await
-        .unwrap();
-    let signer = GhlSigner::new();
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("mapper.db").display());
-    let store = Store::open(&db).await.unwrap();
-    let key = SecretKey::from_env_value(KEY).unwrap();
-    let tenant_vars = |location: &str| -> BTreeMap<String, String> {
-        [
-            ("GHL_API_BASE_URL", tenant_ghl.base_url()),
-            ("GHL_API_TOKEN", "pit-tenant".to_string()),
-            ("GHL_LOCATION_ID", location.to_string()),
-            ("STICKYCARDS_API_KEY", sc.api_key().to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
-    };
-    store
-        .add_connection("bakery", &tenant_vars("loc_tenant"), Some(&key))
-        .await
-        .unwrap();
-    let mut env = serve_env(&default_ghl, &sc);
-    env.insert("MAPPER_SECRET_KEY".into(), KEY.into());
+    let f = Fixture::new().await;
+    let signer = common::GhlSigner::new(11);
+    f.add("bakery", "loc_tenant", "tenant-sc-token").await;
+    let mut env = f.env();
     env.insert("GHL_WEBHOOK_PUBLIC_KEY".into(), signer.pem.clone());
-    let running = serve_on(&db, env.clone()).await;
+    let running = serve_on(&f.db, env.clone()).await;
     let base = running.url().unwrap();
 
     let example: serde_json::Value =
@@ -385,27 +328,27 @@ async fn ghl_webhooks_go_to_the_connection_of_their_location() {
             .into();
         v
     };
-    let (status, answer) = signer.post(&base, &at("loc_default", 1)).await;
+    let (status, answer) = signer.post_answer(&base, &at("loc_default", 1)).await;
     assert_eq!(
         (status, answer["status"].as_str()),
         (202, Some("accepted")),
         "{answer}"
     );
-    let (status, answer) = signer.post(&base, &at("loc_tenant", 2)).await;
+    let (status, answer) = signer.post_answer(&base, &at("loc_tenant", 2)).await;
     assert_eq!(
         (status, answer["status"].as_str()),
         (202, Some("accepted")),
         "{answer}"
     );
-    let (status, answer) = signer.post(&base, &at("loc_nobody", 3)).await;
+    let (status, answer) = signer.post_answer(&base, &at("loc_nobody", 3)).await;
     assert_eq!(
         (status, answer["status"].as_str()),
         (202, Some("unmapped")),
         "{answer}"
     );
-    settle(&db).await;
+    settle(&f.db).await;
     running.shutdown().await;
-    let events = ghl_events(&db).await;
+    let events = ghl_events(&f.db).await;
     assert_eq!(events.len(), 3, "{events:?}");
     assert_eq!(events[0].0, "default");
     assert_eq!(events[1].0, "bakery");
@@ -418,12 +361,10 @@ async fn ghl_webhooks_go_to_the_connection_of_their_location() {
     );
 
     // The location's connection is added, serve restarts, the operator replays.
-    store
-        .add_connection("late", &tenant_vars("loc_nobody"), Some(&key))
-        .await
-        .unwrap();
-    let running = serve_on(&db, env).await;
-    let replayed = store
+    f.add("late", "loc_nobody", "late-sc-token").await;
+    let running = serve_on(&f.db, env).await;
+    let replayed = f
+        .store
         .replay(&mapper::store::ReplayFilter {
             states: vec![mapper::store::EventState::Unmapped],
             ..Default::default()
@@ -431,9 +372,9 @@ async fn ghl_webhooks_go_to_the_connection_of_their_location() {
         .await
         .unwrap();
     assert_eq!(replayed, 1);
-    settle(&db).await;
+    settle(&f.db).await;
     running.shutdown().await;
-    let events = ghl_events(&db).await;
+    let events = ghl_events(&f.db).await;
     assert_ne!(events[2].1, "unmapped", "{events:?}");
     assert!(
         !events[2]
@@ -449,16 +390,8 @@ async fn ghl_webhooks_go_to_the_connection_of_their_location() {
 /// route answers and its events are delivered, with no restart.
 #[tokio::test]
 async fn a_connection_added_while_serving_is_served_without_a_restart() {
-    let default_ghl = ghl_for("loc_default", "pit-default").await;
-    let tenant_ghl = ghl_for("loc_tenant", "pit-tenant").await;
-    let sc = StickyCardsSandbox::start(StickyCardsConfig::default())
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("mapper.db").display());
-    let mut env = serve_env(&default_ghl, &sc);
-    env.insert("MAPPER_SECRET_KEY".into(), KEY.into());
-    let running = serve_on(&db, env).await;
+    let f = Fixture::new().await;
+    let running = serve_on(&f.db, f.env()).await;
     let base = running.url().unwrap();
     let body = customer("c_late", "+1 415 555 0109");
     let (status, _) = post(
@@ -470,21 +403,7 @@ async fn a_connection_added_while_serving_is_served_without_a_restart() {
     .await;
     assert_eq!(status, 404);
 
-    let store = Store::open(&db).await.unwrap();
-    let vars: BTreeMap<String, String> = [
-        ("GHL_API_BASE_URL", tenant_ghl.base_url()),
-        ("GHL_API_TOKEN", "pit-tenant".to_string()),
-        ("GHL_LOCATION_ID", "loc_tenant".to_string()),
-        ("STICKYCARDS_WEBHOOK_TOKEN", "late-token".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let key = SecretKey::from_env_value(KEY).unwrap();
-    store
-        .add_connection("late", &vars, Some(&key))
-        .await
-        .unwrap();
+    f.add("late", "loc_tenant", "late-token").await;
     let mut status = 0;
     for _ in 0..150 {
         (status, _) = post(
@@ -500,8 +419,12 @@ async fn a_connection_added_while_serving_is_served_without_a_restart() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(status, 202, "the new connection was not served within 15 s");
-    settle(&db).await;
-    assert!(tenant_ghl.contact_by_email("c_late@example.com").is_some());
-    assert!(default_ghl.contacts().is_empty());
+    settle(&f.db).await;
+    assert!(
+        f.tenant_ghl
+            .contact_by_email("c_late@example.com")
+            .is_some()
+    );
+    assert!(f.default_ghl.contacts().is_empty());
     running.shutdown().await;
 }

@@ -312,3 +312,62 @@ pub async fn create_custom_field(ghl: &GhlSandbox, name: &str, key: &str) -> Str
         .unwrap()
         .id
 }
+
+/// Signs GHL webhooks with a test key that `serve` is told to trust.
+pub struct GhlSigner {
+    pub key: ed25519_dalek::SigningKey,
+    pub pem: String,
+}
+
+impl GhlSigner {
+    pub fn new(seed: u8) -> GhlSigner {
+        use ed25519_dalek::pkcs8::EncodePublicKey;
+        let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        let pem = key
+            .verifying_key()
+            .to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+            .unwrap();
+        GhlSigner { key, pem }
+    }
+
+    /// Posts `payload` to `/webhooks/ghl`, signed; the status (0: no answer).
+    pub async fn post(&self, base: &str, payload: &serde_json::Value) -> u16 {
+        use base64::Engine;
+        use ed25519_dalek::Signer;
+        let body = serde_json::to_vec(payload).unwrap();
+        let signature =
+            base64::engine::general_purpose::STANDARD.encode(self.key.sign(&body).to_bytes());
+        reqwest::Client::new()
+            .post(format!("{base}/webhooks/ghl"))
+            .header("content-type", "application/json")
+            .header("x-ghl-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    }
+
+    /// As [`GhlSigner::post`], with the answer's JSON.
+    pub async fn post_answer(
+        &self,
+        base: &str,
+        payload: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        use base64::Engine;
+        use ed25519_dalek::Signer;
+        let body = serde_json::to_vec(payload).unwrap();
+        let signature =
+            base64::engine::general_purpose::STANDARD.encode(self.key.sign(&body).to_bytes());
+        let answer = reqwest::Client::new()
+            .post(format!("{base}/webhooks/ghl"))
+            .header("content-type", "application/json")
+            .header("x-ghl-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        (status, answer.json().await.unwrap_or_default())
+    }
+}
