@@ -343,7 +343,12 @@ const EXAMPLES: &str = r##"{
     "profiles": [{"stickycards": "boomerangme"}],
     "exact": [true]
   },
+  "RouteSpec": {
+    "by": ["$.locationId"],
+    "variable": ["GHL_LOCATION_ID"]
+  },
   "SourceFile": {
+    "route": [{"by": "$.locationId", "variable": "GHL_LOCATION_ID"}],
     "source": ["stickycards", "signalmind"],
     "profile": ["seed", "boomerangme"],
     "description": ["Sticky Cards webhooks as seed 001 documents them."],
