@@ -134,6 +134,8 @@ fn with_rsa_key(pem: &str) -> Vec<(&'static str, String)> {
         .map(|(k, v)| (*k, v.to_string()))
         .collect();
     env.push(("GHL_WEBHOOK_RSA_PUBLIC_KEY", pem.to_string()));
+    // The example's location: GHL's webhooks go to the connection of theirs.
+    env.push(("GHL_LOCATION_ID", "loc_demo".to_string()));
     env
 }
 
