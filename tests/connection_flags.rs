@@ -18,6 +18,7 @@ fn event(connection: &str, key: &str, event_type: &str, state: EventState) -> Ne
         headers: serde_json::json!({"content-type": "application/json"}),
         body: br#"{"event_type":"CardInstalledEvent"}"#.to_vec(),
         state,
+        note: None,
     }
 }
 
