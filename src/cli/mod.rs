@@ -99,7 +99,8 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Counts of stored events by state, per source and event, and the latest errors.
+    /// Counts of stored events by state, per connection, source and event,
+    /// the held writes, the latest errors and the stored connections.
     Status {
         /// Database URL
         #[arg(
@@ -108,6 +109,9 @@ enum Command {
             default_value = "sqlite://mapper.db"
         )]
         database: String,
+        /// Only this connection (a stored one, `default`, or one that events carry)
+        #[arg(long, value_name = "NAME")]
+        connection: Option<String>,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
@@ -135,8 +139,11 @@ enum Command {
         /// Only events in this state (dead or unmapped; default both)
         #[arg(long, value_parser = ops::parse_state)]
         state: Vec<crate::store::EventState>,
+        /// Only this connection's events (a stored one, `default`, or one that events carry)
+        #[arg(long, value_name = "NAME")]
+        connection: Option<String>,
         /// Re-queue the held (coalesced) writes that failed, instead of events
-        #[arg(long, conflicts_with_all = ["id", "source", "event", "since", "state"])]
+        #[arg(long, conflicts_with_all = ["id", "source", "event", "since", "state", "connection"])]
         held: bool,
     },
     /// The sync log (every delivery attempt) of one event or one customer.
@@ -154,6 +161,9 @@ enum Command {
         /// Customer id on the target (e.g. the GHL contact id)
         #[arg(long)]
         customer: Option<String>,
+        /// Only the attempts made for this connection (a stored one, `default`, or one that events carry)
+        #[arg(long, value_name = "NAME")]
+        connection: Option<String>,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
@@ -355,13 +365,24 @@ pub fn run() -> ExitCode {
             database: &database,
             workers: usize::from(workers),
         }),
-        Command::Status { database, format } => ops::status(&database, format),
+        Command::Status {
+            database,
+            connection,
+            format,
+        } => ops::status(&database, connection.as_deref(), format),
         Command::Log {
             database,
             event,
             customer,
+            connection,
             format,
-        } => ops::log(&database, event, customer.as_deref(), format),
+        } => ops::log(
+            &database,
+            event,
+            customer.as_deref(),
+            connection.as_deref(),
+            format,
+        ),
         Command::Replay {
             database,
             id,
@@ -369,6 +390,7 @@ pub fn run() -> ExitCode {
             event,
             since,
             state,
+            connection,
             held,
         } => ops::replay(
             &database,
@@ -379,6 +401,7 @@ pub fn run() -> ExitCode {
                 event_type: event,
                 since_ms: since,
             },
+            connection.as_deref(),
             held,
         ),
         Command::Demo {

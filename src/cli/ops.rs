@@ -1,18 +1,99 @@
-//! `mapper status` and `mapper replay`: operating the inbox.
+//! `mapper status`, `mapper log` and `mapper replay`: operating the inbox.
 
 use super::Format;
-use crate::store::{EventState, ReplayFilter};
+use crate::store::connections::Connection;
+use crate::store::{ConnectionCount, EventState, ReplayFilter, Store};
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 
-/// Prints counts by state, per source and event, and the latest errors.
-pub fn status(database: &str, format: Format) -> ExitCode {
+/// The states `status` counts, in the order it prints them.
+const STATES: [&str; 7] = [
+    "received",
+    "retrying",
+    "delivered",
+    "echo",
+    "stale",
+    "dead",
+    "unmapped",
+];
+
+/// The connections an operator may name: the stored ones, `default` (the
+/// environment's), and any that stored events carry (a removed connection's
+/// events stay, and can still be looked at or replayed). Returns the stored
+/// connections too, for `status` to show.
+async fn known_connections(store: &Store) -> Result<(Vec<Connection>, BTreeSet<String>), ExitCode> {
+    let (stored, in_events) = match (store.connections().await, store.event_connections().await) {
+        (Ok(s), Ok(e)) => (s, e),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return Err(ExitCode::from(1));
+        }
+    };
+    let mut known: BTreeSet<String> = stored.iter().map(|c| c.name.clone()).collect();
+    known.insert(crate::store::DEFAULT_CONNECTION.to_string());
+    known.extend(in_events);
+    Ok((stored, known))
+}
+
+/// Refuses (exit 2) a `--connection` naming no known connection: a typo
+/// would otherwise show an empty status or replay nothing, silently.
+async fn check_connection(
+    store: &Store,
+    connection: Option<&str>,
+) -> Result<Vec<Connection>, ExitCode> {
+    let (stored, known) = known_connections(store).await?;
+    if let Some(name) = connection
+        && !known.contains(name)
+    {
+        eprintln!(
+            "error: unknown connection `{name}`; known connections: {}",
+            known.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+        return Err(ExitCode::from(2));
+    }
+    Ok(stored)
+}
+
+/// Totals by state of some count rows.
+fn totals<'a>(rows: impl Iterator<Item = &'a ConnectionCount> + Clone) -> Vec<(&'static str, i64)> {
+    STATES
+        .iter()
+        .map(|s| {
+            let n = rows
+                .clone()
+                .filter(|c| c.state == *s)
+                .map(|c| c.count)
+                .sum::<i64>();
+            (*s, n)
+        })
+        .collect()
+}
+
+/// A connection as `status` shows it: never its values (secrets).
+fn connection_line(c: &Connection) -> String {
+    match (c.enabled, &c.disabled_reason) {
+        (true, _) => "enabled".to_string(),
+        (false, Some(reason)) => format!("disabled: {reason}"),
+        (false, None) => "disabled".to_string(),
+    }
+}
+
+/// Prints counts by state, per connection, source and event, the held
+/// writes, the latest errors and the stored connections; only those of
+/// `connection` when given.
+pub fn status(database: &str, connection: Option<&str>, format: Format) -> ExitCode {
     super::block_on(async {
         let Some(store) = super::open_store(database).await else {
             return ExitCode::from(1);
         };
-        let (counts, errors, held) = match (
-            store.counts().await,
-            store.last_errors(10).await,
+        let mut stored = match check_connection(&store, connection).await {
+            Ok(stored) => stored,
+            Err(code) => return code,
+        };
+        stored.retain(|c| connection.is_none_or(|n| c.name == n));
+        let (counts, errors, mut held) = match (
+            store.counts_for(connection).await,
+            store.last_errors_for(connection, 10).await,
             store.pending_writes().await,
         ) {
             (Ok(c), Ok(e), Ok(h)) => (c, e, h),
@@ -21,33 +102,41 @@ pub fn status(database: &str, format: Format) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        // Held writes are few (one row per record and operation): filtered here.
+        held.retain(|w| connection.is_none_or(|n| w.connection == n));
         let now = crate::store::now_ms();
-        let states = [
-            "received",
-            "retrying",
-            "delivered",
-            "echo",
-            "stale",
-            "dead",
-            "unmapped",
-        ];
-        let total = |state: &str| {
-            counts
-                .iter()
-                .filter(|c| c.state == state)
-                .map(|c| c.count)
-                .sum::<i64>()
+        let all = totals(counts.iter());
+        let names: BTreeSet<&str> = counts.iter().map(|c| c.connection.as_str()).collect();
+        let by_connection: BTreeMap<&str, Vec<(&'static str, i64)>> = names
+            .iter()
+            .map(|n| {
+                (
+                    *n,
+                    totals(counts.iter().filter(move |c| c.connection == *n)),
+                )
+            })
+            .collect();
+        let state_map = |t: &[(&str, i64)]| {
+            t.iter()
+                .map(|(s, n)| (s.to_string(), serde_json::Value::from(*n)))
+                .collect::<serde_json::Map<_, _>>()
         };
         match format {
             Format::Json => {
                 let out = serde_json::json!({
-                    "totals": states.iter().map(|s| (s.to_string(), serde_json::Value::from(total(s)))).collect::<serde_json::Map<_, _>>(),
+                    "connection": connection,
+                    "totals": state_map(&all),
+                    "by_connection": by_connection.iter().map(|(n, t)| (n.to_string(), serde_json::Value::Object(state_map(t)))).collect::<serde_json::Map<_, _>>(),
                     "by_event": counts,
-                    "last_errors": errors.iter().map(|(id, source, event, state, error)| serde_json::json!({
-                        "id": id, "source": source, "event": event, "state": state, "error": error
+                    "connections": stored.iter().map(|c| serde_json::json!({
+                        "name": c.name, "enabled": c.enabled, "disabled_reason": c.disabled_reason,
+                    })).collect::<Vec<_>>(),
+                    "last_errors": errors.iter().map(|e| serde_json::json!({
+                        "id": e.id, "connection": e.connection, "source": e.source,
+                        "event": e.event_type, "state": e.state, "error": e.error
                     })).collect::<Vec<_>>(),
                     "held_writes": held.iter().map(|w| serde_json::json!({
-                        "id": w.id, "target": w.target, "record": w.record_id, "op": w.op,
+                        "id": w.id, "connection": w.connection, "target": w.target, "record": w.record_id, "op": w.op,
                         "state": w.state, "writes": w.writes, "params": w.params,
                         "mappings": w.mappings, "events": w.event_rows,
                         "due_at": crate::store::format_ms(w.due_at), "attempts": w.attempts,
@@ -57,36 +146,90 @@ pub fn status(database: &str, format: Format) -> ExitCode {
                 println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
             }
             Format::Text => {
-                println!(
-                    "{}",
-                    states
-                        .iter()
-                        .map(|s| format!("{s}: {}", total(s)))
+                let line = |t: &[(&str, i64)]| {
+                    t.iter()
+                        .map(|(s, n)| format!("{s}: {n}"))
                         .collect::<Vec<_>>()
                         .join("  ")
-                );
+                };
+                if let Some(name) = connection {
+                    println!("connection {name}");
+                }
+                println!("{}", line(&all));
+                // One connection (the usual single-location deployment, or
+                // --connection) prints as it always did; several get a line
+                // each and a column.
+                let several = names.len() > 1;
+                if several {
+                    println!("\nper connection:");
+                    for (name, t) in &by_connection {
+                        println!("  {name:<14} {}", line(t));
+                    }
+                }
+                if !stored.is_empty() {
+                    println!("\nconnections:");
+                    for c in &stored {
+                        println!("  {:<14} {}", c.name, connection_line(c));
+                    }
+                }
                 if !counts.is_empty() {
+                    let prefix = |c: &str| {
+                        if several {
+                            format!("{c:<14} ")
+                        } else {
+                            String::new()
+                        }
+                    };
                     println!(
-                        "\n{:<14} {:<40} {:<10} {:>8}",
-                        "SOURCE", "EVENT", "STATE", "COUNT"
+                        "\n{}{:<14} {:<40} {:<10} {:>8}",
+                        prefix("CONNECTION"),
+                        "SOURCE",
+                        "EVENT",
+                        "STATE",
+                        "COUNT"
                     );
                     for c in &counts {
                         println!(
-                            "{:<14} {:<40} {:<10} {:>8}",
-                            c.source, c.event_type, c.state, c.count
+                            "{}{:<14} {:<40} {:<10} {:>8}",
+                            prefix(&c.connection),
+                            c.source,
+                            c.event_type,
+                            c.state,
+                            c.count
                         );
                     }
                 }
                 if !held.is_empty() {
                     let waiting = held.iter().filter(|w| w.state != "failed").count();
                     let writes: i64 = held.iter().map(|w| w.writes).sum();
+                    // Beside counts of several connections, say whose each write is.
+                    let held_several = several
+                        || held
+                            .iter()
+                            .map(|w| w.connection.as_str())
+                            .collect::<BTreeSet<_>>()
+                            .len()
+                            > 1;
+                    let prefix = |c: &str| {
+                        if held_several {
+                            format!("{c:<14} ")
+                        } else {
+                            String::new()
+                        }
+                    };
                     println!(
                         "\nheld writes (coalesced): {waiting} call(s) waiting for {writes} write(s), {} failed",
                         held.len() - waiting
                     );
                     println!(
-                        "{:<12} {:<24} {:<20} {:<9} {:>6} {:<12} PARAMS",
-                        "TARGET", "RECORD", "OP", "STATE", "WRITES", "DUE"
+                        "{}{:<12} {:<24} {:<20} {:<9} {:>6} {:<12} PARAMS",
+                        prefix("CONNECTION"),
+                        "TARGET",
+                        "RECORD",
+                        "OP",
+                        "STATE",
+                        "WRITES",
+                        "DUE"
                     );
                     for w in held.iter().take(50) {
                         let due = match w.state.as_str() {
@@ -99,8 +242,14 @@ pub fn status(database: &str, format: Format) -> ExitCode {
                             params = params.chars().take(60).collect::<String>() + "…";
                         }
                         println!(
-                            "{:<12} {:<24} {:<20} {:<9} {:>6} {:<12} {params}",
-                            w.target, w.record_id, w.op, w.state, w.writes, due
+                            "{}{:<12} {:<24} {:<20} {:<9} {:>6} {:<12} {params}",
+                            prefix(&w.connection),
+                            w.target,
+                            w.record_id,
+                            w.op,
+                            w.state,
+                            w.writes,
+                            due
                         );
                         if let Some(error) = &w.last_error {
                             println!("{:>12} last error: {error}", "");
@@ -112,8 +261,16 @@ pub fn status(database: &str, format: Format) -> ExitCode {
                 }
                 if !errors.is_empty() {
                     println!("\nlast errors:");
-                    for (id, source, event, state, error) in &errors {
-                        println!("  #{id} {source} {event} ({state}): {error}");
+                    for e in &errors {
+                        let of = if several {
+                            format!(" [{}]", e.connection)
+                        } else {
+                            String::new()
+                        };
+                        println!(
+                            "  #{}{of} {} {} ({}): {}",
+                            e.id, e.source, e.event_type, e.state, e.error
+                        );
                     }
                 }
             }
@@ -122,13 +279,21 @@ pub fn status(database: &str, format: Format) -> ExitCode {
     })
 }
 
-/// Re-queues dead or unmapped events and says how many; with `held`,
-/// the held writes that failed instead.
-pub fn replay(database: &str, filter: ReplayFilter, held: bool) -> ExitCode {
+/// Re-queues dead or unmapped events (only those of `connection` when
+/// given) and says how many; with `held`, the held writes that failed instead.
+pub fn replay(
+    database: &str,
+    filter: ReplayFilter,
+    connection: Option<&str>,
+    held: bool,
+) -> ExitCode {
     super::block_on(async {
         let Some(store) = super::open_store(database).await else {
             return ExitCode::from(1);
         };
+        if let Err(code) = check_connection(&store, connection).await {
+            return code;
+        }
         if held {
             return match store.replay_failed_writes().await {
                 Ok((n, 0)) => {
@@ -147,7 +312,7 @@ pub fn replay(database: &str, filter: ReplayFilter, held: bool) -> ExitCode {
                 }
             };
         }
-        match store.replay(&filter).await {
+        match store.replay_for(&filter, connection).await {
             Ok(n) => {
                 println!("re-queued {n} event(s)");
                 ExitCode::SUCCESS
@@ -188,7 +353,15 @@ pub fn parse_since(s: &str) -> Result<i64, ArgError> {
 }
 
 /// Prints the sync log of one event or one customer.
-pub fn log(database: &str, event: Option<i64>, customer: Option<&str>, format: Format) -> ExitCode {
+/// Only the attempts made for `connection` when given: a source's customer
+/// id may exist in two tenants.
+pub fn log(
+    database: &str,
+    event: Option<i64>,
+    customer: Option<&str>,
+    connection: Option<&str>,
+    format: Format,
+) -> ExitCode {
     if event.is_none() && customer.is_none() {
         eprintln!("error: give --event ID or --customer ID");
         return ExitCode::from(2);
@@ -197,11 +370,15 @@ pub fn log(database: &str, event: Option<i64>, customer: Option<&str>, format: F
         let Some(store) = super::open_store(database).await else {
             return ExitCode::from(1);
         };
+        if let Err(code) = check_connection(&store, connection).await {
+            return code;
+        }
         // A source customer id also shows the attempts made for its linked records.
-        let views = match customer {
+        let mut views = match customer {
             Some(id) => store.customer_views(id).await.unwrap_or_default(),
             None => Vec::new(),
         };
+        views.retain(|v| connection.is_none_or(|n| v.connection == n));
         let mut ids: Vec<&str> = customer.into_iter().collect();
         for v in &views {
             for (_, target_id) in &v.links {
@@ -212,10 +389,13 @@ pub fn log(database: &str, event: Option<i64>, customer: Option<&str>, format: F
         }
         let mut result = Ok(Vec::new());
         if customer.is_none() {
-            result = store.sync_log(event, None).await;
+            result = store.sync_log_for(event, None, connection).await;
         }
         for id in &ids {
-            match (&mut result, store.sync_log(event, Some(id)).await) {
+            match (
+                &mut result,
+                store.sync_log_for(event, Some(id), connection).await,
+            ) {
                 (Ok(all), Ok(more)) => all.extend(more),
                 (_, Err(e)) => result = Err(e),
                 _ => {}
@@ -224,14 +404,29 @@ pub fn log(database: &str, event: Option<i64>, customer: Option<&str>, format: F
         if let Ok(all) = &mut result {
             all.sort_by_key(|e| e.event_row);
         }
+        // The same id in two connections is two customers: when the output
+        // mixes connections, each line says whose it is.
+        let mut seen: BTreeSet<&str> = views.iter().map(|v| v.connection.as_str()).collect();
+        if let Ok(entries) = &result {
+            seen.extend(entries.iter().map(|e| e.connection.as_str()));
+        }
+        let several = seen.len() > 1;
+        let tag = |c: &str, before: &str| {
+            if several {
+                format!("{before}{c}")
+            } else {
+                String::new()
+            }
+        };
         if format == Format::Text {
             for v in &views {
                 let links: Vec<String> =
                     v.links.iter().map(|(t, id)| format!("{t} {id}")).collect();
                 println!(
-                    "customer {} of {}: linked to {}",
+                    "customer {} of {}{}: linked to {}",
                     v.customer_id,
                     v.source,
+                    tag(&v.connection, " in connection "),
                     if links.is_empty() {
                         "nothing yet".to_string()
                     } else {
@@ -268,8 +463,9 @@ pub fn log(database: &str, event: Option<i64>, customer: Option<&str>, format: F
                                 .map(|s| s.to_string())
                                 .unwrap_or_else(|| "-".into());
                             println!(
-                                "#{} attempt {} {} {} → {} [{}] {}{}",
+                                "#{}{} attempt {} {} {} → {} [{}] {}{}",
                                 e.event_row,
+                                tag(&e.connection, " connection "),
                                 e.attempt,
                                 e.mapping,
                                 e.action,

@@ -108,6 +108,29 @@ pub struct Count {
     pub count: i64,
 }
 
+/// Counts of events by connection, source, type and state: what `mapper
+/// status` shows, per tenant.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ConnectionCount {
+    pub connection: String,
+    pub source: String,
+    pub event_type: String,
+    pub state: String,
+    pub count: i64,
+}
+
+/// The latest error of an event that is dead or retrying.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LastError {
+    /// The delivery id.
+    pub id: i64,
+    pub connection: String,
+    pub source: String,
+    pub event_type: String,
+    pub state: String,
+    pub error: String,
+}
+
 /// An event a worker has claimed.
 #[derive(Debug, Clone)]
 pub struct ClaimedEvent {
@@ -486,6 +509,49 @@ impl Store {
             .map_err(StoreError::from)
     }
 
+    /// Counts events by connection, source, type and state; only the
+    /// connection `connection` when given.
+    pub async fn counts_for(
+        &self,
+        connection: Option<&str>,
+    ) -> Result<Vec<ConnectionCount>, StoreError> {
+        // '' stands for "every connection": no connection has an empty name
+        // (see `connections::valid_name`), and one statement serves both.
+        let rows = sqlx::query(
+            "SELECT connection, source, event_type, state, COUNT(*) FROM events \
+             WHERE ($1 = '' OR connection = $1) \
+             GROUP BY connection, source, event_type, state \
+             ORDER BY connection, source, event_type, state",
+        )
+        .bind(connection.unwrap_or(""))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ConnectionCount {
+                    connection: r.try_get(0)?,
+                    source: r.try_get(1)?,
+                    event_type: r.try_get(2)?,
+                    state: r.try_get(3)?,
+                    count: r.try_get(4)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// The connections that have stored events, by name: an operator may
+    /// name one of them even after it was removed (its events stay).
+    pub async fn event_connections(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT DISTINCT connection FROM events ORDER BY connection")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
     /// The stored body and state of an event.
     pub async fn event(&self, id: i64) -> Result<Option<(String, Vec<u8>)>, StoreError> {
         let row = sqlx::query("SELECT state, body FROM events WHERE id = $1")
@@ -524,8 +590,51 @@ impl Store {
             .map_err(StoreError::from)
     }
 
+    /// The latest errors of events that are dead or retrying, newest first,
+    /// with their connection; only the connection `connection` when given.
+    pub async fn last_errors_for(
+        &self,
+        connection: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<LastError>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, connection, source, event_type, state, last_error FROM events \
+             WHERE last_error IS NOT NULL AND state IN ('dead', 'retrying') \
+             AND ($1 = '' OR connection = $1) ORDER BY id DESC LIMIT $2",
+        )
+        .bind(connection.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LastError {
+                    id: r.try_get(0)?,
+                    connection: r.try_get(1)?,
+                    source: r.try_get(2)?,
+                    event_type: r.try_get(3)?,
+                    state: r.try_get(4)?,
+                    error: r.try_get(5)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
     /// Puts dead or unmapped events back in the queue; returns how many.
     pub async fn replay(&self, filter: &ReplayFilter) -> Result<u64, StoreError> {
+        self.replay_for(filter, None).await
+    }
+
+    /// [`Store::replay`], only for the events of the connection
+    /// `connection` when given. The connection is a parameter rather than a
+    /// field of [`ReplayFilter`] so that the filter's other builders (the
+    /// console's forms) stay as they are.
+    pub async fn replay_for(
+        &self,
+        filter: &ReplayFilter,
+        connection: Option<&str>,
+    ) -> Result<u64, StoreError> {
         let states: Vec<&str> = if filter.states.is_empty() {
             vec!["dead", "unmapped"]
         } else {
@@ -539,7 +648,8 @@ impl Store {
                  AND ($3 = 0 OR id = $4) \
                  AND ($5 = '' OR source = $5) \
                  AND ($6 = '' OR event_type = $6) \
-                 AND received_at >= $7",
+                 AND received_at >= $7 \
+                 AND ($8 = '' OR connection = $8)",
             )
             .bind(now_ms())
             .bind(state)
@@ -548,6 +658,7 @@ impl Store {
             .bind(filter.source.as_deref().unwrap_or(""))
             .bind(filter.event_type.as_deref().unwrap_or(""))
             .bind(filter.since_ms.unwrap_or(0))
+            .bind(connection.unwrap_or(""))
             .execute(&self.pool)
             .await?;
             total += result.rows_affected();
@@ -613,13 +724,26 @@ impl Store {
         event_row: Option<i64>,
         customer: Option<&str>,
     ) -> Result<Vec<SyncLogEntry>, StoreError> {
+        self.sync_log_for(event_row, customer, None).await
+    }
+
+    /// [`Store::sync_log`], only the attempts made for the connection
+    /// `connection` when given (a customer id may exist in two tenants).
+    pub async fn sync_log_for(
+        &self,
+        event_row: Option<i64>,
+        customer: Option<&str>,
+        connection: Option<&str>,
+    ) -> Result<Vec<SyncLogEntry>, StoreError> {
         let rows = sqlx::query(
             "SELECT connection, event_row, mapping, action, target, customer, request, status, error, attempt, took_ms \
-             FROM sync_log WHERE ($1 = 0 OR event_row = $2) AND ($3 = '' OR customer = $3) ORDER BY id LIMIT 1000",
+             FROM sync_log WHERE ($1 = 0 OR event_row = $2) AND ($3 = '' OR customer = $3) \
+             AND ($4 = '' OR connection = $4) ORDER BY id LIMIT 1000",
         )
         .bind(i64::from(event_row.is_some()))
         .bind(event_row.unwrap_or(0))
         .bind(customer.unwrap_or(""))
+        .bind(connection.unwrap_or(""))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
