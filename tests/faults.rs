@@ -1023,6 +1023,25 @@ async fn root_a_full_disk_refuses_webhooks_with_503_and_loses_nothing() {
     app.shutdown().await;
 }
 
+/// A runtime dropped without waiting for its tasks, which an async test may
+/// do (dropping a `Runtime` there panics): a failing test then still
+/// unwinds to the disk's unmount instead of aborting.
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnRuntime {
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0.as_ref().unwrap().handle().clone()
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// SQLite on a disk that turns read-only under load (ext4's answer to a
 /// disk error): `serve` refuses webhooks with 503 and `Retry-After` (never
 /// a 500, a panic or a hang), keeps what it acknowledged, and once the
@@ -1043,13 +1062,16 @@ async fn root_a_read_only_disk_refuses_webhooks_and_resumes() {
     // process would exit: its worker keeps retrying the journals it cannot
     // write (it never gives up on them) and so outlives `shutdown`, and the
     // disk cannot be unmounted while its database is open.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = OwnRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap(),
+    ));
+    let runtime_handle = runtime.handle();
     let config = serve_config(&ghl, &sc, &mappings.path(), &db, &[]);
-    let app = runtime
+    let app = runtime_handle
         .spawn(App::start(config))
         .await
         .unwrap()
@@ -1103,9 +1125,9 @@ async fn root_a_read_only_disk_refuses_webhooks_and_resumes() {
     assert!(!refused.is_empty(), "a read-only disk refused nothing");
     let acked_read_only = answers.len() - before - refused.len();
     let stopping = Instant::now();
-    runtime.spawn(app.shutdown()).await.unwrap();
+    runtime_handle.spawn(app.shutdown()).await.unwrap();
     let stop_took = stopping.elapsed();
-    runtime.shutdown_background();
+    drop(runtime);
     eprintln!(
         "read-only disk: {} answers ({before} before the switch, the others in {:.1} s \
          after), {seen:?}, {acked_read_only} acknowledged after it, {} refused; \
