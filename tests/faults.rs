@@ -1103,6 +1103,12 @@ async fn root_a_read_only_disk_refuses_webhooks_and_resumes() {
     disk.turn_read_only();
     let read_only_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // Readiness only pings the database, which still reads: reported, not
+    // asserted (RELIABILITY.md, Bugs and limits, 6).
+    let ready = reqwest::get(format!("{base}/readyz"))
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
     stop.store(true, Ordering::SeqCst);
     for s in senders {
         s.await.unwrap();
@@ -1131,7 +1137,7 @@ async fn root_a_read_only_disk_refuses_webhooks_and_resumes() {
     eprintln!(
         "read-only disk: {} answers ({before} before the switch, the others in {:.1} s \
          after), {seen:?}, {acked_read_only} acknowledged after it, {} refused; \
-         shutdown took {:.1} s",
+         /readyz {ready}, shutdown took {:.1} s",
         answers.len(),
         read_only_for.as_secs_f64(),
         refused.len(),
