@@ -78,11 +78,15 @@ fn cut_escape(path: &str) -> Option<usize> {
         };
         if escaped {
             escaped = false;
-            let hex = path[at + 1..]
-                .chars()
-                .take(4)
-                .filter(char::is_ascii_hexdigit);
-            if c == 'u' && hex.count() < 4 {
+            // `u` is one byte: the escape's digits start right after it.
+            if c == 'u'
+                && path[at + 1..]
+                    .chars()
+                    .take(4)
+                    .filter(char::is_ascii_hexdigit)
+                    .count()
+                    < 4
+            {
                 return Some(at - 1);
             }
         } else if c == '\\' {
@@ -405,6 +409,8 @@ mod tests {
         assert!(Selector::parse("$[\"\\u00e9t\\u00E9\"]").is_ok());
         assert!(Selector::parse("$[\"a\\\"\\u00e9\"]").is_ok());
         assert!(Selector::parse("$[\"\\u12\"]").is_err());
+        // An escaped character of two bytes (found by fuzzing this check).
+        assert!(Selector::parse("$[?$[\n  2\"\\В\\В\"\"8]").is_err());
         let nested = format!("$.a{}", "[?(@.b == 1)]".repeat(3));
         assert!(Selector::parse(&nested).is_ok());
         assert!(Selector::parse("$['((((((((((((((((((((((((((((((((((((']").is_ok());
