@@ -61,6 +61,43 @@ fn too_deep(path: &str) -> Option<usize> {
     None
 }
 
+/// Where a quoted name has a `\u` escape without four hex digits after it.
+/// The parser panics on one such escape (`\u` ending the path, found by
+/// fuzzing) and refuses the others; refusing them all here is the same
+/// answer without the panic, which `catch_unwind` cannot stop where the
+/// panic hook aborts (the fuzzers', a `panic = "abort"` build).
+fn cut_escape(path: &str) -> Option<usize> {
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for (at, c) in path.char_indices() {
+        let Some(q) = quote else {
+            if c == '\'' || c == '"' {
+                quote = Some(c);
+            }
+            continue;
+        };
+        if escaped {
+            escaped = false;
+            // `u` is one byte: the escape's digits start right after it.
+            if c == 'u'
+                && path[at + 1..]
+                    .chars()
+                    .take(4)
+                    .filter(char::is_ascii_hexdigit)
+                    .count()
+                    < 4
+            {
+                return Some(at - 1);
+            }
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == q {
+            quote = None;
+        }
+    }
+    None
+}
+
 /// A compiled JSONPath selector.
 #[derive(Clone)]
 pub struct Selector {
@@ -96,9 +133,15 @@ impl Selector {
                 position,
             });
         }
-        // The parser panics on some malformed paths (a `\u` escape cut
-        // short, found by fuzzing): a bad selector in a mapping is an error
-        // to report, never a crash of `check` or `serve`.
+        if let Some(position) = cut_escape(path) {
+            return Err(PathError {
+                message: "a `\\u` escape needs four hex digits after it".to_string(),
+                position,
+            });
+        }
+        // Should the parser panic on another malformed path: a bad selector
+        // in a mapping is an error to report, never a crash of `check` or
+        // `serve`.
         let parsed =
             std::panic::catch_unwind(|| serde_json_path::JsonPath::parse(path)).map_err(|_| {
                 PathError {
@@ -348,8 +391,26 @@ mod tests {
         assert!(Selector::parse(path).is_err());
         // At the limit the parser answers (its time is the fuzzer's to watch).
         assert!(Selector::parse(&"$[?".repeat(MAX_NESTING)).is_err());
-        // A `\u` escape cut short made the parser panic (found by fuzzing).
-        assert!(Selector::parse("$[\"an\\u").is_err());
+        // A `\u` escape cut short made the parser panic (found by fuzzing):
+        // refused before the parser, where no panic hook can abort.
+        for cut in [
+            "$[\"an\\u",
+            "$['\\u",
+            "$[?@[\"\\u",
+            "$[\"\\uD800\\u",
+            "$.a[?@.b == \"\\u",
+        ] {
+            let Err(e) = Selector::parse(cut) else {
+                panic!("{cut} parsed")
+            };
+            assert!(e.message.contains("four hex digits"), "{cut}: {e}");
+        }
+        // Whole escapes still pass; an escaped quote ends no quote.
+        assert!(Selector::parse("$[\"\\u00e9t\\u00E9\"]").is_ok());
+        assert!(Selector::parse("$[\"a\\\"\\u00e9\"]").is_ok());
+        assert!(Selector::parse("$[\"\\u12\"]").is_err());
+        // An escaped character of two bytes (found by fuzzing this check).
+        assert!(Selector::parse("$[?$[\n  2\"\\В\\В\"\"8]").is_err());
         let nested = format!("$.a{}", "[?(@.b == 1)]".repeat(3));
         assert!(Selector::parse(&nested).is_ok());
         assert!(Selector::parse("$['((((((((((((((((((((((((((((((((((((']").is_ok());

@@ -16,9 +16,10 @@
 //! Faults that need root (a tmpfs filled up: `root_*`) or a PostgreSQL
 //! server to restart (`pg_*`) are `#[ignore]`d; `.ci/run` runs them alone
 //! (`cargo test --test faults -- --ignored root_ pg_ --test-threads=1`).
-//! A disk turned read-only under `serve` is not among them: Linux refuses
-//! to remount a filesystem read-only while a file on it is open for
-//! writing (EBUSY, bind mounts included), and `chmod` does not stop root.
+//! A disk turned read-only under `serve` (`root_a_read_only_*`) is an ext4
+//! image on a loop device made read-only by an error, as the kernel does:
+//! `mount -o remount,ro` is refused (EBUSY) while a file on the filesystem
+//! is open for writing, bind mounts included.
 
 mod common;
 
@@ -86,6 +87,19 @@ async fn start(
     db: &str,
     env: &[(&str, &str)],
 ) -> Running {
+    App::start(serve_config(ghl, sc, mappings, db, env))
+        .await
+        .expect("the app starts")
+}
+
+/// What [`start`] starts `serve` with.
+fn serve_config(
+    ghl: &GhlSandbox,
+    sc: &StickyCardsSandbox,
+    mappings: &Path,
+    db: &str,
+    env: &[(&str, &str)],
+) -> AppConfig {
     if std::env::var("SERVE_LOG").is_ok() {
         // The app logs through `tracing`, to stderr as `mapper serve` does.
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -110,7 +124,7 @@ async fn start(
         Env::from_map(vars),
     );
     config.coalesce_window = Some(Duration::ZERO);
-    App::start(config).await.expect("the app starts")
+    config
 }
 
 /// A fresh GHL simulator without a rate limit, and Sticky Cards.
@@ -274,6 +288,20 @@ async fn assert_exactly_once(
     customers: usize,
     limit: Duration,
 ) -> Tally {
+    assert_applied(db, ghl, acked, customers, limit, &[]).await
+}
+
+/// As [`assert_exactly_once`], except that the notes of webhooks
+/// `may_repeat` may be there twice (at-least-once: RELIABILITY.md, *Bugs
+/// and limits*, 2); any other note twice fails.
+async fn assert_applied(
+    db: &str,
+    ghl: &GhlSandbox,
+    acked: &[usize],
+    customers: usize,
+    limit: Duration,
+    may_repeat: &[usize],
+) -> Tally {
     let store = Store::open(db).await.unwrap();
     let states = settle(&store, limit).await;
     let notes = notes_by_marker(ghl);
@@ -307,11 +335,13 @@ async fn assert_exactly_once(
         "acknowledged but never applied: {lost:?}; states {states:?}, last errors {:?}",
         store.last_errors(5).await.unwrap_or_default()
     );
-    let twice: Vec<(&String, &usize)> = notes.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        twice.is_empty() && tally.duplicated == 0,
-        "applied more than once: {twice:?}"
-    );
+    let allowed: Vec<String> = may_repeat.iter().map(|i| marker(*i)).collect();
+    let twice: Vec<(&String, &usize)> = notes
+        .iter()
+        .filter(|(m, n)| **n > 2 || (**n > 1 && !allowed.contains(m)))
+        .collect();
+    assert!(twice.is_empty(), "applied more than once: {twice:?}");
+    assert!(tally.duplicated <= may_repeat.len());
     assert_eq!(
         tally.stored as usize, tally.acknowledged,
         "every acknowledged webhook is stored, once: {states:?}"
@@ -786,6 +816,126 @@ impl Drop for SmallDisk {
     }
 }
 
+/// An ext4 filesystem in a file, mounted through a loop device with
+/// `errors=remount-ro` (as data disks usually are), unmounted on drop.
+struct Ext4Disk {
+    image: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+/// Runs a command; whether it exited with a status up to `max_ok`.
+fn run(program: &str, args: &[&std::ffi::OsStr], max_ok: i32) -> bool {
+    std::process::Command::new(program)
+        .args(args)
+        .status()
+        .map(|s| s.code().is_some_and(|c| (0..=max_ok).contains(&c)))
+        .unwrap_or(false)
+}
+
+impl Ext4Disk {
+    fn mount(megabytes: u64) -> Ext4Disk {
+        let image = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = image.path().join("disk.img");
+        std::fs::File::create(&file)
+            .unwrap()
+            .set_len(megabytes << 20)
+            .unwrap();
+        assert!(
+            run(
+                "mkfs.ext4",
+                &["-q".as_ref(), "-F".as_ref(), file.as_ref()],
+                0
+            ),
+            "mkfs.ext4 on {file:?}"
+        );
+        let disk = Ext4Disk { image, dir };
+        disk.attach();
+        disk
+    }
+
+    fn attach(&self) {
+        let file = self.image.path().join("disk.img");
+        assert!(
+            run(
+                "mount",
+                &[
+                    "-o".as_ref(),
+                    "loop,errors=remount-ro".as_ref(),
+                    file.as_ref(),
+                    self.path().as_ref()
+                ],
+                0
+            ),
+            "mount an ext4 image through a loop device (this test needs root)"
+        );
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Turns the filesystem read-only the way the kernel does when ext4
+    /// meets an I/O or metadata error (`errors=remount-ro`): writes fail
+    /// with EROFS from then on. `mount -o remount,ro` cannot do it here:
+    /// Linux refuses it (EBUSY) while `serve` has its database open for
+    /// writing.
+    fn turn_read_only(&self) {
+        let source = std::process::Command::new("findmnt")
+            .args(["-no", "SOURCE"])
+            .arg(self.path())
+            .output()
+            .unwrap();
+        let source = String::from_utf8(source.stdout).unwrap();
+        let device = source.trim().rsplit('/').next().unwrap().to_string();
+        std::fs::write(
+            format!("/sys/fs/ext4/{device}/trigger_fs_error"),
+            "tests/faults.rs: the disk turns read-only",
+        )
+        .unwrap();
+        let probe = std::fs::write(self.path().join("probe"), "x");
+        assert_eq!(
+            probe.map_err(|e| e.raw_os_error()),
+            Err(Some(30)),
+            "the filesystem is read-only (EROFS)"
+        );
+    }
+
+    /// What an operator does once ext4 has turned a disk read-only: ext4
+    /// keeps such a mount read-only until it is unmounted (`remount,rw`
+    /// does not lift it), so unmount, check, mount again.
+    fn repair(&self) {
+        // The database's last connections close on threads of their own.
+        let mut unmounted = false;
+        for _ in 0..50 {
+            unmounted = run("umount", &[self.path().as_ref()], 0);
+            if unmounted {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(unmounted, "umount (the database still open?)");
+        let file = self.image.path().join("disk.img");
+        // 1: errors corrected (the error the test caused is recorded).
+        assert!(
+            run("e2fsck", &["-fy".as_ref(), file.as_ref()], 1),
+            "e2fsck repairs the image"
+        );
+        self.attach();
+    }
+}
+
+impl Drop for Ext4Disk {
+    fn drop(&mut self) {
+        // Lazy: a panicking test may still hold the database open; the
+        // loop device is freed with the last file (mount's autoclear).
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
 /// Posts webhooks `range` until each is acknowledged (500 ms between
 /// rounds, as a sender retrying); the number of refusals on the way.
 async fn post_until_acked(
@@ -870,6 +1020,156 @@ async fn root_a_full_disk_refuses_webhooks_with_503_and_loses_nothing() {
     acked.sort_unstable();
     let tally = assert_exactly_once(&db, &ghl, &acked, 4, Duration::from_secs(90)).await;
     eprintln!("disk full: {refused} refused while full, {tally:?}");
+    app.shutdown().await;
+}
+
+/// A runtime dropped without waiting for its tasks, which an async test may
+/// do (dropping a `Runtime` there panics): a failing test then still
+/// unwinds to the disk's unmount instead of aborting.
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnRuntime {
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0.as_ref().unwrap().handle().clone()
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// SQLite on a disk that turns read-only under load (ext4's answer to a
+/// disk error): `serve` refuses webhooks with 503 and `Retry-After` (never
+/// a 500, a panic or a hang), keeps what it acknowledged, and once the
+/// disk is repaired and `serve` restarted on it, stores the refused ones
+/// when re-posted and delivers everything exactly once.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs root (mounts a loop device); .ci/run runs it alone"]
+async fn root_a_read_only_disk_refuses_webhooks_and_resumes() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let disk = Ext4Disk::mount(64);
+    let (ghl, sc) = fast_simulators().await;
+    let mappings = Mappings::ghl(|t| t);
+    let db = DatabaseUrl::sqlite(&disk.path().join("mapper.db"))
+        .as_str()
+        .to_string();
+    // This `serve` runs on a runtime of its own, dropped at the end as the
+    // process would exit: its worker keeps retrying the journals it cannot
+    // write (it never gives up on them) and so outlives `shutdown`, and the
+    // disk cannot be unmounted while its database is open.
+    let runtime = OwnRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap(),
+    ));
+    let runtime_handle = runtime.handle();
+    let config = serve_config(&ghl, &sc, &mappings.path(), &db, &[]);
+    let app = runtime_handle
+        .spawn(App::start(config))
+        .await
+        .unwrap()
+        .expect("the app starts");
+    let base = app.url().unwrap();
+    let (mut acked, _) = post_range(&base, 0..20, 4, 0, false).await;
+    assert_exactly_once(&db, &ghl, &acked, 4, Duration::from_secs(60)).await;
+
+    // Four senders without pause; the disk turns read-only under them,
+    // while the worker is delivering what they had sent.
+    let next = Arc::new(AtomicUsize::new(20));
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let mut senders = Vec::new();
+    for _ in 0..4 {
+        let (next, stop, answers, base) =
+            (next.clone(), stop.clone(), answers.clone(), base.clone());
+        senders.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            while !stop.load(Ordering::SeqCst) {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let answer = post(&client, &base, &feedback(i, 4, 0)).await;
+                answers.lock().unwrap().push((i, answer));
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let before = answers.lock().unwrap().len();
+    disk.turn_read_only();
+    let read_only_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Readiness only pings the database, which still reads: reported, not
+    // asserted (RELIABILITY.md, Bugs and limits, 6).
+    let ready = reqwest::get(format!("{base}/readyz"))
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0);
+    stop.store(true, Ordering::SeqCst);
+    for s in senders {
+        s.await.unwrap();
+    }
+    let read_only_for = read_only_at.elapsed();
+    let answers = std::mem::take(&mut *answers.lock().unwrap());
+    let mut refused = Vec::new();
+    let mut seen = BTreeMap::<u16, usize>::new();
+    for (i, (status, retry_after)) in &answers {
+        *seen.entry(*status).or_default() += 1;
+        match status {
+            202 => acked.push(*i),
+            503 => {
+                assert!(retry_after.is_some(), "a 503 says when to retry");
+                refused.push(*i);
+            }
+            other => panic!("webhook {i}: serve answered {other} on a read-only disk"),
+        }
+    }
+    assert!(!refused.is_empty(), "a read-only disk refused nothing");
+    let acked_read_only = answers.len() - before - refused.len();
+    let stopping = Instant::now();
+    runtime_handle.spawn(app.shutdown()).await.unwrap();
+    let stop_took = stopping.elapsed();
+    drop(runtime);
+    eprintln!(
+        "read-only disk: {} answers ({before} before the switch, the others in {:.1} s \
+         after), {seen:?}, {acked_read_only} acknowledged after it, {} refused; \
+         /readyz {ready}, shutdown took {:.1} s",
+        answers.len(),
+        read_only_for.as_secs_f64(),
+        refused.len(),
+        stop_took.as_secs_f64()
+    );
+
+    disk.repair();
+    let app = start(&ghl, &sc, &mappings.path(), &db, &[]).await;
+    let base = app.url().unwrap();
+    refused.sort_unstable();
+    for &i in &refused {
+        post_until_acked(&base, i..i + 1, 4, 0).await;
+        acked.push(i);
+    }
+    // Ingest resumes for new webhooks as well.
+    let fresh = next.load(Ordering::SeqCst) + 10;
+    let (more, _) = post_range(&base, fresh..fresh + 20, 4, 0, false).await;
+    assert_eq!(more.len(), 20);
+    acked.extend(more);
+    acked.sort_unstable();
+    // A note whose call was made while its journal could not be written
+    // (the worker retries it until shutdown) or was still in the page cache
+    // (`synchronous=NORMAL`: ext4 drops what it has not written once it is
+    // read-only) is sent again after the restart, as after a kill: only the
+    // webhooks acknowledged under load, and at most twice.
+    let in_flight: Vec<usize> = answers
+        .iter()
+        .filter(|(_, (status, _))| *status == 202)
+        .map(|(i, _)| *i)
+        .collect();
+    let tally = assert_applied(&db, &ghl, &acked, 4, Duration::from_secs(90), &in_flight).await;
+    eprintln!("read-only disk, after repair: {tally:?}");
     app.shutdown().await;
 }
 
