@@ -143,6 +143,7 @@ pub async fn run(
                 unstarted: unstarted.clone(),
                 finished: finished.clone(),
                 journals: journals.clone(),
+                stopping: shutdown.clone(),
             },
         ));
     }
@@ -162,6 +163,8 @@ struct Slots {
     /// One permit per journal waiting for its commit: bounds the deliveries
     /// whose calls are made but whose journal is not yet written.
     journals: Arc<Semaphore>,
+    /// Turns true when the worker is asked to stop.
+    stopping: watch::Receiver<bool>,
 }
 
 /// Journals that may wait for their commit at once, all slots together:
@@ -188,11 +191,12 @@ async fn run_batch(
         };
         slots.unstarted.fetch_sub(1, Ordering::AcqRel);
         slots.finished.notify_one();
-        let (executor, config, finished, journals) = (
+        let (executor, config, finished, journals, stopping) = (
             executor.clone(),
             config.clone(),
             slots.finished.clone(),
             slots.journals.clone(),
+            slots.stopping.clone(),
         );
         events.spawn(async move {
             let delivery = deliver_one(&executor, &config, &event).await;
@@ -205,7 +209,7 @@ async fn run_batch(
             let journal_turn = journals.acquire_owned().await;
             drop(permit);
             finished.notify_one();
-            let delivered = commit_delivery(&executor, &event, delivery).await;
+            let delivered = commit_delivery(&executor, &event, delivery, stopping).await;
             drop(journal_turn);
             delivered
         });
@@ -253,6 +257,7 @@ async fn commit_delivery(
     executor: &Executor,
     event: &ClaimedEvent,
     delivery: crate::targets::Delivery,
+    mut stopping: watch::Receiver<bool>,
 ) -> bool {
     let outcome = delivery.outcome.clone();
     // A database busy for a moment (SQLite's writer lock held past its
@@ -268,7 +273,18 @@ async fn commit_delivery(
             }
             Err(e) => {
                 tracing::warn!(event = event.id, error = %e, retry_in_ms = pause.as_millis() as u64, "cannot write the delivery's journal yet");
-                tokio::time::sleep(pause).await;
+                // Asked to stop (a read-only or full disk, a database gone):
+                // the event stays `processing` and is delivered again on the
+                // next start, rather than holding the shutdown for as long
+                // as the retries last.
+                if *stopping.borrow() {
+                    tracing::error!(event = event.id, error = %e, "stopping without the delivery's journal; the event is delivered again on the next start");
+                    return false;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stopping.wait_for(|stop| *stop) => {}
+                }
                 pause = (pause * 2).min(Duration::from_secs(10));
             }
         }
