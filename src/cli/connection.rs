@@ -249,6 +249,13 @@ fn prepare(
         Ok(key) => key,
         Err(e) => return Err(usage(&e.to_string())),
     };
+    if key.is_none()
+        && let Some(variable) = vars.keys().next()
+    {
+        return Err(refused(&ConnectionError::NoKey {
+            variable: variable.clone(),
+        }));
+    }
     Ok((vars, key))
 }
 
@@ -262,13 +269,6 @@ async fn add(
         Ok(p) => p,
         Err(code) => return code,
     };
-    if key.is_none()
-        && let Some(variable) = vars.keys().next()
-    {
-        return refused(&ConnectionError::NoKey {
-            variable: variable.clone(),
-        });
-    }
     let Some(store) = super::open_store(database).await else {
         return ExitCode::from(1);
     };
@@ -295,13 +295,6 @@ async fn set(
         Ok(p) => p,
         Err(code) => return code,
     };
-    if key.is_none()
-        && let Some(variable) = vars.keys().next()
-    {
-        return refused(&ConnectionError::NoKey {
-            variable: variable.clone(),
-        });
-    }
     let Some(store) = super::open_store(database).await else {
         return ExitCode::from(1);
     };
