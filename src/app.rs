@@ -565,21 +565,26 @@ impl Delivery {
 
     /// For each variable a source routes by: which connection has which
     /// value (the environment's is `default`'s).
-    fn routes(&self, program: &Program) -> std::collections::HashMap<(String, String), String> {
+    fn routes(
+        &self,
+        program: &Program,
+    ) -> std::collections::HashMap<String, std::collections::HashMap<String, String>> {
         let mut routes = std::collections::HashMap::new();
         for variable in program
             .sources
             .values()
             .filter_map(|s| s.route.as_ref().map(|r| r.variable.clone()))
         {
+            let mut owners = std::collections::HashMap::new();
             if let Some(value) = self.env.get(&variable) {
-                routes.insert((variable.clone(), value), DEFAULT_CONNECTION.to_string());
+                owners.insert(value, DEFAULT_CONNECTION.to_string());
             }
             for tenant in self.tenants.load().iter() {
                 if let Some(value) = tenant.env.get(&variable) {
-                    routes.insert((variable.clone(), value), tenant.name.clone());
+                    owners.insert(value, tenant.name.clone());
                 }
             }
+            routes.insert(variable, owners);
         }
         routes
     }

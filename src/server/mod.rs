@@ -32,9 +32,9 @@ pub struct Loaded {
     /// The stored connections' verifiers, by connection then source; a
     /// source whose secret a connection lacks is that reason instead.
     pub tenants: HashMap<String, HashMap<String, Result<Verifier, String>>>,
-    /// For sources with `route:`: (variable, value) → the connection whose
+    /// For sources with `route:`: variable → value → the connection whose
     /// variable has that value (`default` included).
-    pub routes: HashMap<(String, String), String>,
+    pub routes: HashMap<String, HashMap<String, String>>,
 }
 
 /// Each stored connection's verifiers: `env_of` gives a connection's
@@ -380,7 +380,11 @@ async fn accept(
             _ => None,
         })
     {
-        match loaded.routes.get(&(route.variable.clone(), value.clone())) {
+        match loaded
+            .routes
+            .get(&route.variable)
+            .and_then(|owners| owners.get(&value))
+        {
             Some(owner) => connection = owner.clone(),
             None => {
                 // Kept, not refused (the sender would only retry), and never
