@@ -523,7 +523,7 @@ impl Delivery {
     /// the executor it replaces after a reload, whose rate-limit windows
     /// (the default connection's and each tenant's) it keeps counting in.
     fn executor(&self, program: Arc<Program>, previous: Option<&Executor>) -> Executor {
-        let mut executor = self.one_executor(program.clone(), &self.env);
+        let mut executor = self.one_executor(program.clone(), &self.env, DEFAULT_CONNECTION);
         if let Some(previous) = previous {
             executor = executor.sharing_limits_with(previous);
         }
@@ -533,7 +533,7 @@ impl Delivery {
                 Some(reason) => crate::targets::Tenant::Disabled(reason.clone()),
                 None => {
                     let mut one = self
-                        .one_executor(program.clone(), &tenant.env)
+                        .one_executor(program.clone(), &tenant.env, &tenant.name)
                         .sharing_journal_with(&executor);
                     if let Some(limits) = previous.and_then(|p| p.tenant_limits(&tenant.name)) {
                         one = one.with_limits(limits);
@@ -589,7 +589,10 @@ impl Delivery {
         routes
     }
 
-    fn one_executor(&self, program: Arc<Program>, env: &Env) -> Executor {
+    /// `connection`'s executor. On PostgreSQL its rate-limit windows are
+    /// kept in the database, so that replicas delivering the same
+    /// connection's events share them.
+    fn one_executor(&self, program: Arc<Program>, env: &Env, connection: &str) -> Executor {
         let mut target_env = BTreeMap::new();
         for target in program.targets.values() {
             for name in target.env.keys() {
@@ -598,8 +601,14 @@ impl Delivery {
                 }
             }
         }
-        let executor = Executor::new(program, self.store.clone(), target_env)
+        let mut executor = Executor::new(program, self.store.clone(), target_env)
             .with_metrics(self.metrics.clone());
+        if self.store.is_postgres() {
+            executor = executor.with_limits(Arc::new(crate::targets::limiter::Limiter::shared(
+                self.store.clone(),
+                connection,
+            )));
+        }
         match self.coalesce_window {
             Some(window) => executor.with_coalesce_window(window),
             None => executor,

@@ -2,6 +2,10 @@
 //! SQLite file, and the store API (`mapper::store::connections`) on SQLite
 //! and, when `MAPPER_TEST_POSTGRES_URL` is set, on PostgreSQL.
 
+mod common;
+
+use common::postgres::FreshPostgres;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -502,52 +506,16 @@ async fn the_store_api_on_sqlite() {
     assert!(!contains(&bytes, "refresh-4") && !contains(&bytes, "refresh-3"));
 }
 
-/// A fresh PostgreSQL database (its URL, name and an admin connection to
-/// drop it with), or `None` when `MAPPER_TEST_POSTGRES_URL` is unset.
-async fn fresh_postgres(suffix: &str) -> Option<(String, String, sqlx::AnyConnection)> {
-    let Ok(admin_url) = std::env::var("MAPPER_TEST_POSTGRES_URL") else {
-        eprintln!("MAPPER_TEST_POSTGRES_URL is not set: skipping the PostgreSQL run");
-        return None;
-    };
-    sqlx::any::install_default_drivers();
-    let name = format!("mapper_test_{}_conn_{suffix}", std::process::id());
-    let mut admin = sqlx::AnyConnection::connect(&admin_url).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name}"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let base = admin_url
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .unwrap_or(&admin_url);
-    Some((format!("{base}/{name}"), name, admin))
-}
-
-async fn drop_postgres(name: String, mut admin: sqlx::AnyConnection) {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
-}
-
 #[tokio::test]
 async fn the_store_api_on_postgres() {
-    let Some((url, name, admin)) = fresh_postgres("api").await else {
+    let Some(pg) = FreshPostgres::create("conn_api").await else {
         return;
     };
-    let store = Store::open(&url).await.unwrap();
+    let store = Store::open(&pg.url).await.unwrap();
     assert!(store.is_postgres());
     exercise(store.clone()).await;
     drop(store);
-    drop_postgres(name, admin).await;
+    pg.drop().await;
 }
 
 /// What the delivery side will do: one call to GHL's token endpoint with a
@@ -798,12 +766,12 @@ async fn an_expired_token_is_refreshed_once_across_replicas_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_expired_token_is_refreshed_once_across_replicas_on_postgres() {
-    let Some((url, name, admin)) = fresh_postgres("refresh").await else {
+    let Some(pg) = FreshPostgres::create("conn_refresh").await else {
         return;
     };
-    let a = Store::open(&url).await.unwrap();
-    let b = Store::open(&url).await.unwrap();
+    let a = Store::open(&pg.url).await.unwrap();
+    let b = Store::open(&pg.url).await.unwrap();
     refresh_once([a.clone(), b.clone()]).await;
     drop((a, b));
-    drop_postgres(name, admin).await;
+    pg.drop().await;
 }

@@ -7,9 +7,11 @@
 //! Every row is keyed by a *connection* (one GHL location with its source
 //! accounts); a single deployment uses `default`.
 
+mod budget;
 mod console;
 mod inbox;
 mod journal;
+mod people;
 pub use console::{
     Attempt, EventPage, EventQuery, EventRecord, EventRow, PAGE_SIZE, StateCount, utc_day_start_ms,
 };
@@ -25,6 +27,7 @@ use std::time::Duration;
 
 mod pending;
 pub use pending::{FLUSH_LEASE_MS, Held, HeldWrite, PendingWrite};
+pub use people::{PEOPLE_SESSIONS, PeopleLock};
 
 /// The connection used when none is configured.
 pub const DEFAULT_CONNECTION: &str = "default";
@@ -175,9 +178,17 @@ pub struct CustomerView {
 }
 
 /// How long a claimed event is a worker's before another may take it (its
-/// process presumably died). Far longer than any delivery: rate-limit waits
-/// are seconds, and a spent daily budget parks the event instead of waiting.
-pub const CLAIM_LEASE_MS: i64 = 10 * 60 * 1000;
+/// process presumably died). Short, so that a replica killed mid-delivery
+/// holds up its events and every later event of the same customers for
+/// seconds only; a live worker renews the leases of everything it holds
+/// every [`LEASE_RENEWAL_MS`] (a delivery waiting for its rate limit may
+/// take longer than one lease).
+pub const CLAIM_LEASE_MS: i64 = 10_000;
+
+/// How often a live worker renews its leases: three chances per lease, so
+/// one slow write (a busy SQLite writer, a PostgreSQL hiccup) does not let
+/// a lease lapse.
+pub const LEASE_RENEWAL_MS: i64 = CLAIM_LEASE_MS / 3;
 
 /// The last-known values of one source customer.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -282,6 +293,11 @@ pub struct Store {
     /// Nanoseconds the gate was held, by [`Writer`] (see
     /// [`Store::write_gate_busy`]).
     gate_busy: std::sync::Arc<[std::sync::atomic::AtomicU64; Writer::ALL.len()]>,
+    /// PostgreSQL: the sessions that hold people's locks across replicas
+    /// (see [`Store::lock_people`]), apart from the pool the rest shares so
+    /// that events waiting for a person can never starve the holder of the
+    /// connection it needs to finish.
+    people: Option<AnyPool>,
 }
 
 /// Who holds the SQLite write turn, for telling where the one writer's time
@@ -408,8 +424,23 @@ impl Store {
                 source,
             })?;
         migrator(dialect).run(&pool).await?;
+        let people = match dialect {
+            Dialect::Postgres => Some(
+                AnyPoolOptions::new()
+                    .max_connections(PEOPLE_SESSIONS)
+                    .min_connections(0)
+                    .acquire_timeout(Duration::from_secs(60))
+                    .connect_lazy(&url)
+                    .map_err(|source| StoreError::Open {
+                        url: redact(&url),
+                        source,
+                    })?,
+            ),
+            Dialect::Sqlite => None,
+        };
         Ok(Store {
             pool,
+            people,
             dialect,
             commits: Default::default(),
             write_gate: Default::default(),
@@ -682,6 +713,36 @@ impl Store {
         };
         let query = sqlx::query(sql).bind(now_ms());
         let r = query.execute(&self.pool).await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Extends the leases of the claimed events `ids` that are still
+    /// `processing` to `until`; says how many were extended. The ids travel
+    /// as one JSON array, so the statement is the same whatever their number.
+    pub async fn renew_leases(&self, ids: &[i64], until: i64) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let sql = match self.dialect {
+            Dialect::Sqlite => {
+                "UPDATE events SET next_attempt_at = $1 WHERE state = 'processing' \
+                 AND id IN (SELECT value FROM json_each($2))"
+            }
+            Dialect::Postgres => {
+                "UPDATE events SET next_attempt_at = $1 WHERE state = 'processing' \
+                 AND id IN (SELECT jsonb_array_elements_text($2::jsonb)::bigint)"
+            }
+        };
+        let list = format!(
+            "[{}]",
+            ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+        );
+        let _turn = self.write_gate(Writer::Claim).await;
+        let r = sqlx::query(sql)
+            .bind(until)
+            .bind(list)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected())
     }
 
@@ -1067,7 +1128,7 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
             }
         };
     }
-    let steps: [(i64, &str, &'static str); 10] = [
+    let steps: [(i64, &str, &'static str); 11] = [
         (1, "inbox", both!("0001_inbox.sql")),
         (2, "records", both!("0002_records.sql")),
         (3, "order_mirror", both!("0003_order_mirror.sql")),
@@ -1082,6 +1143,7 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
         (8, "claim_heads", both!("0008_claim_heads.sql")),
         (9, "attempt_latency", both!("0009_attempt_latency.sql")),
         (10, "connections", both!("0010_connections.sql")),
+        (11, "rate_windows", both!("0011_rate_windows.sql")),
     ];
     Migrator::with_migrations(
         steps

@@ -226,7 +226,7 @@ impl Store {
     /// Puts a run's dead snapshots back in the queue with fresh attempts
     /// (continuing a run retries what failed), and on SQLite the ones a
     /// killed run left being delivered (one process per file: nobody else
-    /// holds them, and their lease would keep them for 10 minutes); says how many.
+    /// holds them, and their lease would keep them until it ends); says how many.
     pub async fn requeue_dead_snapshots(
         &self,
         connection: &str,

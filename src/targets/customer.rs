@@ -2,7 +2,8 @@
 //! target's searches by each key, then a create (carrying what the mapping
 //! would write next, when the target's create takes it); the links are
 //! recorded both ways. Work on one person is serialised, so two events never
-//! create them twice.
+//! create them twice: in a process by [`Locks`], across the processes on one
+//! PostgreSQL database by [`crate::store::Store::lock_people`].
 
 use super::http::{Answer, Failure, describe, scalar};
 use super::journal::Journal;
@@ -138,6 +139,16 @@ pub async fn find_or_create(
             error,
         )
     };
+    // Other processes on the same database may be delivering an event about
+    // this person right now: the search and the create are one step for
+    // all of them (this process's own events are already kept apart by
+    // `Locks`). Released once the record is known: another process's search
+    // then finds it.
+    let _everywhere = ex
+        .store
+        .lock_people(&Locks::keys_of(&target.name, source, plan))
+        .await
+        .map_err(Outcome::store)?;
     let mut found = None;
     if let Some(cap) = &target.customer {
         for (request, key) in plan.find.iter().zip(&plan.keys) {

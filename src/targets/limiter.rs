@@ -14,28 +14,109 @@
 //! the time until the reset, so the worker parks the event instead of
 //! burning its retries.
 
+//!
+//! Several `serve` replicas on one PostgreSQL database share each window
+//! through the database ([`Limiter::shared`]): a location sees at most its
+//! limit in total, however many processes deliver its events. The window's
+//! state is one row per (connection, target), updated under a row lock by
+//! the same rule as the in-memory window ([`Window::reserve`]).
+
 use crate::config::model::RateLimit;
+use crate::store::Store;
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-#[derive(Debug, Default)]
-struct Bucket {
+/// The state of one target's window, in milliseconds on one clock (the
+/// process's monotonic clock in memory, the wall clock when shared).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Window {
     /// Send times of the last `requests` calls (some may lie in the future: reserved slots).
-    sent: VecDeque<Instant>,
+    pub sent: VecDeque<i64>,
     /// Earliest next send, set when the target said its window is spent.
-    blocked_until: Option<Instant>,
-    day: i64,
-    used_today: u32,
+    pub blocked_until: i64,
+    /// The UTC day `used_today` counts.
+    pub day: i64,
+    pub used_today: u32,
     /// The target said the day's budget is spent.
-    day_spent: bool,
+    pub day_spent: bool,
 }
 
-/// One window per target.
-#[derive(Debug, Default)]
+/// The daily budget is spent: nothing is sent before the next UTC day.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DaySpent;
+
+impl Window {
+    /// Reserves the next send allowed by `limit` at `now` on `today` (a UTC
+    /// day number); returns when it may leave.
+    pub fn reserve(&mut self, now: i64, today: i64, limit: &RateLimit) -> Result<i64, DaySpent> {
+        if self.day != today {
+            self.day = today;
+            self.used_today = 0;
+            self.day_spent = false;
+        }
+        if self.day_spent || limit.daily.is_some_and(|d| self.used_today >= d) {
+            return Err(DaySpent);
+        }
+        self.used_today += 1;
+        if limit.requests == 0 || limit.per_seconds == 0 {
+            return Ok(now);
+        }
+        let per = Duration::from_secs(u64::from(limit.per_seconds));
+        let window = (per + margin(per)).as_millis() as i64;
+        let mut at = now.max(self.blocked_until);
+        if self.sent.len() >= limit.requests as usize
+            && let Some(oldest) = self.sent.pop_front()
+        {
+            at = at.max(oldest + window);
+        }
+        self.sent.push_back(at);
+        while self.sent.len() > limit.requests as usize {
+            self.sent.pop_front();
+        }
+        Ok(at)
+    }
+
+    /// The target said its window is spent: nothing more before `resume`.
+    pub fn exhausted(&mut self, resume: i64) {
+        self.blocked_until = self.blocked_until.max(resume);
+    }
+
+    /// The target said the day's budget is spent.
+    pub fn spend_day(&mut self, today: i64) {
+        self.day = today;
+        self.day_spent = true;
+    }
+}
+
+/// The windows of one executor's targets.
+#[derive(Debug)]
 pub struct Limiter {
-    buckets: Mutex<HashMap<String, Bucket>>,
+    kept: Kept,
+}
+
+#[derive(Debug)]
+enum Kept {
+    /// In this process: one window per target, on the monotonic clock
+    /// counted from `since`.
+    Memory {
+        since: Instant,
+        windows: Mutex<HashMap<String, Window>>,
+    },
+    /// In the database, shared by every process delivering `connection`.
+    Shared { store: Store, connection: String },
+}
+
+impl Default for Limiter {
+    fn default() -> Self {
+        Limiter {
+            kept: Kept::Memory {
+                since: Instant::now(),
+                windows: Mutex::default(),
+            },
+        }
+    }
 }
 
 /// Extra room on every window (see the module documentation).
@@ -44,39 +125,60 @@ fn margin(per: Duration) -> Duration {
 }
 
 impl Limiter {
+    /// Windows kept in `store` for `connection`'s targets, counted by every
+    /// process that delivers its events.
+    pub fn shared(store: Store, connection: &str) -> Limiter {
+        Limiter {
+            kept: Kept::Shared {
+                store,
+                connection: connection.to_string(),
+            },
+        }
+    }
+
+    /// Whether the windows are kept in the database.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.kept, Kept::Shared { .. })
+    }
+
+    /// Changes `target`'s window with `change` (given now on the window's
+    /// clock); returns what `change` returned and the clock's now.
+    async fn with_window<T>(
+        &self,
+        target: &str,
+        change: impl FnOnce(&mut Window, i64) -> T,
+    ) -> Result<(T, i64), crate::store::StoreError> {
+        match &self.kept {
+            Kept::Memory { since, windows } => {
+                let mut windows = windows.lock().await;
+                let now = since.elapsed().as_millis() as i64;
+                let window = windows.entry(target.to_string()).or_default();
+                Ok((change(window, now), now))
+            }
+            Kept::Shared { store, connection } => {
+                store.change_rate_window(connection, target, change).await
+            }
+        }
+    }
+
     /// Waits until `target` may send one more request. `Err` carries how long
     /// until the daily budget resets: nothing is sent before then.
     pub async fn acquire(&self, target: &str, limit: Option<&RateLimit>) -> Result<(), Duration> {
         let Some(limit) = limit else { return Ok(()) };
-        let wait = {
-            let mut buckets = self.buckets.lock().await;
-            let now = Instant::now();
-            let bucket = buckets.entry(target.to_string()).or_default();
-            if bucket.day != today() {
-                bucket.day = today();
-                bucket.used_today = 0;
-                bucket.day_spent = false;
+        let reserved = self
+            .with_window(target, |w, now| w.reserve(now, today(), limit))
+            .await;
+        let wait = match reserved {
+            Ok((Ok(at), now)) => Duration::from_millis((at - now).max(0) as u64),
+            Ok((Err(DaySpent), _)) => return Err(until_next_utc_day()),
+            Err(e) => {
+                // The shared window cannot be read: wait one full window
+                // rather than send past a limit other replicas may have
+                // spent. The call then goes (the target's 429, if any, is
+                // handled as ever).
+                tracing::warn!(target, error = %e, "cannot read the shared rate-limit window; waiting one window");
+                Duration::from_secs(u64::from(limit.per_seconds.max(1)))
             }
-            if bucket.day_spent || limit.daily.is_some_and(|d| bucket.used_today >= d) {
-                return Err(until_next_utc_day());
-            }
-            bucket.used_today += 1;
-            if limit.requests == 0 || limit.per_seconds == 0 {
-                return Ok(());
-            }
-            let per = Duration::from_secs(u64::from(limit.per_seconds));
-            let window = per + margin(per);
-            let mut at = now.max(bucket.blocked_until.unwrap_or(now));
-            if bucket.sent.len() >= limit.requests as usize
-                && let Some(oldest) = bucket.sent.pop_front()
-            {
-                at = at.max(oldest + window);
-            }
-            bucket.sent.push_back(at);
-            while bucket.sent.len() > limit.requests as usize {
-                bucket.sent.pop_front();
-            }
-            at - now
         };
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
@@ -86,18 +188,20 @@ impl Limiter {
 
     /// The target said its window is spent: nothing more until it has passed.
     pub async fn exhausted(&self, target: &str, window: Duration) {
-        let mut buckets = self.buckets.lock().await;
-        let bucket = buckets.entry(target.to_string()).or_default();
-        let resume = Instant::now() + window;
-        bucket.blocked_until = Some(bucket.blocked_until.map_or(resume, |b| b.max(resume)));
+        let ms = window.as_millis() as i64;
+        if let Err(e) = self
+            .with_window(target, |w, now| w.exhausted(now + ms))
+            .await
+        {
+            tracing::warn!(target, error = %e, "cannot record a spent rate-limit window");
+        }
     }
 
     /// The target said the day's budget is spent.
     pub async fn day_spent(&self, target: &str) {
-        let mut buckets = self.buckets.lock().await;
-        let bucket = buckets.entry(target.to_string()).or_default();
-        bucket.day = today();
-        bucket.day_spent = true;
+        if let Err(e) = self.with_window(target, |w, _| w.spend_day(today())).await {
+            tracing::warn!(target, error = %e, "cannot record a spent daily budget");
+        }
     }
 }
 

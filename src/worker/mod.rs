@@ -4,8 +4,11 @@
 pub mod coalesce;
 pub mod schedule;
 
-use crate::store::{ClaimedEvent, EventState, RunSummary, Store, now_ms};
+use crate::store::{
+    CLAIM_LEASE_MS, ClaimedEvent, EventState, LEASE_RENEWAL_MS, RunSummary, Store, now_ms,
+};
 use crate::targets::{Executor, Finish, Outcome, Suppression};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -98,6 +101,8 @@ pub async fn run(
     let unstarted = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(Notify::new());
     let journals = Arc::new(Semaphore::new(JOURNALS_WAITING.max(concurrency)));
+    let leases = Leases::default();
+    let _renewing = StopOnDrop(tokio::spawn(renew(store.clone(), leases.clone())));
     let mut batches = JoinSet::new();
     loop {
         while batches.try_join_next().is_some() {}
@@ -113,7 +118,7 @@ pub async fn run(
                 .saturating_sub(waiting)
                 .min(config.batch.max(1) as usize)
         };
-        let claimed = if room == 0 {
+        let mut claimed = if room == 0 {
             Vec::new()
         } else {
             match store.claim_due(room as i64).await {
@@ -125,6 +130,9 @@ pub async fn run(
                 }
             }
         };
+        // An event this worker still holds comes back when a renewal was
+        // late and its lease lapsed: it is being delivered, not again.
+        claimed.retain(|event| leases.take(event.id));
         if claimed.is_empty() {
             tokio::select! {
                 _ = tokio::time::sleep(config.idle) => {}
@@ -144,8 +152,58 @@ pub async fn run(
                 finished: finished.clone(),
                 journals: journals.clone(),
                 stopping: shutdown.clone(),
+                leases: leases.clone(),
             },
         ));
+    }
+}
+
+/// The events a worker has claimed and not yet finished: their leases are
+/// renewed while they wait for a slot, their rate limit or their journal.
+#[derive(Clone, Default)]
+struct Leases(Arc<std::sync::Mutex<HashSet<i64>>>);
+
+impl Leases {
+    /// Records a claimed event; false when this worker holds it already.
+    fn take(&self, id: i64) -> bool {
+        self.0.lock().map(|mut ids| ids.insert(id)).unwrap_or(true)
+    }
+
+    /// The event is finished (or given up): its lease is left to lapse.
+    fn release(&self, id: i64) {
+        if let Ok(mut ids) = self.0.lock() {
+            ids.remove(&id);
+        }
+    }
+
+    fn held(&self) -> Vec<i64> {
+        self.0
+            .lock()
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Renews the leases of every event `leases` holds, for as long as the
+/// worker runs: a replica that dies stops renewing, and its events are
+/// taken over once their lease ends ([`CLAIM_LEASE_MS`]).
+async fn renew(store: Store, leases: Leases) {
+    let every = Duration::from_millis(LEASE_RENEWAL_MS as u64);
+    loop {
+        tokio::time::sleep(every).await;
+        let ids = leases.held();
+        if let Err(e) = store.renew_leases(&ids, now_ms() + CLAIM_LEASE_MS).await {
+            tracing::warn!(events = ids.len(), error = %e, "cannot renew the leases of claimed events; another worker may take them when they end");
+        }
+    }
+}
+
+/// Stops a background task when its owner returns.
+struct StopOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -165,6 +223,8 @@ struct Slots {
     journals: Arc<Semaphore>,
     /// Turns true when the worker is asked to stop.
     stopping: watch::Receiver<bool>,
+    /// The claimed events whose leases this worker renews.
+    leases: Leases,
 }
 
 /// Journals that may wait for their commit at once, all slots together:
@@ -183,20 +243,24 @@ async fn run_batch(
     let connection = event_connection(&claimed);
     let processed = claimed.len() as i64;
     let mut events = JoinSet::new();
-    for event in claimed {
-        // The semaphore is never closed; were it, the event would stay
-        // `processing` until its lease ends and be taken again.
+    let mut claimed = claimed.into_iter();
+    while let Some(event) = claimed.next() {
+        // The semaphore is never closed; were it, the events would stay
+        // `processing` until their lease ends and be taken again.
         let Ok(permit) = slots.free.clone().acquire_owned().await else {
+            slots.leases.release(event.id);
+            claimed.for_each(|e| slots.leases.release(e.id));
             break;
         };
         slots.unstarted.fetch_sub(1, Ordering::AcqRel);
         slots.finished.notify_one();
-        let (executor, config, finished, journals, stopping) = (
+        let (executor, config, finished, journals, stopping, leases) = (
             executor.clone(),
             config.clone(),
             slots.finished.clone(),
             slots.journals.clone(),
             slots.stopping.clone(),
+            slots.leases.clone(),
         );
         events.spawn(async move {
             let delivery = deliver_one(&executor, &config, &event).await;
@@ -210,6 +274,7 @@ async fn run_batch(
             drop(permit);
             finished.notify_one();
             let delivered = commit_delivery(&executor, &event, delivery, stopping).await;
+            leases.release(event.id);
             drop(journal_turn);
             delivered
         });

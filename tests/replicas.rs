@@ -1,0 +1,203 @@
+//! What keeps several `serve` replicas on one PostgreSQL database as safe as
+//! one process (issue #11): a rate-limit window they all count in, people's
+//! locks they all respect, and claims that are short leases a live worker
+//! renews. The PostgreSQL cases run when `MAPPER_TEST_POSTGRES_URL` is set
+//! (CI sets it); the lease cases also run on a SQLite file.
+
+mod common;
+
+use common::postgres::FreshPostgres;
+use mapper::config::model::RateLimit;
+use mapper::store::{CLAIM_LEASE_MS, EventState, Inserted, NewEvent, Store, now_ms};
+use mapper::targets::limiter::Limiter;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn event(customer: &str, n: u32) -> NewEvent {
+    NewEvent {
+        connection: "default".into(),
+        source: "stickycards".into(),
+        event_type: "CardInstalledEvent".into(),
+        event_id: None,
+        dedup_key: format!("{customer}-{n}"),
+        occurred_at: Some(1_700_000_000_000),
+        customer_key: Some(customer.into()),
+        headers: serde_json::json!({}),
+        body: b"{}".to_vec(),
+        state: EventState::Received,
+        note: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_count_their_calls_in_one_window() {
+    let Some(pg) = FreshPostgres::create("replica_window").await else {
+        return;
+    };
+    let (a, b) = (
+        Store::open(&pg.url).await.unwrap(),
+        Store::open(&pg.url).await.unwrap(),
+    );
+    let limit = RateLimit {
+        requests: 4,
+        per_seconds: 1,
+        daily: None,
+        per: None,
+    };
+    let limiters = [
+        Arc::new(Limiter::shared(a.clone(), "loc1")),
+        Arc::new(Limiter::shared(b.clone(), "loc1")),
+    ];
+    let start = Instant::now();
+    let mut sends = Vec::new();
+    for n in 0..12 {
+        let (limiter, limit) = (limiters[n % 2].clone(), limit.clone());
+        sends.push(tokio::spawn(async move {
+            limiter.acquire("ghl", Some(&limit)).await.unwrap();
+            start.elapsed()
+        }));
+    }
+    let mut at = Vec::new();
+    for s in sends {
+        at.push(s.await.unwrap());
+    }
+    at.sort();
+    // 12 calls at 4 per second from two processes: the window is one.
+    for i in 4..at.len() {
+        assert!(
+            at[i] - at[i - 4] >= Duration::from_secs(1),
+            "calls {} and {i} in one window: {at:?}",
+            i - 4
+        );
+    }
+    // Another connection has a window of its own.
+    let other = Limiter::shared(a.clone(), "loc2");
+    let t = Instant::now();
+    other.acquire("ghl", Some(&limit)).await.unwrap();
+    assert!(t.elapsed() < Duration::from_millis(500));
+    drop((a, b, limiters, other));
+    pg.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_person_locked_by_one_replica_waits_in_the_other() {
+    let Some(pg) = FreshPostgres::create("replica_people").await else {
+        return;
+    };
+    let (a, b) = (
+        Store::open(&pg.url).await.unwrap(),
+        Store::open(&pg.url).await.unwrap(),
+    );
+    let phone = vec!["key|ghl|phone:+15550100".to_string()];
+    let held = a.lock_people(&phone).await.unwrap();
+    let waiting = {
+        let (b, phone) = (b.clone(), phone.clone());
+        tokio::spawn(async move {
+            let lock = b.lock_people(&phone).await.unwrap();
+            (Instant::now(), lock)
+        })
+    };
+    // Someone else is not held up.
+    let t = Instant::now();
+    let other = b
+        .lock_people(&["key|ghl|phone:+15550199".to_string()])
+        .await
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(1));
+    drop(other);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the second replica waits for the person"
+    );
+    let released = Instant::now();
+    drop(held);
+    let (got, lock) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the person is free once the first replica lets go")
+        .unwrap();
+    assert!(got >= released);
+    drop(lock);
+    // A replica that dies holding a person frees them: the lock ends with
+    // its session (here a session of its own, closed as a killed process's is).
+    let mut dying = <sqlx::AnyConnection as sqlx::Connection>::connect(&pg.url)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut dying).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(phone[0].as_str())
+        .execute(&mut dying)
+        .await
+        .unwrap();
+    let waiting = {
+        let (a, phone) = (a.clone(), phone.clone());
+        tokio::spawn(async move { a.lock_people(&phone).await.map(drop) })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "held by the other session");
+    drop(dying);
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("a closed session's people are free")
+        .unwrap()
+        .unwrap();
+    drop((a, b));
+    pg.drop().await;
+}
+
+async fn leases_are_renewed_while_held_and_lapse_when_not(store: Store) {
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        match store
+            .insert_events(&[event(&format!("c{n}"), n)])
+            .await
+            .unwrap()[0]
+        {
+            Inserted::New(id) => ids.push(id),
+            other => panic!("{other:?}"),
+        }
+    }
+    let before = now_ms();
+    let claimed = store.claim_due(10).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    // The lease is seconds, not minutes.
+    assert!(store.claim_due(10).await.unwrap().is_empty());
+    let renewed = store
+        .renew_leases(&ids[..2], before + 3 * CLAIM_LEASE_MS)
+        .await
+        .unwrap();
+    assert_eq!(renewed, 2);
+    // A delivered event's lease is not renewed.
+    store
+        .finish(ids[0], EventState::Delivered, now_ms(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .renew_leases(&ids, before + 3 * CLAIM_LEASE_MS)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(store.renew_leases(&[], 0).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn leases_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite://{}", dir.path().join("m.db").display()))
+        .await
+        .unwrap();
+    leases_are_renewed_while_held_and_lapse_when_not(store).await;
+}
+
+#[tokio::test]
+async fn leases_on_postgres() {
+    let Some(pg) = FreshPostgres::create("replica_leases").await else {
+        return;
+    };
+    let store = Store::open(&pg.url).await.unwrap();
+    leases_are_renewed_while_held_and_lapse_when_not(store.clone()).await;
+    drop(store);
+    pg.drop().await;
+}
