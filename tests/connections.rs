@@ -21,7 +21,6 @@ use mapper::store::connections::{
     ConnectionError, OAuthTokens, RefreshOutcome, TokenError, TokenPolicy,
 };
 use serde_json::Value;
-use sqlx::Connection as _;
 
 const KEY_HEX: &str = "4f1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c";
 /// A value that must never be found in clear in the database.
