@@ -14,8 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn event(customer: &str, n: u32) -> NewEvent {
+    event_of("default", customer, n)
+}
+
+fn event_of(connection: &str, customer: &str, n: u32) -> NewEvent {
     NewEvent {
-        connection: "default".into(),
+        connection: connection.into(),
         source: "stickycards".into(),
         event_type: "CardInstalledEvent".into(),
         event_id: None,
@@ -198,6 +202,85 @@ async fn leases_on_postgres() {
     };
     let store = Store::open(&pg.url).await.unwrap();
     leases_are_renewed_while_held_and_lapse_when_not(store.clone()).await;
+    drop(store);
+    pg.drop().await;
+}
+
+/// A connection with a backlog of 200 customers, two quiet ones with one
+/// event each, stored after the backlog: the quiet ones are claimed at once,
+/// and the backlog gets only its share while the worker holds its events.
+async fn claims_are_shared_among_connections(store: Store) {
+    let backlog: Vec<NewEvent> = (0..200)
+        .map(|n| event_of("busy", &format!("b{n}"), n))
+        .collect();
+    store.insert_events(&backlog).await.unwrap();
+    store
+        .insert_events(&[event_of("quiet1", "q1", 0), event_of("quiet2", "q2", 0)])
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_due_fairly(6, &std::collections::HashMap::new(), None)
+        .await
+        .unwrap();
+    let of = |c: &str| claimed.iter().filter(|e| e.connection == c).count();
+    assert_eq!(
+        (of("busy"), of("quiet1"), of("quiet2")),
+        (4, 1, 1),
+        "each connection its share of 6, and the backlog what the quiet ones leave: {:?}",
+        claimed.iter().map(|e| &e.connection).collect::<Vec<_>>()
+    );
+    // The worker holds 30 of the backlog; 2 more quiet events arrive.
+    store
+        .insert_events(&[event_of("quiet1", "q1b", 1), event_of("quiet2", "q2b", 1)])
+        .await
+        .unwrap();
+    let holding = std::collections::HashMap::from([("busy".to_string(), 30)]);
+    let next = store.claim_due_fairly(6, &holding, None).await.unwrap();
+    let of = |c: &str| next.iter().filter(|e| e.connection == c).count();
+    assert_eq!(
+        (of("quiet1"), of("quiet2"), of("busy")),
+        (1, 1, 4),
+        "the quiet ones first; what they leave goes to the backlog"
+    );
+    // A full worker's claim: one for each connection holding none.
+    store
+        .insert_events(&[event_of("quiet3", "q3", 0)])
+        .await
+        .unwrap();
+    let full = store.claim_due_fairly(6, &holding, Some(1)).await.unwrap();
+    assert_eq!(
+        full.iter()
+            .map(|e| e.connection.as_str())
+            .collect::<Vec<_>>(),
+        ["quiet3"]
+    );
+    // The others have nothing due: the backlog gets the rest of the claim.
+    let rest = store
+        .claim_due_fairly(20, &std::collections::HashMap::new(), None)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 20);
+    assert!(rest.iter().all(|e| e.connection == "busy"));
+    // Oldest first within a connection.
+    assert!(rest.windows(2).all(|w| w[0].id < w[1].id));
+}
+
+#[tokio::test]
+async fn fair_claims_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite://{}", dir.path().join("m.db").display()))
+        .await
+        .unwrap();
+    claims_are_shared_among_connections(store).await;
+}
+
+#[tokio::test]
+async fn fair_claims_on_postgres() {
+    let Some(pg) = FreshPostgres::create("replica_fair").await else {
+        return;
+    };
+    let store = Store::open(&pg.url).await.unwrap();
+    claims_are_shared_among_connections(store.clone()).await;
     drop(store);
     pg.drop().await;
 }

@@ -159,6 +159,29 @@ impl Store {
     /// replicas). PostgreSQL skips rows another worker holds; SQLite has one
     /// writer, so the single `UPDATE … RETURNING` is already atomic.
     pub async fn claim_due(&self, limit: i64) -> Result<Vec<ClaimedEvent>, StoreError> {
+        self.claim_due_fairly(limit, &HashMap::new(), None).await
+    }
+
+    /// [`Store::claim_due`], sharing the claim among the connections that
+    /// have events due, round-robin: each may hold at most an equal share of
+    /// what the worker holds and claims (`holding`: what it holds now, by
+    /// connection), and each claim starts with the connection after the one
+    /// the last claim ended with. A connection with a backlog of 50,000
+    /// events held to its rate limit then holds its share of the worker,
+    /// not every slot, and a quiet connection's event is claimed by the
+    /// next claim. Round-robin rather than weighted fair queuing: every
+    /// connection's calls cost the same to the worker, and its own rate
+    /// limit already weighs what it may send.
+    ///
+    /// `at_most`: no connection may hold more than this (the worker's claim
+    /// when it is full: a connection holding none gets one, so that a
+    /// backlog holding every place never keeps a quiet connection waiting).
+    pub async fn claim_due_fairly(
+        &self,
+        limit: i64,
+        holding: &HashMap<String, usize>,
+        at_most: Option<usize>,
+    ) -> Result<Vec<ClaimedEvent>, StoreError> {
         let _turn = self.write_gate(super::Writer::Claim).await;
         let mut conn = self.pool.acquire().await?;
         let now = now_ms();
@@ -168,12 +191,116 @@ impl Store {
         if self.heads_are_stale(&mut conn).await? {
             let mut tx = conn.begin().await?;
             self.repair_heads(&mut tx).await?;
-            let claimed = self.claim_candidates(&mut tx, now, limit).await?;
+            let claimed = self
+                .claim_candidates(&mut tx, now, limit, holding, at_most)
+                .await?;
             tx.commit().await?;
             Ok(claimed)
         } else {
-            self.claim_candidates(&mut conn, now, limit).await
+            self.claim_candidates(&mut conn, now, limit, holding, at_most)
+                .await
         }
+    }
+
+    /// The due heads, shared among connections as [`Store::claim_due_fairly`]
+    /// says, then the events without a customer; up to `wanted` in all.
+    async fn fair_candidates(
+        &self,
+        conn: &mut AnyConnection,
+        now: i64,
+        limit: i64,
+        wanted: usize,
+        holding: &HashMap<String, usize>,
+        at_most: Option<usize>,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut ids = Vec::with_capacity(wanted);
+        let busy: Vec<String> = sqlx::query(BUSY_CONNECTIONS_SQL)
+            .bind(BUSY_CONNECTIONS_READ)
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<_, sqlx::Error>>()?;
+        if !busy.is_empty() {
+            let held: usize = holding.values().sum();
+            let share =
+                at_most.unwrap_or_else(|| ((limit.max(0) as usize + held) / busy.len()).max(1));
+            let after = self
+                .claim_cursor
+                .lock()
+                .map(|c| c.clone())
+                .unwrap_or_default();
+            let first = busy.partition_point(|c| *c <= after);
+            let mut open: Vec<&String> = busy[first..]
+                .iter()
+                .chain(&busy[..first])
+                .take(CONNECTIONS_PER_CLAIM)
+                .collect();
+            // The last head taken of each connection: a later round goes on after it.
+            let mut taken: HashMap<&String, i64> = HashMap::new();
+            let mut statements = 0;
+            let mut last = None;
+            let mut round_share = None;
+            // Round one gives each connection its share; what is left of the
+            // claim then goes, in equal parts, to those that may have more
+            // (the connections with nothing due leave their part unused).
+            loop {
+                let mut more = Vec::new();
+                for connection in open {
+                    if ids.len() >= wanted || statements >= CONNECTIONS_PER_CLAIM {
+                        break;
+                    }
+                    let want = round_share
+                        .unwrap_or_else(|| {
+                            share.saturating_sub(holding.get(connection).copied().unwrap_or(0))
+                        })
+                        .min(wanted - ids.len());
+                    if want == 0 {
+                        more.push(connection);
+                        continue;
+                    }
+                    let rows = sqlx::query(sqlx::AssertSqlSafe(heads_of_sql()))
+                        .bind(connection.as_str())
+                        .bind(now)
+                        .bind(want as i64)
+                        .bind(taken.get(connection).copied().unwrap_or(0))
+                        .fetch_all(&mut *conn)
+                        .await?;
+                    statements += 1;
+                    for r in &rows {
+                        let id = r.try_get::<i64, _>(0)?;
+                        ids.push(id);
+                        taken.insert(connection, id);
+                    }
+                    if rows.len() == want {
+                        more.push(connection);
+                    }
+                    last = Some(connection);
+                }
+                let left = (limit.max(0) as usize).saturating_sub(ids.len());
+                if more.is_empty() || left == 0 || at_most.is_some() {
+                    break;
+                }
+                round_share = Some((left / more.len()).max(1));
+                open = more;
+            }
+            if let (Some(last), Ok(mut cursor)) = (last, self.claim_cursor.lock()) {
+                cursor.clone_from(last);
+            }
+        }
+        // Events without a customer belong to no share; a full worker's
+        // claim leaves them for when it has room.
+        if ids.len() < wanted && at_most.is_none() {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(keyless_sql()))
+                .bind(now)
+                .bind((wanted - ids.len()) as i64)
+                .fetch_all(&mut *conn)
+                .await?;
+            for r in &rows {
+                ids.push(r.try_get::<i64, _>(0)?);
+            }
+        }
+        Ok(ids)
     }
 
     /// Finds the due heads, then takes up to `limit` of them.
@@ -182,18 +309,15 @@ impl Store {
         conn: &mut AnyConnection,
         now: i64,
         limit: i64,
+        holding: &HashMap<String, usize>,
+        at_most: Option<usize>,
     ) -> Result<Vec<ClaimedEvent>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(candidates_sql()))
-            .bind(now)
-            .bind(limit.saturating_add(CANDIDATE_SLACK))
-            .fetch_all(&mut *conn)
+        let wanted = limit.saturating_add(CANDIDATE_SLACK).max(0) as usize;
+        let ids = self
+            .fair_candidates(conn, now, limit, wanted, holding, at_most)
             .await?;
-        if rows.is_empty() {
+        if ids.is_empty() {
             return Ok(Vec::new());
-        }
-        let mut ids = Vec::with_capacity(rows.len());
-        for r in &rows {
-            ids.push(r.try_get::<i64, _>(0)?);
         }
         let rows = sqlx::query(sqlx::AssertSqlSafe(self.take_sql(ids.len())))
             .bind(now)
@@ -266,22 +390,37 @@ impl Store {
                 .map(|r| r.try_get::<String, _>(column))
                 .collect::<Result<Vec<String>, sqlx::Error>>()
         };
-        let mut lines = vec!["-- the due heads:".to_string()];
+        let wanted = limit.saturating_add(CANDIDATE_SLACK).max(0) as usize;
+        let mut lines = vec!["-- the connections with events waiting:".to_string()];
         lines.extend(text(
-            sqlx::query(sqlx::AssertSqlSafe(format!("{prefix}{}", candidates_sql())))
-                .bind(now)
-                .bind(limit.saturating_add(CANDIDATE_SLACK))
-                .fetch_all(&mut *tx)
-                .await?,
-        )?);
-        let ids: Vec<i64> = sqlx::query(sqlx::AssertSqlSafe(candidates_sql()))
-            .bind(now)
-            .bind(limit.saturating_add(CANDIDATE_SLACK))
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{prefix}{BUSY_CONNECTIONS_SQL}"
+            )))
+            .bind(BUSY_CONNECTIONS_READ)
             .fetch_all(&mut *tx)
+            .await?,
+        )?);
+        let busy: Option<String> = sqlx::query(BUSY_CONNECTIONS_SQL)
+            .bind(1i64)
+            .fetch_optional(&mut *tx)
             .await?
-            .iter()
-            .map(|r| r.try_get::<i64, _>(0))
-            .collect::<Result<_, sqlx::Error>>()?;
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        if let Some(connection) = busy {
+            lines.push(format!("-- the due heads of one of them (`{connection}`):"));
+            lines.extend(text(
+                sqlx::query(sqlx::AssertSqlSafe(format!("{prefix}{}", heads_of_sql())))
+                    .bind(connection)
+                    .bind(now)
+                    .bind(wanted as i64)
+                    .bind(0i64)
+                    .fetch_all(&mut *tx)
+                    .await?,
+            )?);
+        }
+        let ids = self
+            .fair_candidates(&mut tx, now, limit, wanted, &HashMap::new(), None)
+            .await?;
         if !ids.is_empty() {
             lines.push("-- taking them:".to_string());
             let query = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -429,14 +568,41 @@ fn bind_keys<'q>(
 /// scalar subquery keeps both planners on the heads index in order,
 /// stopping at the limit, whatever their statistics say (a stale estimate
 /// made PostgreSQL hash-join every pending event).
-fn candidates_sql() -> String {
+/// The connections with a customer waiting, in name order, up to `$1`: a
+/// skip scan of the index `inbox_heads_fair` (migration 0012), one probe per
+/// connection, however long each one's backlog.
+const BUSY_CONNECTIONS_SQL: &str = "WITH RECURSIVE busy(connection) AS ( \
+       SELECT MIN(connection) FROM inbox_heads WHERE head_id IS NOT NULL \
+       UNION ALL \
+       SELECT (SELECT MIN(h.connection) FROM inbox_heads h \
+               WHERE h.head_id IS NOT NULL AND h.connection > busy.connection) \
+       FROM busy WHERE busy.connection IS NOT NULL) \
+     SELECT connection FROM busy WHERE connection IS NOT NULL LIMIT $1";
+
+/// Connections a claim reads the names of: a deployment with more busy
+/// connections than this serves the rest as the round-robin reaches them
+/// (the cursor starts after the last one served).
+const BUSY_CONNECTIONS_READ: i64 = 4096;
+
+/// Connections one claim reads heads from: bounds a claim's statements
+/// when many connections have events that are not due yet.
+const CONNECTIONS_PER_CLAIM: usize = 64;
+
+/// The due heads of connection `$1` at `$2`, oldest first, up to `$3`,
+/// after head `$4`.
+fn heads_of_sql() -> String {
     format!(
-        "SELECT id FROM (SELECT h.head_id AS id FROM inbox_heads h WHERE h.head_id IS NOT NULL \
-           AND (SELECT x.next_attempt_at FROM events x WHERE x.id = h.head_id AND x.state IN {PENDING}) <= $1 \
-           ORDER BY h.head_id LIMIT $2) heads \
-         UNION ALL \
-         SELECT id FROM (SELECT x.id FROM events x WHERE x.customer_key IS NULL AND x.state IN {PENDING} \
-           AND x.next_attempt_at <= $1 ORDER BY x.id LIMIT $2) keyless"
+        "SELECT h.head_id FROM inbox_heads h WHERE h.connection = $1 AND h.head_id IS NOT NULL AND h.head_id > $4 \
+           AND (SELECT x.next_attempt_at FROM events x WHERE x.id = h.head_id AND x.state IN {PENDING}) <= $2 \
+         ORDER BY h.head_id LIMIT $3"
+    )
+}
+
+/// Due events without a customer (each its own head) at `$1`, up to `$2`.
+fn keyless_sql() -> String {
+    format!(
+        "SELECT x.id FROM events x WHERE x.customer_key IS NULL AND x.state IN {PENDING} \
+           AND x.next_attempt_at <= $1 ORDER BY x.id LIMIT $2"
     )
 }
 

@@ -298,6 +298,9 @@ pub struct Store {
     /// that events waiting for a person can never starve the holder of the
     /// connection it needs to finish.
     people: Option<AnyPool>,
+    /// The connection the last claim ended with: the next starts after it
+    /// (see [`Store::claim_due_fairly`]).
+    claim_cursor: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 /// Who holds the SQLite write turn, for telling where the one writer's time
@@ -441,6 +444,7 @@ impl Store {
         Ok(Store {
             pool,
             people,
+            claim_cursor: Default::default(),
             dialect,
             commits: Default::default(),
             write_gate: Default::default(),
@@ -1128,7 +1132,7 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
             }
         };
     }
-    let steps: [(i64, &str, &'static str); 11] = [
+    let steps: [(i64, &str, &'static str); 12] = [
         (1, "inbox", both!("0001_inbox.sql")),
         (2, "records", both!("0002_records.sql")),
         (3, "order_mirror", both!("0003_order_mirror.sql")),
@@ -1144,6 +1148,7 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
         (9, "attempt_latency", both!("0009_attempt_latency.sql")),
         (10, "connections", both!("0010_connections.sql")),
         (11, "rate_windows", both!("0011_rate_windows.sql")),
+        (12, "fair_claims", both!("0012_fair_claims.sql")),
     ];
     Migrator::with_migrations(
         steps

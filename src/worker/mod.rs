@@ -8,7 +8,7 @@ use crate::store::{
     CLAIM_LEASE_MS, ClaimedEvent, EventState, LEASE_RENEWAL_MS, RunSummary, Store, now_ms,
 };
 use crate::targets::{Executor, Finish, Outcome, Suppression};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -91,7 +91,7 @@ pub async fn run(
         );
     }
     let concurrency = config.concurrency.max(1);
-    let slots = Arc::new(Semaphore::new(concurrency));
+    let slots = Arc::new(ConnectionSlots::new(concurrency));
     // Claimed events still waiting for a slot. A worker claims ahead, up to
     // `CLAIM_ROUNDS` more rounds of slots, and claims again once a round
     // is left: a busy worker pays one claim (a write through SQLite's one
@@ -104,6 +104,7 @@ pub async fn run(
     let leases = Leases::default();
     let _renewing = StopOnDrop(tokio::spawn(renew(store.clone(), leases.clone())));
     let mut batches = JoinSet::new();
+    let mut last_full_claim = std::time::Instant::now();
     loop {
         while batches.try_join_next().is_some() {}
         if *shutdown.borrow() {
@@ -114,14 +115,34 @@ pub async fn run(
         let room = if waiting > concurrency {
             0
         } else {
-            (slots.available_permits() + CLAIM_ROUNDS * concurrency)
+            (concurrency.saturating_sub(slots.delivering()) + CLAIM_ROUNDS * concurrency)
                 .saturating_sub(waiting)
                 .min(config.batch.max(1) as usize)
         };
-        let mut claimed = if room == 0 {
-            Vec::new()
+        // A full worker still claims one event for each connection it holds
+        // none of: its slots are its own, so a backlog that fills the
+        // worker while it waits for its rate limit delays nobody else.
+        // That claim is made once per idle period, not on every wake-up of
+        // a busy worker (each claim is a turn of SQLite's one writer).
+        let (limit, at_most) = if room == 0 {
+            if last_full_claim.elapsed() < config.idle {
+                tokio::select! {
+                    _ = tokio::time::sleep(config.idle.saturating_sub(last_full_claim.elapsed())) => {}
+                    _ = finished.notified() => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            last_full_claim = std::time::Instant::now();
+            (concurrency as i64, Some(1))
         } else {
-            match store.claim_due(room as i64).await {
+            (room as i64, None)
+        };
+        let mut claimed = {
+            match store
+                .claim_due_fairly(limit, &leases.by_connection(), at_most)
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot claim events");
@@ -132,7 +153,7 @@ pub async fn run(
         };
         // An event this worker still holds comes back when a renewal was
         // late and its lease lapsed: it is being delivered, not again.
-        claimed.retain(|event| leases.take(event.id));
+        claimed.retain(|event| leases.take(event));
         if claimed.is_empty() {
             tokio::select! {
                 _ = tokio::time::sleep(config.idle) => {}
@@ -160,13 +181,29 @@ pub async fn run(
 
 /// The events a worker has claimed and not yet finished: their leases are
 /// renewed while they wait for a slot, their rate limit or their journal.
+/// By event id, its connection.
 #[derive(Clone, Default)]
-struct Leases(Arc<std::sync::Mutex<HashSet<i64>>>);
+struct Leases(Arc<std::sync::Mutex<HashMap<i64, String>>>);
 
 impl Leases {
     /// Records a claimed event; false when this worker holds it already.
-    fn take(&self, id: i64) -> bool {
-        self.0.lock().map(|mut ids| ids.insert(id)).unwrap_or(true)
+    fn take(&self, event: &ClaimedEvent) -> bool {
+        self.0
+            .lock()
+            .map(|mut ids| ids.insert(event.id, event.connection.clone()).is_none())
+            .unwrap_or(true)
+    }
+
+    /// How many events this worker holds of each connection (what a fair
+    /// claim shares out, see [`Store::claim_due_fairly`]).
+    fn by_connection(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        if let Ok(ids) = self.0.lock() {
+            for connection in ids.values() {
+                *counts.entry(connection.clone()).or_insert(0) += 1;
+            }
+        }
+        counts
     }
 
     /// The event is finished (or given up): its lease is left to lapse.
@@ -179,7 +216,7 @@ impl Leases {
     fn held(&self) -> Vec<i64> {
         self.0
             .lock()
-            .map(|ids| ids.iter().copied().collect())
+            .map(|ids| ids.keys().copied().collect())
             .unwrap_or_default()
     }
 }
@@ -210,10 +247,68 @@ impl Drop for StopOnDrop {
 /// Rounds of slots a worker claims ahead (see [`run`]).
 const CLAIM_ROUNDS: usize = 2;
 
+/// Each connection's deliveries in flight, at most the worker's concurrency
+/// each: one connection's events waiting for its rate limit or its slow
+/// target hold its own slots, never another's.
+struct ConnectionSlots {
+    each: usize,
+    of: std::sync::Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Deliveries in flight, all connections together.
+    delivering: Arc<AtomicUsize>,
+}
+
+impl ConnectionSlots {
+    fn new(each: usize) -> ConnectionSlots {
+        ConnectionSlots {
+            each,
+            of: Default::default(),
+            delivering: Default::default(),
+        }
+    }
+
+    /// Waits for a slot of `connection`'s.
+    async fn acquire(&self, connection: &str) -> Option<Slot> {
+        let semaphore = match self.of.lock() {
+            Ok(mut of) => {
+                // A connection that has gone quiet gives its entry back.
+                if of.len() > 1024 {
+                    of.retain(|_, s| s.available_permits() < self.each);
+                }
+                of.entry(connection.to_string())
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.each)))
+                    .clone()
+            }
+            Err(_) => return None,
+        };
+        let permit = semaphore.acquire_owned().await.ok()?;
+        self.delivering.fetch_add(1, Ordering::AcqRel);
+        Some(Slot {
+            _permit: permit,
+            delivering: self.delivering.clone(),
+        })
+    }
+
+    fn delivering(&self) -> usize {
+        self.delivering.load(Ordering::Acquire)
+    }
+}
+
+/// One delivery's place; freed when dropped.
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    delivering: Arc<AtomicUsize>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.delivering.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// What a batch shares with the claiming loop.
 struct Slots {
-    /// One permit per delivery in flight.
-    free: Arc<Semaphore>,
+    /// Each connection's deliveries in flight.
+    free: Arc<ConnectionSlots>,
     /// Claimed events without a slot yet (see [`run`]).
     unstarted: Arc<AtomicUsize>,
     /// Wakes the claiming loop when a slot frees or an event starts.
@@ -243,26 +338,29 @@ async fn run_batch(
     let connection = event_connection(&claimed);
     let processed = claimed.len() as i64;
     let mut events = JoinSet::new();
-    let mut claimed = claimed.into_iter();
-    while let Some(event) = claimed.next() {
-        // The semaphore is never closed; were it, the events would stay
-        // `processing` until their lease ends and be taken again.
-        let Ok(permit) = slots.free.clone().acquire_owned().await else {
-            slots.leases.release(event.id);
-            claimed.for_each(|e| slots.leases.release(e.id));
-            break;
-        };
-        slots.unstarted.fetch_sub(1, Ordering::AcqRel);
-        slots.finished.notify_one();
-        let (executor, config, finished, journals, stopping, leases) = (
+    // Each event waits for a slot of its own connection's, so one
+    // connection's full slots hold up none of the batch's other events.
+    for event in claimed {
+        let (executor, config, slots_of, finished, journals, stopping, leases, unstarted) = (
             executor.clone(),
             config.clone(),
+            slots.free.clone(),
             slots.finished.clone(),
             slots.journals.clone(),
             slots.stopping.clone(),
             slots.leases.clone(),
+            slots.unstarted.clone(),
         );
         events.spawn(async move {
+            // The semaphores are never closed; were one, its events would
+            // stay `processing` until their lease ends and be taken again.
+            let Some(slot) = slots_of.acquire(&event.connection).await else {
+                unstarted.fetch_sub(1, Ordering::AcqRel);
+                leases.release(event.id);
+                return false;
+            };
+            unstarted.fetch_sub(1, Ordering::AcqRel);
+            finished.notify_one();
             let delivery = deliver_one(&executor, &config, &event).await;
             // The slot frees once the calls are made, while the journal
             // waits for its commit: journals then meet in larger groups (one
@@ -271,7 +369,7 @@ async fn run_batch(
             // next event is neither claimable nor able to take its people,
             // until the journal is written.
             let journal_turn = journals.acquire_owned().await;
-            drop(permit);
+            drop(slot);
             finished.notify_one();
             let delivered = commit_delivery(&executor, &event, delivery, stopping).await;
             leases.release(event.id);
