@@ -275,6 +275,14 @@ impl App {
         };
         let metrics = Metrics::new();
         let tenants = load_tenants(&store, &env).await?;
+        if tenants.iter().any(|t| t.oauth.is_some())
+            && let Err(missing) =
+                crate::targets::oauth::OAuthClient::from_env(&|name| env.get(name))
+        {
+            tracing::warn!(
+                "{missing}: connections installed through GHL OAuth use their access tokens until they expire, and cannot refresh them"
+            );
+        }
         let delivery = Delivery {
             store: store.clone(),
             env: env.clone(),

@@ -711,3 +711,62 @@ async fn uninstall_disables_and_install_enables() {
     assert!(f.ghl.contact_by_email("c_back@example.com").is_some());
     running.shutdown().await;
 }
+
+/// The bearer a connection's executor asks at each call, asked by 16 calls
+/// at the same moment with the stored token inside the refresh window: one
+/// refresh at GHL, and every call gets the new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn simultaneous_callers_share_one_refresh() {
+    use mapper::targets::oauth::{Bearer, OAuthClient, TokenEndpoint};
+    let f = Fixture::new(Duration::from_secs(86_399)).await;
+    let endpoint = TokenEndpoint::new(&f.ghl.base_url());
+    let config = f.ghl.oauth().config();
+    let client = OAuthClient {
+        client_id: config.client_id,
+        client_secret: config.client_secret,
+    };
+    let code = f.ghl.oauth().issue_location_code(LOCATION);
+    let answer = endpoint
+        .exchange_code(&client, &code, REDIRECT)
+        .await
+        .unwrap();
+    let vars = [("GHL_LOCATION_ID".to_string(), LOCATION.to_string())]
+        .into_iter()
+        .collect();
+    let c = f
+        .store
+        .add_connection("direct", &vars, Some(&f.key))
+        .await
+        .unwrap();
+    // Stored as expiring in one second: inside the 3 s window.
+    let mut tokens = answer.tokens(mapper::store::now_ms());
+    tokens.access_expires_at = mapper::store::now_ms() + 1_000;
+    assert!(
+        f.store
+            .store_tokens("direct", c.token_version, &tokens, &f.key)
+            .await
+            .unwrap()
+    );
+    let bearer = std::sync::Arc::new(Bearer::new(
+        "direct",
+        f.store.clone(),
+        f.key.clone(),
+        Ok(client),
+        endpoint,
+        policy(),
+    ));
+    let calls: Vec<_> = (0..16)
+        .map(|_| {
+            let bearer = bearer.clone();
+            tokio::spawn(async move { bearer.token(None).await })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for call in calls {
+        got.push(call.await.unwrap().unwrap());
+    }
+    assert_eq!(f.ghl.oauth().grants().refresh_token, 1);
+    let fresh = f.tokens("direct").await;
+    assert_ne!(fresh.access_token, tokens.access_token);
+    assert!(got.iter().all(|t| *t == fresh.access_token));
+}
