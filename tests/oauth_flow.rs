@@ -58,9 +58,15 @@ struct Fixture {
 }
 
 impl Fixture {
+    /// On a fresh SQLite file.
     async fn new(lifetime: Duration) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let db = format!("sqlite://{}", dir.path().join("mapper.db").display());
+        Fixture::on(lifetime, db, dir).await
+    }
+
+    /// On the database `db`.
+    async fn on(lifetime: Duration, db: String, dir: tempfile::TempDir) -> Fixture {
         Fixture {
             ghl: ghl_at(LOCATION, "pit-nobody-has", lifetime).await,
             sc: StickyCardsSandbox::start(StickyCardsConfig::default())
@@ -420,7 +426,7 @@ async fn callback_refusals_say_what_to_fix() {
 /// expire at the same moment, and exactly one of them refreshes it.
 #[tokio::test]
 async fn concurrent_deliveries_near_expiry_refresh_once() {
-    let f = Fixture::new(Duration::from_secs(8)).await;
+    let f = Fixture::new(Duration::from_secs(12)).await;
     let running = f.serve(f.env(), policy()).await;
     let base = running.url().unwrap();
     let code = f.ghl.oauth().issue_location_code(LOCATION);
@@ -769,4 +775,75 @@ async fn simultaneous_callers_share_one_refresh() {
     let fresh = f.tokens("direct").await;
     assert_ne!(fresh.access_token, tokens.access_token);
     assert!(got.iter().all(|t| *t == fresh.access_token));
+}
+
+/// A fresh PostgreSQL database (its URL, name and an admin connection to
+/// drop it with), or `None` when `MAPPER_TEST_POSTGRES_URL` is unset.
+async fn fresh_postgres(suffix: &str) -> Option<(String, String, sqlx::AnyConnection)> {
+    use sqlx::Connection;
+    let Ok(admin_url) = std::env::var("MAPPER_TEST_POSTGRES_URL") else {
+        eprintln!("MAPPER_TEST_POSTGRES_URL is not set: skipping the PostgreSQL run");
+        return None;
+    };
+    sqlx::any::install_default_drivers();
+    let name = format!("mapper_test_{}_oauth_{suffix}", std::process::id());
+    let mut admin = sqlx::AnyConnection::connect(&admin_url).await.unwrap();
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .unwrap_or(&admin_url);
+    Some((format!("{base}/{name}"), name, admin))
+}
+
+/// The install, a delivery, a 401's refresh and an UNINSTALL on PostgreSQL.
+#[tokio::test]
+async fn install_refresh_and_uninstall_on_postgres() {
+    let Some((url, name, mut admin)) = fresh_postgres("flow").await else {
+        return;
+    };
+    let f = Fixture::on(
+        Duration::from_secs(86_399),
+        url,
+        tempfile::tempdir().unwrap(),
+    )
+    .await;
+    assert!(f.store.is_postgres());
+    let running = f.serve(f.env(), policy()).await;
+    let base = running.url().unwrap();
+    let code = f.ghl.oauth().issue_location_code(LOCATION);
+    assert_eq!(callback(&base, &format!("?code={code}")).await.0, 200);
+    f.complete(&base, LOCATION, "sc-pg").await;
+    let body = customer("c_pg", "+1 415 555 0200");
+    assert_eq!(post_sc(&base, LOCATION, "sc-pg", &body).await, 202);
+    all_delivered(&f.db).await;
+    f.ghl.oauth().expire_access_tokens();
+    let body = customer("c_pg2", "+1 415 555 0201");
+    assert_eq!(post_sc(&base, LOCATION, "sc-pg", &body).await, 202);
+    all_delivered(&f.db).await;
+    assert!(f.ghl.contact_by_email("c_pg2@example.com").is_some());
+    assert_eq!(f.ghl.oauth().grants().refresh_token, 1);
+    let (status, _) = f
+        .signer
+        .post_answer(&base, &lifecycle("UNINSTALL", LOCATION, 1))
+        .await;
+    assert_eq!(status, 202);
+    let c = f.store.connection(LOCATION).await.unwrap().unwrap();
+    assert_eq!(c.disabled_reason.as_deref(), Some("uninstalled from GHL"));
+    running.shutdown().await;
+    drop(f);
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
 }

@@ -35,6 +35,8 @@
 //!   [`super::GhlConfig::token`] keeps working beside OAuth.
 //! - `/oauth/token` needs no `Version` header and is not rate limited;
 //!   `/oauth/locationToken` needs the `Version` header as the API does.
+//! - [`OAuth::grants`] counts the token requests answered, by grant (and
+//!   those refused with `invalid_grant`), so a test can count refreshes.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
