@@ -301,6 +301,26 @@ async fn the_callback_installs_the_location_and_deliveries_use_its_token() {
     assert_eq!(answer["installed"][0]["connection"], LOCATION);
     assert_eq!(answer["installed"][0]["created"], false);
     assert_eq!(f.store.connections().await.unwrap().len(), 1);
+    // A browser gets a page saying which connection was installed.
+    let code = f.ghl.oauth().issue_location_code(LOCATION);
+    let page = reqwest::Client::new()
+        .get(format!("{base}/oauth/ghl/callback?code={code}"))
+        .header("accept", "text/html,application/xhtml+xml")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains(&format!("connection <code>{LOCATION}</code> updated")),
+        "{page}"
+    );
 
     // The tokens are sealed: neither is in any file of the database.
     let tokens = f.tokens(LOCATION).await;
