@@ -12,6 +12,7 @@ use crate::config::compile::compile_dir;
 use crate::metrics::Metrics;
 use crate::program::Program;
 use crate::server::{self, AppState, MissingSecrets};
+use crate::store::connections::TokenPolicy;
 use crate::store::{DEFAULT_CONNECTION, Inbox, Store, StoreError};
 use crate::targets::Executor;
 use crate::worker::WorkerConfig;
@@ -159,6 +160,9 @@ pub struct AppConfig {
     /// Serve the operator console at `/ui` with this token (`MAPPER_UI_TOKEN`);
     /// `None` leaves `/ui` answering 404. Needs `listen`.
     pub ui_token: Option<String>,
+    /// When connections installed through GHL OAuth refresh their access
+    /// token (tests shorten GHL's day-long tokens to seconds).
+    pub token_policy: TokenPolicy,
 }
 
 impl AppConfig {
@@ -175,6 +179,7 @@ impl AppConfig {
             coalesce_window: None,
             background: false,
             ui_token: None,
+            token_policy: TokenPolicy::default(),
         }
     }
 
@@ -241,6 +246,7 @@ impl App {
             coalesce_window,
             background,
             ui_token,
+            token_policy,
         } = config;
         let verifiers = match listen {
             Some(_) => {
@@ -269,12 +275,21 @@ impl App {
         };
         let metrics = Metrics::new();
         let tenants = load_tenants(&store, &env).await?;
+        if tenants.iter().any(|t| t.oauth.is_some())
+            && let Err(missing) =
+                crate::targets::oauth::OAuthClient::from_env(&|name| env.get(name))
+        {
+            tracing::warn!(
+                "{missing}: connections installed through GHL OAuth use their access tokens until they expire, and cannot refresh them"
+            );
+        }
         let delivery = Delivery {
             store: store.clone(),
             env: env.clone(),
             coalesce_window,
             metrics: metrics.clone(),
             tenants: Arc::new(arc_swap::ArcSwap::from_pointee(tenants)),
+            token_policy,
         };
         let program = Arc::new(program);
         let executor = delivery.executor(program.clone(), None);
@@ -356,9 +371,16 @@ impl App {
         };
         let server = match (listener, state) {
             (Some(listener), Some(state)) => {
+                // The GHL OAuth callback reads the app's client credentials
+                // and MAPPER_SECRET_KEY from the process's environment.
+                let lookup = env.clone();
+                let install = server::oauth::router(
+                    state.clone(),
+                    Arc::new(move |name: &str| lookup.get(name)),
+                );
                 let app = match console {
-                    Some(console) => server::router(state).merge(console),
-                    None => server::router(state),
+                    Some(console) => server::router(state).merge(install).merge(console),
+                    None => server::router(state).merge(install),
                 };
                 let mut until = stopped;
                 Some(tokio::spawn(async move {
@@ -452,6 +474,8 @@ struct Delivery {
     /// The stored connections, read at start and again when they change
     /// (`watch_connections`).
     tenants: Arc<arc_swap::ArcSwap<Vec<StoredTenant>>>,
+    /// When OAuth access tokens are refreshed.
+    token_policy: TokenPolicy,
 }
 
 /// A stored connection, its values opened.
@@ -460,6 +484,9 @@ struct StoredTenant {
     /// Why its events wait instead of being delivered, when it is disabled.
     disabled: Option<String>,
     env: Env,
+    /// Installed through GHL OAuth and without a PIT: the key its tokens
+    /// open with (its `GHL_API_TOKEN` is the access token's placeholder).
+    oauth: Option<crate::secrets::SecretKey>,
 }
 
 /// Reads the stored connections and opens their values with
@@ -480,7 +507,7 @@ async fn load_tenants(store: &Store, env: &Env) -> Result<Vec<StoredTenant>, Sta
     };
     let mut tenants = Vec::with_capacity(stored.len());
     for connection in stored {
-        let vars = if connection.sealed_vars.is_empty() {
+        let mut vars = if connection.sealed_vars.is_empty() {
             BTreeMap::new()
         } else {
             let Some(key) = &key else {
@@ -497,6 +524,33 @@ async fn load_tenants(store: &Store, env: &Env) -> Result<Vec<StoredTenant>, Sta
                 ))
             })?
         };
+        // A PIT (`GHL_API_TOKEN`) stays the simple option and wins; without
+        // one, stored OAuth tokens give the bearer, fetched at send time.
+        let oauth = match &connection.sealed_tokens {
+            Some(_) if !vars.contains_key(crate::targets::oauth::ACCESS_TOKEN_VARIABLE) => {
+                let Some(key) = &key else {
+                    return Err(StartError::SecretKey(format!(
+                        "connection `{}` has encrypted OAuth tokens and MAPPER_SECRET_KEY is not set: \
+                         set it to the key the connection was installed with",
+                        connection.name
+                    )));
+                };
+                // Opened once here so that a wrong key stops the start (or
+                // this reload) instead of every delivery.
+                connection.tokens(key).map_err(|e| {
+                    StartError::SecretKey(format!(
+                        "cannot open the OAuth tokens of connection `{}` with MAPPER_SECRET_KEY: {e}",
+                        connection.name
+                    ))
+                })?;
+                vars.insert(
+                    crate::targets::oauth::ACCESS_TOKEN_VARIABLE.to_string(),
+                    crate::targets::oauth::ACCESS_TOKEN_PLACEHOLDER.to_string(),
+                );
+                Some(key.clone())
+            }
+            _ => None,
+        };
         let process = env.clone();
         let own = Env::from_map(vars);
         let tenant_env = Env(Arc::new(move |name: &str| {
@@ -512,6 +566,7 @@ async fn load_tenants(store: &Store, env: &Env) -> Result<Vec<StoredTenant>, Sta
             }),
             name: connection.name,
             env: tenant_env,
+            oauth,
         });
     }
     Ok(tenants)
@@ -535,6 +590,9 @@ impl Delivery {
                     let mut one = self
                         .one_executor(program.clone(), &tenant.env, &tenant.name)
                         .sharing_journal_with(&executor);
+                    if let Some(key) = &tenant.oauth {
+                        one = one.with_oauth(Arc::new(self.bearer(&program, tenant, key)));
+                    }
                     if let Some(limits) = previous.and_then(|p| p.tenant_limits(&tenant.name)) {
                         one = one.with_limits(limits);
                     }
@@ -589,6 +647,27 @@ impl Delivery {
         routes
     }
 
+    /// The OAuth bearer of a connection installed through GHL OAuth: its
+    /// refreshes go to its own `GHL_API_BASE_URL` (where its calls go),
+    /// with the app's client credentials from the process's environment.
+    fn bearer(
+        &self,
+        program: &Program,
+        tenant: &StoredTenant,
+        key: &crate::secrets::SecretKey,
+    ) -> crate::targets::oauth::Bearer {
+        use crate::targets::oauth::{Bearer, OAuthClient, TokenEndpoint, base_url};
+        let base = base_url(program, &|name| tenant.env.get(name)).unwrap_or_default();
+        Bearer::new(
+            &tenant.name,
+            self.store.clone(),
+            key.clone(),
+            OAuthClient::from_env(&|name| self.env.get(name)),
+            TokenEndpoint::new(&base),
+            self.token_policy,
+        )
+    }
+
     /// `connection`'s executor. On PostgreSQL its rate-limit windows are
     /// kept in the database, so that replicas delivering the same
     /// connection's events share them.
@@ -619,13 +698,29 @@ impl Delivery {
 /// How often `serve` looks for added, changed, enabled or disabled connections.
 const CONNECTIONS_POLL: Duration = Duration::from_secs(5);
 
-/// What of the stored connections makes a running app rebuild its tenants.
-async fn connections_fingerprint(store: &Store) -> Option<Vec<(String, bool, i64)>> {
+/// One connection as far as its executor and verifiers depend on it.
+type ConnectionPrint = (String, bool, Option<String>, BTreeMap<String, String>, bool);
+
+/// What of the stored connections makes a running app rebuild its tenants:
+/// names, enabled and why not, the (sealed) values, and whether OAuth tokens are
+/// stored. Not `updated_at`: a token rotation changes it, and a rotated
+/// token is read from the store at send time, so it needs no new executor
+/// (whose id caches would start over at every refresh).
+async fn connections_fingerprint(store: &Store) -> Option<Vec<ConnectionPrint>> {
     let stored = store.connections().await.ok()?;
     Some(
         stored
             .into_iter()
-            .map(|c| (c.name, c.enabled, c.updated_at))
+            .map(|c| {
+                let has_tokens = c.sealed_tokens.is_some();
+                (
+                    c.name,
+                    c.enabled,
+                    c.disabled_reason,
+                    c.sealed_vars,
+                    has_tokens,
+                )
+            })
             .collect(),
     )
 }

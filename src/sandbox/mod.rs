@@ -66,7 +66,7 @@ mod validate;
 
 pub use common::{Draws, Fault, LoggedRequest, RateLimit, SentWebhook, WebhookDelivery};
 pub use ghl::{GhlConfig, GhlSandbox, GhlWebhooks};
-pub use oauth::{OAuth, OAuthConfig};
+pub use oauth::{Grants, OAuth, OAuthConfig};
 pub use stickycards::{
     StickyCardsConfig, StickyCardsSandbox, StickyCardsWebhookFormat, StickyCardsWebhooks,
 };

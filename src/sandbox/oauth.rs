@@ -35,6 +35,8 @@
 //!   [`super::GhlConfig::token`] keeps working beside OAuth.
 //! - `/oauth/token` needs no `Version` header and is not rate limited;
 //!   `/oauth/locationToken` needs the `Version` header as the API does.
+//! - [`OAuth::grants`] counts the token requests answered, by grant (and
+//!   those refused with `invalid_grant`), so a test can count refreshes.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -100,6 +102,22 @@ struct State {
     access: HashMap<String, Access>,
     refresh: HashMap<String, Grant>,
     minted: u64,
+    grants: Grants,
+}
+
+/// How many token requests the simulator has answered, by grant, so a test
+/// can tell how often a client refreshed (e.g. exactly once under
+/// concurrent deliveries).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// `grant_type=authorization_code` answered with tokens.
+    pub authorization_code: u64,
+    /// `grant_type=refresh_token` answered with tokens.
+    pub refresh_token: u64,
+    /// `/oauth/locationToken` answered with a location token.
+    pub location_token: u64,
+    /// Codes and refresh tokens refused with `invalid_grant`.
+    pub refused: u64,
 }
 
 /// What a bearer token is on the API routes.
@@ -251,6 +269,11 @@ impl OAuth {
         lock(&self.config).clone()
     }
 
+    /// The token requests answered so far, by grant.
+    pub fn grants(&self) -> Grants {
+        lock(&self.state).grants
+    }
+
     /// Refresh tokens that are still valid (each works once).
     pub fn valid_refresh_tokens(&self) -> usize {
         lock(&self.state).refresh.len()
@@ -361,7 +384,15 @@ impl OAuth {
                 let Some(code) = field(&form, "code") else {
                     return unprocessable(vec!["code should not be empty".to_string()]);
                 };
-                let grant = lock(&self.state).codes.remove(code);
+                let grant = {
+                    let mut state = lock(&self.state);
+                    let grant = state.codes.remove(code);
+                    match grant {
+                        Some(_) => state.grants.authorization_code += 1,
+                        None => state.grants.refused += 1,
+                    }
+                    grant
+                };
                 match grant {
                     Some(grant) => self.issue_tokens(grant),
                     None => oauth_error(
@@ -376,7 +407,15 @@ impl OAuth {
                     return unprocessable(vec!["refresh_token should not be empty".to_string()]);
                 };
                 // Removed as it is used: a second use finds nothing.
-                let grant = lock(&self.state).refresh.remove(token);
+                let grant = {
+                    let mut state = lock(&self.state);
+                    let grant = state.refresh.remove(token);
+                    match grant {
+                        Some(_) => state.grants.refresh_token += 1,
+                        None => state.grants.refused += 1,
+                    }
+                    grant
+                };
                 match grant {
                     Some(grant) => self.issue_tokens(grant),
                     None => oauth_error(
@@ -432,6 +471,7 @@ impl OAuth {
         if !grant.approved_locations.iter().any(|l| l == location) {
             return api_error(403, "The token does not have access to this location.");
         }
+        lock(&self.state).grants.location_token += 1;
         self.issue_tokens(Grant {
             company: false,
             location_id: Some(location.to_string()),

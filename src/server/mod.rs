@@ -5,6 +5,7 @@
 //! platform retries (GHL retries only on 429).
 
 pub mod error;
+pub mod oauth;
 pub mod ui;
 pub mod verify;
 
@@ -399,6 +400,19 @@ async fn accept(
             }
         }
     }
+    // GHL's INSTALL / UNINSTALL act on the connection of their location
+    // here, once verified (`oauth::lifecycle`); the event is kept as done.
+    let lifecycle = oauth::lifecycle(&state.store, source, &event.event_type, &payload)
+        .await
+        .map_err(|e| ReceiveError::NotStored {
+            reason: e.to_string(),
+            ghl: true,
+        })?;
+    let applied = lifecycle.is_some();
+    if applied {
+        mapped = true;
+        note = lifecycle;
+    }
     let occurred_at = event
         .occurred_at
         .as_deref()
@@ -428,7 +442,9 @@ async fn accept(
         customer_key: event.customer.as_deref().map(|id| source.ordering_key(id)),
         headers: serde_json::Value::Object(kept_headers),
         body: body.to_vec(),
-        state: if mapped {
+        state: if applied {
+            EventState::Delivered
+        } else if mapped {
             EventState::Received
         } else {
             EventState::Unmapped

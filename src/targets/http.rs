@@ -68,6 +68,10 @@ pub struct Http {
     pub(crate) limiter: Arc<Limiter>,
     /// Where each call's duration and status class are counted.
     pub(crate) metrics: crate::metrics::Metrics,
+    /// A connection installed through GHL OAuth: its access token replaces
+    /// [`super::oauth::ACCESS_TOKEN_PLACEHOLDER`] in the headers (see
+    /// [`super::oauth`]).
+    pub(crate) oauth: Option<Arc<super::oauth::Bearer>>,
 }
 
 impl Http {
@@ -83,6 +87,7 @@ impl Http {
             headers,
             limiter: Arc::new(Limiter::default()),
             metrics: crate::metrics::Metrics::default(),
+            oauth: None,
         }
     }
 
@@ -119,8 +124,51 @@ impl Http {
         }
     }
 
-    /// One call, the rate limiter passed.
+    /// One call, the rate limiter passed. A target whose headers carry an
+    /// OAuth access token gets the current one; a 401 with it refreshes it
+    /// once and sends the request once more (GHL answers 401 to a token
+    /// that expired or was revoked before its stated expiry).
     async fn call(&self, target: &Target, request: &RequestPlan) -> Answer {
+        let bearer = self.oauth.as_ref().filter(|_| {
+            self.headers
+                .get(&target.name)
+                .into_iter()
+                .flatten()
+                .any(|(_, v)| v.contains(super::oauth::ACCESS_TOKEN_PLACEHOLDER))
+        });
+        let Some(bearer) = bearer else {
+            return self.call_with(target, request, None).await;
+        };
+        let token = match bearer.token(None).await {
+            Ok(token) => token,
+            Err(e) => return token_failure(target, request, &e),
+        };
+        let answer = self.call_with(target, request, Some(&token)).await;
+        if !matches!(&answer, Answer::Failed(f) if f.status == Some(401)) {
+            return answer;
+        }
+        let fresh = match bearer.token(Some(&token)).await {
+            Ok(fresh) => fresh,
+            Err(e) => return token_failure(target, request, &e),
+        };
+        // The second request counts against the target's limit as any other.
+        if let Err(until) = self
+            .limiter
+            .acquire(&target.name, target.rate_limit.as_ref())
+            .await
+        {
+            return pause(target, until);
+        }
+        self.call_with(target, request, Some(&fresh)).await
+    }
+
+    /// One call with `token` in place of the OAuth placeholder, if any.
+    async fn call_with(
+        &self,
+        target: &Target,
+        request: &RequestPlan,
+        token: Option<&str>,
+    ) -> Answer {
         let method =
             reqwest::Method::from_bytes(request.method.as_bytes()).unwrap_or(reqwest::Method::POST);
         let url = url_with_query(request);
@@ -128,7 +176,15 @@ impl Http {
         let started = std::time::Instant::now();
         let mut builder = self.client.request(method, &url).timeout(target.timeout);
         for (name, value) in self.headers.get(&target.name).into_iter().flatten() {
-            builder = builder.header(name, value);
+            match token {
+                Some(token) if value.contains(super::oauth::ACCESS_TOKEN_PLACEHOLDER) => {
+                    builder = builder.header(
+                        name,
+                        value.replace(super::oauth::ACCESS_TOKEN_PLACEHOLDER, token),
+                    );
+                }
+                _ => builder = builder.header(name, value),
+            }
         }
         if let Some(body) = &request.body {
             builder = builder.json(body);
@@ -251,6 +307,31 @@ fn pause(target: &Target, until: Duration) -> Answer {
         ),
         transient: true,
         retry_after: Some(until),
+        body: Value::Null,
+    })
+}
+
+/// No access token could be had for a call. A connection that cannot
+/// deliver now (disabled, its refresh refused) makes the event wait as a
+/// disabled connection's do, without spending an attempt; any other
+/// failure (no answer from the token endpoint, another replica still
+/// refreshing) is retried like a call that got no answer.
+fn token_failure(
+    target: &Target,
+    request: &RequestPlan,
+    e: &crate::store::connections::TokenError,
+) -> Answer {
+    if super::oauth::connection_stopped(e) {
+        let _ = TALLY.try_with(|t| t.paused.set(Some(super::tenants::TENANT_WAIT)));
+    }
+    Answer::Failed(Failure {
+        status: None,
+        error: format!(
+            "{} {}: no OAuth access token for target `{}`: {e}",
+            request.method, request.path, target.name
+        ),
+        transient: true,
+        retry_after: None,
         body: Value::Null,
     })
 }

@@ -32,6 +32,7 @@ pub mod http;
 pub mod journal;
 pub mod limiter;
 pub mod lookups;
+pub mod oauth;
 pub mod sync;
 mod tenants;
 
