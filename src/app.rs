@@ -681,7 +681,8 @@ impl Delivery {
             }
         }
         let mut executor = Executor::new(program, self.store.clone(), target_env)
-            .with_metrics(self.metrics.clone());
+            .with_metrics(self.metrics.clone())
+            .for_connection_named(connection);
         if self.store.is_postgres() {
             executor = executor.with_limits(Arc::new(crate::targets::limiter::Limiter::shared(
                 self.store.clone(),

@@ -18,23 +18,32 @@ use std::time::Duration;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BySource {
     source: String,
+    connection: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Rejection {
     source: String,
     reason: String,
+    connection: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ByOutcome {
     outcome: String,
+    connection: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByConnection {
+    connection: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TargetStatus {
     target: String,
     status: String,
+    connection: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -47,6 +56,7 @@ struct StoredEvents {
     source: String,
     event: String,
     state: String,
+    connection: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -54,6 +64,7 @@ struct HeldWrites {
     target: String,
     op: String,
     state: String,
+    connection: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -75,6 +86,10 @@ fn lag_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.01, 2.0, 21))
 }
 
+fn calls_buckets() -> Histogram {
+    Histogram::new([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 13.0, 21.0])
+}
+
 fn request_buckets() -> Histogram {
     // 5 ms to about 20 s, a target's default timeout.
     Histogram::new(exponential_buckets(0.005, 2.0, 13))
@@ -88,10 +103,10 @@ struct Inner {
     rejected: Family<Rejection, Counter>,
     ack_seconds: Histograms<BySource>,
     deliveries: Family<ByOutcome, Counter>,
-    delivery_lag: Histogram,
+    delivery_lag: Histograms<ByConnection>,
     target_requests: Family<TargetStatus, Counter>,
     target_seconds: Histograms<TargetStatus>,
-    calls_per_event: Histogram,
+    calls_per_event: Histograms<ByConnection>,
     reloads: Family<ByResult, Counter>,
     last_reload_ok: Gauge,
     events: Family<StoredEvents, Gauge>,
@@ -158,7 +173,7 @@ impl Metrics {
             "Processed events (and held writes sent), by outcome",
             deliveries.clone(),
         );
-        let delivery_lag = lag_buckets();
+        let delivery_lag: Histograms<ByConnection> = Family::new_with_constructor(lag_buckets);
         registry.register(
             "mapper_delivery_lag_seconds",
             "Time from storing an event to its delivery, for events this process stored",
@@ -177,12 +192,18 @@ impl Metrics {
             "Duration of one request to a target, by target and status class",
             target_seconds.clone(),
         );
-        let calls_per_event = Histogram::new([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 13.0, 21.0]);
+        let calls_per_event: Histograms<ByConnection> = Family::new_with_constructor(calls_buckets);
         registry.register(
             "mapper_target_calls_per_event",
             "Target calls made for one processed event",
             calls_per_event.clone(),
         );
+        // The default connection's series are shown from the start, empty.
+        let default = ByConnection {
+            connection: crate::store::DEFAULT_CONNECTION.to_string(),
+        };
+        let _ = delivery_lag.get_or_create(&default);
+        let _ = calls_per_event.get_or_create(&default);
         let reloads = Family::<ByResult, Counter>::default();
         registry.register(
             "mapper_config_reloads",
@@ -248,69 +269,100 @@ impl Metrics {
         }))
     }
 
-    /// A webhook arrived for a known source.
-    pub fn webhook_received(&self, source: &str) {
-        self.0.received.get_or_create(&by_source(source)).inc();
+    /// A webhook arrived for a known source, for `connection` (the one its
+    /// path names, or `default`; a GHL webhook, routed by its body, counts
+    /// under the connection of its location once it is read).
+    pub fn webhook_received(&self, source: &str, connection: &str) {
+        self.0
+            .received
+            .get_or_create(&by_source(source, connection))
+            .inc();
     }
 
     /// A webhook was refused; `reason` is the error code it was answered with.
-    pub fn webhook_rejected(&self, source: &str, reason: &str) {
+    pub fn webhook_rejected(&self, source: &str, connection: &str, reason: &str) {
         self.0
             .rejected
             .get_or_create(&Rejection {
                 source: source.to_string(),
                 reason: reason.to_string(),
+                connection: connection.to_string(),
             })
             .inc();
     }
 
     /// A webhook was stored and acknowledged.
-    pub fn webhook_accepted(&self, source: &str) {
-        self.0.accepted.get_or_create(&by_source(source)).inc();
+    pub fn webhook_accepted(&self, source: &str, connection: &str) {
+        self.0
+            .accepted
+            .get_or_create(&by_source(source, connection))
+            .inc();
     }
 
     /// A webhook was an event already stored.
-    pub fn webhook_duplicate(&self, source: &str) {
-        self.0.duplicate.get_or_create(&by_source(source)).inc();
+    pub fn webhook_duplicate(&self, source: &str, connection: &str) {
+        self.0
+            .duplicate
+            .get_or_create(&by_source(source, connection))
+            .inc();
     }
 
     /// How long answering a webhook of `source` took, whatever the answer.
-    pub fn webhook_answered(&self, source: &str, took: Duration) {
+    pub fn webhook_answered(&self, source: &str, connection: &str, took: Duration) {
         self.0
             .ack_seconds
-            .get_or_create(&by_source(source))
+            .get_or_create(&by_source(source, connection))
             .observe(took.as_secs_f64());
     }
 
-    /// One event (or held write) processed, by outcome (`delivered`,
-    /// `retrying`, `dead`, …), with the target calls it made and, for an
-    /// event, when the inbox stored it (the lag from storing to delivery).
-    pub fn event_processed(&self, outcome: &str, calls: u64, received_at: Option<i64>) {
+    /// One event (or held write) of `connection` processed, by outcome
+    /// (`delivered`, `retrying`, `dead`, …), with the target calls it made
+    /// and, for an event, when the inbox stored it (the lag from storing to
+    /// delivery).
+    pub fn event_processed(
+        &self,
+        connection: &str,
+        outcome: &str,
+        calls: u64,
+        received_at: Option<i64>,
+    ) {
         self.0
             .deliveries
             .get_or_create(&ByOutcome {
                 outcome: outcome.to_string(),
+                connection: connection.to_string(),
             })
             .inc();
-        self.0.calls_per_event.observe(calls as f64);
+        let by_connection = ByConnection {
+            connection: connection.to_string(),
+        };
+        self.0
+            .calls_per_event
+            .get_or_create(&by_connection)
+            .observe(calls as f64);
         // Only a delivery ends the lag: stored → delivered, whichever
         // process stored it and however many attempts it took.
         if let Some(at) = received_at
             && outcome == "delivered"
         {
             let lag_ms = (crate::store::now_ms() - at).max(0);
-            self.0.delivery_lag.observe(lag_ms as f64 / 1000.0);
+            self.0
+                .delivery_lag
+                .get_or_create(&by_connection)
+                .observe(lag_ms as f64 / 1000.0);
         }
     }
 
-    /// One request to `target`: its answer's status (`None`: no answer) and duration.
-    pub fn target_call(&self, target: &str, status: Option<u16>, took: Duration) {
+    /// One request of `connection` to `target`: its answer's status
+    /// (`None`: no answer) and duration.
+    pub fn target_call(&self, connection: &str, target: &str, status: Option<u16>, took: Duration) {
         let labels = TargetStatus {
             target: target.to_string(),
             status: match status {
                 Some(s) => format!("{}xx", s / 100),
                 None => "error".to_string(),
             },
+            connection: connection.to_string(),
         };
         self.0.target_requests.get_or_create(&labels).inc();
         self.0
@@ -335,7 +387,7 @@ impl Metrics {
     /// gauges that live in the database from `store`.
     pub async fn render(&self, store: &crate::store::Store) -> String {
         let _one_at_a_time = self.0.scrape.lock().await;
-        if let Ok(counts) = store.counts().await {
+        if let Ok(counts) = store.counts_for(None).await {
             self.0.events.clear();
             for c in counts {
                 self.0
@@ -344,6 +396,7 @@ impl Metrics {
                         source: c.source,
                         event: c.event_type,
                         state: c.state,
+                        connection: c.connection,
                     })
                     .set(c.count);
             }
@@ -351,8 +404,13 @@ impl Metrics {
         if let Ok(held) = store.held_counts().await {
             self.0.held_writes.clear();
             self.0.held_merged.clear();
-            for (target, op, state, rows, writes) in held {
-                let labels = HeldWrites { target, op, state };
+            for (connection, target, op, state, rows, writes) in held {
+                let labels = HeldWrites {
+                    target,
+                    op,
+                    state,
+                    connection,
+                };
                 self.0.held_writes.get_or_create(&labels).set(rows);
                 self.0.held_merged.get_or_create(&labels).set(writes);
             }
@@ -380,9 +438,10 @@ impl Metrics {
     }
 }
 
-fn by_source(source: &str) -> BySource {
+fn by_source(source: &str, connection: &str) -> BySource {
     BySource {
         source: source.to_string(),
+        connection: connection.to_string(),
     }
 }
 
@@ -403,20 +462,33 @@ mod tests {
         assert!(line(&text, "mapper_config_reloads_total{result=\"ok\"} 0").is_some());
         assert!(line(&text, "mapper_config_reloads_total{result=\"failed\"} 0").is_some());
         assert!(line(&text, "mapper_config_last_reload_ok 1").is_some());
-        assert!(line(&text, "mapper_target_calls_per_event_count 0").is_some());
-        assert!(line(&text, "mapper_delivery_lag_seconds_count 0").is_some());
+        assert!(
+            line(
+                &text,
+                "mapper_target_calls_per_event_count{connection=\"default\"} 0"
+            )
+            .is_some()
+        );
+        assert!(
+            line(
+                &text,
+                "mapper_delivery_lag_seconds_count{connection=\"default\"} 0"
+            )
+            .is_some()
+        );
     }
 
     #[test]
     fn a_target_call_is_counted_and_timed_by_status_class() {
         let m = Metrics::new();
-        m.target_call("ghl", Some(201), Duration::from_millis(30));
-        m.target_call("ghl", None, Duration::from_secs(20));
+        m.target_call("default", "ghl", Some(201), Duration::from_millis(30));
+        m.target_call("default", "ghl", None, Duration::from_secs(20));
+        m.target_call("acme", "ghl", Some(200), Duration::from_millis(30));
         let text = m.encode();
         assert!(
             line(
                 &text,
-                "mapper_target_requests_total{target=\"ghl\",status=\"2xx\"} 1"
+                "mapper_target_requests_total{target=\"ghl\",status=\"2xx\",connection=\"default\"} 1"
             )
             .is_some(),
             "{text}"
@@ -424,7 +496,7 @@ mod tests {
         assert!(
             line(
                 &text,
-                "mapper_target_request_seconds_count{target=\"ghl\",status=\"error\"} 1"
+                "mapper_target_request_seconds_count{target=\"ghl\",status=\"error\",connection=\"default\"} 1"
             )
             .is_some(),
             "{text}"
@@ -433,7 +505,7 @@ mod tests {
         assert!(
             line(
                 &text,
-                "mapper_target_request_seconds_bucket{le=\"0.02\",target=\"ghl\",status=\"2xx\"} 0"
+                "mapper_target_request_seconds_bucket{le=\"0.02\",target=\"ghl\",status=\"2xx\",connection=\"default\"} 0"
             )
             .is_some(),
             "{text}"
@@ -441,7 +513,7 @@ mod tests {
         assert!(
             line(
                 &text,
-                "mapper_target_request_seconds_bucket{le=\"0.04\",target=\"ghl\",status=\"2xx\"} 1"
+                "mapper_target_request_seconds_bucket{le=\"0.04\",target=\"ghl\",status=\"2xx\",connection=\"default\"} 1"
             )
             .is_some(),
             "{text}"
@@ -452,24 +524,45 @@ mod tests {
     fn delivery_lag_counts_delivered_events_from_when_they_were_stored() {
         let m = Metrics::new();
         let stored = crate::store::now_ms() - 1_500;
-        m.webhook_accepted("stickycards");
-        m.event_processed("retrying", 1, Some(stored));
-        m.event_processed("delivered", 2, Some(stored));
-        m.event_processed("dead", 1, Some(stored));
+        m.webhook_accepted("stickycards", "default");
+        m.event_processed("default", "retrying", 1, Some(stored));
+        m.event_processed("default", "delivered", 2, Some(stored));
+        m.event_processed("default", "dead", 1, Some(stored));
         // A held write has no stored event: no lag.
-        m.event_processed("delivered", 1, None);
-        m.event_processed("delivered", 1, Some(stored));
+        m.event_processed("default", "delivered", 1, None);
+        m.event_processed("default", "delivered", 1, Some(stored));
+        m.event_processed("acme", "delivered", 1, Some(stored));
         let text = m.encode();
         assert!(
-            line(&text, "mapper_delivery_lag_seconds_count 2").is_some(),
+            line(
+                &text,
+                "mapper_delivery_lag_seconds_count{connection=\"default\"} 2"
+            )
+            .is_some(),
             "{text}"
         );
         assert!(
-            line(&text, "mapper_deliveries_total{outcome=\"delivered\"} 3").is_some(),
+            line(
+                &text,
+                "mapper_delivery_lag_seconds_count{connection=\"acme\"} 1"
+            )
+            .is_some(),
             "{text}"
         );
         assert!(
-            line(&text, "mapper_target_calls_per_event_count 5").is_some(),
+            line(
+                &text,
+                "mapper_deliveries_total{outcome=\"delivered\",connection=\"default\"} 3"
+            )
+            .is_some(),
+            "{text}"
+        );
+        assert!(
+            line(
+                &text,
+                "mapper_target_calls_per_event_count{connection=\"default\"} 5"
+            )
+            .is_some(),
             "{text}"
         );
     }
@@ -477,12 +570,12 @@ mod tests {
     #[test]
     fn two_handles_count_apart_and_clones_count_together() {
         let (a, b) = (Metrics::new(), Metrics::new());
-        a.clone().webhook_received("ghl");
-        a.webhook_received("ghl");
+        a.clone().webhook_received("ghl", "default");
+        a.webhook_received("ghl", "default");
         assert!(
             line(
                 &a.encode(),
-                "mapper_webhooks_received_total{source=\"ghl\"} 2"
+                "mapper_webhooks_received_total{source=\"ghl\",connection=\"default\"} 2"
             )
             .is_some()
         );

@@ -91,19 +91,21 @@ async fn a_card_installed_webhook_becomes_a_ghl_contact_with_fields_and_tag() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("mapper_deliveries_total{outcome=\"delivered\"} 2"),
+        metrics.contains("mapper_deliveries_total{outcome=\"delivered\",connection=\"default\"} 2"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("mapper_target_requests_total{target=\"ghl\",status=\"2xx\"}"),
+        metrics.contains(
+            "mapper_target_requests_total{target=\"ghl\",status=\"2xx\",connection=\"default\"}"
+        ),
         "{metrics}"
     );
     assert!(
-        metrics.contains("mapper_target_request_seconds_count{target=\"ghl\",status=\"2xx\"}"),
+        metrics.contains("mapper_target_request_seconds_count{target=\"ghl\",status=\"2xx\",connection=\"default\"}"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("mapper_target_calls_per_event_count 2"),
+        metrics.contains("mapper_target_calls_per_event_count{connection=\"default\"} 2"),
         "{metrics}"
     );
 

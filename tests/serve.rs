@@ -284,11 +284,15 @@ async fn stores_then_acknowledges_and_refuses_bad_requests_precisely() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("mapper_webhooks_accepted_total{source=\"stickycards\"} 2"),
+        metrics.contains(
+            "mapper_webhooks_accepted_total{source=\"stickycards\",connection=\"default\"} 2"
+        ),
         "{metrics}"
     );
     assert!(
-        metrics.contains("mapper_webhooks_duplicate_total{source=\"stickycards\"} 1"),
+        metrics.contains(
+            "mapper_webhooks_duplicate_total{source=\"stickycards\",connection=\"default\"} 1"
+        ),
         "{metrics}"
     );
     assert!(metrics.contains("reason=\"signature\""), "{metrics}");
@@ -698,7 +702,7 @@ async fn the_app_on_postgres_receives_and_delivers() {
     assert_eq!(ghl.contacts().len(), 1);
     let text = running.metrics.render(&running.store).await;
     assert!(
-        text.contains("mapper_deliveries_total{outcome=\"delivered\"} 1"),
+        text.contains("mapper_deliveries_total{outcome=\"delivered\",connection=\"default\"} 1"),
         "{text}"
     );
     running.shutdown().await;

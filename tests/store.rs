@@ -617,6 +617,7 @@ async fn held_writes(store: Store) {
     let counts = store.held_counts().await.unwrap();
     assert!(
         counts.contains(&(
+            "default".into(),
             "stickycards".into(),
             "change_card_balance".into(),
             "failed".into(),

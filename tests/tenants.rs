@@ -181,6 +181,29 @@ async fn two_connections_deliver_the_same_phone_to_their_own_locations() {
         connections_of_events(&f.db).await,
         vec!["bakery".to_string(), "default".to_string()]
     );
+    // Every series says whose it is.
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "mapper_webhooks_accepted_total{source=\"stickycards\",connection=\"bakery\"} 1",
+        "mapper_webhooks_accepted_total{source=\"stickycards\",connection=\"default\"} 1",
+        "mapper_webhooks_rejected_total{source=\"stickycards\",reason=\"signature\",connection=\"bakery\"} 1",
+        "mapper_deliveries_total{outcome=\"delivered\",connection=\"bakery\"} 1",
+        "mapper_delivery_lag_seconds_count{connection=\"bakery\"} 1",
+        "mapper_events{source=\"stickycards\",event=\"CustomerCreatedEvent\",state=\"delivered\",connection=\"bakery\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    assert!(
+        metrics.lines().any(|l| l.starts_with(
+            "mapper_target_requests_total{target=\"ghl\",status=\"2xx\",connection=\"bakery\"}"
+        )),
+        "{metrics}"
+    );
     running.shutdown().await;
 }
 

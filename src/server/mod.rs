@@ -218,7 +218,6 @@ async fn receive_as(
         }
         .into_response();
     };
-    state.metrics.webhook_received(&source_name);
     let body = match body {
         Ok(body) => body,
         // Longer than the router's cap (the largest source's limit): the
@@ -231,12 +230,18 @@ async fn receive_as(
                     .and_then(|v| v.to_str().ok()?.parse().ok()),
                 limit: source.body.max_bytes.unwrap_or(decode::DEFAULT_MAX_BYTES),
             };
-            state.metrics.webhook_rejected(&source_name, refused.code());
+            state.metrics.webhook_received(&source_name, &connection);
+            state
+                .metrics
+                .webhook_rejected(&source_name, &connection, refused.code());
             return refused.into_response();
         }
         // The body could not be read at all (broken framing): HTTP's own answer.
         Err(e) => return e.into_response(),
     };
+    // Counted under the connection it was stored for: a GHL webhook's is
+    // known only once its body names its location.
+    let mut counted_as = connection.clone();
     let response = match accept(
         &state,
         &loaded,
@@ -253,18 +258,30 @@ async fn receive_as(
     )
     .await
     {
-        Ok(accepted) => accepted.into_response(),
+        Ok(accepted) => {
+            counted_as.clone_from(&accepted.connection);
+            state.metrics.webhook_received(&source_name, &counted_as);
+            if accepted.duplicate {
+                state.metrics.webhook_duplicate(&source_name, &counted_as);
+            } else {
+                state.metrics.webhook_accepted(&source_name, &counted_as);
+            }
+            accepted.into_response()
+        }
         Err(refused) => {
             if let ReceiveError::NotStored { reason, .. } = &refused {
                 tracing::error!(source = %source_name, error = %reason, "could not store a webhook");
             }
-            state.metrics.webhook_rejected(&source_name, refused.code());
+            state.metrics.webhook_received(&source_name, &counted_as);
+            state
+                .metrics
+                .webhook_rejected(&source_name, &counted_as, refused.code());
             refused.into_response()
         }
     };
     state
         .metrics
-        .webhook_answered(&source_name, started.elapsed());
+        .webhook_answered(&source_name, &counted_as, started.elapsed());
     response
 }
 
@@ -274,6 +291,10 @@ struct Accepted {
     duplicate: bool,
     mapped: bool,
     event_type: String,
+    /// The connection it was stored for, as the metrics name it (`unrouted`
+    /// for a webhook whose location no connection has: its value is not a
+    /// label, or every stranger's location would be a time series).
+    connection: String,
 }
 
 impl IntoResponse for Accepted {
@@ -430,6 +451,11 @@ async fn accept(
         .filter(|(name, _)| !name.as_str().contains("token"))
         .filter_map(|(name, value)| Some((name.to_string(), json!(value.to_str().ok()?))))
         .collect();
+    let counted_as = if mapped || !connection.contains('=') {
+        connection.clone()
+    } else {
+        "unrouted".to_string()
+    };
     let new_event = NewEvent {
         connection,
         source: source_name.to_string(),
@@ -452,24 +478,20 @@ async fn accept(
         note,
     };
     match state.inbox.store(new_event).await {
-        Ok(Inserted::New(id)) => {
-            state.metrics.webhook_accepted(source_name);
-            Ok(Accepted {
-                delivery_id: id,
-                duplicate: false,
-                mapped,
-                event_type: event.event_type,
-            })
-        }
-        Ok(Inserted::Duplicate(id)) => {
-            state.metrics.webhook_duplicate(source_name);
-            Ok(Accepted {
-                delivery_id: id,
-                duplicate: true,
-                mapped,
-                event_type: event.event_type,
-            })
-        }
+        Ok(Inserted::New(id)) => Ok(Accepted {
+            delivery_id: id,
+            duplicate: false,
+            mapped,
+            event_type: event.event_type,
+            connection: counted_as,
+        }),
+        Ok(Inserted::Duplicate(id)) => Ok(Accepted {
+            delivery_id: id,
+            duplicate: true,
+            mapped,
+            event_type: event.event_type,
+            connection: counted_as,
+        }),
         Err(e) => Err(ReceiveError::NotStored {
             reason: e.to_string(),
             // GHL sends both its signed webhooks and its workflows' requests

@@ -315,11 +315,15 @@ impl Store {
             .map_err(StoreError::from)
     }
 
-    /// Held writes by target, operation and state: (target, op, state, rows, writes merged).
-    pub async fn held_counts(&self) -> Result<Vec<(String, String, String, i64, i64)>, StoreError> {
+    /// Held writes by connection, target, operation and state: (connection,
+    /// target, op, state, rows, writes merged).
+    #[allow(clippy::type_complexity)]
+    pub async fn held_counts(
+        &self,
+    ) -> Result<Vec<(String, String, String, String, i64, i64)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT target, op, state, COUNT(*), CAST(SUM(writes) AS BIGINT) FROM pending_writes \
-             GROUP BY target, op, state ORDER BY target, op, state",
+            "SELECT connection, target, op, state, COUNT(*), CAST(SUM(writes) AS BIGINT) FROM pending_writes \
+             GROUP BY connection, target, op, state ORDER BY connection, target, op, state",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -331,6 +335,7 @@ impl Store {
                     r.try_get(2)?,
                     r.try_get(3)?,
                     r.try_get(4)?,
+                    r.try_get(5)?,
                 ))
             })
             .collect::<Result<_, sqlx::Error>>()

@@ -68,6 +68,8 @@ pub struct Http {
     pub(crate) limiter: Arc<Limiter>,
     /// Where each call's duration and status class are counted.
     pub(crate) metrics: crate::metrics::Metrics,
+    /// The connection whose calls these are (the metrics' `connection` label).
+    pub(crate) connection: String,
     /// A connection installed through GHL OAuth: its access token replaces
     /// [`super::oauth::ACCESS_TOKEN_PLACEHOLDER`] in the headers (see
     /// [`super::oauth`]).
@@ -87,6 +89,7 @@ impl Http {
             headers,
             limiter: Arc::new(Limiter::default()),
             metrics: crate::metrics::Metrics::default(),
+            connection: crate::store::DEFAULT_CONNECTION.to_string(),
             oauth: None,
         }
     }
@@ -192,6 +195,7 @@ impl Http {
         let response = match builder.send().await {
             Ok(r) => {
                 self.metrics.target_call(
+                    &self.connection,
                     &target.name,
                     Some(r.status().as_u16()),
                     started.elapsed(),
@@ -200,7 +204,7 @@ impl Http {
             }
             Err(e) => {
                 self.metrics
-                    .target_call(&target.name, None, started.elapsed());
+                    .target_call(&self.connection, &target.name, None, started.elapsed());
                 let why = if e.is_timeout() {
                     format!(
                         "no answer within {} s (timed out)",

@@ -226,6 +226,13 @@ impl Executor {
             .with_limits(previous.http.limiter.clone())
     }
 
+    /// This executor, delivering `connection`'s events (its calls are
+    /// counted under that name).
+    pub fn for_connection_named(mut self, connection: &str) -> Executor {
+        self.http.connection = connection.to_string();
+        self
+    }
+
     /// This executor, counting its calls and outcomes in `metrics`.
     pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Executor {
         self.http.metrics = metrics;

@@ -110,7 +110,9 @@ async fn flush_one(
         Outcome::Transient { .. } if attempts < config.max_attempts => "retrying",
         _ => "dead",
     };
-    executor.metrics().event_processed(label, calls, None);
+    executor
+        .metrics()
+        .event_processed(&write.connection, label, calls, None);
     let result = match &outcome {
         Outcome::Delivered | Outcome::Suppressed { .. } => store.finish_write(write.id).await,
         Outcome::Paused { error, until } => {

@@ -407,9 +407,12 @@ async fn deliver_one(
         Finish::State { state, .. } => state.as_str(),
         Finish::Defer { .. } => "paused",
     };
-    executor
-        .metrics()
-        .event_processed(label, delivery.calls, Some(event.received_at));
+    executor.metrics().event_processed(
+        &event.connection,
+        label,
+        delivery.calls,
+        Some(event.received_at),
+    );
     log_outcome(event, &outcome, &finish);
     delivery.journal.finish(event.id, finish);
     delivery
