@@ -282,8 +282,48 @@ async fn replay_with_a_connection_requeues_only_its_events() {
     let out = text(&mapper(&db, &["replay", "--connection", "gone"]));
     assert_eq!(out.trim(), "re-queued 1 event(s)");
 
-    // Held writes are not per connection in `replay --held`: refused, not widened.
-    let out = mapper(&db, &["replay", "--held", "--connection", "acme"]);
+    // Held writes that failed, one of acme's and one of default's: `replay
+    // --held --connection acme` re-queues acme's only.
+    let store = Store::open(&db).await.unwrap();
+    store
+        .hold_write(
+            &HeldWrite {
+                connection: "default".into(),
+                target: "stickycards".into(),
+                record_id: "cus_9".into(),
+                op: "add_stamps".into(),
+                params: serde_json::json!({"amount": 2}),
+                mapping: "stamps".into(),
+                event_row: 1,
+                occurred_at: Some(1_700_000_000_000),
+            },
+            60_000,
+            |_, new| new.clone(),
+        )
+        .await
+        .unwrap();
+    for w in store.pending_writes().await.unwrap() {
+        store.fail_write(w.id, 8, "boom").await.unwrap();
+    }
+    let out = text(&mapper(&db, &["replay", "--held", "--connection", "acme"]));
+    assert_eq!(out.trim(), "re-queued 1 held write(s)");
+    let states: Vec<(String, String)> = store
+        .pending_writes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| (w.connection, w.state))
+        .collect();
+    assert!(
+        states.contains(&("acme".into(), "waiting".into())),
+        "{states:?}"
+    );
+    assert!(
+        states.contains(&("default".into(), "failed".into())),
+        "{states:?}"
+    );
+    // An unknown connection is refused, as for events.
+    let out = mapper(&db, &["replay", "--held", "--connection", "nobody"]);
     assert_eq!(out.status.code(), Some(2));
 }
 

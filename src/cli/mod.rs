@@ -143,7 +143,8 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         connection: Option<String>,
         /// Re-queue the held (coalesced) writes that failed, instead of events
-        #[arg(long, conflicts_with_all = ["id", "source", "event", "since", "state", "connection"])]
+        /// (only `--connection`'s when given)
+        #[arg(long, conflicts_with_all = ["id", "source", "event", "since", "state"])]
         held: bool,
     },
     /// The sync log (every delivery attempt) of one event or one customer.

@@ -295,7 +295,7 @@ pub fn replay(
             return code;
         }
         if held {
-            return match store.replay_failed_writes().await {
+            return match store.replay_failed_writes_of(connection).await {
                 Ok((n, 0)) => {
                     println!("re-queued {n} held write(s)");
                     ExitCode::SUCCESS

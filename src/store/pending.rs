@@ -346,22 +346,36 @@ impl Store {
     /// returns (re-queued, left failed because newer writes of the same
     /// record and operation are already waiting — they go out on their own).
     pub async fn replay_failed_writes(&self) -> Result<(u64, u64), StoreError> {
+        self.replay_failed_writes_of(None).await
+    }
+
+    /// [`Store::replay_failed_writes`], only `connection`'s when given.
+    pub async fn replay_failed_writes_of(
+        &self,
+        connection: Option<&str>,
+    ) -> Result<(u64, u64), StoreError> {
         let now = now_ms();
+        // `$2` NULL: every connection's.
         let done = sqlx::query(
             "UPDATE pending_writes SET state = 'waiting', due_at = $1, attempts = 0, updated_at = $1 \
-             WHERE state = 'failed' AND NOT EXISTS (SELECT 1 FROM pending_writes open \
+             WHERE state = 'failed' AND ($2 IS NULL OR connection = $2) \
+             AND NOT EXISTS (SELECT 1 FROM pending_writes open \
              WHERE open.state = 'waiting' AND open.connection = pending_writes.connection \
              AND open.target = pending_writes.target AND open.record_id = pending_writes.record_id \
              AND open.op = pending_writes.op)",
         )
         .bind(now)
+        .bind(connection)
         .execute(&self.pool)
         .await?
         .rows_affected();
-        let left: i64 = sqlx::query("SELECT COUNT(*) FROM pending_writes WHERE state = 'failed'")
-            .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?;
+        let left: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM pending_writes WHERE state = 'failed' AND ($1 IS NULL OR connection = $1)",
+        )
+        .bind(connection)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get(0)?;
         Ok((done, left.max(0) as u64))
     }
 }
