@@ -205,6 +205,8 @@ pub struct Operation {
     pub relative: Vec<String>,
     /// How held writes merge; `None`: never held back.
     pub coalesce: Option<Coalesce>,
+    /// Repeating a call may apply it twice (see the model's `idempotent`).
+    pub idempotent: bool,
 }
 
 /// How two held writes of one operation to one record become one.

@@ -461,7 +461,8 @@ const EXAMPLES: &str = r##"{
     "remember": [{"card_id": "$.id"}],
     "tracks": [{"record": "tags", "list": "tags", "mode": "add"}],
     "reflects": [{"card_status": "{{ params.status }}"}],
-    "coalesce": ["latest", {"sum": ["amount"]}]
+    "coalesce": ["latest", {"sum": ["amount"]}],
+    "idempotent": [false]
   },
   "Param": {
     "required": [true],

@@ -575,9 +575,9 @@ async fn a_slow_answer_body_on_a_create_still_applies_the_note() {
 
 /// GHL makes the note but its answer (status included) comes after the
 /// timeout: the engine cannot tell a lost answer from a lost request, and
-/// GHL's notes take no idempotency key, so a retry makes a second note.
+/// GHL's notes take no idempotency key. `add_note` is `idempotent: false`:
+/// the retry finds the call's mark and does not post it again.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "limitation: a note whose whole answer is lost is posted again on retry (at-least-once; GHL notes have no idempotency key) (see RELIABILITY.md)"]
 async fn a_lost_answer_to_a_note_does_not_apply_it_twice() {
     target_fault_case(
         Fault::AnswerLate(Duration::from_secs(3)),

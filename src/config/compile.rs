@@ -1549,6 +1549,7 @@ fn compile_target(ctx: &mut Ctx, tp: &TargetProfile) -> Option<prog::Target> {
                         .collect(),
                     tracks: op.tracks.clone(),
                     coalesce: compile_op_coalesce(ctx, file, name, op, t.coalesce.is_some()),
+                    idempotent: op.idempotent,
                     reflects,
                     relative,
                 },

@@ -557,6 +557,17 @@ pub struct Operation {
     /// declares `coalesce:`); absent, every write goes out at once.
     #[serde(default)]
     pub coalesce: Option<OpCoalesce>,
+    /// `false` for a call the API applies every time it receives it, with no
+    /// way to ask whether it did (GHL's notes): once such a call may have
+    /// reached the API without its answer being recorded (a timeout, a
+    /// crash), it is not sent again, and the sync log says so. Default
+    /// `true`: a call is repeated until its answer is known.
+    #[serde(default = "idempotent_by_default")]
+    pub idempotent: bool,
+}
+
+fn idempotent_by_default() -> bool {
+    true
 }
 
 /// How an operation changes a set kept on the customer's record.

@@ -20,6 +20,13 @@ pub struct WriteTx {
     _turn: super::WriteTurn,
 }
 
+impl WriteTx {
+    /// The transaction's connection, for statements of other modules.
+    pub(super) fn connection(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.tx
+    }
+}
+
 impl Store {
     /// Begins a write transaction. On SQLite it takes the writer lock at
     /// once (`BEGIN IMMEDIATE`): a transaction that reads then writes would

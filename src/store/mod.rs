@@ -9,6 +9,7 @@
 
 mod budget;
 mod console;
+mod doubt;
 mod inbox;
 mod journal;
 mod people;
@@ -1132,7 +1133,7 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
             }
         };
     }
-    let steps: [(i64, &str, &'static str); 12] = [
+    let steps: [(i64, &str, &'static str); 13] = [
         (1, "inbox", both!("0001_inbox.sql")),
         (2, "records", both!("0002_records.sql")),
         (3, "order_mirror", both!("0003_order_mirror.sql")),
@@ -1149,6 +1150,7 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
         (10, "connections", both!("0010_connections.sql")),
         (11, "rate_windows", both!("0011_rate_windows.sql")),
         (12, "fair_claims", both!("0012_fair_claims.sql")),
+        (13, "sends_in_doubt", both!("0013_sends_in_doubt.sql")),
     ];
     Migrator::with_migrations(
         steps

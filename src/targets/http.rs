@@ -43,6 +43,9 @@ pub struct Failure {
     /// The answer's body as JSON (`null` when none), e.g. to read the id of
     /// the duplicate a refused create names.
     pub body: Value,
+    /// The request may have reached the target, but no answer was read (a
+    /// timeout, a connection reset): the target may have applied it.
+    pub unanswered: bool,
 }
 
 /// What one delivery did, beyond its outcome.
@@ -221,6 +224,8 @@ impl Http {
                     transient: true,
                     retry_after: None,
                     body: Value::Null,
+                    // A refused connection carried nothing.
+                    unanswered: !e.is_connect(),
                 });
             }
         };
@@ -295,6 +300,7 @@ impl Http {
             transient: status.as_u16() == 429 || status.is_server_error(),
             retry_after,
             body: json,
+            unanswered: false,
         })
     }
 }
@@ -310,6 +316,7 @@ fn pause(target: &Target, until: Duration) -> Answer {
             until.as_secs().div_ceil(60)
         ),
         transient: true,
+        unanswered: false,
         retry_after: Some(until),
         body: Value::Null,
     })
@@ -337,6 +344,7 @@ fn token_failure(
         transient: true,
         retry_after: None,
         body: Value::Null,
+        unanswered: false,
     })
 }
 

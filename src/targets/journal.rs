@@ -56,6 +56,11 @@ enum Intent {
         event_row: i64,
         describes: Option<String>,
     },
+    /// A call marked before it left (not idempotent) whose answer is known.
+    Settled {
+        event_row: i64,
+        step: String,
+    },
 }
 
 /// How an event ended, as the inbox records it.
@@ -183,6 +188,15 @@ impl Journal {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
         self.intents.is_empty() && self.finish.is_none() && self.run.is_none()
+    }
+
+    /// The call `step` of event `event_row`, marked before it left, has its
+    /// answer (or its doubt reported): the mark goes with this journal.
+    pub fn settle_send(&mut self, event_row: i64, step: &str) {
+        self.intents.push(Intent::Settled {
+            event_row,
+            step: step.to_string(),
+        });
     }
 
     /// One attempt (or a decision: echo, stale, conflict, held) for the sync log.
@@ -493,7 +507,7 @@ async fn apply_all(journals: &[&Journal], tx: &mut WriteTx) -> Result<(), StoreE
                 Intent::Remember {
                     target, target_id, ..
                 } => record_keys.push(key(connection, target, target_id)),
-                Intent::Log(_) | Intent::Link { .. } => {}
+                Intent::Log(_) | Intent::Link { .. } | Intent::Settled { .. } => {}
             }
         }
     }
@@ -531,6 +545,7 @@ async fn apply_all(journals: &[&Journal], tx: &mut WriteTx) -> Result<(), StoreE
                     tx.put_link(connection, (source, source_id), (target, target_id), *keep)
                         .await?
                 }
+                Intent::Settled { event_row, step } => tx.settle_send(*event_row, step).await?,
                 Intent::Remember {
                     target,
                     target_id,

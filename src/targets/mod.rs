@@ -804,11 +804,43 @@ impl Executor {
             _ => None,
         };
         let summary = describe(&request);
-        let outcome = self
+        // A call the target applies every time (not idempotent) is marked
+        // before it leaves; a mark an earlier attempt left means that
+        // attempt may have applied it: it is reported, not sent again.
+        let once = op
+            .filter(|op| !op.idempotent)
+            .map(|_| once_step(fired, action));
+        if let Some(step) = &once {
+            match self.store.sent_in_doubt(ev.row, step).await {
+                Ok(Some(at)) => {
+                    let note = format!(
+                        "not sent again: an earlier attempt sent it at {} and its answer was never recorded; `{}` is not idempotent and `{}` offers no way to tell whether it was applied: {summary}",
+                        crate::store::format_ms(at),
+                        action.op,
+                        target.name
+                    );
+                    tracing::warn!(event = ev.row, mapping = %fired.name, "{note}");
+                    journal.log(log(&action.op, note, None, None));
+                    journal.settle_send(ev.row, step);
+                    return Outcome::Delivered;
+                }
+                Ok(None) => {}
+                Err(e) => return Outcome::store(e),
+            }
+            if let Err(e) = self.store.mark_sending(ev.row, step).await {
+                return Outcome::store(e);
+            }
+        }
+        let (outcome, unanswered) = self
             .send_journaled(journal, target, &request, written, |status, error| {
                 log(&action.op, summary.clone(), status, error)
             })
             .await;
+        if let Some(step) = &once
+            && !unanswered
+        {
+            journal.settle_send(ev.row, step);
+        }
         if let (Outcome::Delivered, Some(tracks), Some(id)) = (&outcome, tracks, customer_id) {
             let set = sync::tracked_set_after(tracks, request.body.as_ref(), &record);
             journal.remember(
@@ -843,7 +875,9 @@ impl Executor {
 
     /// Sends a rendered request and journals it: its sync-log entry (made
     /// by `entry` from the answer's status and error) and, when it
-    /// succeeded on a known record, what the answer taught about it.
+    /// succeeded on a known record, what the answer taught about it. Also
+    /// says whether the request may have arrived unanswered (it may have
+    /// been applied).
     async fn send_journaled(
         &self,
         journal: &mut Journal,
@@ -851,7 +885,7 @@ impl Executor {
         request: &RequestPlan,
         written: Option<WrittenRecord<'_>>,
         entry: impl Fn(Option<u16>, Option<String>) -> SyncLogEntry,
-    ) -> Outcome {
+    ) -> (Outcome, bool) {
         let sent = self.http.send_timed(target, request).await;
         let (sent_at, took) = (sent.departed_at, sent.took_ms);
         match sent.answer {
@@ -869,11 +903,12 @@ impl Executor {
                     .await;
                 }
                 journal.log(entry(Some(200), None).took(took));
-                Outcome::Delivered
+                (Outcome::Delivered, false)
             }
             Answer::Failed(failure) => {
                 journal.log(entry(failure.status, Some(failure.error.clone())).took(took));
-                Outcome::from_failure(failure)
+                let unanswered = failure.unanswered;
+                (Outcome::from_failure(failure), unanswered)
             }
         }
     }
@@ -1212,6 +1247,7 @@ impl Executor {
             held_entry(write, &write.op, summary.clone(), status, error)
         })
         .await
+        .0
     }
 
     fn lookup_ctx<'a>(&'a self, target: &Target) -> lookups::Ctx<'a> {
@@ -1247,6 +1283,18 @@ async fn counted(delivery: impl std::future::Future<Output = Outcome>) -> (Outco
             (outcome, calls)
         })
         .await
+}
+
+/// The name of an action's call within its event, for the marks of calls
+/// that are not idempotent: its mapping, its place among the mapping's
+/// actions and its operation.
+fn once_step(fired: &FiredMapping, action: &ActionPlan) -> String {
+    let index = fired
+        .actions
+        .iter()
+        .position(|a| std::ptr::eq(a, action))
+        .unwrap_or(0);
+    format!("{}/{index}/{}", fired.name, action.op)
 }
 
 /// A sync log entry about a held write (logged against its latest event).
