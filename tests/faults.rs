@@ -23,6 +23,8 @@
 
 mod common;
 
+use common::postgres::FreshPostgres;
+
 use common::{copy_dir, serve_env, simulators};
 use mapper::app::{App, AppConfig, DatabaseUrl, Env, Running};
 use mapper::config::compile::compile_dir;
@@ -1230,28 +1232,13 @@ async fn root_a_full_disk_answers_ghl_workflows_429_and_the_others_503() {
 
 // ---- PostgreSQL restarted under load ---------------------------------
 
-/// A fresh database on the server of `MAPPER_TEST_POSTGRES_URL`: its URL.
+/// A fresh database on the server of `MAPPER_TEST_POSTGRES_URL`: its URL
+/// (left for the next run's `DROP … WITH (FORCE)`: the server restarts under it).
 async fn pg_database(suffix: &str) -> String {
-    use sqlx::Connection;
-    let admin_url = std::env::var("MAPPER_TEST_POSTGRES_URL")
-        .expect("MAPPER_TEST_POSTGRES_URL names the PostgreSQL server to restart");
-    sqlx::any::install_default_drivers();
-    let name = format!("mapper_faults_{}_{suffix}", std::process::id());
-    let mut admin = sqlx::AnyConnection::connect(&admin_url).await.unwrap();
-    for sql in [
-        format!("DROP DATABASE IF EXISTS {name}"),
-        format!("CREATE DATABASE {name}"),
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-    }
-    let base = admin_url
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .unwrap_or(&admin_url);
-    format!("{base}/{name}")
+    FreshPostgres::create(&format!("faults_{suffix}"))
+        .await
+        .expect("MAPPER_TEST_POSTGRES_URL names the PostgreSQL server to restart")
+        .url
 }
 
 /// Restarts the machine's PostgreSQL cluster (as `.ci/run` starts it).

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::postgres::FreshPostgres;
+
 use common::GhlSigner;
 use mapper::app::{App, AppConfig, DatabaseUrl, Env, Running};
 use mapper::config::compile::compile_dir;
@@ -797,39 +799,13 @@ async fn simultaneous_callers_share_one_refresh() {
     assert!(got.iter().all(|t| *t == fresh.access_token));
 }
 
-/// A fresh PostgreSQL database (its URL, name and an admin connection to
-/// drop it with), or `None` when `MAPPER_TEST_POSTGRES_URL` is unset.
-async fn fresh_postgres(suffix: &str) -> Option<(String, String, sqlx::AnyConnection)> {
-    use sqlx::Connection;
-    let Ok(admin_url) = std::env::var("MAPPER_TEST_POSTGRES_URL") else {
-        eprintln!("MAPPER_TEST_POSTGRES_URL is not set: skipping the PostgreSQL run");
-        return None;
-    };
-    sqlx::any::install_default_drivers();
-    let name = format!("mapper_test_{}_oauth_{suffix}", std::process::id());
-    let mut admin = sqlx::AnyConnection::connect(&admin_url).await.unwrap();
-    for statement in [
-        format!("DROP DATABASE IF EXISTS {name}"),
-        format!("CREATE DATABASE {name}"),
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(statement))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-    }
-    let base = admin_url
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .unwrap_or(&admin_url);
-    Some((format!("{base}/{name}"), name, admin))
-}
-
 /// The install, a delivery, a 401's refresh and an UNINSTALL on PostgreSQL.
 #[tokio::test]
 async fn install_refresh_and_uninstall_on_postgres() {
-    let Some((url, name, mut admin)) = fresh_postgres("flow").await else {
+    let Some(pg) = FreshPostgres::create("oauth_flow").await else {
         return;
     };
+    let url = pg.url.clone();
     let f = Fixture::on(
         Duration::from_secs(86_399),
         url,
@@ -860,10 +836,5 @@ async fn install_refresh_and_uninstall_on_postgres() {
     assert_eq!(c.disabled_reason.as_deref(), Some("uninstalled from GHL"));
     running.shutdown().await;
     drop(f);
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    pg.drop().await;
 }

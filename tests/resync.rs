@@ -14,6 +14,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+
+use common::postgres::FreshPostgres;
 use common::{copy_dir, settle, simulators};
 
 /// The variables a run needs, pointing at the simulators.
@@ -923,33 +925,11 @@ async fn run_queries_on_sqlite() {
 /// The same on PostgreSQL when `MAPPER_TEST_POSTGRES_URL` is set (CI sets it).
 #[tokio::test]
 async fn run_queries_on_postgres() {
-    use sqlx::Connection;
-    let Ok(admin_url) = std::env::var("MAPPER_TEST_POSTGRES_URL") else {
-        eprintln!("MAPPER_TEST_POSTGRES_URL is not set: skipping the PostgreSQL run");
+    let Some(pg) = FreshPostgres::create("resync").await else {
         return;
     };
-    sqlx::any::install_default_drivers();
-    let name = format!("mapper_test_{}_resync", std::process::id());
-    let mut admin = sqlx::AnyConnection::connect(&admin_url).await.unwrap();
-    for sql in [
-        format!("DROP DATABASE IF EXISTS {name}"),
-        format!("CREATE DATABASE {name}"),
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-    }
-    let base = admin_url
-        .rsplit_once('/')
-        .map_or(admin_url.as_str(), |(b, _)| b);
-    let store = Store::open(&format!("{base}/{name}")).await.unwrap();
+    let store = Store::open(&pg.url).await.unwrap();
     assert!(store.is_postgres());
     run_queries(store).await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    pg.drop().await;
 }

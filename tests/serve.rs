@@ -5,6 +5,8 @@ use std::process::Command;
 use std::time::Duration;
 
 mod common;
+
+use common::postgres::FreshPostgres;
 use common::{copy_dir, serve_in, settle, simulators};
 
 /// The app `mapper serve` runs, in this process, on a fresh SQLite file.
@@ -639,28 +641,10 @@ async fn the_serve_command_listens_where_it_says_and_stops_on_sigterm() {
 /// sets it): a webhook is stored, delivered to the simulator and counted.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_app_on_postgres_receives_and_delivers() {
-    use sqlx::Connection;
-    let Ok(admin_url) = std::env::var("MAPPER_TEST_POSTGRES_URL") else {
-        eprintln!("MAPPER_TEST_POSTGRES_URL is not set: skipping the PostgreSQL run");
+    let Some(pg) = FreshPostgres::create("app").await else {
         return;
     };
-    sqlx::any::install_default_drivers();
-    let name = format!("mapper_test_{}_app", std::process::id());
-    let mut admin = sqlx::AnyConnection::connect(&admin_url).await.unwrap();
-    for sql in [
-        format!("DROP DATABASE IF EXISTS {name}"),
-        format!("CREATE DATABASE {name}"),
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-    }
-    let base = admin_url
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .unwrap_or(&admin_url);
-    let url = format!("{base}/{name}");
+    let url = pg.url.clone();
 
     let (ghl, sc) = simulators().await;
     // Without the inactivity schedule, whose first tick may come within the
@@ -706,10 +690,5 @@ async fn the_app_on_postgres_receives_and_delivers() {
         "{text}"
     );
     running.shutdown().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    pg.drop().await;
 }

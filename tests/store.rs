@@ -1,8 +1,13 @@
 //! The inbox on a real SQLite file and, when `MAPPER_TEST_POSTGRES_URL` is
 //! set (CI sets it), on PostgreSQL: same code path, same assertions.
 
-use mapper::store::{EventState, Inbox, Inserted, NewEvent, ReplayFilter, Store};
+mod common;
+
 use sqlx::Connection;
+
+use common::postgres::FreshPostgres;
+
+use mapper::store::{EventState, Inbox, Inserted, NewEvent, ReplayFilter, Store};
 
 fn event(key: &str) -> NewEvent {
     NewEvent {
@@ -447,68 +452,38 @@ async fn claim_with_backlog_on_sqlite_file() {
 
 #[tokio::test]
 async fn claim_with_backlog_on_postgres() {
-    let Some((store, name, url, admin)) = fresh_postgres("backlog").await else {
+    let Some((store, pg)) = fresh_postgres("backlog").await else {
         return;
     };
-    claim_with_backlog(store, &url).await;
-    drop_postgres(name, admin).await;
+    claim_with_backlog(store, &pg.url).await;
+    pg.drop().await;
 }
 
-/// A fresh PostgreSQL database for one test (its store, name, URL and an
-/// admin connection to drop it with).
-async fn fresh_postgres(suffix: &str) -> Option<(Store, String, String, sqlx::AnyConnection)> {
-    let Ok(admin_url) = std::env::var("MAPPER_TEST_POSTGRES_URL") else {
-        eprintln!("MAPPER_TEST_POSTGRES_URL is not set: skipping the PostgreSQL run");
-        return None;
-    };
-    sqlx::any::install_default_drivers();
-    let name = format!("mapper_test_{}_{suffix}", std::process::id());
-    let mut admin = sqlx::AnyConnection::connect(&admin_url).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name}"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let base = admin_url
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .unwrap_or(&admin_url);
-    let url = format!("{base}/{name}");
-    let store = Store::open(&url).await.unwrap();
+/// A fresh PostgreSQL database for one test and its store, or `None`
+/// when `MAPPER_TEST_POSTGRES_URL` is unset.
+async fn fresh_postgres(suffix: &str) -> Option<(Store, FreshPostgres)> {
+    let pg = FreshPostgres::create(suffix).await?;
+    let store = Store::open(&pg.url).await.unwrap();
     assert!(store.is_postgres());
-    Some((store, name, url, admin))
-}
-
-async fn drop_postgres(name: String, mut admin: sqlx::AnyConnection) {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    Some((store, pg))
 }
 
 #[tokio::test]
 async fn inbox_on_postgres() {
-    let Some((store, name, _, admin)) = fresh_postgres("inbox").await else {
+    let Some((store, pg)) = fresh_postgres("inbox").await else {
         return;
     };
     exercise(store).await;
-    drop_postgres(name, admin).await;
+    pg.drop().await;
 }
 
 #[tokio::test]
 async fn ordering_and_mirror_on_postgres() {
-    let Some((store, name, url, admin)) = fresh_postgres("order").await else {
+    let Some((store, pg)) = fresh_postgres("order").await else {
         return;
     };
-    ordering_and_mirror(store, &url).await;
-    drop_postgres(name, admin).await;
+    ordering_and_mirror(store, &pg.url).await;
+    pg.drop().await;
 }
 
 #[tokio::test]
@@ -684,9 +659,9 @@ async fn held_writes_on_sqlite_file() {
 
 #[tokio::test]
 async fn held_writes_on_postgres() {
-    let Some((store, name, _, admin)) = fresh_postgres("held").await else {
+    let Some((store, pg)) = fresh_postgres("held").await else {
         return;
     };
     held_writes(store).await;
-    drop_postgres(name, admin).await;
+    pg.drop().await;
 }

@@ -15,9 +15,11 @@ use super::{Store, StoreError};
 use sqlx::{Any, Transaction};
 
 /// Sessions that may hold people's locks at once in one process. Only a
-/// delivery searching for or creating a customer holds one (at most the
-/// worker's concurrency), so more only wait.
-pub const PEOPLE_SESSIONS: u32 = 16;
+/// delivery searching for or creating a customer holds one, for the length
+/// of that search and create; more deliveries doing so at once wait. Kept
+/// small: with the 10 of the main pool, each replica opens at most 18
+/// PostgreSQL sessions (PostgreSQL's default limit is 100 in all).
+pub const PEOPLE_SESSIONS: u32 = 8;
 
 /// People locked across processes until this is dropped (its transaction
 /// then rolls back, which releases them).
