@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::postgres::FreshPostgres;
+
 use common::{serve_env, settle};
 use mapper::app::{App, AppConfig, DatabaseUrl, Env, StartError};
 use mapper::config::compile::compile_dir;
@@ -55,13 +57,23 @@ struct Fixture {
     db: String,
     store: Store,
     key: SecretKey,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Fixture {
     async fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let db = format!("sqlite://{}", dir.path().join("mapper.db").display());
+        Fixture::on(db, Some(dir)).await
+    }
+
+    /// The same on a fresh PostgreSQL database, when `MAPPER_TEST_POSTGRES_URL` is set.
+    async fn on_postgres(suffix: &str) -> Option<(Fixture, FreshPostgres)> {
+        let pg = FreshPostgres::create(suffix).await?;
+        Some((Fixture::on(pg.url.clone(), None).await, pg))
+    }
+
+    async fn on(db: String, dir: Option<tempfile::TempDir>) -> Fixture {
         Fixture {
             default_ghl: ghl_for("loc_default", "pit-default").await,
             tenant_ghl: ghl_for("loc_tenant", "pit-tenant").await,
@@ -104,7 +116,19 @@ impl Fixture {
 
 #[tokio::test]
 async fn two_connections_deliver_the_same_phone_to_their_own_locations() {
-    let f = Fixture::new().await;
+    two_connections_case(Fixture::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_connections_on_postgres() {
+    let Some((f, pg)) = Fixture::on_postgres("tenants_two").await else {
+        return;
+    };
+    two_connections_case(f).await;
+    pg.drop().await;
+}
+
+async fn two_connections_case(f: Fixture) {
     f.add("bakery", "loc_tenant", "tenant-sc-token").await;
     let program = compile_dir(Path::new("mappings")).program.unwrap();
     let mut config = AppConfig::serve(
@@ -329,7 +353,19 @@ async fn serve_on(db: &str, env: BTreeMap<String, String>) -> mapper::app::Runni
 /// `unmapped` with the reason until a connection for it exists.
 #[tokio::test]
 async fn ghl_webhooks_go_to_the_connection_of_their_location() {
-    let f = Fixture::new().await;
+    ghl_routing_case(Fixture::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ghl_routing_on_postgres() {
+    let Some((f, pg)) = Fixture::on_postgres("tenants_route").await else {
+        return;
+    };
+    ghl_routing_case(f).await;
+    pg.drop().await;
+}
+
+async fn ghl_routing_case(f: Fixture) {
     let signer = common::GhlSigner::new(11);
     f.add("bakery", "loc_tenant", "tenant-sc-token").await;
     let mut env = f.env();
