@@ -368,7 +368,7 @@ fn url_with_query(request: &RequestPlan) -> String {
 }
 
 /// An error with its causes, which say what actually went wrong.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

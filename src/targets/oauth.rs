@@ -23,6 +23,7 @@
 //! A refresh GHL refuses with `invalid_grant` disables that connection (the
 //! store does it, with the reason); any other failure is retried later.
 
+use super::http::error_chain;
 use crate::secrets::SecretKey;
 use crate::store::connections::{OAuthTokens, RefreshOutcome, TokenError, TokenPolicy};
 use crate::store::{Store, now_ms};
@@ -383,16 +384,6 @@ impl TokenEndpoint {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
 
 /// The access token of one connection, kept fresh: what [`super::http::Http`]
 /// asks for each request of a connection installed through OAuth.
