@@ -442,6 +442,63 @@ async fn ghl_rate_limit_answers_429_with_its_headers() {
     assert_eq!(ghl(&sandbox, "GET", &path, None).await.status, 200);
 }
 
+/// GHL counts its limit per location: each location the simulator is asked
+/// about has a window of its own; a request that names none counts against
+/// its token's location (the configured one for the static token).
+#[tokio::test]
+async fn ghl_rate_limit_windows_are_per_location() {
+    let sandbox = GhlSandbox::start(GhlConfig {
+        rate_limit: RateLimit {
+            max: 2,
+            interval: Duration::from_secs(10),
+            daily: None,
+        },
+        ..GhlConfig::default()
+    })
+    .await
+    .unwrap();
+    let mine = format!(
+        "/opportunities/pipelines?locationId={}",
+        sandbox.location_id()
+    );
+    assert_eq!(ghl(&sandbox, "GET", &mine, None).await.status, 200);
+    // No location named: the token's (the configured) location.
+    let unnamed = ghl(&sandbox, "GET", "/contacts/nobody", None).await;
+    assert_eq!(unnamed.status, 400);
+    assert_eq!(unnamed.headers["x-ratelimit-remaining"], "0");
+    assert_eq!(ghl(&sandbox, "GET", &mine, None).await.status, 429);
+    assert_eq!(
+        ghl(&sandbox, "GET", "/contacts/nobody", None).await.status,
+        429
+    );
+
+    // Another location's window is untouched: its requests pass the limit
+    // (and are then refused, the token not having access to it).
+    let other = ghl(
+        &sandbox,
+        "GET",
+        "/opportunities/pipelines?locationId=loc_other",
+        None,
+    )
+    .await;
+    assert_eq!(other.status, 403);
+    assert_eq!(other.headers["x-ratelimit-remaining"], "1");
+    let by_path = ghl(&sandbox, "GET", "/locations/loc_other/customFields", None).await;
+    assert_eq!(by_path.status, 403);
+    assert_eq!(by_path.headers["x-ratelimit-remaining"], "0");
+    let by_body = ghl(
+        &sandbox,
+        "POST",
+        "/contacts/",
+        Some(serde_json::json!({"locationId": "loc_other", "email": "a@example.com"})),
+    )
+    .await;
+    assert_eq!(by_body.status, 429);
+
+    sandbox.reset_rate_limit();
+    assert_eq!(ghl(&sandbox, "GET", &mine, None).await.status, 200);
+}
+
 #[tokio::test]
 async fn ghl_daily_budget_runs_out() {
     let sandbox = GhlSandbox::start(GhlConfig {

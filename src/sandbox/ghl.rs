@@ -25,6 +25,14 @@
 //!   (401 `version header was not found.` / `version header is invalid`, as
 //!   GHL answers per public reports), then rate limit (429), then the route.
 //!   The rate-limit headers are on every answer past the token check.
+//! - Rate limits are per location, as GHL counts them (100 per 10 s per app
+//!   per location): each location has its own window and daily budget
+//!   ([`GhlConfig::rate_limit`] each). A request counts against the location
+//!   it names (`locationId` in the query or the body, or
+//!   `/locations/{loc}/…`), else against its token's location (a location
+//!   access token's; the static token's is the configured location). The
+//!   simulator holds one location's data, so a request naming another
+//!   location still takes a turn of that location's window before its 403.
 //! - The rate-limit 429 is `{"statusCode":429,"message":"Too Many Requests"}`
 //!   without `Retry-After` (GHL documents none); a refused request is not
 //!   counted.
@@ -90,6 +98,7 @@
 //! write of the same values sends nothing and keeps `dateUpdated`.
 //! Delivery: only a 429 is retried (see [`WebhookDelivery::ghl`]).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -103,7 +112,7 @@ use super::common::{
     self, Controls, Fault, Ids, Incoming, Limiter, LoggedRequest, Outbox, RateLimit, Reply,
     Running, SentWebhook, Simulator, WebhookDelivery, WebhookLog, lock,
 };
-use super::oauth::{OAuth, OAuthConfig};
+use super::oauth::{Bearer, OAuth, OAuthConfig};
 use super::validate::{Dto, Kind, validate};
 
 /// A field that identifies a contact in the location's dedup settings.
@@ -145,7 +154,8 @@ pub struct GhlConfig {
     /// `Version` header values accepted (GHL's contacts, locations and
     /// opportunities specs enumerate only `2021-07-28`).
     pub versions: Vec<String>,
-    /// Burst and daily limits (default: GHL's 100 per 10 s, 200,000 a day).
+    /// Burst and daily limits of each location, counted apart per location
+    /// (default: GHL's 100 per 10 s, 200,000 a day).
     pub rate_limit: RateLimit,
     /// The location's "Allow Duplicate Contact" setting.
     pub allow_duplicates: bool,
@@ -613,7 +623,9 @@ struct Ghl {
     location_id: String,
     versions: Vec<String>,
     controls: Controls,
-    limiter: Mutex<Limiter>,
+    rate_limit: RateLimit,
+    /// One window per location, made on its first request.
+    limiters: Mutex<HashMap<String, Limiter>>,
     state: Mutex<Location>,
     ids: Ids,
     hooks: Mutex<Option<Arc<Hooks>>>,
@@ -684,7 +696,8 @@ impl GhlSandbox {
             location_id: config.location_id,
             versions: config.versions,
             controls: Controls::default(),
-            limiter: Mutex::new(Limiter::new(config.rate_limit)),
+            rate_limit: config.rate_limit,
+            limiters: Mutex::new(HashMap::new()),
             state: Mutex::new(Location {
                 allow_duplicates: config.allow_duplicates,
                 priority: config.duplicate_priority,
@@ -822,9 +835,11 @@ impl GhlSandbox {
         self.inner.controls.clear_request_log();
     }
 
-    /// Forgets the requests counted by the rate limiter.
+    /// Forgets the requests counted by the rate limiter (every location's).
     pub fn reset_rate_limit(&self) {
-        lock(&self.inner.limiter).reset();
+        for limiter in lock(&self.inner.limiters).values_mut() {
+            limiter.reset();
+        }
     }
 
     /// Changes a contact as someone in GHL's UI would, and sends the
@@ -1396,7 +1411,11 @@ impl Simulator for Ghl {
             }
             Some(_) => {}
         }
-        let quota = lock(&self.limiter).check();
+        let location = self.location_of(request, bearer);
+        let quota = lock(&self.limiters)
+            .entry(location)
+            .or_insert_with(|| Limiter::new(self.rate_limit.clone()))
+            .check();
         let reply = if quota.allowed {
             self.route(request)
         } else {
@@ -1419,6 +1438,33 @@ impl Simulator for Ghl {
 }
 
 impl Ghl {
+    /// The location whose rate window a request counts against: the one it
+    /// names (query or body `locationId`, `/locations/{loc}/…`), else its
+    /// bearer's (a location access token's), else the configured location.
+    fn location_of(&self, request: &Incoming, bearer: Option<&str>) -> String {
+        let named = request
+            .query("locationId")
+            .filter(|l| !l.is_empty())
+            .or_else(|| match &request.body {
+                Some(Ok(body)) => body.get("locationId").and_then(Value::as_str),
+                _ => None,
+            })
+            .filter(|l| !l.is_empty());
+        if let Some(location) = named {
+            return location.to_string();
+        }
+        if let ["locations", location, ..] = request.segments().as_slice() {
+            return (*location).to_string();
+        }
+        match bearer
+            .filter(|b| *b != self.token)
+            .map(|b| self.oauth.bearer(b))
+        {
+            Some(Bearer::Location(Some(location))) => location,
+            _ => self.location_id.clone(),
+        }
+    }
+
     fn route(&self, request: &Incoming) -> Reply {
         let segments = request.segments();
         let method = request.method.as_str();
