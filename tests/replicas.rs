@@ -8,7 +8,7 @@ mod common;
 
 use common::postgres::FreshPostgres;
 use mapper::config::model::RateLimit;
-use mapper::store::{CLAIM_LEASE_MS, EventState, Inserted, NewEvent, Store, now_ms};
+use mapper::store::{CLAIM_LEASE_MS, ClaimShares, EventState, Inserted, NewEvent, Store, now_ms};
 use mapper::targets::limiter::Limiter;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -218,45 +218,65 @@ async fn claims_are_shared_among_connections(store: Store) {
         .insert_events(&[event_of("quiet1", "q1", 0), event_of("quiet2", "q2", 0)])
         .await
         .unwrap();
+    let nothing = std::collections::HashMap::new();
     let claimed = store
-        .claim_due_fairly(6, &std::collections::HashMap::new(), None)
+        .claim_due_fairly(6, &ClaimShares::equal(&nothing))
         .await
         .unwrap();
     let of = |c: &str| claimed.iter().filter(|e| e.connection == c).count();
     assert_eq!(
         (of("busy"), of("quiet1"), of("quiet2")),
         (4, 1, 1),
-        "each connection its share of 6, and the backlog what the quiet ones leave: {:?}",
+        "each connection its part of 6, and the backlog what the quiet ones leave: {:?}",
         claimed.iter().map(|e| &e.connection).collect::<Vec<_>>()
     );
-    // The worker holds 30 of the backlog; 2 more quiet events arrive.
+    // The worker holds 24 of the backlog, its cap; 2 more quiet events arrive.
     store
         .insert_events(&[event_of("quiet1", "q1b", 1), event_of("quiet2", "q2b", 1)])
         .await
         .unwrap();
-    let holding = std::collections::HashMap::from([("busy".to_string(), 30)]);
-    let next = store.claim_due_fairly(6, &holding, None).await.unwrap();
+    let holding = std::collections::HashMap::from([("busy".to_string(), 24)]);
+    let capped = ClaimShares {
+        holding: &holding,
+        each: 24,
+        round: 8,
+    };
+    let next = store.claim_due_fairly(6, &capped).await.unwrap();
     let of = |c: &str| next.iter().filter(|e| e.connection == c).count();
     assert_eq!(
         (of("quiet1"), of("quiet2"), of("busy")),
-        (1, 1, 4),
-        "the quiet ones first; what they leave goes to the backlog"
+        (1, 1, 0),
+        "a connection at its cap gets nothing more; the quiet ones theirs"
     );
-    // A full worker's claim: one for each connection holding none.
+    // Holding 17 of 24, the backlog has no room for a round of 8: it waits
+    // for one, and a quiet connection's new event is claimed alone.
     store
         .insert_events(&[event_of("quiet3", "q3", 0)])
         .await
         .unwrap();
-    let full = store.claim_due_fairly(6, &holding, Some(1)).await.unwrap();
+    let holding = std::collections::HashMap::from([("busy".to_string(), 17)]);
+    let topped = ClaimShares {
+        holding: &holding,
+        ..capped
+    };
+    let alone = store.claim_due_fairly(6, &topped).await.unwrap();
     assert_eq!(
-        full.iter()
+        alone
+            .iter()
             .map(|e| e.connection.as_str())
             .collect::<Vec<_>>(),
         ["quiet3"]
     );
-    // The others have nothing due: the backlog gets the rest of the claim.
+    // With room for a round (16 held), the backlog is topped up.
+    let holding = std::collections::HashMap::from([("busy".to_string(), 16)]);
+    let round = ClaimShares {
+        holding: &holding,
+        ..capped
+    };
+    assert_eq!(store.claim_due_fairly(20, &round).await.unwrap().len(), 8);
+    // The others have nothing due: the backlog gets the whole claim.
     let rest = store
-        .claim_due_fairly(20, &std::collections::HashMap::new(), None)
+        .claim_due_fairly(20, &ClaimShares::equal(&nothing))
         .await
         .unwrap();
     assert_eq!(rest.len(), 20);

@@ -575,7 +575,7 @@ async fn metrics_after_a_delivery_have_histogram_buckets() {
     );
     // One delivered event: the lag histogram counted exactly it.
     assert!(
-        lines.contains(&"mapper_delivery_lag_seconds_count 1"),
+        lines.contains(&"mapper_delivery_lag_seconds_count{connection=\"default\"} 1"),
         "{text}"
     );
     // The handle the app exposes is the one `/metrics` reads.

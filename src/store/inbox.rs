@@ -21,10 +21,40 @@ const REPAIR_BATCH: i64 = 4096;
 /// Customers per repair statement (two parameters each).
 const KEYS_PER_STATEMENT: usize = 200;
 
-/// Heads looked at beyond the claim's limit: rows another replica is
-/// claiming at the same moment are skipped (`SKIP LOCKED`), and the claim
-/// still fills from the next heads.
-const CANDIDATE_SLACK: i64 = 32;
+/// How much of a claim each connection may take ([`Store::claim_due_fairly`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimShares<'a> {
+    /// What the worker holds now (claimed, not yet past its slot), by connection.
+    pub holding: &'a HashMap<String, usize>,
+    /// At most this many held per connection.
+    pub each: usize,
+    /// A connection that holds events is topped up only when a whole round
+    /// fits (its slots): a busy worker claims once per round, not once per
+    /// delivery.
+    pub round: usize,
+}
+
+impl<'a> ClaimShares<'a> {
+    /// No cap: equal parts of each claim.
+    pub fn equal(holding: &'a HashMap<String, usize>) -> ClaimShares<'a> {
+        ClaimShares {
+            holding,
+            each: usize::MAX,
+            round: 1,
+        }
+    }
+
+    /// How many more events `connection` may hold.
+    pub fn room_of(&self, connection: &str) -> usize {
+        let held = self.holding.get(connection).copied().unwrap_or(0);
+        let room = self.each.saturating_sub(held);
+        if held > 0 && room < self.round {
+            0
+        } else {
+            room
+        }
+    }
+}
 
 impl Store {
     /// Stores events in one transaction; a repeated de-duplication key gives
@@ -159,28 +189,25 @@ impl Store {
     /// replicas). PostgreSQL skips rows another worker holds; SQLite has one
     /// writer, so the single `UPDATE … RETURNING` is already atomic.
     pub async fn claim_due(&self, limit: i64) -> Result<Vec<ClaimedEvent>, StoreError> {
-        self.claim_due_fairly(limit, &HashMap::new(), None).await
+        let nothing_held = HashMap::new();
+        self.claim_due_fairly(limit, &ClaimShares::equal(&nothing_held))
+            .await
     }
 
     /// [`Store::claim_due`], sharing the claim among the connections that
-    /// have events due, round-robin: each may hold at most an equal share of
-    /// what the worker holds and claims (`holding`: what it holds now, by
-    /// connection), and each claim starts with the connection after the one
-    /// the last claim ended with. A connection with a backlog of 50,000
-    /// events held to its rate limit then holds its share of the worker,
-    /// not every slot, and a quiet connection's event is claimed by the
-    /// next claim. Round-robin rather than weighted fair queuing: every
-    /// connection's calls cost the same to the worker, and its own rate
-    /// limit already weighs what it may send.
-    ///
-    /// `at_most`: no connection may hold more than this (the worker's claim
-    /// when it is full: a connection holding none gets one, so that a
-    /// backlog holding every place never keeps a quiet connection waiting).
+    /// have events due, round-robin: each gets an equal part of the claim,
+    /// and what the connections with nothing due leave goes, in equal parts,
+    /// to those with more; each claim starts with the connection after the
+    /// one the last claim ended with. `shares` caps what one connection may
+    /// hold: a connection with a backlog of 50,000 events held to its rate
+    /// limit holds its cap, not the worker, and a quiet connection's event
+    /// is claimed by the next claim. Round-robin rather than weighted fair
+    /// queuing: every connection's calls cost the same to the worker, and
+    /// its own rate limit already weighs what it may send.
     pub async fn claim_due_fairly(
         &self,
         limit: i64,
-        holding: &HashMap<String, usize>,
-        at_most: Option<usize>,
+        shares: &ClaimShares<'_>,
     ) -> Result<Vec<ClaimedEvent>, StoreError> {
         let _turn = self.write_gate(super::Writer::Claim).await;
         let mut conn = self.pool.acquire().await?;
@@ -191,29 +218,26 @@ impl Store {
         if self.heads_are_stale(&mut conn).await? {
             let mut tx = conn.begin().await?;
             self.repair_heads(&mut tx).await?;
-            let claimed = self
-                .claim_candidates(&mut tx, now, limit, holding, at_most)
-                .await?;
+            let claimed = self.claim_candidates(&mut tx, now, limit, shares).await?;
             tx.commit().await?;
             Ok(claimed)
         } else {
-            self.claim_candidates(&mut conn, now, limit, holding, at_most)
-                .await
+            self.claim_candidates(&mut conn, now, limit, shares).await
         }
     }
 
     /// The due heads, shared among connections as [`Store::claim_due_fairly`]
-    /// says, then the events without a customer; up to `wanted` in all.
+    /// says, then the events without a customer; up to `limit` in all. Not
+    /// more: the claim takes the oldest of its candidates, and extra ones
+    /// would be a backlog's, older than a quiet connection's.
     async fn fair_candidates(
         &self,
         conn: &mut AnyConnection,
         now: i64,
-        limit: i64,
-        wanted: usize,
-        holding: &HashMap<String, usize>,
-        at_most: Option<usize>,
+        limit: usize,
+        shares: &ClaimShares<'_>,
     ) -> Result<Vec<i64>, StoreError> {
-        let mut ids = Vec::with_capacity(wanted);
+        let mut ids = Vec::with_capacity(limit);
         let busy: Vec<String> = sqlx::query(BUSY_CONNECTIONS_SQL)
             .bind(BUSY_CONNECTIONS_READ)
             .fetch_all(&mut *conn)
@@ -222,9 +246,6 @@ impl Store {
             .map(|r| r.try_get::<String, _>(0))
             .collect::<Result<_, sqlx::Error>>()?;
         if !busy.is_empty() {
-            let held: usize = holding.values().sum();
-            let share =
-                at_most.unwrap_or_else(|| ((limit.max(0) as usize + held) / busy.len()).max(1));
             let after = self
                 .claim_cursor
                 .lock()
@@ -234,66 +255,66 @@ impl Store {
             let mut open: Vec<&String> = busy[first..]
                 .iter()
                 .chain(&busy[..first])
+                .filter(|c| shares.room_of(c) > 0)
                 .take(CONNECTIONS_PER_CLAIM)
                 .collect();
-            // The last head taken of each connection: a later round goes on after it.
-            let mut taken: HashMap<&String, i64> = HashMap::new();
+            let share = (limit / open.len().max(1)).max(1);
+            // What this claim took of each connection, and its last head:
+            // a later round goes on after it.
+            let mut taken: HashMap<&String, (usize, i64)> = HashMap::new();
             let mut statements = 0;
             let mut last = None;
-            let mut round_share = None;
-            // Round one gives each connection its share; what is left of the
-            // claim then goes, in equal parts, to those that may have more
-            // (the connections with nothing due leave their part unused).
+            let mut round_share = share;
+            // Round one gives each connection its part; what is left of the
+            // claim then goes, in equal parts, to those that may have more.
             loop {
                 let mut more = Vec::new();
                 for connection in open {
-                    if ids.len() >= wanted || statements >= CONNECTIONS_PER_CLAIM {
+                    if ids.len() >= limit || statements >= CONNECTIONS_PER_CLAIM {
                         break;
                     }
-                    let want = round_share
-                        .unwrap_or_else(|| {
-                            share.saturating_sub(holding.get(connection).copied().unwrap_or(0))
-                        })
-                        .min(wanted - ids.len());
+                    let (got, after_id) = taken.get(connection).copied().unwrap_or((0, 0));
+                    let room = shares.room_of(connection).saturating_sub(got);
+                    let want = round_share.min(room).min(limit - ids.len());
                     if want == 0 {
-                        more.push(connection);
                         continue;
                     }
                     let rows = sqlx::query(sqlx::AssertSqlSafe(heads_of_sql()))
                         .bind(connection.as_str())
                         .bind(now)
                         .bind(want as i64)
-                        .bind(taken.get(connection).copied().unwrap_or(0))
+                        .bind(after_id)
                         .fetch_all(&mut *conn)
                         .await?;
                     statements += 1;
+                    let mut mine = (got, after_id);
                     for r in &rows {
                         let id = r.try_get::<i64, _>(0)?;
                         ids.push(id);
-                        taken.insert(connection, id);
+                        mine = (mine.0 + 1, id);
                     }
-                    if rows.len() == want {
+                    taken.insert(connection, mine);
+                    if rows.len() == want && room > want {
                         more.push(connection);
                     }
                     last = Some(connection);
                 }
-                let left = (limit.max(0) as usize).saturating_sub(ids.len());
-                if more.is_empty() || left == 0 || at_most.is_some() {
+                let left = limit.saturating_sub(ids.len());
+                if more.is_empty() || left == 0 {
                     break;
                 }
-                round_share = Some((left / more.len()).max(1));
+                round_share = (left / more.len()).max(1);
                 open = more;
             }
             if let (Some(last), Ok(mut cursor)) = (last, self.claim_cursor.lock()) {
                 cursor.clone_from(last);
             }
         }
-        // Events without a customer belong to no share; a full worker's
-        // claim leaves them for when it has room.
-        if ids.len() < wanted && at_most.is_none() {
+        // Events without a customer belong to no connection's share.
+        if ids.len() < limit {
             let rows = sqlx::query(sqlx::AssertSqlSafe(keyless_sql()))
                 .bind(now)
-                .bind((wanted - ids.len()) as i64)
+                .bind((limit - ids.len()) as i64)
                 .fetch_all(&mut *conn)
                 .await?;
             for r in &rows {
@@ -309,12 +330,10 @@ impl Store {
         conn: &mut AnyConnection,
         now: i64,
         limit: i64,
-        holding: &HashMap<String, usize>,
-        at_most: Option<usize>,
+        shares: &ClaimShares<'_>,
     ) -> Result<Vec<ClaimedEvent>, StoreError> {
-        let wanted = limit.saturating_add(CANDIDATE_SLACK).max(0) as usize;
         let ids = self
-            .fair_candidates(conn, now, limit, wanted, holding, at_most)
+            .fair_candidates(conn, now, limit.max(0) as usize, shares)
             .await?;
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -390,7 +409,7 @@ impl Store {
                 .map(|r| r.try_get::<String, _>(column))
                 .collect::<Result<Vec<String>, sqlx::Error>>()
         };
-        let wanted = limit.saturating_add(CANDIDATE_SLACK).max(0) as usize;
+        let wanted = limit.max(0) as usize;
         let mut lines = vec!["-- the connections with events waiting:".to_string()];
         lines.extend(text(
             sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -419,7 +438,7 @@ impl Store {
             )?);
         }
         let ids = self
-            .fair_candidates(&mut tx, now, limit, wanted, &HashMap::new(), None)
+            .fair_candidates(&mut tx, now, wanted, &ClaimShares::equal(&HashMap::new()))
             .await?;
         if !ids.is_empty() {
             lines.push("-- taking them:".to_string());

@@ -16,7 +16,7 @@ mod people;
 pub use console::{
     Attempt, EventPage, EventQuery, EventRecord, EventRow, PAGE_SIZE, StateCount, utc_day_start_ms,
 };
-pub use inbox::Inbox;
+pub use inbox::{ClaimShares, Inbox};
 pub mod connections;
 pub mod resync;
 pub use journal::WriteTx;

@@ -109,13 +109,13 @@ impl Http {
     /// when the delivery decided to make it: a webhook the platform sent in
     /// between still describes the record as it was.
     pub async fn send_timed(&self, target: &Target, request: &RequestPlan) -> Sent {
-        if let Err(until) = self
+        if let Err(refused) = self
             .limiter
             .acquire(&target.name, target.rate_limit.as_ref())
             .await
         {
             return Sent {
-                answer: pause(target, until),
+                answer: not_sent(target, request, refused),
                 departed_at: crate::store::now_ms(),
                 took_ms: None,
             };
@@ -158,12 +158,12 @@ impl Http {
             Err(e) => return token_failure(target, request, &e),
         };
         // The second request counts against the target's limit as any other.
-        if let Err(until) = self
+        if let Err(refused) = self
             .limiter
             .acquire(&target.name, target.rate_limit.as_ref())
             .await
         {
-            return pause(target, until);
+            return not_sent(target, request, refused);
         }
         self.call_with(target, request, Some(&fresh)).await
     }
@@ -306,6 +306,24 @@ impl Http {
 }
 
 /// A daily budget is spent: the delivery stops here and resumes after the reset.
+/// The rate limiter refused the call: nothing was sent.
+fn not_sent(target: &Target, request: &RequestPlan, refused: limiter::Refused) -> Answer {
+    match refused {
+        limiter::Refused::DaySpent(until) => pause(target, until),
+        limiter::Refused::Unreadable(e) => Answer::Failed(Failure {
+            status: None,
+            error: format!(
+                "{} {}: not sent: the rate-limit window of target `{}` shared with the other replicas cannot be reserved ({e}); retried later",
+                request.method, request.path, target.name
+            ),
+            transient: true,
+            unanswered: false,
+            retry_after: None,
+            body: Value::Null,
+        }),
+    }
+}
+
 fn pause(target: &Target, until: Duration) -> Answer {
     let _ = TALLY.try_with(|t| t.paused.set(Some(until)));
     Answer::Failed(Failure {

@@ -47,6 +47,20 @@ pub struct Window {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DaySpent;
 
+/// Why a send may not go now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refused {
+    /// The daily budget is spent: nothing is sent for this long (until the reset).
+    DaySpent(Duration),
+    /// The shared window could not be read or written (the database did
+    /// not answer, several times): nothing was sent, since other replicas
+    /// may have spent the window.
+    Unreadable(String),
+}
+
+/// Tries of a shared window before a send is refused as [`Refused::Unreadable`].
+const SHARED_TRIES: u32 = 3;
+
 impl Window {
     /// Reserves the next send allowed by `limit` at `now` on `today` (a UTC
     /// day number); returns when it may leave.
@@ -161,23 +175,28 @@ impl Limiter {
         }
     }
 
-    /// Waits until `target` may send one more request. `Err` carries how long
-    /// until the daily budget resets: nothing is sent before then.
-    pub async fn acquire(&self, target: &str, limit: Option<&RateLimit>) -> Result<(), Duration> {
+    /// Waits until `target` may send one more request, or says why it may not.
+    pub async fn acquire(&self, target: &str, limit: Option<&RateLimit>) -> Result<(), Refused> {
         let Some(limit) = limit else { return Ok(()) };
-        let reserved = self
-            .with_window(target, |w, now| w.reserve(now, today(), limit))
-            .await;
-        let wait = match reserved {
-            Ok((Ok(at), now)) => Duration::from_millis((at - now).max(0) as u64),
-            Ok((Err(DaySpent), _)) => return Err(until_next_utc_day()),
-            Err(e) => {
-                // The shared window cannot be read: wait one full window
-                // rather than send past a limit other replicas may have
-                // spent. The call then goes (the target's 429, if any, is
-                // handled as ever).
-                tracing::warn!(target, error = %e, "cannot read the shared rate-limit window; waiting one window");
-                Duration::from_secs(u64::from(limit.per_seconds.max(1)))
+        let mut tries = 0;
+        let wait = loop {
+            let reserved = self
+                .with_window(target, |w, now| w.reserve(now, today(), limit))
+                .await;
+            match reserved {
+                Ok((Ok(at), now)) => break Duration::from_millis((at - now).max(0) as u64),
+                Ok((Err(DaySpent), _)) => return Err(Refused::DaySpent(until_next_utc_day())),
+                // The shared window cannot be read: never send unreserved
+                // (other replicas may have spent the window); try again
+                // after a moment, then give the call back to be retried.
+                Err(e) => {
+                    tries += 1;
+                    tracing::warn!(target, error = %e, tries, "cannot reserve a send in the shared rate-limit window");
+                    if tries >= SHARED_TRIES {
+                        return Err(Refused::Unreadable(e.to_string()));
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         };
         if !wait.is_zero() {
@@ -284,7 +303,9 @@ mod tests {
         for _ in 0..3 {
             limiter.acquire("ghl", Some(&limit)).await.unwrap();
         }
-        let until = limiter.acquire("ghl", Some(&limit)).await.unwrap_err();
+        let Err(Refused::DaySpent(until)) = limiter.acquire("ghl", Some(&limit)).await else {
+            panic!("the budget is spent");
+        };
         assert!(until <= Duration::from_secs(86_400) && until > Duration::ZERO);
         // The target's own word counts too.
         let other = Limiter::default();

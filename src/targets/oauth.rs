@@ -384,7 +384,6 @@ impl TokenEndpoint {
     }
 }
 
-
 /// The access token of one connection, kept fresh: what [`super::http::Http`]
 /// asks for each request of a connection installed through OAuth.
 pub struct Bearer {
