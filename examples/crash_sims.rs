@@ -15,7 +15,9 @@
 //!   `same_phone`/`same_email` (phones and emails held by more than one
 //!   contact, with their count), `throttled` (the first 20 requests
 //!   answered 429: method, path, milliseconds since the start), `refused`
-//!   (the first 20 other 4xx/5xx answers: status, method, path, body);
+//!   (the first 20 other 4xx/5xx answers: status, method, path, body),
+//!   `last_request_ms` and `now_ms` (the last request to GHL and the
+//!   report, in milliseconds since the start);
 //! - `quit` (or the end of stdin): stops.
 //!
 //! By default GHL runs without a rate limit: these runs measure what a
@@ -81,7 +83,9 @@ fn report(ghl: &GhlSandbox, started: std::time::Instant) -> serde_json::Value {
     let mut requests: BTreeMap<String, usize> = BTreeMap::new();
     let mut throttled = Vec::new();
     let mut refused = Vec::new();
+    let mut last_ms = 0;
     for r in ghl.request_log() {
+        last_ms = last_ms.max(r.received.saturating_duration_since(started).as_millis() as u64);
         let status = r.status.map_or("none".to_string(), |s| s.to_string());
         *requests.entry(status).or_default() += 1;
         if r.status.is_some_and(|s| s >= 400 && s != 429) && refused.len() < 20 {
@@ -118,6 +122,8 @@ fn report(ghl: &GhlSandbox, started: std::time::Instant) -> serde_json::Value {
         "same_email": shared(contacts.iter().map(|c| c.email.clone())),
         "throttled": throttled,
         "refused": refused,
+        "last_request_ms": last_ms,
+        "now_ms": started.elapsed().as_millis() as u64,
     })
 }
 

@@ -415,6 +415,9 @@ def main():
     sims.stdin.write("report\n")
     sims.stdin.flush()
     report = json.loads(sims.stdout.readline())
+    # The drain as GHL saw it: its last request, from the first post. (The
+    # wait above may end late when `mapper status` finds no free connection.)
+    last_call_s = time.time() - t0 - (report["now_ms"] - report["last_request_ms"]) / 1000.0
     for s in replicas:
         s.stop()
     sims.stdin.write("quit\n")
@@ -461,7 +464,8 @@ def main():
     print(f"  replica {victim} SIGKILLed at {killed_at:.1f} s, restarted at {restarted_at:.1f} s")
     print(f"  acknowledged {acknowledged}, stored {stored}, delivered {delivered}, dead {dead}, "
           f"states {states}, other events {others}")
-    print(f"  drain {drained_s:.0f} s from the first post ({drained_s - posted_s:.0f} s after the last); GHL calls {ghl_calls} → rate-limit floor {floor_s:.0f} s "
+    print(f"  drain {last_call_s:.0f} s from the first post to GHL's last call ({last_call_s - posted_s:.0f} s "
+          f"after the last post; all final seen at {drained_s:.0f} s); GHL calls {ghl_calls} → rate-limit floor {floor_s:.0f} s "
           f"(100 per 10 s); GHL answers {dict(sorted(requests.items()))}")
     print(f"  429s {throttled}, contacts {report['contacts']} for {args.people} people, "
           f"people created twice {len(duplicated_people)} (phones on >1 contact {len(same_phone)}, "
