@@ -10,10 +10,24 @@
 //!   (notes without one), `duplicates`
 //!   (markers on more than one note, with their count), `markers` (every
 //!   marker seen), `contacts`, `requests` (to GHL, by status);
+//!   `by_contact` (each contact's phone, email and the markers of its
+//!   notes, oldest first: order and duplicates per person),
+//!   `same_phone`/`same_email` (phones and emails held by more than one
+//!   contact, with their count), `throttled` (the first 20 requests
+//!   answered 429: method, path, milliseconds since the start), `refused`
+//!   (the first 20 other 4xx/5xx answers: status, method, path, body),
+//!   `last_request_ms` and `now_ms` (the last request to GHL and the
+//!   report, in milliseconds since the start);
 //! - `quit` (or the end of stdin): stops.
 //!
-//! GHL runs without a rate limit: these runs measure what a crash or a
-//! reload does, not GHL's 10 requests per second.
+//! By default GHL runs without a rate limit: these runs measure what a
+//! crash or a reload does, not GHL's 10 requests per second. Flags (for
+//! `scripts/replica-test.sh`):
+//! - `--ghl-limit`: GHL's real limit, 100 requests per 10 s per location
+//!   (`RateLimit::ghl()`), answered 429 beyond it;
+//! - `--allow-duplicates`: the location allows duplicate contacts, so two
+//!   creates of one person make two contacts (counted by `same_phone`)
+//!   instead of the second being refused with the first's id.
 
 use mapper::sandbox::{GhlConfig, GhlSandbox, RateLimit, StickyCardsConfig, StickyCardsSandbox};
 use serde_json::json;
@@ -31,24 +45,64 @@ fn marker(body: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-fn report(ghl: &GhlSandbox) -> serde_json::Value {
+/// Values held by more than one contact, with their count.
+fn shared(values: impl Iterator<Item = Option<String>>) -> BTreeMap<String, usize> {
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    for v in values.flatten() {
+        *count.entry(v).or_default() += 1;
+    }
+    count.retain(|_, n| *n > 1);
+    count
+}
+
+fn report(ghl: &GhlSandbox, started: std::time::Instant) -> serde_json::Value {
     let mut by_marker: BTreeMap<u64, usize> = BTreeMap::new();
     let mut notes = 0;
     let mut unmarked = 0;
+    let mut by_contact = Vec::new();
     let contacts = ghl.contacts();
     for contact in &contacts {
+        let mut markers = Vec::new();
         for note in ghl.notes_of(&contact.id) {
             notes += 1;
             match marker(&note.body) {
-                Some(m) => *by_marker.entry(m).or_default() += 1,
+                Some(m) => {
+                    *by_marker.entry(m).or_default() += 1;
+                    markers.push(m);
+                }
                 None => unmarked += 1,
             }
         }
+        by_contact.push(json!({
+            "id": contact.id,
+            "phone": contact.phone,
+            "email": contact.email,
+            "markers": markers,
+        }));
     }
     let mut requests: BTreeMap<String, usize> = BTreeMap::new();
+    let mut throttled = Vec::new();
+    let mut refused = Vec::new();
+    let mut last_ms = 0;
     for r in ghl.request_log() {
+        last_ms = last_ms.max(r.received.saturating_duration_since(started).as_millis() as u64);
         let status = r.status.map_or("none".to_string(), |s| s.to_string());
         *requests.entry(status).or_default() += 1;
+        if r.status.is_some_and(|s| s >= 400 && s != 429) && refused.len() < 20 {
+            refused.push(json!({
+                "status": r.status,
+                "method": r.method,
+                "path": r.path,
+                "body": r.body,
+            }));
+        }
+        if r.status == Some(429) && throttled.len() < 20 {
+            throttled.push(json!({
+                "method": r.method,
+                "path": r.path,
+                "at_ms": r.received.saturating_duration_since(started).as_millis() as u64,
+            }));
+        }
     }
     let duplicates: BTreeMap<String, usize> = by_marker
         .iter()
@@ -63,13 +117,34 @@ fn report(ghl: &GhlSandbox) -> serde_json::Value {
         "markers": by_marker.keys().collect::<Vec<_>>(),
         "contacts": contacts.len(),
         "requests": requests,
+        "by_contact": by_contact,
+        "same_phone": shared(contacts.iter().map(|c| c.phone.clone())),
+        "same_email": shared(contacts.iter().map(|c| c.email.clone())),
+        "throttled": throttled,
+        "refused": refused,
+        "last_request_ms": last_ms,
+        "now_ms": started.elapsed().as_millis() as u64,
     })
 }
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
+    let flags: Vec<String> = std::env::args().skip(1).collect();
+    for flag in &flags {
+        if flag != "--ghl-limit" && flag != "--allow-duplicates" {
+            eprintln!("crash_sims: unknown flag `{flag}` (--ghl-limit, --allow-duplicates)");
+            std::process::exit(2);
+        }
+    }
+    let has = |name: &str| flags.iter().any(|f| f == name);
+    let started = std::time::Instant::now();
     let ghl = GhlSandbox::start(GhlConfig {
-        rate_limit: RateLimit::unlimited(),
+        rate_limit: if has("--ghl-limit") {
+            RateLimit::ghl()
+        } else {
+            RateLimit::unlimited()
+        },
+        allow_duplicates: has("--allow-duplicates"),
         ..GhlConfig::default()
     })
     .await?;
@@ -92,7 +167,7 @@ async fn main() -> std::io::Result<()> {
         for line in std::io::stdin().lock().lines() {
             let Ok(line) = line else { break };
             match line.trim() {
-                "report" => println!("{}", report(&reader)),
+                "report" => println!("{}", report(&reader, started)),
                 "quit" => break,
                 other => println!(
                     "{}",
