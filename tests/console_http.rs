@@ -909,12 +909,20 @@ async fn failed_held_writes_are_listed_and_re_queued() {
         .unwrap();
     assert_eq!(r.status(), 303);
     assert_eq!(r.headers()["location"], "/ui/actions?requeued=1&left=0");
-    let state = store
+    // Re-queued with fresh attempts. The running worker may already have
+    // sent it again (Sticky Cards has no `cus_held`: it fails again, with
+    // one attempt), so the attempts tell, not the state.
+    let write = store
         .pending_writes()
         .await
         .unwrap()
         .into_iter()
         .find(|w| w.id == held.id)
-        .map(|w| w.state);
-    assert_ne!(state.as_deref(), Some("failed"));
+        .expect("the held write is kept");
+    assert!(
+        write.state != "failed" || write.attempts < 5,
+        "{} after {} attempts",
+        write.state,
+        write.attempts
+    );
 }
