@@ -109,16 +109,42 @@ impl Http {
     /// when the delivery decided to make it: a webhook the platform sent in
     /// between still describes the record as it was.
     pub async fn send_timed(&self, target: &Target, request: &RequestPlan) -> Sent {
+        self.send_timed_after(target, request, async { Ok(()) })
+            .await
+    }
+
+    /// [`Http::send_timed`], with `before` run once the rate limiter let the
+    /// call go, just before it leaves (a call that must not be sent twice
+    /// is marked then: a wait for the limiter between the mark and the call
+    /// would be a window in which a crash loses it). When `before` fails,
+    /// nothing is sent.
+    pub async fn send_timed_after(
+        &self,
+        target: &Target,
+        request: &RequestPlan,
+        before: impl std::future::Future<Output = Result<(), String>>,
+    ) -> Sent {
+        let not_now = |answer| Sent {
+            answer,
+            departed_at: crate::store::now_ms(),
+            took_ms: None,
+        };
         if let Err(refused) = self
             .limiter
             .acquire(&target.name, target.rate_limit.as_ref())
             .await
         {
-            return Sent {
-                answer: not_sent(target, request, refused),
-                departed_at: crate::store::now_ms(),
-                took_ms: None,
-            };
+            return not_now(not_sent(target, request, refused));
+        }
+        if let Err(e) = before.await {
+            return not_now(Answer::Failed(Failure {
+                status: None,
+                error: format!("{} {}: not sent: {e}", request.method, request.path),
+                transient: true,
+                unanswered: false,
+                retry_after: None,
+                body: Value::Null,
+            }));
         }
         let departed_at = crate::store::now_ms();
         let started = std::time::Instant::now();

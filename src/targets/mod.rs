@@ -827,12 +827,10 @@ impl Executor {
                 Ok(None) => {}
                 Err(e) => return Outcome::store(e),
             }
-            if let Err(e) = self.store.mark_sending(ev.row, step).await {
-                return Outcome::store(e);
-            }
         }
+        let mark = once.as_deref().map(|step| (ev.row, step));
         let (outcome, unanswered) = self
-            .send_journaled(journal, target, &request, written, |status, error| {
+            .send_journaled(journal, target, &request, written, mark, |status, error| {
                 log(&action.op, summary.clone(), status, error)
             })
             .await;
@@ -878,15 +876,29 @@ impl Executor {
     /// succeeded on a known record, what the answer taught about it. Also
     /// says whether the request may have arrived unanswered (it may have
     /// been applied).
+    ///
+    /// `mark`: (event, step) of a call that is not idempotent, marked once
+    /// the rate limiter let it go, just before it leaves.
     async fn send_journaled(
         &self,
         journal: &mut Journal,
         target: &Target,
         request: &RequestPlan,
         written: Option<WrittenRecord<'_>>,
+        mark: Option<(i64, &str)>,
         entry: impl Fn(Option<u16>, Option<String>) -> SyncLogEntry,
     ) -> (Outcome, bool) {
-        let sent = self.http.send_timed(target, request).await;
+        let before = async {
+            match mark {
+                Some((row, step)) => self
+                    .store
+                    .mark_sending(row, step)
+                    .await
+                    .map_err(|e| format!("cannot mark the call before it leaves: {e}")),
+                None => Ok(()),
+            }
+        };
+        let sent = self.http.send_timed_after(target, request, before).await;
         let (sent_at, took) = (sent.departed_at, sent.took_ms);
         match sent.answer {
             Answer::Ok(answer) => {
@@ -1243,9 +1255,14 @@ impl Executor {
             params: &params,
             occurred_at: write.occurred_at,
         };
-        self.send_journaled(journal, target, &request, Some(written), |status, error| {
-            held_entry(write, &write.op, summary.clone(), status, error)
-        })
+        self.send_journaled(
+            journal,
+            target,
+            &request,
+            Some(written),
+            None,
+            |status, error| held_entry(write, &write.op, summary.clone(), status, error),
+        )
         .await
         .0
     }
