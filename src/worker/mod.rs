@@ -11,7 +11,6 @@ use crate::store::{
 use crate::targets::{Executor, Finish, Outcome, Suppression};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
@@ -93,13 +92,6 @@ pub async fn run(
     }
     let concurrency = config.concurrency.max(1);
     let slots = Arc::new(ConnectionSlots::new(concurrency));
-    // Claimed events still waiting for a slot. A worker claims ahead, up to
-    // `CLAIM_ROUNDS` more rounds of slots, and claims again once a round
-    // is left: a busy worker pays one claim (a write through SQLite's one
-    // writer) per many deliveries instead of one per delivery, and a slot
-    // that frees finds its next event already claimed (deliver bench: 0.48
-    // → 0.18 commits per event with one round ahead → two).
-    let unstarted = Arc::new(AtomicUsize::new(0));
     let finished = Arc::new(Notify::new());
     let journals = Arc::new(Semaphore::new(JOURNALS_WAITING.max(concurrency)));
     let leases = Leases::default();
@@ -170,14 +162,12 @@ pub async fn run(
             }
             continue;
         }
-        unstarted.fetch_add(claimed.len(), Ordering::AcqRel);
         batches.spawn(run_batch(
             executor.load_full(),
             config.clone(),
             claimed,
             Slots {
                 free: slots.clone(),
-                unstarted: unstarted.clone(),
                 finished: finished.clone(),
                 journals: journals.clone(),
                 stopping: shutdown.clone(),
@@ -315,8 +305,6 @@ impl ConnectionSlots {
 struct Slots {
     /// Each connection's deliveries in flight.
     free: Arc<ConnectionSlots>,
-    /// Claimed events without a slot yet (see [`run`]).
-    unstarted: Arc<AtomicUsize>,
     /// Wakes the claiming loop when a slot frees or an event starts.
     finished: Arc<Notify>,
     /// One permit per journal waiting for its commit: bounds the deliveries
@@ -347,7 +335,7 @@ async fn run_batch(
     // Each event waits for a slot of its own connection's, so one
     // connection's full slots hold up none of the batch's other events.
     for event in claimed {
-        let (executor, config, slots_of, finished, journals, stopping, leases, unstarted) = (
+        let (executor, config, slots_of, finished, journals, stopping, leases) = (
             executor.clone(),
             config.clone(),
             slots.free.clone(),
@@ -355,17 +343,14 @@ async fn run_batch(
             slots.journals.clone(),
             slots.stopping.clone(),
             slots.leases.clone(),
-            slots.unstarted.clone(),
         );
         events.spawn(async move {
             // The semaphores are never closed; were one, its events would
             // stay `processing` until their lease ends and be taken again.
             let Some(slot) = slots_of.acquire(&event.connection).await else {
-                unstarted.fetch_sub(1, Ordering::AcqRel);
                 leases.release(event.id);
                 return false;
             };
-            unstarted.fetch_sub(1, Ordering::AcqRel);
             finished.notify_one();
             let delivery = deliver_one(&executor, &config, &event).await;
             // The slot frees once the calls are made, while the journal
