@@ -510,39 +510,31 @@ async fn load_tenants(store: &Store, env: &Env) -> Result<Vec<StoredTenant>, Sta
         let mut vars = if connection.sealed_vars.is_empty() {
             BTreeMap::new()
         } else {
-            let Some(key) = &key else {
-                return Err(StartError::SecretKey(format!(
-                    "connection `{}` has encrypted values and MAPPER_SECRET_KEY is not set: \
-                     set it to the key the connections were added with",
-                    connection.name
-                )));
-            };
-            connection.vars(key).map_err(|e| {
-                StartError::SecretKey(format!(
-                    "cannot open the values of connection `{}` with MAPPER_SECRET_KEY: {e}",
-                    connection.name
-                ))
-            })?
+            let key = key_for(
+                &key,
+                &connection.name,
+                "values",
+                "the connections were added",
+            )?;
+            connection
+                .vars(key)
+                .map_err(|e| cannot_open(&connection.name, "values", e))?
         };
         // A PIT (`GHL_API_TOKEN`) stays the simple option and wins; without
         // one, stored OAuth tokens give the bearer, fetched at send time.
         let oauth = match &connection.sealed_tokens {
             Some(_) if !vars.contains_key(crate::targets::oauth::ACCESS_TOKEN_VARIABLE) => {
-                let Some(key) = &key else {
-                    return Err(StartError::SecretKey(format!(
-                        "connection `{}` has encrypted OAuth tokens and MAPPER_SECRET_KEY is not set: \
-                         set it to the key the connection was installed with",
-                        connection.name
-                    )));
-                };
+                let key = key_for(
+                    &key,
+                    &connection.name,
+                    "OAuth tokens",
+                    "the connection was installed",
+                )?;
                 // Opened once here so that a wrong key stops the start (or
                 // this reload) instead of every delivery.
-                connection.tokens(key).map_err(|e| {
-                    StartError::SecretKey(format!(
-                        "cannot open the OAuth tokens of connection `{}` with MAPPER_SECRET_KEY: {e}",
-                        connection.name
-                    ))
-                })?;
+                connection
+                    .tokens(key)
+                    .map_err(|e| cannot_open(&connection.name, "OAuth tokens", e))?;
                 vars.insert(
                     crate::targets::oauth::ACCESS_TOKEN_VARIABLE.to_string(),
                     crate::targets::oauth::ACCESS_TOKEN_PLACEHOLDER.to_string(),
@@ -570,6 +562,29 @@ async fn load_tenants(store: &Store, env: &Env) -> Result<Vec<StoredTenant>, Sta
         });
     }
     Ok(tenants)
+}
+
+/// The key that opens a connection's encrypted `what`, or why `serve`
+/// cannot start without it (`when`: with which key they were sealed).
+fn key_for<'k>(
+    key: &'k Option<crate::secrets::SecretKey>,
+    connection: &str,
+    what: &str,
+    when: &str,
+) -> Result<&'k crate::secrets::SecretKey, StartError> {
+    key.as_ref().ok_or_else(|| {
+        StartError::SecretKey(format!(
+            "connection `{connection}` has encrypted {what} and MAPPER_SECRET_KEY is not set: \
+             set it to the key {when} with"
+        ))
+    })
+}
+
+/// A connection's encrypted `what` that the key does not open.
+fn cannot_open(connection: &str, what: &str, e: impl std::fmt::Display) -> StartError {
+    StartError::SecretKey(format!(
+        "cannot open the {what} of connection `{connection}` with MAPPER_SECRET_KEY: {e}"
+    ))
 }
 
 impl Delivery {
