@@ -303,7 +303,7 @@ async fn replay_with_a_connection_requeues_only_its_events() {
         .await
         .unwrap();
     for w in store.pending_writes().await.unwrap() {
-        store.fail_write(w.id, 8, "boom").await.unwrap();
+        store.fail_write(&w, 8, "boom").await.unwrap();
     }
     let out = text(&mapper(&db, &["replay", "--held", "--connection", "acme"]));
     assert_eq!(out.trim(), "re-queued 1 held write(s)");

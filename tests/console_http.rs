@@ -889,8 +889,15 @@ async fn failed_held_writes_are_listed_and_re_queued() {
         )
         .await
         .unwrap();
+    let held = store
+        .pending_writes()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|w| w.id == held.id)
+        .unwrap();
     store
-        .fail_write(held.id, 5, "422 rejected for held.person@example.com")
+        .fail_write(&held, 5, "422 rejected for held.person@example.com")
         .await
         .unwrap();
     let session = login(&c).await;

@@ -8,7 +8,11 @@ mod common;
 
 use common::postgres::FreshPostgres;
 use mapper::config::model::RateLimit;
-use mapper::store::{CLAIM_LEASE_MS, ClaimShares, EventState, Inserted, NewEvent, Store, now_ms};
+use mapper::store::{
+    CLAIM_LEASE_MS, ClaimShares, EventState, Inserted, NewEvent, Store, StoreError, now_ms,
+};
+use mapper::targets::Finish;
+use mapper::targets::journal::{Journal, Writer};
 use mapper::targets::limiter::Limiter;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -170,7 +174,7 @@ async fn leases_are_renewed_while_held_and_lapse_when_not(store: Store) {
         .renew_leases(&ids[..2], before + 3 * CLAIM_LEASE_MS)
         .await
         .unwrap();
-    assert_eq!(renewed, 2);
+    assert_eq!(renewed, ids[..2].to_vec());
     // A delivered event's lease is not renewed.
     store
         .finish(ids[0], EventState::Delivered, now_ms(), None)
@@ -181,9 +185,9 @@ async fn leases_are_renewed_while_held_and_lapse_when_not(store: Store) {
             .renew_leases(&ids, before + 3 * CLAIM_LEASE_MS)
             .await
             .unwrap(),
-        2
+        ids[1..].to_vec()
     );
-    assert_eq!(store.renew_leases(&[], 0).await.unwrap(), 0);
+    assert!(store.renew_leases(&[], 0).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -203,6 +207,149 @@ async fn leases_on_postgres() {
     let store = Store::open(&pg.url).await.unwrap();
     leases_are_renewed_while_held_and_lapse_when_not(store.clone()).await;
     drop(store);
+    pg.drop().await;
+}
+
+/// Replica `a` claims an event, stalls past its lease, and `b` takes the
+/// event over: `a` can neither renew the lease nor write its journal (the
+/// event's outcome is `b`'s to record), and `b`'s journal lands.
+async fn a_replica_that_stalled_past_its_lease_is_fenced_out(a: Store, b: Store, url: &str) {
+    let id = match a.insert_events(&[event("stalled", 1)]).await.unwrap()[0] {
+        Inserted::New(id) => id,
+        other => panic!("{other:?}"),
+    };
+    let claimed = a.claim_due(10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(claimed[0].lease_until >= now_ms() + CLAIM_LEASE_MS - 1_000);
+    assert!(b.claim_due(10).await.unwrap().is_empty(), "leased to a");
+    // a stalls: its lease runs out without a renewal.
+    sqlx::any::install_default_drivers();
+    let mut raw = <sqlx::AnyConnection as sqlx::Connection>::connect(url)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE events SET next_attempt_at = 0 WHERE id = $1")
+        .bind(id)
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    let taken = b.claim_due(10).await.unwrap();
+    assert_eq!(taken.iter().map(|e| e.id).collect::<Vec<_>>(), [id]);
+    assert!(
+        a.renew_leases(&[id], now_ms() + CLAIM_LEASE_MS)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a's renewal must not extend b's lease"
+    );
+    let finished = |error: &str| {
+        let mut journal = Journal::new("default");
+        journal.finish(
+            id,
+            Finish::State {
+                state: EventState::Dead,
+                next_attempt_at: now_ms(),
+                error: Some(error.into()),
+            },
+        );
+        journal
+    };
+    let late = Writer::start(a.clone()).commit(finished("from a")).await;
+    assert!(
+        matches!(late, Err(StoreError::LeaseLost(lost)) if lost == id),
+        "{late:?}"
+    );
+    assert_eq!(a.event(id).await.unwrap().unwrap().0, "processing");
+    Writer::start(b.clone())
+        .commit(finished("from b"))
+        .await
+        .unwrap();
+    assert_eq!(b.event(id).await.unwrap().unwrap().0, "dead");
+    let error: Option<String> = sqlx::query_scalar("SELECT last_error FROM events WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(error.as_deref(), Some("from b"));
+}
+
+/// The same for a held write being flushed: `a` claims it and stalls, `b`
+/// takes it over; `a`'s renewal and outcome are refused, `b`'s land.
+async fn a_flusher_that_stalled_past_its_lease_is_fenced_out(a: Store, b: Store, url: &str) {
+    let write = mapper::store::HeldWrite {
+        connection: "default".into(),
+        target: "stickycards".into(),
+        record_id: "cus_1".into(),
+        op: "change_card_balance".into(),
+        params: serde_json::json!({"amount": 5}),
+        mapping: "ghl-bonus-points-changed".into(),
+        event_row: 1,
+        occurred_at: None,
+    };
+    let keep_later = |_: &serde_json::Value, later: &serde_json::Value| later.clone();
+    let held = a.hold_write(&write, 0, keep_later).await.unwrap();
+    let mine = a.claim_due_writes(10).await.unwrap();
+    assert_eq!(mine.len(), 1);
+    assert!(
+        b.claim_due_writes(10).await.unwrap().is_empty(),
+        "leased to a"
+    );
+    let mut raw = <sqlx::AnyConnection as sqlx::Connection>::connect(url)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE pending_writes SET due_at = 0 WHERE id = $1")
+        .bind(held.id)
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    let theirs = b.claim_due_writes(10).await.unwrap();
+    assert_eq!(theirs.len(), 1);
+    assert!(
+        a.renew_write_leases(&[held.id], now_ms() + CLAIM_LEASE_MS)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        a.fail_write(&mine[0], 8, "from a").await,
+        Err(StoreError::WriteLeaseLost(_))
+    ));
+    assert!(matches!(
+        a.retry_write(&mine[0], 0, "from a", true, keep_later).await,
+        Err(StoreError::WriteLeaseLost(_))
+    ));
+    assert!(matches!(
+        a.finish_write(&mine[0]).await,
+        Err(StoreError::WriteLeaseLost(_))
+    ));
+    assert_eq!(b.pending_writes().await.unwrap()[0].state, "flushing");
+    b.finish_write(&theirs[0]).await.unwrap();
+    assert!(b.pending_writes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn fencing_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("m.db").display());
+    let (a, b) = (
+        Store::open(&url).await.unwrap(),
+        Store::open(&url).await.unwrap(),
+    );
+    a_replica_that_stalled_past_its_lease_is_fenced_out(a.clone(), b.clone(), &url).await;
+    a_flusher_that_stalled_past_its_lease_is_fenced_out(a, b, &url).await;
+}
+
+#[tokio::test]
+async fn fencing_on_postgres() {
+    let Some(pg) = FreshPostgres::create("replica_fencing").await else {
+        return;
+    };
+    let (a, b) = (
+        Store::open(&pg.url).await.unwrap(),
+        Store::open(&pg.url).await.unwrap(),
+    );
+    a_replica_that_stalled_past_its_lease_is_fenced_out(a.clone(), b.clone(), &pg.url).await;
+    a_flusher_that_stalled_past_its_lease_is_fenced_out(a.clone(), b.clone(), &pg.url).await;
+    drop((a, b));
     pg.drop().await;
 }
 

@@ -571,7 +571,7 @@ async fn held_writes(store: Store) {
     let due = store.claim_due_writes(10).await.unwrap();
     assert_eq!(due.len(), 1);
     store
-        .fail_write(due[0].id, 8, "400: no such card")
+        .fail_write(&due[0], 8, "400: no such card")
         .await
         .unwrap();
     store
@@ -587,7 +587,7 @@ async fn held_writes(store: Store) {
     let due = store.claim_due_writes(10).await.unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].params["amount"], 7);
-    store.finish_write(due[0].id).await.unwrap();
+    store.finish_write(&due[0]).await.unwrap();
     assert_eq!(store.pending_writes().await.unwrap().len(), 2);
     let counts = store.held_counts().await.unwrap();
     assert!(
@@ -615,7 +615,7 @@ async fn held_writes(store: Store) {
         .into_iter()
         .find(|w| w.record_id == "cus_1" && w.state == "waiting")
         .unwrap();
-    store.finish_write(open.id).await.unwrap();
+    store.finish_write(&open).await.unwrap();
     assert_eq!(store.replay_failed_writes().await.unwrap(), (1, 0));
     let back: Vec<_> = store.claim_due_writes(10).await.unwrap();
     assert_eq!(back.len(), 1);

@@ -338,10 +338,12 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        let lease_until = now + CLAIM_LEASE_MS;
         let rows = sqlx::query(sqlx::AssertSqlSafe(self.take_sql(ids.len())))
             .bind(now)
             .bind(limit)
-            .bind(now + CLAIM_LEASE_MS);
+            .bind(lease_until)
+            .bind(self.claim_owner());
         let rows = ids
             .iter()
             .fold(rows, |q, id| q.bind(*id))
@@ -360,6 +362,7 @@ impl Store {
                     customer_key: r.try_get(6)?,
                     occurred_at: r.try_get(7)?,
                     received_at: r.try_get(8)?,
+                    lease_until,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()?;
@@ -367,10 +370,11 @@ impl Store {
         Ok(out)
     }
 
-    /// Takes up to `$2` of the `count` candidate ids (`$4…`) that are still
-    /// pending and due when locked: `$1` now, `$3` the lease's end. A claim
-    /// is a lease: `next_attempt_at` becomes its end, and an event still
-    /// `processing` after it (its process died) is due again. The ids are
+    /// Takes up to `$2` of the `count` candidate ids (`$5…`) that are still
+    /// pending and due when locked: `$1` now, `$3` the lease's end, `$4` the
+    /// claiming store's name ([`Store::claim_owner`]). A claim is a lease:
+    /// `next_attempt_at` becomes its end, and an event still `processing`
+    /// after it (its process died or stalled) is due again. The ids are
     /// literal parameters so that the planner probes the primary key for
     /// them instead of merging them with every pending event.
     fn take_sql(&self, count: usize) -> String {
@@ -379,11 +383,12 @@ impl Store {
             Dialect::Sqlite => "",
         };
         let list = (0..count)
-            .map(|n| format!("${}", n + 4))
+            .map(|n| format!("${}", n + 5))
             .collect::<Vec<_>>()
             .join(", ");
         format!(
-            "UPDATE events SET state = 'processing', attempts = attempts + 1, next_attempt_at = $3 WHERE id IN \
+            "UPDATE events SET state = 'processing', attempts = attempts + 1, next_attempt_at = $3, \
+             claimed_by = $4 WHERE id IN \
              (SELECT e.id FROM events e WHERE e.id IN ({list}) \
              AND e.state IN {PENDING} AND e.next_attempt_at <= $1 \
              ORDER BY e.id LIMIT $2{lock}) \
@@ -448,7 +453,8 @@ impl Store {
             )))
             .bind(now)
             .bind(limit)
-            .bind(now + CLAIM_LEASE_MS);
+            .bind(now + CLAIM_LEASE_MS)
+            .bind(self.claim_owner());
             lines.extend(text(
                 ids.iter()
                     .fold(query, |q, id| q.bind(*id))

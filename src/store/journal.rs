@@ -184,6 +184,36 @@ impl WriteTx {
             .await
     }
 
+    /// Which of the events `ids` are still `processing` under this store's
+    /// claim, locked until the commit on PostgreSQL (SQLite's writer lock
+    /// covers them): an event missing from the answer was taken over by
+    /// another process after its lease lapsed (or was re-queued by hand),
+    /// and its journal is not this process's to write.
+    pub async fn still_claimed(
+        &mut self,
+        ids: &[i64],
+    ) -> Result<std::collections::HashSet<i64>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let sql = if self.postgres {
+            "SELECT id FROM events WHERE state = 'processing' AND claimed_by = $2 \
+             AND id IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint) ORDER BY id FOR UPDATE"
+        } else {
+            "SELECT id FROM events WHERE state = 'processing' AND claimed_by = $2 \
+             AND id IN (SELECT value FROM json_each($1))"
+        };
+        let rows = sqlx::query(sql)
+            .bind(super::id_list(ids))
+            .bind(self.store.claim_owner())
+            .fetch_all(&mut *self.tx)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
     /// Puts an event back to wait without counting the attempt (a target's
     /// daily budget is spent: nothing was tried).
     pub async fn defer(

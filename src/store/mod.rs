@@ -150,6 +150,9 @@ pub struct ClaimedEvent {
     pub occurred_at: Option<i64>,
     /// When the inbox stored it (epoch ms): delivery lag is measured from here.
     pub received_at: i64,
+    /// When the claim's lease ends (epoch ms) unless renewed: after it,
+    /// another worker may take the event.
+    pub lease_until: i64,
 }
 
 impl MirrorRecord {
@@ -261,6 +264,17 @@ pub enum StoreError {
     Url(String),
     #[error("the database is busy: {0}")]
     Busy(String),
+    /// The event's lease lapsed and another process claimed it: its
+    /// journal is that process's to write, not this one's.
+    #[error(
+        "event {0} was taken over by another worker after its lease lapsed; its journal is not written by this one"
+    )]
+    LeaseLost(i64),
+    /// A held write's lease lapsed and another flusher claimed it.
+    #[error(
+        "held write {0} was taken over by another flusher after its lease lapsed; its outcome is not recorded by this one"
+    )]
+    WriteLeaseLost(i64),
     /// A group insert of the inbox failed; every webhook of the group gets
     /// the same error (sqlx's is not `Clone`).
     #[error("cannot store the webhook: {0}")]
@@ -302,6 +316,28 @@ pub struct Store {
     /// The connection the last claim ended with: the next starts after it
     /// (see [`Store::claim_due_fairly`]).
     claim_cursor: std::sync::Arc<std::sync::Mutex<String>>,
+    /// This open store's name on the claims it makes (`events.claimed_by`):
+    /// its renewals and journals touch only the events still claimed under
+    /// it, never those another process took over after a lease lapsed.
+    owner: std::sync::Arc<str>,
+}
+
+/// A name no other open store has: 16 random bytes, or the process id and
+/// the time when the system has no randomness to give.
+fn claim_owner() -> std::sync::Arc<str> {
+    let mut bytes = [0u8; 16];
+    let name = match getrandom::fill(&mut bytes) {
+        Ok(()) => bytes.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        Err(_) => format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ),
+    };
+    name.into()
 }
 
 /// Who holds the SQLite write turn, for telling where the one writer's time
@@ -451,7 +487,13 @@ impl Store {
             write_gate: Default::default(),
             lobby: Default::default(),
             gate_busy: Default::default(),
+            owner: claim_owner(),
         })
+    }
+
+    /// This open store's name on the claims it makes (see `events.claimed_by`).
+    pub fn claim_owner(&self) -> &str {
+        &self.owner
     }
 
     /// Waits for this process's turn to write (SQLite; PostgreSQL has row
@@ -722,33 +764,37 @@ impl Store {
     }
 
     /// Extends the leases of the claimed events `ids` that are still
-    /// `processing` to `until`; says how many were extended. The ids travel
-    /// as one JSON array, so the statement is the same whatever their number.
-    pub async fn renew_leases(&self, ids: &[i64], until: i64) -> Result<u64, StoreError> {
+    /// `processing` under this store's claim to `until`; answers the ids
+    /// extended. An id missing from the answer is finished, or was taken
+    /// over by another process after its lease lapsed: this one must not
+    /// call a target for it any more. The ids travel as one JSON array, so
+    /// the statement is the same whatever their number.
+    pub async fn renew_leases(&self, ids: &[i64], until: i64) -> Result<Vec<i64>, StoreError> {
         if ids.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let sql = match self.dialect {
             Dialect::Sqlite => {
                 "UPDATE events SET next_attempt_at = $1 WHERE state = 'processing' \
-                 AND id IN (SELECT value FROM json_each($2))"
+                 AND claimed_by = $3 AND id IN (SELECT value FROM json_each($2)) RETURNING id"
             }
             Dialect::Postgres => {
                 "UPDATE events SET next_attempt_at = $1 WHERE state = 'processing' \
-                 AND id IN (SELECT jsonb_array_elements_text($2::jsonb)::bigint)"
+                 AND claimed_by = $3 AND id IN (SELECT jsonb_array_elements_text($2::jsonb)::bigint) \
+                 RETURNING id"
             }
         };
-        let list = format!(
-            "[{}]",
-            ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
-        );
         let _turn = self.write_gate(Writer::Claim).await;
-        let r = sqlx::query(sql)
+        let rows = sqlx::query(sql)
             .bind(until)
-            .bind(list)
-            .execute(&self.pool)
+            .bind(id_list(ids))
+            .bind(self.claim_owner())
+            .fetch_all(&self.pool)
             .await?;
-        Ok(r.rows_affected())
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, sqlx::Error>>()?)
     }
 
     /// Records the outcome of processing an event.
@@ -1133,7 +1179,7 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
             }
         };
     }
-    let steps: [(i64, &str, &'static str); 13] = [
+    let steps: [(i64, &str, &'static str); 14] = [
         (1, "inbox", both!("0001_inbox.sql")),
         (2, "records", both!("0002_records.sql")),
         (3, "order_mirror", both!("0003_order_mirror.sql")),
@@ -1151,6 +1197,7 @@ fn migrator(dialect: Dialect) -> sqlx::migrate::Migrator {
         (11, "rate_windows", both!("0011_rate_windows.sql")),
         (12, "fair_claims", both!("0012_fair_claims.sql")),
         (13, "sends_in_doubt", both!("0013_sends_in_doubt.sql")),
+        (14, "claim_owner", both!("0014_claim_owner.sql")),
     ];
     Migrator::with_migrations(
         steps
@@ -1201,6 +1248,22 @@ pub struct RunSummary {
 
 /// A mirror row (fields, field_times, last_activity, updated_at,
 /// written_at, changed_times) as a record.
+/// Ids as one JSON array, `[1,2,3]`: a single parameter that
+/// `json_each` (SQLite) and `jsonb_array_elements_text` (PostgreSQL) unfold,
+/// so a statement over them is one prepared statement whatever their number.
+pub(crate) fn id_list(ids: &[i64]) -> String {
+    let mut list = String::with_capacity(ids.len() * 8 + 2);
+    list.push('[');
+    for (n, id) in ids.iter().enumerate() {
+        if n > 0 {
+            list.push(',');
+        }
+        list.push_str(&id.to_string());
+    }
+    list.push(']');
+    list
+}
+
 fn mirror_of_row(row: &sqlx::any::AnyRow) -> Result<MirrorRecord, StoreError> {
     let object = |text: String| match serde_json::from_str(&text) {
         Ok(serde_json::Value::Object(map)) => map,

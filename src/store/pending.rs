@@ -53,13 +53,18 @@ pub struct PendingWrite {
     pub state: String,
     pub attempts: i64,
     pub last_error: Option<String>,
+    /// The store whose flusher claimed the row last ([`Store::claim_owner`]):
+    /// its outcome is recorded only while the claim is still that one.
+    #[serde(skip)]
+    pub claimed_by: Option<String>,
 }
 
-/// How long a claimed row is its flusher's.
-pub const FLUSH_LEASE_MS: i64 = 10 * 60 * 1000;
+/// How long a claimed row is its flusher's unless renewed: as short as an
+/// event's claim, renewed as often ([`super::LEASE_RENEWAL_MS`]).
+pub const FLUSH_LEASE_MS: i64 = super::CLAIM_LEASE_MS;
 
 const COLUMNS: &str = "id, connection, target, record_id, op, params, mappings, event_rows, writes, \
-     occurred_at, first_at, due_at, state, attempts, last_error";
+     occurred_at, first_at, due_at, state, attempts, last_error, claimed_by";
 
 fn read_row(r: &sqlx::any::AnyRow) -> Result<PendingWrite, sqlx::Error> {
     let json = |text: String| serde_json::from_str::<Value>(&text).unwrap_or(Value::Null);
@@ -81,6 +86,7 @@ fn read_row(r: &sqlx::any::AnyRow) -> Result<PendingWrite, sqlx::Error> {
         state: r.try_get(12)?,
         attempts: r.try_get(13)?,
         last_error: r.try_get(14)?,
+        claimed_by: r.try_get(15)?,
     })
 }
 
@@ -189,7 +195,8 @@ impl Store {
     }
 
     /// Claims up to `limit` held writes that are due (and rows whose
-    /// flusher's lease ran out), oldest first.
+    /// flusher's lease ran out), oldest first, leased for
+    /// [`FLUSH_LEASE_MS`] to this store.
     pub async fn claim_due_writes(&self, limit: i64) -> Result<Vec<PendingWrite>, StoreError> {
         let _turn = self.write_gate(super::Writer::Held).await;
         let now = now_ms();
@@ -198,13 +205,14 @@ impl Store {
             Dialect::Sqlite => "",
         };
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE pending_writes SET state = 'flushing', due_at = $1, updated_at = $2 \
+            "UPDATE pending_writes SET state = 'flushing', due_at = $1, updated_at = $2, claimed_by = $4 \
              WHERE id IN (SELECT id FROM pending_writes WHERE state IN ('waiting', 'flushing') \
              AND due_at <= $2 ORDER BY due_at, id LIMIT $3{lock}) RETURNING {COLUMNS}"
         )))
         .bind(now + FLUSH_LEASE_MS)
         .bind(now)
         .bind(limit)
+        .bind(self.claim_owner())
         .fetch_all(&self.pool)
         .await?;
         let mut out = rows
@@ -215,14 +223,52 @@ impl Store {
         Ok(out)
     }
 
-    /// A held write went out: forget it.
-    pub async fn finish_write(&self, id: i64) -> Result<(), StoreError> {
+    /// Extends the leases of the held writes `ids` this store is flushing
+    /// to `until`; answers the ids extended (the others were taken over).
+    pub async fn renew_write_leases(
+        &self,
+        ids: &[i64],
+        until: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = match self.dialect {
+            Dialect::Sqlite => {
+                "UPDATE pending_writes SET due_at = $1 WHERE state = 'flushing' \
+                 AND claimed_by = $3 AND id IN (SELECT value FROM json_each($2)) RETURNING id"
+            }
+            Dialect::Postgres => {
+                "UPDATE pending_writes SET due_at = $1 WHERE state = 'flushing' \
+                 AND claimed_by = $3 AND id IN (SELECT jsonb_array_elements_text($2::jsonb)::bigint) \
+                 RETURNING id"
+            }
+        };
         let _turn = self.write_gate(super::Writer::Held).await;
-        sqlx::query("DELETE FROM pending_writes WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
+        let rows = sqlx::query(sql)
+            .bind(until)
+            .bind(super::id_list(ids))
+            .bind(self.claim_owner())
+            .fetch_all(&self.pool)
             .await?;
-        Ok(())
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    /// A held write went out: forget it, unless another flusher took it
+    /// over since `write` was claimed (then it is that one's to finish).
+    pub async fn finish_write(&self, write: &PendingWrite) -> Result<(), StoreError> {
+        let _turn = self.write_gate(super::Writer::Held).await;
+        let done = sqlx::query(
+            "DELETE FROM pending_writes WHERE id = $1 AND COALESCE(claimed_by, '') = COALESCE($2, '')",
+        )
+        .bind(write.id)
+        .bind(&write.claimed_by)
+        .execute(&self.pool)
+        .await?;
+        claim_kept(write, done.rows_affected())
     }
 
     /// A held write failed but may succeed later: it waits again until
@@ -266,10 +312,10 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query(
+        let updated = sqlx::query(
             "UPDATE pending_writes SET state = 'waiting', due_at = $1, attempts = $2, last_error = $3, \
              params = $4, mappings = $5, event_rows = $6, writes = $7, occurred_at = $8, updated_at = $9 \
-             WHERE id = $10",
+             WHERE id = $10 AND COALESCE(claimed_by, '') = COALESCE($11, '')",
         )
         .bind(retry_at)
         .bind(attempts)
@@ -281,25 +327,36 @@ impl Store {
         .bind(row.occurred_at)
         .bind(now_ms())
         .bind(write.id)
+        .bind(&write.claimed_by)
         .execute(&mut *tx)
         .await?;
+        // Taken over: the merge above is undone with the rest.
+        claim_kept(write, updated.rows_affected())?;
         tx.commit().await?;
         Ok(())
     }
 
     /// A held write cannot go out (a 4xx, or out of attempts): kept as
-    /// `failed` with its error for the operator (`mapper status`).
-    pub async fn fail_write(&self, id: i64, attempts: i64, error: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE pending_writes SET state = 'failed', attempts = $1, last_error = $2, updated_at = $3 WHERE id = $4",
+    /// `failed` with its error for the operator (`mapper status`), unless
+    /// another flusher took it over since `write` was claimed.
+    pub async fn fail_write(
+        &self,
+        write: &PendingWrite,
+        attempts: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE pending_writes SET state = 'failed', attempts = $1, last_error = $2, updated_at = $3 \
+             WHERE id = $4 AND COALESCE(claimed_by, '') = COALESCE($5, '')",
         )
         .bind(attempts)
         .bind(error)
         .bind(now_ms())
-        .bind(id)
+        .bind(write.id)
+        .bind(&write.claimed_by)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        claim_kept(write, done.rows_affected())
     }
 
     /// Every held write, waiting, being sent or failed, oldest first.
@@ -377,5 +434,15 @@ impl Store {
         .await?
         .try_get(0)?;
         Ok((done, left.max(0) as u64))
+    }
+}
+
+/// A held write's outcome was recorded (`rows` changed), or the write was
+/// taken over by another flusher, whose it is now.
+fn claim_kept(write: &PendingWrite, rows: u64) -> Result<(), StoreError> {
+    if rows == 0 {
+        Err(StoreError::WriteLeaseLost(write.id))
+    } else {
+        Ok(())
     }
 }

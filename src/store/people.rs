@@ -28,6 +28,13 @@ pub struct PeopleLock {
     _session: Option<Transaction<'static, Any>>,
 }
 
+impl PeopleLock {
+    /// Whether other processes are kept out (PostgreSQL), not only this one.
+    pub fn is_shared(&self) -> bool {
+        self._session.is_some()
+    }
+}
+
 impl Store {
     /// Locks `keys` (identifying values of people) for every process on this
     /// database, in sorted order so that two processes never wait on each

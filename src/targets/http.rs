@@ -117,7 +117,8 @@ impl Http {
     /// call go, just before it leaves (a call that must not be sent twice
     /// is marked then: a wait for the limiter between the mark and the call
     /// would be a window in which a crash loses it). When `before` fails,
-    /// nothing is sent.
+    /// or the lease of the delivery making the call has run out
+    /// ([`super::fence`]), nothing is sent.
     pub async fn send_timed_after(
         &self,
         target: &Target,
@@ -136,6 +137,12 @@ impl Http {
         {
             return not_now(not_sent(target, request, refused));
         }
+        let before = async {
+            match super::fence::refusal(crate::store::now_ms()) {
+                Some(lapsed) => Err(lapsed),
+                None => before.await,
+            }
+        };
         if let Err(e) = before.await {
             return not_now(Answer::Failed(Failure {
                 status: None,

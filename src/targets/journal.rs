@@ -477,7 +477,34 @@ fn borrowed(keys: &[RowKey]) -> Vec<(&str, &str, &str)> {
 /// journals' writes are applied to them in memory in the order they were
 /// made, and each table is written once. Links, deferrals and run
 /// summaries, rare, keep a statement each.
-async fn apply_all(journals: &[&Journal], tx: &mut WriteTx) -> Result<(), StoreError> {
+///
+/// A journal whose event is no longer claimed by this process (its lease
+/// lapsed while the process stalled, and another took the event over) is
+/// left out: the event is the other process's now, and its outcome, log and
+/// mirror are for that process to write. Answers, by journal, whether it
+/// was left out.
+async fn apply_all(journals: &[&Journal], tx: &mut WriteTx) -> Result<Vec<bool>, StoreError> {
+    let claimed: Vec<i64> = journals
+        .iter()
+        .filter_map(|j| j.finish.as_ref().map(|(id, _)| *id))
+        .collect();
+    let still = tx.still_claimed(&claimed).await?;
+    let left_out: Vec<bool> = journals
+        .iter()
+        .map(|j| j.finish.as_ref().is_some_and(|(id, _)| !still.contains(id)))
+        .collect();
+    let kept: Vec<&Journal> = journals
+        .iter()
+        .zip(&left_out)
+        .filter(|(_, out)| !**out)
+        .map(|(j, _)| *j)
+        .collect();
+    apply_kept(&kept, tx).await?;
+    Ok(left_out)
+}
+
+/// Writes journals whose events are still this process's (see [`apply_all`]).
+async fn apply_kept(journals: &[&Journal], tx: &mut WriteTx) -> Result<(), StoreError> {
     let now = now_ms();
     let key = |connection: &str, of: &str, id: &str| -> RowKey {
         (connection.to_string(), of.to_string(), id.to_string())
@@ -728,15 +755,13 @@ async fn commit_group(store: &Store, group: Vec<Pending>) {
         let together = async {
             let mut tx = store.begin_write().await?;
             let journals: Vec<&Journal> = group.iter().map(|(journal, _)| journal).collect();
-            apply_all(&journals, &mut tx).await?;
-            tx.commit().await
+            let left_out = apply_all(&journals, &mut tx).await?;
+            tx.commit().await.map(|()| left_out)
         };
         match together.await {
-            Ok(()) => {
-                for (_, done) in group {
-                    if let Some(done) = done {
-                        let _ = done.send(Ok(()));
-                    }
+            Ok(left_out) => {
+                for ((journal, done), out) in group.into_iter().zip(left_out) {
+                    answer(done, written_or_lost(&journal, out));
                 }
                 return;
             }
@@ -748,18 +773,31 @@ async fn commit_group(store: &Store, group: Vec<Pending>) {
     for (journal, done) in group {
         let alone = async {
             let mut tx = store.begin_write().await?;
-            apply_all(&[&journal], &mut tx).await?;
-            tx.commit().await
+            let left_out = apply_all(&[&journal], &mut tx).await?;
+            tx.commit().await?;
+            written_or_lost(&journal, left_out.first().copied().unwrap_or(false))
         };
-        let result = alone.await;
-        match done {
-            Some(done) => {
-                let _ = done.send(result);
-            }
-            None => {
-                if let Err(e) = result {
-                    tracing::warn!(error = %e, "cannot record a run summary");
-                }
+        answer(done, alone.await);
+    }
+}
+
+/// A journal's result: written, or left out because its event's lease was lost.
+fn written_or_lost(journal: &Journal, left_out: bool) -> Result<(), StoreError> {
+    match (&journal.finish, left_out) {
+        (Some((id, _)), true) => Err(StoreError::LeaseLost(*id)),
+        _ => Ok(()),
+    }
+}
+
+/// Tells the waiting delivery, if any, how its journal went.
+fn answer(done: Option<oneshot::Sender<Result<(), StoreError>>>, result: Result<(), StoreError>) {
+    match done {
+        Some(done) => {
+            let _ = done.send(result);
+        }
+        None => {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "cannot record a run summary");
             }
         }
     }

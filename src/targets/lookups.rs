@@ -44,6 +44,10 @@ pub struct Ctx<'a> {
     pub http: &'a Http,
     /// The target's `env`, as templates see it.
     pub env: &'a Value,
+    /// Where replicas on one database lock what they provision.
+    pub store: &'a crate::store::Store,
+    /// The connection whose ids these are.
+    pub connection: &'a str,
 }
 
 impl Lookups {
@@ -194,6 +198,26 @@ impl Lookups {
                 .and_then(|p| p.get(kind))
                 .and_then(|d| d.get(key))
         {
+            // Other replicas may be about to create the same item: one
+            // creates it, the others wait and find it in a fresh listing
+            // (GHL does not document refusing a second field of one name).
+            // This process's own deliveries are already kept apart by `gate`.
+            let everywhere = ctx
+                .store
+                .lock_people(&[format!(
+                    "provision\u{1f}{}\u{1f}{}\u{1f}{kind}\u{1f}{key}",
+                    ctx.connection, target.name
+                )])
+                .await
+                .map_err(Outcome::store)?;
+            if everywhere.is_shared() {
+                ids = list(ctx, target, lookup).await?;
+            }
+            if let Some(id) = ids.get(key).cloned() {
+                drop(everywhere);
+                self.store_ids(cache_key, ids).await;
+                return Ok(id);
+            }
             let mut item = decl.clone();
             if let Value::Object(map) = &mut item {
                 map.entry("key".to_string())

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod customer;
+pub mod fence;
 pub mod http;
 pub mod journal;
 pub mod limiter;
@@ -1272,6 +1273,8 @@ impl Executor {
             program: &self.program,
             http: &self.http,
             env: self.env_values.get(&target.name).unwrap_or(&Value::Null),
+            store: &self.store,
+            connection: &self.http.connection,
         }
     }
 }

@@ -5,12 +5,75 @@
 //! due, retrying like event delivery (backoff, `Retry-After`, a spent daily
 //! budget waits without costing an attempt).
 
-use super::{WorkerConfig, backoff};
-use crate::store::{PendingWrite, Store, now_ms};
+use super::{StopOnDrop, WorkerConfig, backoff};
+use crate::store::{FLUSH_LEASE_MS, LEASE_RENEWAL_MS, PendingWrite, Store, StoreError, now_ms};
+use crate::targets::fence::Fence;
 use crate::targets::{Executor, Outcome};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// The held writes this flusher has claimed and not yet settled, with their
+/// leases: renewed while they wait their turn or their rate limit.
+#[derive(Clone, Default)]
+struct Claimed(Arc<Mutex<HashMap<i64, Fence>>>);
+
+impl Claimed {
+    fn take(&self, writes: &[PendingWrite], until: i64) {
+        if let Ok(mut held) = self.0.lock() {
+            for write in writes {
+                held.insert(write.id, Fence::until(until));
+            }
+        }
+    }
+
+    fn fence(&self, id: i64) -> Fence {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|held| held.get(&id).cloned())
+            .unwrap_or_default()
+    }
+
+    fn release(&self, id: i64) {
+        if let Ok(mut held) = self.0.lock() {
+            held.remove(&id);
+        }
+    }
+}
+
+/// Renews the leases of the writes `claimed` holds; a lease the database
+/// did not renew (another flusher took the write) stops its call.
+async fn renew(store: Store, claimed: Claimed) {
+    let every = Duration::from_millis(LEASE_RENEWAL_MS as u64);
+    loop {
+        tokio::time::sleep(every).await;
+        let ids: Vec<i64> = match claimed.0.lock() {
+            Ok(held) => held.keys().copied().collect(),
+            Err(_) => continue,
+        };
+        let until = now_ms() + FLUSH_LEASE_MS;
+        match store.renew_write_leases(&ids, until).await {
+            Ok(renewed) => {
+                if let Ok(held) = claimed.0.lock() {
+                    for id in &ids {
+                        if let Some(fence) = held.get(id) {
+                            if renewed.contains(id) {
+                                fence.renewed(until);
+                            } else {
+                                fence.lost();
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(writes = ids.len(), error = %e, "cannot renew the leases of held writes being sent; another flusher may take them when they end")
+            }
+        }
+    }
+}
 
 /// Held writes claimed at a time.
 const BATCH: i64 = 16;
@@ -49,10 +112,13 @@ pub async fn run(
             }
         }
     }
+    let claimed = Claimed::default();
+    let _renewing = StopOnDrop(tokio::spawn(renew(store.clone(), claimed.clone())));
     loop {
         if *shutdown.borrow() {
             return;
         }
+        let claimed_at = now_ms();
         let due = match store.claim_due_writes(BATCH).await {
             Ok(due) => due,
             Err(e) => {
@@ -69,16 +135,22 @@ pub async fn run(
             continue;
         }
         let executor = executor.load_full();
+        claimed.take(&due, claimed_at + FLUSH_LEASE_MS);
         // One at a time, oldest first: two writes of one record keep their order.
         let mut rest = due.into_iter();
         for write in rest.by_ref() {
-            flush_one(&store, &executor, &config, &write).await;
+            claimed
+                .fence(write.id)
+                .guard(flush_one(&store, &executor, &config, &write))
+                .await;
+            claimed.release(write.id);
             if *shutdown.borrow() {
                 break;
             }
         }
         // Claimed but not sent because we are stopping: due again at once.
         for write in rest {
+            claimed.release(write.id);
             let merge = |a: &serde_json::Value, b: &serde_json::Value| {
                 executor.merge_held(&write.target, &write.op, a, b)
             };
@@ -114,7 +186,7 @@ async fn flush_one(
         .metrics()
         .event_processed(&write.connection, label, calls, None);
     let result = match &outcome {
-        Outcome::Delivered | Outcome::Suppressed { .. } => store.finish_write(write.id).await,
+        Outcome::Delivered | Outcome::Suppressed { .. } => store.finish_write(write).await,
         Outcome::Paused { error, until } => {
             store
                 .retry_write(
@@ -141,10 +213,12 @@ async fn flush_one(
         }
         Outcome::Transient { error, .. } | Outcome::Permanent(error) => {
             tracing::error!(write = write.id, target = %write.target, op = %write.op, attempt = attempts, %error, "held write failed");
-            store.fail_write(write.id, attempts, error).await
+            store.fail_write(write, attempts, error).await
         }
     };
-    if let Err(e) = result {
+    if let Err(lost @ StoreError::WriteLeaseLost(_)) = &result {
+        tracing::warn!(write = write.id, error = %lost, "held write left to the flusher that holds it now");
+    } else if let Err(e) = result {
         // The row stays claimed; its lease runs out and it is sent again.
         tracing::error!(write = write.id, error = %e, "cannot record a held write's outcome");
     }

@@ -6,8 +6,9 @@ pub mod schedule;
 
 use crate::store::{
     CLAIM_LEASE_MS, ClaimShares, ClaimedEvent, EventState, LEASE_RENEWAL_MS, RunSummary, Store,
-    now_ms,
+    StoreError, now_ms,
 };
+use crate::targets::fence::Fence;
 use crate::targets::{Executor, Finish, Outcome, Suppression};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -179,30 +180,60 @@ pub async fn run(
 
 /// The events a worker has claimed and not yet finished: their leases are
 /// renewed while they wait for a slot, their rate limit or their journal.
-/// By event id, its connection and whether it is still before or in its
-/// slot (not yet waiting for its journal).
+/// By event id: its connection, whether it is still before or in its slot
+/// (not yet waiting for its journal), and its lease as last renewed.
 #[derive(Clone, Default)]
-struct Leases(Arc<std::sync::Mutex<HashMap<i64, (String, bool)>>>);
+struct Leases(Arc<std::sync::Mutex<HashMap<i64, Held>>>);
+
+struct Held {
+    connection: String,
+    active: bool,
+    fence: Fence,
+}
 
 impl Leases {
-    /// Records a claimed event; false when this worker holds it already.
+    /// Records a claimed event; false when this worker holds it already
+    /// (its lease lapsed and it claimed it again: the delivery under way
+    /// goes on, under the new lease).
     fn take(&self, event: &ClaimedEvent) -> bool {
+        let Ok(mut ids) = self.0.lock() else {
+            return true;
+        };
+        match ids.get(&event.id) {
+            Some(held) => {
+                held.fence.renewed(event.lease_until);
+                false
+            }
+            None => {
+                ids.insert(
+                    event.id,
+                    Held {
+                        connection: event.connection.clone(),
+                        active: true,
+                        fence: Fence::until(event.lease_until),
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// The lease of a held event, which its delivery's calls check.
+    fn fence(&self, id: i64) -> Fence {
         self.0
             .lock()
-            .map(|mut ids| {
-                ids.insert(event.id, (event.connection.clone(), true))
-                    .is_none()
-            })
-            .unwrap_or(true)
+            .ok()
+            .and_then(|ids| ids.get(&id).map(|held| held.fence.clone()))
+            .unwrap_or_default()
     }
 
     /// The event's calls are made; it waits for its journal. It keeps its
     /// lease but no longer counts against its connection's share.
     fn settling(&self, id: i64) {
         if let Ok(mut ids) = self.0.lock()
-            && let Some(entry) = ids.get_mut(&id)
+            && let Some(held) = ids.get_mut(&id)
         {
-            entry.1 = false;
+            held.active = false;
         }
     }
 
@@ -212,10 +243,8 @@ impl Leases {
     fn by_connection(&self) -> HashMap<String, usize> {
         let mut counts = HashMap::new();
         if let Ok(ids) = self.0.lock() {
-            for (connection, active) in ids.values() {
-                if *active {
-                    *counts.entry(connection.clone()).or_insert(0) += 1;
-                }
+            for held in ids.values().filter(|held| held.active) {
+                *counts.entry(held.connection.clone()).or_insert(0) += 1;
             }
         }
         counts
@@ -234,18 +263,51 @@ impl Leases {
             .map(|ids| ids.keys().copied().collect())
             .unwrap_or_default()
     }
+
+    /// A renewal to `until` extended `renewed` of the leases asked for in
+    /// `asked`; the others are lost (the events were taken over).
+    fn renewed(&self, asked: &[i64], renewed: &[i64], until: i64) {
+        let Ok(ids) = self.0.lock() else {
+            return;
+        };
+        let renewed: std::collections::HashSet<i64> = renewed.iter().copied().collect();
+        for id in asked {
+            if let Some(held) = ids.get(id) {
+                if renewed.contains(id) {
+                    held.fence.renewed(until);
+                } else {
+                    held.fence.lost();
+                }
+            }
+        }
+    }
 }
 
 /// Renews the leases of every event `leases` holds, for as long as the
 /// worker runs: a replica that dies stops renewing, and its events are
-/// taken over once their lease ends ([`CLAIM_LEASE_MS`]).
+/// taken over once their lease ends ([`CLAIM_LEASE_MS`]). A lease the
+/// database did not renew (another worker took the event) stops the calls
+/// of its delivery ([`Fence`]).
 async fn renew(store: Store, leases: Leases) {
     let every = Duration::from_millis(LEASE_RENEWAL_MS as u64);
     loop {
         tokio::time::sleep(every).await;
         let ids = leases.held();
-        if let Err(e) = store.renew_leases(&ids, now_ms() + CLAIM_LEASE_MS).await {
-            tracing::warn!(events = ids.len(), error = %e, "cannot renew the leases of claimed events; another worker may take them when they end");
+        let until = now_ms() + CLAIM_LEASE_MS;
+        match store.renew_leases(&ids, until).await {
+            Ok(renewed) => {
+                if renewed.len() < ids.len() {
+                    tracing::debug!(
+                        asked = ids.len(),
+                        renewed = renewed.len(),
+                        "some claimed events are finished or were taken over"
+                    );
+                }
+                leases.renewed(&ids, &renewed, until);
+            }
+            Err(e) => {
+                tracing::warn!(events = ids.len(), error = %e, "cannot renew the leases of claimed events; another worker may take them when they end, and their calls stop before then")
+            }
         }
     }
 }
@@ -352,7 +414,10 @@ async fn run_batch(
                 return false;
             };
             finished.notify_one();
-            let delivery = deliver_one(&executor, &config, &event).await;
+            let delivery = leases
+                .fence(event.id)
+                .guard(deliver_one(&executor, &config, &event))
+                .await;
             // The slot frees once the calls are made, while the journal
             // waits for its commit: journals then meet in larger groups (one
             // transaction each) than the number of slots allows. Nothing is
@@ -428,6 +493,12 @@ async fn commit_delivery(
             Ok(()) => {
                 drop(delivery);
                 return matches!(outcome, Outcome::Delivered | Outcome::Suppressed { .. });
+            }
+            Err(lost @ StoreError::LeaseLost(_)) => {
+                // Another worker took the event over while this one stalled:
+                // it delivers and journals the event; nothing is lost here.
+                tracing::warn!(event = event.id, error = %lost, "journal left to the worker that holds the event now");
+                return false;
             }
             Err(e) => {
                 tracing::warn!(event = event.id, error = %e, retry_in_ms = pause.as_millis() as u64, "cannot write the delivery's journal yet");
@@ -539,6 +610,7 @@ mod tests {
             customer_key: None,
             occurred_at: None,
             received_at: 0,
+            lease_until: 0,
         }
     }
 
