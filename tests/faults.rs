@@ -1105,12 +1105,13 @@ async fn root_a_read_only_disk_refuses_webhooks_and_resumes() {
     disk.turn_read_only();
     let read_only_at = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    // Readiness only pings the database, which still reads: reported, not
-    // asserted (RELIABILITY.md, Bugs and limits, 6).
+    // The database still reads, but webhooks are refused: not ready, so a
+    // load balancer sends them elsewhere (RELIABILITY.md, Bugs and limits, 6).
     let ready = reqwest::get(format!("{base}/readyz"))
         .await
         .map(|r| r.status().as_u16())
         .unwrap_or(0);
+    assert_eq!(ready, 503, "/readyz while the inbox cannot store webhooks");
     stop.store(true, Ordering::SeqCst);
     for s in senders {
         s.await.unwrap();

@@ -655,10 +655,11 @@ async fn the_engines_own_writes_coming_back_are_echoes() {
     // An update stamped before the engine's write, with an older email: stale.
     let mut old = contact_webhook(&ghl, &id, "ContactUpdate", 10, "2020-01-01T00:00:00Z");
     old["email"] = "old@example.com".into();
-    // GHL refuses webhooks older than 5 minutes at the door; a late retry
-    // that was signed in time is what this stands for, so the check is
-    // on the event time the engine stores, not on arrival.
-    old["timestamp"] = (chrono::Utc::now() - chrono::Duration::seconds(120))
+    // GHL's webhooks older than 90 minutes are refused at the door; a late
+    // retry (GHL retries a 429 about every 10 minutes) is what this stands
+    // for, so the check is on the event time the engine stores, not on
+    // arrival.
+    old["timestamp"] = (chrono::Utc::now() - chrono::Duration::seconds(40 * 60))
         .to_rfc3339()
         .into();
     assert_eq!(signer.post(&s.base, &old).await, 202);
@@ -669,6 +670,12 @@ async fn the_engines_own_writes_coming_back_are_echoes() {
             .any(|c| c.source == "ghl" && c.state == "stale"),
         "{counts:?}"
     );
+    // Past GHL's last retry, a signed body is a replay: refused.
+    let mut replayed = contact_webhook(&ghl, &id, "ContactUpdate", 12, &now());
+    replayed["timestamp"] = (chrono::Utc::now() - chrono::Duration::seconds(2 * 3600))
+        .to_rfc3339()
+        .into();
+    assert_eq!(signer.post(&s.base, &replayed).await, 401);
     assert!(sc.request_log().is_empty());
 
     // A person changes the email in GHL: a real change, synced.

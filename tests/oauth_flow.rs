@@ -725,6 +725,21 @@ async fn uninstall_disables_and_install_enables() {
     assert!(notes[1].1.contains("disabled: uninstalled from GHL"));
     assert!(notes[2].1.contains("enabled: installed from GHL"));
 
+    // What an operator disabled, an INSTALL leaves disabled.
+    f.store
+        .disable_connection(LOCATION, "paused by the agency")
+        .await
+        .unwrap();
+    let (status, answer) = f
+        .signer
+        .post_answer(&base, &lifecycle("INSTALL", LOCATION, 4))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    let c = f.store.connection(LOCATION).await.unwrap().unwrap();
+    assert!(!c.enabled, "an operator's disable outlives an INSTALL");
+    assert_eq!(c.disabled_reason.as_deref(), Some("paused by the agency"));
+    f.store.enable_connection(LOCATION).await.unwrap();
+
     // Once serve has seen it enabled (it looks every 5 s), new events are
     // delivered (an event taken while it was disabled waits a minute).
     tokio::time::sleep(Duration::from_secs(6)).await;

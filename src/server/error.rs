@@ -63,6 +63,12 @@ pub enum ReceiveError {
     /// The database does not answer (`/readyz`, 503).
     #[error("the database does not answer")]
     NotReady,
+    /// The latest webhook could not be stored (`/readyz`, 503, for
+    /// [`super::INBOX_FAILURE_HOLD`] unless one is stored meanwhile).
+    #[error(
+        "the inbox cannot store webhooks: {reason}; free the disk or fix the database, then the next stored webhook (or 30 s) makes this replica ready again"
+    )]
+    InboxFailing { reason: String },
 }
 
 impl ReceiveError {
@@ -81,6 +87,7 @@ impl ReceiveError {
             ReceiveError::NoEventType(_) => "no_event_type",
             ReceiveError::NotStored { .. } => "store_failed",
             ReceiveError::NotReady => "not_ready",
+            ReceiveError::InboxFailing { .. } => "inbox_failing",
         }
     }
 
@@ -99,9 +106,9 @@ impl ReceiveError {
             ReceiveError::Signature(_) => StatusCode::UNAUTHORIZED,
             ReceiveError::Malformed(_) | ReceiveError::NoEventType(_) => StatusCode::BAD_REQUEST,
             ReceiveError::NotStored { ghl: true, .. } => StatusCode::TOO_MANY_REQUESTS,
-            ReceiveError::NotStored { .. } | ReceiveError::NotReady => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ReceiveError::NotStored { .. }
+            | ReceiveError::NotReady
+            | ReceiveError::InboxFailing { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -80,7 +80,16 @@ pub struct AppState {
     pub connection: String,
     pub metrics: Metrics,
     pub reload: std::sync::Mutex<ReloadStatus>,
+    /// The inbox's latest failure to store a webhook, and when; cleared by
+    /// the next webhook stored (see [`readyz`]).
+    pub inbox_failure: std::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
+
+/// How long `/readyz` answers 503 after the inbox failed to store a
+/// webhook, unless one is stored meanwhile: long enough for a load balancer
+/// to send the traffic to another replica, short enough that this one is
+/// tried again soon (a disk freed, a database back) without a restart.
+pub const INBOX_FAILURE_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl AppState {
     /// State serving `loaded`, with metrics of its own.
@@ -92,7 +101,28 @@ impl AppState {
             connection,
             metrics: Metrics::new(),
             reload: std::sync::Mutex::new(ReloadStatus::default()),
+            inbox_failure: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Remembers how the latest attempt to store a webhook went.
+    fn inbox_went(&self, failure: Option<&str>) {
+        if let Ok(mut latest) = self.inbox_failure.lock() {
+            match failure {
+                Some(reason) => *latest = Some((std::time::Instant::now(), reason.to_string())),
+                None if latest.is_some() => *latest = None,
+                None => {}
+            }
+        }
+    }
+
+    /// Why webhooks are refused now, if the inbox failed lately.
+    fn inbox_refusing(&self) -> Option<String> {
+        let latest = self.inbox_failure.lock().ok()?;
+        latest
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < INBOX_FAILURE_HOLD)
+            .map(|(_, reason)| reason.clone())
     }
 
     /// This state, counting in `metrics` (the app's handle).
@@ -477,7 +507,9 @@ async fn accept(
         },
         note,
     };
-    match state.inbox.store(new_event).await {
+    let stored = state.inbox.store(new_event).await;
+    state.inbox_went(stored.as_ref().err().map(|e| e.to_string()).as_deref());
+    match stored {
         Ok(Inserted::New(id)) => Ok(Accepted {
             delivery_id: id,
             duplicate: false,
@@ -507,6 +539,11 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let reload = state.reload.lock().map(|r| r.clone()).unwrap_or_default();
     if !state.store.ping().await {
         return ReceiveError::NotReady.into_response();
+    }
+    // The database may answer reads while writes fail (a full disk, a
+    // read-only file): a replica refusing webhooks is not ready for them.
+    if let Some(reason) = state.inbox_refusing() {
+        return ReceiveError::InboxFailing { reason }.into_response();
     }
     (
         StatusCode::OK,

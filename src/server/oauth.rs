@@ -577,6 +577,18 @@ pub async fn lifecycle(
             "installed from GHL; connection `{name}` was enabled already"
         )));
     }
+    // Only what an UNINSTALL disabled is undone by an INSTALL: an operator's
+    // `mapper connection disable`, or a refused refresh (whose tokens are
+    // dead: the OAuth callback brings new ones), stays as it was.
+    if let Some(reason) = connection
+        .disabled_reason
+        .as_deref()
+        .filter(|reason| *reason != UNINSTALLED)
+    {
+        return Ok(Some(format!(
+            "installed from GHL; connection `{name}` stays disabled ({reason}): `mapper connection enable {name}` enables it"
+        )));
+    }
     store.enable_connection(name).await?;
     tracing::info!(connection = %name, location = %location, "enabled: installed from GHL");
     Ok(Some(format!(

@@ -217,7 +217,7 @@ impl Case {
         replace("@UNIQ@", &uniq);
         replace("%40UNIQ%40", &uniq);
         replace("@NOW_ISO@", &iso(now));
-        replace("@OLD_ISO@", &iso(now - chrono::Duration::hours(1)));
+        replace("@OLD_ISO@", &iso(now - chrono::Duration::hours(3)));
         replace("@LOCATION@", location);
         if let Some((count, open, close)) = &self.nest {
             let nested = format!("{}{}", open.repeat(*count), close.repeat(*count));
