@@ -246,7 +246,11 @@ impl WriteTx {
                 "SELECT fields, field_times, last_activity, updated_at, written_at, changed_times, \
                  connection, source, customer_id FROM mirror WHERE {} \
                  ORDER BY connection, source, customer_id{}",
-                key_terms(chunk.len(), ["connection", "source", "customer_id"]),
+                key_terms(
+                    chunk.len(),
+                    ["connection", "source", "customer_id"],
+                    self.postgres
+                ),
                 if self.postgres { " FOR UPDATE" } else { "" }
             );
             let query = chunk.iter().fold(
@@ -278,7 +282,7 @@ impl WriteTx {
                  last_event_row = COALESCE(excluded.last_event_row, mirror.last_event_row), \
                  updated_at = excluded.updated_at, written_at = excluded.written_at, \
                  changed_times = excluded.changed_times",
-                value_rows(chunk.len(), 10)
+                value_rows(chunk.len(), 10, self.postgres)
             );
             let query = chunk.iter().fold(
                 sqlx::query(sqlx::AssertSqlSafe(sql)),
@@ -314,7 +318,11 @@ impl WriteTx {
             let sql = format!(
                 "SELECT fields, connection, target, target_id FROM target_records WHERE {} \
                  ORDER BY connection, target, target_id{}",
-                key_terms(chunk.len(), ["connection", "target", "target_id"]),
+                key_terms(
+                    chunk.len(),
+                    ["connection", "target", "target_id"],
+                    self.postgres
+                ),
                 if self.postgres { " FOR UPDATE" } else { "" }
             );
             let query = chunk.iter().fold(
@@ -344,7 +352,7 @@ impl WriteTx {
                 "INSERT INTO target_records (connection, target, target_id, fields, updated_at) VALUES {} \
                  ON CONFLICT (connection, target, target_id) DO UPDATE SET fields = excluded.fields, \
                  updated_at = excluded.updated_at",
-                value_rows(chunk.len(), 5)
+                value_rows(chunk.len(), 5, self.postgres)
             );
             let query = chunk.iter().fold(
                 sqlx::query(sqlx::AssertSqlSafe(sql)),
@@ -368,7 +376,7 @@ impl WriteTx {
             let sql = format!(
                 "INSERT INTO sync_log (connection, event_row, mapping, action, target, customer, request, \
                  status, error, attempt, at, took_ms) VALUES {}",
-                value_rows(chunk.len(), 12)
+                value_rows(chunk.len(), 12, self.postgres)
             );
             let query = chunk
                 .iter()
@@ -402,7 +410,7 @@ impl WriteTx {
             let sql = format!(
                 "UPDATE events SET state = v.column2, next_attempt_at = v.column3, last_error = v.column4 \
                  FROM (VALUES {}) AS v WHERE events.id = v.column1",
-                value_rows(chunk.len(), 4)
+                value_rows(chunk.len(), 4, self.postgres)
             );
             let query = chunk.iter().fold(
                 sqlx::query(sqlx::AssertSqlSafe(sql)),
@@ -441,8 +449,22 @@ impl WriteTx {
 /// PostgreSQL's 65,535 parameters at 12 a row.
 const ROWS_PER_STATEMENT: usize = 256;
 
+/// The placeholder of parameter `n` (from 1) of a generated statement that
+/// uses each parameter once, in order. SQLite gets anonymous `?`: for a
+/// numbered one (`$n`, `?n`) SQLite finds its name by a linear scan of the
+/// statement's names each time one is bound, and sqlx asks for every
+/// parameter's name, so a statement of a few hundred parameters spent more
+/// binding than running (5% of the ingest's CPU, 3.5% of delivery's).
+pub(super) fn placeholder(postgres: bool, n: usize) -> String {
+    if postgres {
+        format!("${n}")
+    } else {
+        "?".to_string()
+    }
+}
+
 /// `($1, $2, …), ($k+1, …)`: `rows` rows of `width` parameters.
-fn value_rows(rows: usize, width: usize) -> String {
+fn value_rows(rows: usize, width: usize, postgres: bool) -> String {
     let mut sql = String::with_capacity(rows * width * 5);
     for row in 0..rows {
         if row > 0 {
@@ -453,7 +475,7 @@ fn value_rows(rows: usize, width: usize) -> String {
             if column > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!("${}", row * width + column + 1));
+            sql.push_str(&placeholder(postgres, row * width + column + 1));
         }
         sql.push(')');
     }
@@ -461,15 +483,15 @@ fn value_rows(rows: usize, width: usize) -> String {
 }
 
 /// `(a = $1 AND b = $2 AND c = $3) OR (…)`: one term per key of three columns.
-fn key_terms(keys: usize, [a, b, c]: [&str; 3]) -> String {
+fn key_terms(keys: usize, [a, b, c]: [&str; 3], postgres: bool) -> String {
     (0..keys)
         .map(|k| {
             let n = k * 3;
             format!(
-                "({a} = ${} AND {b} = ${} AND {c} = ${})",
-                n + 1,
-                n + 2,
-                n + 3
+                "({a} = {} AND {b} = {} AND {c} = {})",
+                placeholder(postgres, n + 1),
+                placeholder(postgres, n + 2),
+                placeholder(postgres, n + 3)
             )
         })
         .collect::<Vec<_>>()
@@ -482,10 +504,15 @@ mod tests {
 
     #[test]
     fn placeholders_are_numbered_across_rows() {
-        assert_eq!(value_rows(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(value_rows(2, 3, true), "($1, $2, $3), ($4, $5, $6)");
         assert_eq!(
-            key_terms(2, ["a", "b", "c"]),
+            key_terms(2, ["a", "b", "c"], true),
             "(a = $1 AND b = $2 AND c = $3) OR (a = $4 AND b = $5 AND c = $6)"
+        );
+        assert_eq!(value_rows(2, 2, false), "(?, ?), (?, ?)");
+        assert_eq!(
+            key_terms(1, ["a", "b", "c"], false),
+            "(a = ? AND b = ? AND c = ?)"
         );
     }
 }
