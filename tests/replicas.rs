@@ -9,7 +9,7 @@ mod common;
 use common::postgres::FreshPostgres;
 use mapper::config::model::RateLimit;
 use mapper::store::{
-    CLAIM_LEASE_MS, ClaimShares, EventState, Inserted, NewEvent, Store, StoreError, now_ms,
+    CLAIM_LEASE_MS, ClaimShares, EventState, Inserted, NewEvent, Renewal, Store, StoreError, now_ms,
 };
 use mapper::targets::Finish;
 use mapper::targets::journal::{Journal, Writer};
@@ -174,7 +174,7 @@ async fn leases_are_renewed_while_held_and_lapse_when_not(store: Store) {
         .renew_leases(&ids[..2], before + 3 * CLAIM_LEASE_MS)
         .await
         .unwrap();
-    assert_eq!(renewed, ids[..2].to_vec());
+    assert_eq!(renewed.extended, ids[..2].to_vec());
     // A delivered event's lease is not renewed.
     store
         .finish(ids[0], EventState::Delivered, now_ms(), None)
@@ -184,10 +184,14 @@ async fn leases_are_renewed_while_held_and_lapse_when_not(store: Store) {
         store
             .renew_leases(&ids, before + 3 * CLAIM_LEASE_MS)
             .await
-            .unwrap(),
+            .unwrap()
+            .extended,
         ids[1..].to_vec()
     );
-    assert!(store.renew_leases(&[], 0).await.unwrap().is_empty());
+    assert_eq!(
+        store.renew_leases(&[], 0).await.unwrap(),
+        Renewal::default()
+    );
 }
 
 #[tokio::test]
@@ -238,7 +242,7 @@ async fn a_replica_that_stalled_past_its_lease_is_fenced_out(a: Store, b: Store,
         a.renew_leases(&[id], now_ms() + CLAIM_LEASE_MS)
             .await
             .unwrap()
-            .is_empty(),
+            == Renewal::default(),
         "a's renewal must not extend b's lease"
     );
     let finished = |error: &str| {
@@ -350,6 +354,58 @@ async fn fencing_on_postgres() {
     a_replica_that_stalled_past_its_lease_is_fenced_out(a.clone(), b.clone(), &pg.url).await;
     a_flusher_that_stalled_past_its_lease_is_fenced_out(a.clone(), b.clone(), &pg.url).await;
     drop((a, b));
+    pg.drop().await;
+}
+
+/// A lease whose event is locked by a transaction (this process's journal
+/// finishing it) is skipped, not waited for: waiting deadlocked against a
+/// journal group locking the same events in another order. It is answered
+/// busy (still this store's), neither extended nor lost.
+#[tokio::test]
+async fn a_renewal_skips_events_locked_by_a_journal_on_postgres() {
+    let Some(pg) = FreshPostgres::create("replica_renew_busy").await else {
+        return;
+    };
+    let store = Store::open(&pg.url).await.unwrap();
+    for n in 0..2 {
+        store
+            .insert_events(&[event(&format!("busy{n}"), n)])
+            .await
+            .unwrap();
+    }
+    let ids: Vec<i64> = store
+        .claim_due(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids.len(), 2);
+    let mut journal = <sqlx::AnyConnection as sqlx::Connection>::connect(&pg.url)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut journal).await.unwrap();
+    sqlx::query("SELECT id FROM events WHERE id = $1 FOR UPDATE")
+        .bind(ids[0])
+        .execute(&mut journal)
+        .await
+        .unwrap();
+    let renewal = tokio::time::timeout(
+        Duration::from_secs(5),
+        store.renew_leases(&ids, now_ms() + CLAIM_LEASE_MS),
+    )
+    .await
+    .expect("a locked row is skipped, not waited for")
+    .unwrap();
+    assert_eq!(
+        renewal,
+        Renewal {
+            extended: vec![ids[1]],
+            busy: vec![ids[0]],
+        }
+    );
+    drop(journal);
+    drop(store);
     pg.drop().await;
 }
 

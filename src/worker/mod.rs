@@ -5,8 +5,8 @@ pub mod coalesce;
 pub mod schedule;
 
 use crate::store::{
-    CLAIM_LEASE_MS, ClaimShares, ClaimedEvent, EventState, LEASE_RENEWAL_MS, RunSummary, Store,
-    StoreError, now_ms,
+    CLAIM_LEASE_MS, ClaimShares, ClaimedEvent, EventState, LEASE_RENEWAL_MS, Renewal, RunSummary,
+    Store, StoreError, now_ms,
 };
 use crate::targets::fence::Fence;
 use crate::targets::{Executor, Finish, Outcome, Suppression};
@@ -264,18 +264,19 @@ impl Leases {
             .unwrap_or_default()
     }
 
-    /// A renewal to `until` extended `renewed` of the leases asked for in
-    /// `asked`; the others are lost (the events were taken over).
-    fn renewed(&self, asked: &[i64], renewed: &[i64], until: i64) {
+    /// A renewal to `until` of the leases asked for in `asked` went as
+    /// `renewal` says; those neither extended nor busy are lost (the events
+    /// were taken over).
+    fn renewed(&self, asked: &[i64], renewal: &Renewal, until: i64) {
         let Ok(ids) = self.0.lock() else {
             return;
         };
-        let renewed: std::collections::HashSet<i64> = renewed.iter().copied().collect();
+        let extended: std::collections::HashSet<i64> = renewal.extended.iter().copied().collect();
         for id in asked {
             if let Some(held) = ids.get(id) {
-                if renewed.contains(id) {
+                if extended.contains(id) {
                     held.fence.renewed(until);
-                } else {
+                } else if !renewal.busy.contains(id) {
                     held.fence.lost();
                 }
             }
@@ -295,15 +296,16 @@ async fn renew(store: Store, leases: Leases) {
         let ids = leases.held();
         let until = now_ms() + CLAIM_LEASE_MS;
         match store.renew_leases(&ids, until).await {
-            Ok(renewed) => {
-                if renewed.len() < ids.len() {
+            Ok(renewal) => {
+                if renewal.extended.len() + renewal.busy.len() < ids.len() {
                     tracing::debug!(
                         asked = ids.len(),
-                        renewed = renewed.len(),
+                        extended = renewal.extended.len(),
+                        busy = renewal.busy.len(),
                         "some claimed events are finished or were taken over"
                     );
                 }
-                leases.renewed(&ids, &renewed, until);
+                leases.renewed(&ids, &renewal, until);
             }
             Err(e) => {
                 tracing::warn!(events = ids.len(), error = %e, "cannot renew the leases of claimed events; another worker may take them when they end, and their calls stop before then")
