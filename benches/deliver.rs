@@ -7,6 +7,10 @@
 //! `cargo bench --bench deliver` (env `DELIVER_EVENTS`, default 2000;
 //! `DELIVER_WORKERS`, default `1,8`)
 
+/// The allocator the `mapper` binary uses (src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use mapper::app::{App, AppConfig, DatabaseUrl, Env, Running};
 use mapper::config::compile::compile_dir;
 use mapper::program::Program;

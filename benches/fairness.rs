@@ -24,6 +24,10 @@
 //! `FAIR_WORKERS` (8, the `--workers` of each replica), `FAIR_SCENARIOS`
 //! (`1,2`), `FAIR_REPLICAS` (`1,3`).
 
+/// The allocator the `mapper` binary uses (src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use mapper::app::{App, AppConfig, DatabaseUrl, Env, Running};
 use mapper::config::compile::compile_dir;
 use mapper::sandbox::ghl::{GhlConfig, GhlSandbox};

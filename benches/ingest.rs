@@ -7,6 +7,10 @@
 //!
 //! `cargo bench --bench ingest` (env `INGEST_REQUESTS`, default 20000)
 
+/// The allocator the `mapper` binary uses (src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use axum::Router;
 use axum::routing::post;
 use mapper::config::compile::compile_dir;
