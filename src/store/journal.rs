@@ -196,22 +196,18 @@ impl WriteTx {
         if ids.is_empty() {
             return Ok(Default::default());
         }
-        let sql = if self.postgres {
+        let sql = format!(
             "SELECT id FROM events WHERE state = 'processing' AND claimed_by = $2 \
-             AND id IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint) ORDER BY id FOR UPDATE"
-        } else {
-            "SELECT id FROM events WHERE state = 'processing' AND claimed_by = $2 \
-             AND id IN (SELECT value FROM json_each($1))"
-        };
-        let rows = sqlx::query(sql)
+             AND id IN ({}) ORDER BY id{}",
+            super::ids_in(self.postgres, "$1"),
+            if self.postgres { " FOR UPDATE" } else { "" }
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(super::id_list(ids))
             .bind(self.store.claim_owner())
             .fetch_all(&mut *self.tx)
             .await?;
-        Ok(rows
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, sqlx::Error>>()?)
+        Ok(super::returned_ids(&rows)?.into_iter().collect())
     }
 
     /// Puts an event back to wait without counting the attempt (a target's

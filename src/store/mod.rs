@@ -603,27 +603,24 @@ impl Store {
         if ids.is_empty() {
             return Ok(Renewal::default());
         }
-        let sql = match self.dialect {
-            Dialect::Sqlite => {
-                "UPDATE events SET next_attempt_at = $1 WHERE state = 'processing' \
-                 AND claimed_by = $3 AND id IN (SELECT value FROM json_each($2)) RETURNING id"
-            }
-            Dialect::Postgres => {
+        let postgres = self.dialect == Dialect::Postgres;
+        let sql = if postgres {
+            format!(
                 "UPDATE events SET next_attempt_at = $1 WHERE id IN (SELECT id FROM events \
-                 WHERE state = 'processing' AND claimed_by = $3 \
-                 AND id IN (SELECT jsonb_array_elements_text($2::jsonb)::bigint) \
-                 FOR UPDATE SKIP LOCKED) RETURNING id"
-            }
-        };
-        let ids_of = |rows: Vec<sqlx::any::AnyRow>| -> Result<Vec<i64>, StoreError> {
-            Ok(rows
-                .iter()
-                .map(|r| r.try_get(0))
-                .collect::<Result<_, sqlx::Error>>()?)
+                 WHERE state = 'processing' AND claimed_by = $3 AND id IN ({}) \
+                 FOR UPDATE SKIP LOCKED) RETURNING id",
+                ids_in(true, "$2")
+            )
+        } else {
+            format!(
+                "UPDATE events SET next_attempt_at = $1 WHERE state = 'processing' \
+                 AND claimed_by = $3 AND id IN ({}) RETURNING id",
+                ids_in(false, "$2")
+            )
         };
         let _turn = self.write_gate(Writer::Claim).await;
-        let extended = ids_of(
-            sqlx::query(sql)
+        let extended = returned_ids(
+            &sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(until)
                 .bind(id_list(ids))
                 .bind(self.claim_owner())
@@ -634,17 +631,18 @@ impl Store {
             extended,
             busy: Vec::new(),
         };
-        if self.dialect == Dialect::Postgres && renewal.extended.len() < ids.len() {
+        if postgres && renewal.extended.len() < ids.len() {
             let rest: Vec<i64> = ids
                 .iter()
                 .copied()
                 .filter(|id| !renewal.extended.contains(id))
                 .collect();
-            renewal.busy = ids_of(
-                sqlx::query(
+            renewal.busy = returned_ids(
+                &sqlx::query(sqlx::AssertSqlSafe(format!(
                     "SELECT id FROM events WHERE state = 'processing' AND claimed_by = $2 \
-                     AND id IN (SELECT jsonb_array_elements_text($1::jsonb)::bigint)",
-                )
+                     AND id IN ({})",
+                    ids_in(true, "$1")
+                )))
                 .bind(id_list(&rest))
                 .bind(self.claim_owner())
                 .fetch_all(&self.pool)
@@ -998,6 +996,24 @@ pub struct RunSummary {
 
 /// A mirror row (fields, field_times, last_activity, updated_at,
 /// written_at, changed_times) as a record.
+/// The ids a statement answered, first column of each row.
+pub(crate) fn returned_ids(rows: &[sqlx::any::AnyRow]) -> Result<Vec<i64>, StoreError> {
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, sqlx::Error>>()?)
+}
+
+/// The rows of the ids in the JSON array parameter `param` ([`id_list`]),
+/// as a subquery: `id IN (…)`.
+pub(crate) fn ids_in(postgres: bool, param: &str) -> String {
+    if postgres {
+        format!("SELECT jsonb_array_elements_text({param}::jsonb)::bigint")
+    } else {
+        format!("SELECT value FROM json_each({param})")
+    }
+}
+
 /// What a renewal of leases did ([`Store::renew_leases`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Renewal {

@@ -233,28 +233,20 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = match self.dialect {
-            Dialect::Sqlite => {
-                "UPDATE pending_writes SET due_at = $1 WHERE state = 'flushing' \
-                 AND claimed_by = $3 AND id IN (SELECT value FROM json_each($2)) RETURNING id"
-            }
-            Dialect::Postgres => {
-                "UPDATE pending_writes SET due_at = $1 WHERE state = 'flushing' \
-                 AND claimed_by = $3 AND id IN (SELECT jsonb_array_elements_text($2::jsonb)::bigint) \
-                 RETURNING id"
-            }
-        };
+        let sql = format!(
+            "UPDATE pending_writes SET due_at = $1 WHERE state = 'flushing' \
+             AND claimed_by = $3 AND id IN ({}) RETURNING id",
+            super::ids_in(self.dialect == Dialect::Postgres, "$2")
+        );
         let _turn = self.write_gate(super::Writer::Held).await;
-        let rows = sqlx::query(sql)
-            .bind(until)
-            .bind(super::id_list(ids))
-            .bind(self.claim_owner())
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, sqlx::Error>>()?)
+        super::returned_ids(
+            &sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(until)
+                .bind(super::id_list(ids))
+                .bind(self.claim_owner())
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// A held write went out: forget it, unless another flusher took it
