@@ -23,7 +23,8 @@
 //! `FAIR_BACKLOG` (20000), `FAIR_EACH` (300), `FAIR_SECONDS` (60),
 //! `FAIR_WORKERS` (8, the `--workers` of each replica), `FAIR_SCENARIOS`
 //! (`1,2`), `FAIR_REPLICAS` (`1,3`); `RUST_LOG` (e.g. `warn`) prints the
-//! replicas' logs.
+//! replicas' logs; `FAIR_PG_SESSIONS` caps the PostgreSQL sessions of the
+//! replicas together (a role of the bench's own with that connection limit).
 
 use mapper::app::{App, AppConfig, DatabaseUrl, Env, Running};
 use mapper::config::compile::compile_dir;
@@ -122,17 +123,36 @@ impl Db {
         let mut conn = sqlx::AnyConnection::connect(&admin)
             .await
             .expect("connect to MAPPER_TEST_POSTGRES_URL");
-        for sql in [
+        // `FAIR_PG_SESSIONS`: the replicas log in as a role of their own
+        // limited to that many sessions, as on a server whose other clients
+        // leave only that many free (a superuser is not held to a limit).
+        let sessions = std::env::var("FAIR_PG_SESSIONS")
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        let mut statements = vec![
             format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            format!("CREATE DATABASE {name}"),
-        ] {
+            format!("DROP ROLE IF EXISTS {name}"),
+        ];
+        match sessions {
+            Some(n) => statements.extend([
+                format!("CREATE ROLE {name} LOGIN CONNECTION LIMIT {n}"),
+                format!("CREATE DATABASE {name} OWNER {name}"),
+            ]),
+            None => statements.push(format!("CREATE DATABASE {name}")),
+        }
+        for sql in statements {
             sqlx::query(sqlx::AssertSqlSafe(sql))
                 .execute(&mut conn)
                 .await
                 .expect("create the bench database");
         }
-        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-        let url = format!("{base}/{name}");
+        let mut url = reqwest::Url::parse(&admin).expect("MAPPER_TEST_POSTGRES_URL is a URL");
+        url.set_path(&name);
+        if sessions.is_some() {
+            url.set_username(&name).expect("a user name");
+            url.set_password(None).expect("no password");
+        }
+        let url = url.to_string();
         Some(Db::Postgres { admin, name, url })
     }
 
@@ -147,11 +167,14 @@ impl Db {
         if let Db::Postgres { admin, name, .. } = self
             && let Ok(mut conn) = sqlx::AnyConnection::connect(&admin).await
         {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .execute(&mut conn)
-            .await;
+            for sql in [
+                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                format!("DROP ROLE IF EXISTS {name}"),
+            ] {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await;
+            }
         }
     }
 }
