@@ -22,7 +22,9 @@
 //! `cargo bench --bench fairness`; env `FAIR_CONNECTIONS` (200),
 //! `FAIR_BACKLOG` (20000), `FAIR_EACH` (300), `FAIR_SECONDS` (60),
 //! `FAIR_WORKERS` (8, the `--workers` of each replica), `FAIR_SCENARIOS`
-//! (`1,2`), `FAIR_REPLICAS` (`1,3`).
+//! (`1,2`), `FAIR_REPLICAS` (`1,3`); `RUST_LOG` (e.g. `warn`) prints the
+//! replicas' logs; `FAIR_PG_SESSIONS` caps the PostgreSQL sessions of the
+//! replicas together (a role of the bench's own with that connection limit).
 
 /// The allocator the `mapper` binary uses (src/main.rs).
 #[global_allocator]
@@ -37,7 +39,7 @@ use mapper::store::Store;
 use mapper::worker::WorkerConfig;
 use serde_json::{Value, json};
 use sqlx::{Connection, Row};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -125,17 +127,36 @@ impl Db {
         let mut conn = sqlx::AnyConnection::connect(&admin)
             .await
             .expect("connect to MAPPER_TEST_POSTGRES_URL");
-        for sql in [
+        // `FAIR_PG_SESSIONS`: the replicas log in as a role of their own
+        // limited to that many sessions, as on a server whose other clients
+        // leave only that many free (a superuser is not held to a limit).
+        let sessions = std::env::var("FAIR_PG_SESSIONS")
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        let mut statements = vec![
             format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            format!("CREATE DATABASE {name}"),
-        ] {
+            format!("DROP ROLE IF EXISTS {name}"),
+        ];
+        match sessions {
+            Some(n) => statements.extend([
+                format!("CREATE ROLE {name} LOGIN CONNECTION LIMIT {n}"),
+                format!("CREATE DATABASE {name} OWNER {name}"),
+            ]),
+            None => statements.push(format!("CREATE DATABASE {name}")),
+        }
+        for sql in statements {
             sqlx::query(sqlx::AssertSqlSafe(sql))
                 .execute(&mut conn)
                 .await
                 .expect("create the bench database");
         }
-        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-        let url = format!("{base}/{name}");
+        let mut url = reqwest::Url::parse(&admin).expect("MAPPER_TEST_POSTGRES_URL is a URL");
+        url.set_path(&name);
+        if sessions.is_some() {
+            url.set_username(&name).expect("a user name");
+            url.set_password(None).expect("no password");
+        }
+        let url = url.to_string();
         Some(Db::Postgres { admin, name, url })
     }
 
@@ -150,11 +171,14 @@ impl Db {
         if let Db::Postgres { admin, name, .. } = self
             && let Ok(mut conn) = sqlx::AnyConnection::connect(&admin).await
         {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .execute(&mut conn)
-            .await;
+            for sql in [
+                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                format!("DROP ROLE IF EXISTS {name}"),
+            ] {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut conn)
+                    .await;
+            }
         }
     }
 }
@@ -477,6 +501,118 @@ fn cpu_time() -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// CPU used during a run: this process (the replicas, the simulators and
+/// the senders), the PostgreSQL server's processes (backends, WAL writer,
+/// checkpointer: all processes named `postgres`, so another client's
+/// sessions would count too), and the whole machine (every process, in
+/// cores), with the load average at the end.
+struct Cpu {
+    own: Duration,
+    postgres: HashMap<u32, u64>,
+    machine: (u64, u64),
+    at: Instant,
+}
+
+/// Clock ticks of a process (user + system) from `/proc/{pid}/stat`, with
+/// its command name.
+fn proc_ticks(pid: &str) -> Option<(String, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, rest) = stat.rsplit_once(") ")?;
+    let comm = head.split_once(" (")?.1.to_string();
+    let fields: Vec<u64> = rest.split(' ').map(|f| f.parse().unwrap_or(0)).collect();
+    Some((comm, fields.get(11)? + fields.get(12)?))
+}
+
+/// Busy and total ticks of all cores from `/proc/stat`.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = cpu.iter().take(8).sum();
+    let idle = cpu.get(3).unwrap_or(&0) + cpu.get(4).unwrap_or(&0);
+    (total - idle, total)
+}
+
+impl Cpu {
+    fn now() -> Cpu {
+        let mut postgres = HashMap::new();
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for entry in dir.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if let (Ok(pid), Some((comm, ticks))) = (name.parse::<u32>(), proc_ticks(&name))
+                    && comm == "postgres"
+                {
+                    postgres.insert(pid, ticks);
+                }
+            }
+        }
+        Cpu {
+            own: cpu_time(),
+            postgres,
+            machine: machine_ticks(),
+            at: Instant::now(),
+        }
+    }
+
+    /// "bench x, PostgreSQL y, machine z (load a)" in cores, since `self`.
+    fn since(&self, replicas: usize) -> String {
+        let end = Cpu::now();
+        let seconds = end.at.duration_since(self.at).as_secs_f64().max(1e-9);
+        let own = (end.own - self.own).as_secs_f64() / seconds;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let (busy, total) = (
+            end.machine.0.saturating_sub(self.machine.0),
+            end.machine.1.saturating_sub(self.machine.1),
+        );
+        let machine = cores * busy as f64 / total.max(1) as f64;
+        let load = std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split(' ')
+            .next()
+            .unwrap_or("?")
+            .to_string();
+        if replicas > 1 {
+            let ticks: u64 = end
+                .postgres
+                .iter()
+                .map(|(pid, t)| t.saturating_sub(self.postgres.get(pid).copied().unwrap_or(0)))
+                .sum();
+            // 100 ticks a second, as `cpu_time` assumes.
+            let postgres = ticks as f64 / 100.0 / seconds;
+            format!("bench {own:.2}, PostgreSQL {postgres:.2}, machine {machine:.2} (load {load})")
+        } else {
+            format!("bench {own:.2}, machine {machine:.2} (load {load})")
+        }
+    }
+}
+
+/// Calls per second of one connection held to its window, from the arrival
+/// times of its calls in a run that started with its window empty: over
+/// whole windows, from the first call after the first window's burst
+/// (number `LIMIT_MAX`) to the last call a whole number of windows' worth
+/// of calls later. A connection that uses its window fully sends its calls
+/// in bursts of up to `LIMIT_MAX` once a window; counting calls in a
+/// stretch of time that does not line up with them gives between one and
+/// two bursts' worth, whichever the phase, so this counts them call to
+/// call instead. `None` with fewer than `2 × LIMIT_MAX + 1` calls.
+fn sustained_rate(arrivals: &[Instant]) -> Option<f64> {
+    let per = LIMIT_MAX as usize;
+    let first = per;
+    let windows = arrivals.len().checked_sub(first + 1)? / per;
+    if windows == 0 {
+        return None;
+    }
+    let last = first + windows * per;
+    let span = arrivals[last].duration_since(arrivals[first]).as_secs_f64();
+    Some((last - first) as f64 / span.max(1e-9))
+}
+
 struct Params {
     connections: usize,
     backlog: usize,
@@ -494,7 +630,7 @@ async fn one_backlog(p: &Params, replicas: usize) -> Option<String> {
     setup.warm_up(&customers).await;
 
     let calls_before = setup.calls();
-    let cpu_before = cpu_time();
+    let cpu_before = Cpu::now();
     let started = Instant::now();
     let t0 = now_ms();
     let backlog: Vec<(usize, usize, usize)> = (0..p.backlog)
@@ -530,7 +666,13 @@ async fn one_backlog(p: &Params, replicas: usize) -> Option<String> {
     let t1 = now_ms();
     let elapsed = started.elapsed();
     let calls_after = setup.calls();
-    let cpu = cpu_time() - cpu_before;
+    let cpu = cpu_before.since(replicas);
+    let backlog_arrivals: Vec<Instant> = setup.ghl[0].request_log()[calls_before[0]..]
+        .iter()
+        .map(|r| r.received)
+        .filter(|t| *t <= started + elapsed)
+        .collect();
+    let sustained = sustained_rate(&backlog_arrivals);
     let backlog_refused = posting.await.expect("backlog poster");
     // The trickle's last events get the time to be delivered.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -559,7 +701,7 @@ async fn one_backlog(p: &Params, replicas: usize) -> Option<String> {
     let quiet = p.connections - 1;
     let demand = LIMIT_PER_S + quiet as f64;
     let line = format!(
-        "| one backlog ({}) | {} replica{} × {} workers | {:.0} s | {} trickle events: p50 {} ms, p99 {} ms, max {} ms, {} not delivered | backlog {:.2}/s ({:.0}% of {LIMIT_PER_S}/s) | quiet {:.1}/s ({:.0}% of their {quiet}/s) | all {:.1}/s = {:.0}% of {demand:.0}/s | {} | {} | {:.2} | {:?} |",
+        "| one backlog ({}) | {} replica{} × {} workers | {:.0} s | {} trickle events: p50 {} ms, p99 {} ms, max {} ms, {} not delivered | backlog {} (after 11 s: {:.2}/s, {:.0}%) | quiet {:.1}/s ({:.0}% of their {quiet}/s) | all {} (after 11 s: {:.1}/s, {:.0}%) | {} | {} | {} | {:?} |",
         p.backlog,
         replicas,
         if replicas == 1 { "" } else { "s" },
@@ -570,15 +712,27 @@ async fn one_backlog(p: &Params, replicas: usize) -> Option<String> {
         percentile(&w, 0.99),
         w.last().copied().unwrap_or(0),
         open,
+        sustained.map_or(
+            "over whole windows: too few calls".to_string(),
+            |r| format!(
+                "{r:.2}/s over whole windows ({:.0}% of {LIMIT_PER_S}/s)",
+                100.0 * r / LIMIT_PER_S
+            )
+        ),
         backlog_calls,
         100.0 * backlog_calls / LIMIT_PER_S,
         quiet_rate,
         100.0 * quiet_rate / quiet as f64,
+        sustained.map_or("—".to_string(), |r| format!(
+            "{:.1}/s = {:.0}% of {demand:.0}/s",
+            r + quiet_rate,
+            100.0 * (r + quiet_rate) / demand
+        )),
         backlog_calls + quiet_rate,
         100.0 * (backlog_calls + quiet_rate) / demand,
         n429,
         refused + backlog_refused,
-        cpu.as_secs_f64() / elapsed.as_secs_f64(),
+        cpu,
         counts,
     );
     db.drop().await;
@@ -592,7 +746,7 @@ async fn all_backlogs(p: &Params, replicas: usize) -> Option<String> {
     let customers = 10usize;
     setup.warm_up(&vec![customers; p.connections]).await;
     let calls_before: usize = setup.calls().iter().sum();
-    let cpu_before = cpu_time();
+    let cpu_before = Cpu::now();
     let started = Instant::now();
     let events: Vec<(usize, usize, usize)> = (0..p.each)
         .flat_map(|i| (0..p.connections).map(move |conn| (conn, i % customers, 1 + i)))
@@ -622,7 +776,7 @@ async fn all_backlogs(p: &Params, replicas: usize) -> Option<String> {
         }
     }
     let elapsed = started.elapsed();
-    let cpu = cpu_time() - cpu_before;
+    let cpu = cpu_before.since(replicas);
     let refused = posting.await.expect("poster");
     let calls: usize = setup.calls().iter().sum::<usize>() - calls_before;
     let counts = setup.counts().await;
@@ -645,7 +799,7 @@ async fn all_backlogs(p: &Params, replicas: usize) -> Option<String> {
         middle.iter().sum::<usize>() as f64 / middle.len() as f64
     };
     let line = format!(
-        "| all backlogs ({} each) | {} replica{} × {} workers | {:.0} s{} | {} of {} delivered | posted in {:.1?} | {:.0} calls/s = {:.0}% of {:.0}/s | middle {:.0}/s = {:.0}% | {} | {} | {:.2} | per-second calls {:?} |",
+        "| all backlogs ({} each) | {} replica{} × {} workers | {:.0} s{} | {} of {} delivered | posted in {:.1?} | {:.0} calls/s = {:.0}% of {:.0}/s | middle {:.0}/s = {:.0}% | {} | {} | {} | per-second calls {:?} |",
         p.each,
         replicas,
         if replicas == 1 { "" } else { "s" },
@@ -662,7 +816,7 @@ async fn all_backlogs(p: &Params, replicas: usize) -> Option<String> {
         100.0 * middle_rate / sum_limits,
         n429,
         refused,
-        cpu.as_secs_f64() / elapsed.as_secs_f64(),
+        cpu,
         samples,
     );
     Arc::into_inner(setup)
@@ -674,6 +828,14 @@ async fn all_backlogs(p: &Params, replicas: usize) -> Option<String> {
 }
 
 fn main() {
+    // The replicas' warnings (a claim that failed, a rate window that could
+    // not be read) go to stderr when `RUST_LOG` asks for them.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let p = Params {
         connections: env_usize("FAIR_CONNECTIONS", 200).max(2),
         backlog: env_usize("FAIR_BACKLOG", 20_000),
@@ -712,7 +874,7 @@ fn main() {
             p.connections
         );
         println!(
-            "| scenario | replicas | run | quiet wait (ack → delivered) / delivered | | | | 429s | refused webhooks | CPU (of {} cores) | states |",
+            "| scenario | replicas | run | quiet wait (ack → delivered) / delivered | | | | 429s | refused webhooks | CPU in cores (of {}) | states |",
             std::thread::available_parallelism().map_or(1, |n| n.get())
         );
         for line in lines {
