@@ -762,6 +762,7 @@ async fn all_backlogs(p: &Params, replicas: usize) -> Option<String> {
     let mut last = calls_before;
     let mut settled = false;
     let mut posted_in = None;
+    let mut posted_at_sample = 0;
     while started.elapsed() < limit {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now: usize = setup.calls().iter().sum();
@@ -769,6 +770,7 @@ async fn all_backlogs(p: &Params, replicas: usize) -> Option<String> {
         last = now;
         if posted_in.is_none() && posting.is_finished() {
             posted_in = Some(started.elapsed());
+            posted_at_sample = samples.len();
         }
         if posting.is_finished() && setup.settle(Duration::ZERO).await {
             settled = true;
@@ -798,8 +800,22 @@ async fn all_backlogs(p: &Params, replicas: usize) -> Option<String> {
     } else {
         middle.iter().sum::<usize>() as f64 / middle.len() as f64
     };
+    // Once every backlog is stored (the posting over, so the receiving no
+    // longer shares the machine) and before the tail: every connection has
+    // work, which is what the scenario asks of the delivery.
+    let stored: Vec<usize> = samples
+        .iter()
+        .copied()
+        .skip(posted_at_sample.max(1))
+        .take(samples.len().saturating_sub(posted_at_sample.max(1) + 2))
+        .collect();
+    let stored_rate = if stored.is_empty() {
+        f64::NAN
+    } else {
+        stored.iter().sum::<usize>() as f64 / stored.len() as f64
+    };
     let line = format!(
-        "| all backlogs ({} each) | {} replica{} × {} workers | {:.0} s{} | {} of {} delivered | posted in {:.1?} | {:.0} calls/s = {:.0}% of {:.0}/s | middle {:.0}/s = {:.0}% | {} | {} | {} | per-second calls {:?} |",
+        "| all backlogs ({} each) | {} replica{} × {} workers | {:.0} s{} | {} of {} delivered | posted in {:.1?} | {:.0} calls/s = {:.0}% of {:.0}/s | middle {:.0}/s = {:.0}% | backlogs stored {:.0}/s = {:.0}% over {} s | {} | {} | {} | per-second calls {:?} |",
         p.each,
         replicas,
         if replicas == 1 { "" } else { "s" },
@@ -814,6 +830,9 @@ async fn all_backlogs(p: &Params, replicas: usize) -> Option<String> {
         sum_limits,
         middle_rate,
         100.0 * middle_rate / sum_limits,
+        stored_rate,
+        100.0 * stored_rate / sum_limits,
+        stored.len(),
         n429,
         refused,
         cpu,
