@@ -258,6 +258,17 @@ impl App {
             Database::Url(url) => Store::open(url.as_str()).await?,
             Database::Open(store) => store,
         };
+        if let Some((free, wanted)) = store.session_room().await
+            && free < wanted
+        {
+            tracing::warn!(
+                free,
+                wanted,
+                "PostgreSQL has {free} free sessions and this process may open {wanted}: \
+                 deliveries that create a person may wait for one and time out; raise the \
+                 server's max_connections or run fewer replicas"
+            );
+        }
         let listener = match listen {
             Some(address) => Some(
                 tokio::net::TcpListener::bind(address)

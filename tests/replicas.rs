@@ -357,6 +357,26 @@ async fn fencing_on_postgres() {
     pg.drop().await;
 }
 
+/// `serve` warns when the server has fewer free sessions than a replica may
+/// open: what it reads is the server's room and a replica's 19.
+#[tokio::test]
+async fn the_sessions_a_replica_may_open_are_known() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Store::open(&format!("sqlite://{}", dir.path().join("m.db").display()))
+        .await
+        .unwrap();
+    assert_eq!(sqlite.session_room().await, None);
+    let Some(pg) = FreshPostgres::create("replica_sessions").await else {
+        return;
+    };
+    let store = Store::open(&pg.url).await.unwrap();
+    let (free, wanted) = store.session_room().await.expect("PostgreSQL says");
+    assert_eq!(wanted, 19);
+    assert!(free > 0, "{free}");
+    drop(store);
+    pg.drop().await;
+}
+
 /// A lease whose event is locked by a transaction (this process's journal
 /// finishing it) is skipped, not waited for: waiting deadlocked against a
 /// journal group locking the same events in another order. It is answered

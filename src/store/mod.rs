@@ -420,8 +420,11 @@ impl Store {
         // up to 8 deliveries in flight reads its customer's rows while
         // claims and journals write; 4 connections made them queue for one
         // (deliver bench: 305 → 435 events/s with 16).
-        let mut options =
-            AnyPoolOptions::new().max_connections(if dialect == Dialect::Sqlite { 16 } else { 10 });
+        let mut options = AnyPoolOptions::new().max_connections(if dialect == Dialect::Sqlite {
+            16
+        } else {
+            POOL_SESSIONS
+        });
         if dialect == Dialect::Sqlite {
             options = options.after_connect(|conn, _meta| {
                 Box::pin(async move {
@@ -1013,6 +1016,10 @@ pub(crate) fn ids_in(postgres: bool, param: &str) -> String {
         format!("SELECT value FROM json_each({param})")
     }
 }
+
+/// The main pool's sessions on PostgreSQL (beside the inbox writer's own
+/// and [`PEOPLE_SESSIONS`]).
+pub const POOL_SESSIONS: u32 = 10;
 
 /// What a renewal of leases did ([`Store::renew_leases`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
