@@ -83,6 +83,9 @@ pub struct AppState {
     /// The inbox's latest failure to store a webhook, and when; cleared by
     /// the next webhook stored (see [`readyz`]).
     pub inbox_failure: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+    /// Whether `inbox_failure` holds one: a webhook stored while none is
+    /// recorded (nearly always) reads this flag instead of taking the lock.
+    inbox_failed: std::sync::atomic::AtomicBool,
 }
 
 /// How long `/readyz` answers 503 after the inbox failed to store a
@@ -102,11 +105,18 @@ impl AppState {
             metrics: Metrics::new(),
             reload: std::sync::Mutex::new(ReloadStatus::default()),
             inbox_failure: std::sync::Mutex::new(None),
+            inbox_failed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// Remembers how the latest attempt to store a webhook went.
     fn inbox_went(&self, failure: Option<&str>) {
+        use std::sync::atomic::Ordering;
+        if failure.is_none() && !self.inbox_failed.load(Ordering::Relaxed) {
+            return;
+        }
+        self.inbox_failed
+            .store(failure.is_some(), Ordering::Relaxed);
         if let Ok(mut latest) = self.inbox_failure.lock() {
             match failure {
                 Some(reason) => *latest = Some((std::time::Instant::now(), reason.to_string())),
