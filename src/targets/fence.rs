@@ -59,6 +59,24 @@ impl Fence {
     }
 }
 
+/// Applies a renewal to `until` to the leases asked for, each with its
+/// fence: an extended one runs on, a busy one (still this process's, not
+/// extended this time) keeps its end, any other is lost.
+pub fn apply_renewal<'a>(
+    asked: impl Iterator<Item = (i64, &'a Fence)>,
+    extended: &[i64],
+    busy: &[i64],
+    until: i64,
+) {
+    for (id, fence) in asked {
+        if extended.contains(&id) {
+            fence.renewed(until);
+        } else if !busy.contains(&id) {
+            fence.lost();
+        }
+    }
+}
+
 /// Why a call may not leave now, when it runs under a lease that ended
 /// (or is about to); `None` outside a delivery or with time left.
 pub fn refusal(now: i64) -> Option<String> {
@@ -100,5 +118,18 @@ mod tests {
                 assert!(refusal(now).is_some(), "taken over");
             })
             .await;
+    }
+
+    #[test]
+    fn a_renewal_extends_keeps_busy_ones_and_loses_the_rest() {
+        let (a, b, c) = (
+            Fence::until(1_000),
+            Fence::until(1_000),
+            Fence::until(1_000),
+        );
+        apply_renewal([(1, &a), (2, &b), (3, &c)].into_iter(), &[1], &[2], 50_000);
+        assert!(a.holds(40_000), "extended");
+        assert!(b.holds(-1_500) && !b.holds(0), "busy: its end unchanged");
+        assert!(!c.holds(-1_500), "lost");
     }
 }

@@ -57,15 +57,13 @@ async fn renew(store: Store, claimed: Claimed) {
         match store.renew_write_leases(&ids, until).await {
             Ok(renewed) => {
                 if let Ok(held) = claimed.0.lock() {
-                    for id in &ids {
-                        if let Some(fence) = held.get(id) {
-                            if renewed.contains(id) {
-                                fence.renewed(until);
-                            } else {
-                                fence.lost();
-                            }
-                        }
-                    }
+                    crate::targets::fence::apply_renewal(
+                        ids.iter()
+                            .filter_map(|id| held.get(id).map(|fence| (*id, fence))),
+                        &renewed,
+                        &[],
+                        until,
+                    );
                 }
             }
             Err(e) => {

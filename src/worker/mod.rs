@@ -271,16 +271,14 @@ impl Leases {
         let Ok(ids) = self.0.lock() else {
             return;
         };
-        let extended: std::collections::HashSet<i64> = renewal.extended.iter().copied().collect();
-        for id in asked {
-            if let Some(held) = ids.get(id) {
-                if extended.contains(id) {
-                    held.fence.renewed(until);
-                } else if !renewal.busy.contains(id) {
-                    held.fence.lost();
-                }
-            }
-        }
+        crate::targets::fence::apply_renewal(
+            asked
+                .iter()
+                .filter_map(|id| ids.get(id).map(|held| (*id, &held.fence))),
+            &renewal.extended,
+            &renewal.busy,
+            until,
+        );
     }
 }
 
