@@ -280,6 +280,14 @@ pub enum StoreError {
     /// the same error (sqlx's is not `Clone`).
     #[error("cannot store the webhook: {0}")]
     Shared(std::sync::Arc<StoreError>),
+    /// The inbox's commit was written but the log could not be flushed to
+    /// the disk: the webhook is not acknowledged (its sender's retry is
+    /// recognised as the same webhook).
+    #[error("cannot flush the SQLite write-ahead log {path} to the disk: {source}")]
+    Flush {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -355,16 +363,19 @@ pub enum Writer {
     Held,
     /// Everything else (replay, recovery, links).
     Other,
+    /// Starting the write-ahead log over ([`Store::checkpoints`]).
+    Checkpoint,
 }
 
 impl Writer {
     /// Every kind, in the order [`Store::write_gate_busy_by`] reports them.
-    pub const ALL: [Writer; 5] = [
+    pub const ALL: [Writer; 6] = [
         Writer::Inbox,
         Writer::Claim,
         Writer::Journal,
         Writer::Held,
         Writer::Other,
+        Writer::Checkpoint,
     ];
 
     /// A short name for reports.
@@ -375,6 +386,7 @@ impl Writer {
             Writer::Journal => "journal",
             Writer::Held => "held",
             Writer::Other => "other",
+            Writer::Checkpoint => "checkpoint",
         }
     }
 }
@@ -396,6 +408,10 @@ impl Drop for HeldTurn {
         self.busy[self.writer as usize].fetch_add(held, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// Log frames (pages) past which [`Store::checkpoints`] starts the log over:
+/// 8,192 pages, 32 MB with SQLite's default page size.
+const RESTART_LOG_FRAMES: i64 = 8192;
 
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
@@ -548,6 +564,15 @@ impl Store {
         if self.dialect != Dialect::Sqlite {
             return;
         }
+        let file = self.database_file().await.and_then(|path| {
+            // Never closed: closing any descriptor of the database file drops
+            // every POSIX lock this process holds on it, SQLite's included,
+            // and another process (the `sqlite3` shell) would then take the
+            // database for unused and delete its log under the open store.
+            let file = std::fs::File::open(path).ok()?;
+            let kept: &'static std::fs::File = Box::leak(Box::new(file));
+            Some(kept)
+        });
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
@@ -556,13 +581,90 @@ impl Store {
             if *stop.borrow() {
                 return;
             }
-            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .execute(&self.pool)
-                .await
-            {
-                tracing::warn!(error = %e, "cannot checkpoint the SQLite log; SQLite will at its own threshold");
+            let log = match self.passive_checkpoint().await {
+                Ok(log) => log,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot checkpoint the SQLite log; SQLite will at its own threshold");
+                    continue;
+                }
+            };
+            if log < RESTART_LOG_FRAMES {
+                continue;
+            }
+            // A passive checkpoint writes pages into the database file but
+            // syncs it only when it copied the whole log, which it never
+            // does beside a busy inbox. Syncing them here, outside the write
+            // turn, leaves the restart the few commits made since.
+            if let Some(file) = file {
+                let synced = tokio::task::spawn_blocking(move || file.sync_data())
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r);
+                if let Err(e) = synced {
+                    tracing::warn!(error = %e, "cannot sync the SQLite database file before starting its log over");
+                }
+                if let Err(e) = self.passive_checkpoint().await {
+                    tracing::warn!(error = %e, "cannot checkpoint the SQLite log");
+                    continue;
+                }
+            }
+            match self.restart_log().await {
+                Ok(true) => {}
+                Ok(false) => tracing::debug!(
+                    "the SQLite log is still read from; it starts over at the next round"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the SQLite log over; it keeps growing until it can")
+                }
             }
         }
+    }
+
+    /// A checkpoint that copies what it can without waiting for anyone;
+    /// returns how many frames the log holds.
+    async fn passive_checkpoint(&self) -> Result<i64, StoreError> {
+        let (_, log, _) = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(log)
+    }
+
+    /// Copies what is left of the log into the database and starts the log
+    /// over, holding the write turn while it does (SQLite's `RESTART`
+    /// checkpoint). Without it the log would never start over while webhooks
+    /// keep arriving: a log starts over only at the first write after a
+    /// checkpoint that left nothing behind, and a checkpoint beside a busy
+    /// writer always leaves that writer's latest commits. The passive
+    /// checkpoint before it has copied nearly everything, so the turn is
+    /// held for the few commits since and one sync of the database file.
+    /// Readers still on the old log make it give up at once (a short busy
+    /// timeout): the next round tries again.
+    async fn restart_log(&self) -> Result<bool, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("PRAGMA busy_timeout=20")
+            .execute(&mut *conn)
+            .await?;
+        let _turn = self.write_gate(Writer::Checkpoint).await;
+        let restarted = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(RESTART)")
+            .fetch_one(&mut *conn)
+            .await;
+        sqlx::query("PRAGMA busy_timeout=5000")
+            .execute(&mut *conn)
+            .await?;
+        Ok(restarted?.0 == 0)
+    }
+
+    /// The SQLite database's file.
+    async fn database_file(&self) -> Option<std::path::PathBuf> {
+        let rows = sqlx::query("PRAGMA database_list")
+            .fetch_all(&self.pool)
+            .await
+            .ok()?;
+        rows.iter().find_map(|r| {
+            let name: String = r.try_get(1).ok()?;
+            let file: String = r.try_get(2).ok()?;
+            (name == "main" && !file.is_empty()).then(|| file.into())
+        })
     }
 
     /// True when the database answers.
