@@ -1204,6 +1204,92 @@ mod tests {
             .unwrap()
     }
 
+    /// Beside an inbox that never pauses, a passive checkpoint copies the
+    /// log but the log never starts over; the restart does start it over,
+    /// and the inbox goes on storing through it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_starts_over_while_webhooks_keep_arriving() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("s.db").display()))
+            .await
+            .unwrap();
+        let inbox = crate::store::Inbox::start(store.clone(), 64);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut senders = Vec::new();
+        for sender in 0..8 {
+            let (inbox, stop) = (inbox.clone(), stop.clone());
+            senders.push(tokio::spawn(async move {
+                let mut stored = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let event = NewEvent {
+                        connection: DEFAULT_CONNECTION.to_string(),
+                        source: "s".into(),
+                        event_type: "e".into(),
+                        event_id: None,
+                        dedup_key: format!("{sender}-{stored}"),
+                        occurred_at: None,
+                        customer_key: Some(format!("c{}", stored % 50)),
+                        headers: serde_json::json!({}),
+                        body: vec![b'x'; 600],
+                        state: EventState::Received,
+                        note: None,
+                    };
+                    inbox.store(event).await.unwrap();
+                    stored += 1;
+                }
+                stored
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Taken while the inbox stores: it waits for its turn, then stores on.
+        for _ in 0..3 {
+            assert!(store.restart_log().await.unwrap(), "the restart gave up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut stored = 0;
+        for sender in senders {
+            stored += sender.await.unwrap();
+        }
+        assert!(stored > 0, "the senders stored nothing");
+        // Quiet now: the log keeps its frames through checkpoints until the
+        // first write after one that copied everything starts it over.
+        let copied = store.passive_checkpoint().await.unwrap();
+        assert!(copied > 0, "the senders' last writes left no log");
+        assert!(store.restart_log().await.unwrap(), "the restart gave up");
+        assert_eq!(store.passive_checkpoint().await.unwrap(), copied);
+        let mut one = NewEvent {
+            connection: DEFAULT_CONNECTION.to_string(),
+            source: "s".into(),
+            event_type: "e".into(),
+            event_id: None,
+            dedup_key: "last".into(),
+            occurred_at: None,
+            customer_key: None,
+            headers: serde_json::json!({}),
+            body: b"{}".to_vec(),
+            state: EventState::Received,
+            note: None,
+        };
+        inbox.store(one.clone()).await.unwrap();
+        let after = store.passive_checkpoint().await.unwrap();
+        assert!(
+            after < 16 && after < copied,
+            "the log did not start over: {copied} frames before, {after} after one webhook"
+        );
+        one.dedup_key = "after".into();
+        inbox.store(one).await.unwrap();
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            count as u64,
+            stored + 2,
+            "every acknowledged webhook is stored"
+        );
+    }
+
     /// Webhooks are stored at FULL (a 202 promises the disk has them); the
     /// pool's other writes at NORMAL, and storing leaves it there.
     #[tokio::test]
