@@ -743,7 +743,10 @@ async fn write_ahead_log(conn: &mut AnyConnection) -> Option<std::path::PathBuf>
 
 /// Flushes the write-ahead log to the disk (`fdatasync`). Opened each
 /// time: SQLite may delete and re-create the file, and a descriptor kept
-/// open would then flush a file nobody writes.
+/// open would then flush a file nobody writes. Closing it is harmless
+/// because SQLite takes no lock on the log (its locks are on the database
+/// file and the `-shm` file, which must never be opened and closed here:
+/// see [`Store::checkpoints`]).
 async fn flush_log(log: std::sync::Arc<std::path::PathBuf>) -> Result<(), StoreError> {
     let path = log.clone();
     let flushed = tokio::task::spawn_blocking(move || {
