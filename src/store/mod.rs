@@ -1177,6 +1177,23 @@ fn redact(url: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A webhook of source `s` for the tests, stored as received.
+    fn test_event(dedup_key: &str, customer_key: Option<String>, body: Vec<u8>) -> NewEvent {
+        NewEvent {
+            connection: DEFAULT_CONNECTION.to_string(),
+            source: "s".into(),
+            event_type: "e".into(),
+            event_id: None,
+            dedup_key: dedup_key.into(),
+            occurred_at: None,
+            customer_key,
+            headers: serde_json::json!({}),
+            body,
+            state: EventState::Received,
+            note: None,
+        }
+    }
+
     #[test]
     fn urls() {
         assert_eq!(
@@ -1221,19 +1238,11 @@ mod tests {
             senders.push(tokio::spawn(async move {
                 let mut stored = 0u64;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let event = NewEvent {
-                        connection: DEFAULT_CONNECTION.to_string(),
-                        source: "s".into(),
-                        event_type: "e".into(),
-                        event_id: None,
-                        dedup_key: format!("{sender}-{stored}"),
-                        occurred_at: None,
-                        customer_key: Some(format!("c{}", stored % 50)),
-                        headers: serde_json::json!({}),
-                        body: vec![b'x'; 600],
-                        state: EventState::Received,
-                        note: None,
-                    };
+                    let event = test_event(
+                        &format!("{sender}-{stored}"),
+                        Some(format!("c{}", stored % 50)),
+                        vec![b'x'; 600],
+                    );
                     inbox.store(event).await.unwrap();
                     stored += 1;
                 }
@@ -1258,19 +1267,7 @@ mod tests {
         assert!(copied > 0, "the senders' last writes left no log");
         assert!(store.restart_log().await.unwrap(), "the restart gave up");
         assert_eq!(store.passive_checkpoint().await.unwrap(), copied);
-        let mut one = NewEvent {
-            connection: DEFAULT_CONNECTION.to_string(),
-            source: "s".into(),
-            event_type: "e".into(),
-            event_id: None,
-            dedup_key: "last".into(),
-            occurred_at: None,
-            customer_key: None,
-            headers: serde_json::json!({}),
-            body: b"{}".to_vec(),
-            state: EventState::Received,
-            note: None,
-        };
+        let mut one = test_event("last", None, b"{}".to_vec());
         inbox.store(one.clone()).await.unwrap();
         let after = store.passive_checkpoint().await.unwrap();
         assert!(
@@ -1310,19 +1307,7 @@ mod tests {
         assert_eq!(now, FULL);
         store.durable(&mut conn, false).await.unwrap();
         drop(conn);
-        let event = NewEvent {
-            connection: DEFAULT_CONNECTION.to_string(),
-            source: "s".into(),
-            event_type: "e".into(),
-            event_id: None,
-            dedup_key: "k".into(),
-            occurred_at: None,
-            customer_key: None,
-            headers: serde_json::json!({}),
-            body: b"{}".to_vec(),
-            state: EventState::Received,
-            note: None,
-        };
+        let event = test_event("k", None, b"{}".to_vec());
         store.insert_events(&[event]).await.unwrap();
         // One connection in the pool is enough to see where it was left.
         for _ in 0..4 {
