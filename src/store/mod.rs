@@ -329,6 +329,13 @@ pub struct Store {
     /// its renewals and journals touch only the events still claimed under
     /// it, never those another process took over after a lease lapsed.
     owner: std::sync::Arc<str>,
+    /// SQLite: the database file, for syncing what checkpoints copied into
+    /// it (see [`Store::checkpoints`]). Open as long as the store is:
+    /// closing any descriptor of the file drops every POSIX lock this
+    /// process holds on it, SQLite's included, and another process (the
+    /// `sqlite3` shell) would then take the database for unused and delete
+    /// its log under the open store.
+    database_file: Option<std::sync::Arc<std::fs::File>>,
 }
 
 /// A name no other open store has: 16 random bytes, or the process id and
@@ -412,6 +419,31 @@ impl Drop for HeldTurn {
 /// Log frames (pages) past which [`Store::checkpoints`] starts the log over:
 /// 8,192 pages, 32 MB with SQLite's default page size.
 const RESTART_LOG_FRAMES: i64 = 8192;
+
+/// One descriptor of each SQLite database file for every store of this
+/// process that has it open, closed when the last of them is dropped: two
+/// stores on one file (a test, a command inside `serve`) must not close it
+/// under each other, since closing any descriptor of a file drops every
+/// POSIX lock the process holds on it (see `Store::database_file`).
+fn shared_database_file(path: std::path::PathBuf) -> Option<std::sync::Arc<std::fs::File>> {
+    type Open = std::collections::HashMap<std::path::PathBuf, std::sync::Weak<std::fs::File>>;
+    static OPEN: std::sync::OnceLock<std::sync::Mutex<Open>> = std::sync::OnceLock::new();
+    let key = path.canonicalize().unwrap_or(path);
+    let mut open = OPEN.get_or_init(Default::default).lock().ok()?;
+    if let Some(file) = open.get(&key).and_then(std::sync::Weak::upgrade) {
+        return Some(file);
+    }
+    let file = std::sync::Arc::new(std::fs::File::open(&key).ok()?);
+    open.retain(|_, file| file.strong_count() > 0);
+    open.insert(key, std::sync::Arc::downgrade(&file));
+    Some(file)
+}
+
+/// Rounds of sync-then-copy before a restart of the log ([`Store::checkpoints`]).
+const PRESYNC_ROUNDS: usize = 4;
+
+/// A round of sync-then-copy this short left little for the restart to sync.
+const SHORT_SYNC: Duration = Duration::from_millis(5);
 
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
@@ -498,7 +530,7 @@ impl Store {
             ),
             Dialect::Sqlite => None,
         };
-        Ok(Store {
+        let mut store = Store {
             pool,
             people,
             claim_cursor: Default::default(),
@@ -508,7 +540,12 @@ impl Store {
             lobby: Default::default(),
             gate_busy: Default::default(),
             owner: claim_owner(),
-        })
+            database_file: None,
+        };
+        if dialect == Dialect::Sqlite {
+            store.database_file = store.database_path().await.and_then(shared_database_file);
+        }
+        Ok(store)
     }
 
     /// This open store's name on the claims it makes (see `events.claimed_by`).
@@ -564,15 +601,6 @@ impl Store {
         if self.dialect != Dialect::Sqlite {
             return;
         }
-        let file = self.database_file().await.and_then(|path| {
-            // Never closed: closing any descriptor of the database file drops
-            // every POSIX lock this process holds on it, SQLite's included,
-            // and another process (the `sqlite3` shell) would then take the
-            // database for unused and delete its log under the open store.
-            let file = std::fs::File::open(path).ok()?;
-            let kept: &'static std::fs::File = Box::leak(Box::new(file));
-            Some(kept)
-        });
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
@@ -594,18 +622,29 @@ impl Store {
             // A passive checkpoint writes pages into the database file but
             // syncs it only when it copied the whole log, which it never
             // does beside a busy inbox. Syncing them here, outside the write
-            // turn, leaves the restart the few commits made since.
-            if let Some(file) = file {
-                let synced = tokio::task::spawn_blocking(move || file.sync_data())
-                    .await
-                    .map_err(std::io::Error::other)
-                    .and_then(|r| r);
-                if let Err(e) = synced {
-                    tracing::warn!(error = %e, "cannot sync the SQLite database file before starting its log over");
-                }
-                if let Err(e) = self.passive_checkpoint().await {
-                    tracing::warn!(error = %e, "cannot checkpoint the SQLite log");
-                    continue;
+            // turn, leaves the restart only what was written since; each
+            // round's sync is shorter than the last (about 50, 10, then
+            // 2 ms under load), so a few rounds leave the restart little to
+            // sync while it holds the turn.
+            if let Some(file) = &self.database_file {
+                for _ in 0..PRESYNC_ROUNDS {
+                    let began = std::time::Instant::now();
+                    let file = file.clone();
+                    let synced = tokio::task::spawn_blocking(move || file.sync_data())
+                        .await
+                        .map_err(std::io::Error::other)
+                        .and_then(|r| r);
+                    if let Err(e) = synced {
+                        tracing::warn!(error = %e, "cannot sync the SQLite database file before starting its log over");
+                        break;
+                    }
+                    if let Err(e) = self.passive_checkpoint().await {
+                        tracing::warn!(error = %e, "cannot checkpoint the SQLite log");
+                        break;
+                    }
+                    if began.elapsed() < SHORT_SYNC {
+                        break;
+                    }
                 }
             }
             match self.restart_log().await {
@@ -655,7 +694,7 @@ impl Store {
     }
 
     /// The SQLite database's file.
-    async fn database_file(&self) -> Option<std::path::PathBuf> {
+    async fn database_path(&self) -> Option<std::path::PathBuf> {
         let rows = sqlx::query("PRAGMA database_list")
             .fetch_all(&self.pool)
             .await
