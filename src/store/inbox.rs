@@ -6,6 +6,7 @@
 //! pending events instead of walking every waiting event, so its cost does
 //! not grow with a customer's backlog or its delivered history.
 
+use super::wal::flush_log;
 use super::{CLAIM_LEASE_MS, ClaimedEvent, Dialect, Inserted, NewEvent, Store, StoreError, now_ms};
 use sqlx::{AnyConnection, Connection, Row};
 use std::collections::{BTreeSet, HashMap};
@@ -684,10 +685,7 @@ impl Store {
     /// either by the database itself or, on SQLite in WAL mode, by
     /// [`flush_log`] after the write turn has passed on.
     async fn inbox_connection(&self, mut conn: AnyConnection) -> Option<InboxConnection> {
-        let log = match self.dialect {
-            Dialect::Sqlite => write_ahead_log(&mut conn).await,
-            Dialect::Postgres => None,
-        };
+        let log = self.write_ahead_log(&mut conn).await;
         match log {
             None => self.durable(&mut conn, true).await.ok()?,
             // The log's checkpoints run beside the inbox, not inside its
@@ -707,61 +705,6 @@ impl Store {
             log: log.map(std::sync::Arc::new),
         })
     }
-}
-
-/// The write-ahead log of the SQLite database `conn` is on, when it is in
-/// WAL mode and a file.
-///
-/// SQLite at `synchronous=FULL` flushes the log inside each commit, holding
-/// the one write turn for the whole flush (a few milliseconds on a VM disk)
-/// while every other writer and the next batch of webhooks wait. At
-/// `NORMAL` the commit only writes the log; flushing the same file before
-/// acknowledging makes it exactly as durable: the log is replayed as a
-/// prefix, so the flush carries this commit and every earlier one, and a
-/// checkpoint that copies the commit into the database and restarts the
-/// log syncs the database first (`NORMAL` syncs at checkpoints).
-async fn write_ahead_log(conn: &mut AnyConnection) -> Option<std::path::PathBuf> {
-    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-        .fetch_one(&mut *conn)
-        .await
-        .ok()?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return None;
-    }
-    let rows = sqlx::query("PRAGMA database_list")
-        .fetch_all(&mut *conn)
-        .await
-        .ok()?;
-    let file = rows.iter().find_map(|r| {
-        let name: String = r.try_get(1).ok()?;
-        let file: String = r.try_get(2).ok()?;
-        (name == "main" && !file.is_empty()).then_some(file)
-    })?;
-    let log = std::path::PathBuf::from(format!("{file}-wal"));
-    log.exists().then_some(log)
-}
-
-/// Flushes the write-ahead log to the disk (`fdatasync`). Opened each
-/// time: SQLite may delete and re-create the file, and a descriptor kept
-/// open would then flush a file nobody writes. Closing it is harmless
-/// because SQLite takes no lock on the log (its locks are on the database
-/// file and the `-shm` file, which must never be opened and closed here:
-/// see [`Store::checkpoints`]).
-async fn flush_log(log: std::sync::Arc<std::path::PathBuf>) -> Result<(), StoreError> {
-    let path = log.clone();
-    let flushed = tokio::task::spawn_blocking(move || {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&*log)?
-            .sync_data()
-    })
-    .await
-    .map_err(std::io::Error::other)
-    .and_then(|r| r);
-    flushed.map_err(|source| StoreError::Flush {
-        path: path.display().to_string(),
-        source,
-    })
 }
 
 /// Groups concurrent inserts into one transaction, so durability costs one
