@@ -664,9 +664,9 @@ fn keyless_sql() -> String {
 }
 
 /// Batches whose log flush may be under way at once: enough to keep the
-/// disk's queue busy (on the 2-core VM of BENCHMARKS.md, 4 concurrent
-/// `fdatasync`s complete 30 times as many flushes per second as one after
-/// another), few enough that a slow disk holds back the inbox instead of
+/// disk's queue busy (`scripts/fsync-probe.py`: on the VM of BENCHMARKS.md,
+/// 4 concurrent `fdatasync`s completed 2 to 30 times as many flushes per
+/// second as one after another), few enough that a slow disk holds back the inbox instead of
 /// piling up threads.
 const FLUSHES_IN_FLIGHT: usize = 16;
 
