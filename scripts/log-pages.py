@@ -19,16 +19,11 @@ shutil.copy(source, copy)
 c = sqlite3.connect(copy, isolation_level=None)
 c.execute("PRAGMA journal_mode=WAL"); c.execute("PRAGMA synchronous=NORMAL"); c.execute("PRAGMA wal_autocheckpoint=0")
 if variant == "old-heads":
-    c.executescript("""DROP TRIGGER inbox_heads_stored;
-CREATE TRIGGER inbox_heads_stored AFTER INSERT ON events
-WHEN NEW.customer_key IS NOT NULL AND NEW.state IN ('received', 'retrying', 'processing')
-BEGIN
-    INSERT INTO inbox_heads (connection, customer_key, head_id)
-    VALUES (NEW.connection, NEW.customer_key, NEW.id)
-    ON CONFLICT (connection, customer_key) DO UPDATE
-    SET head_id = CASE WHEN head_id IS NULL OR excluded.head_id < head_id
-                       THEN excluded.head_id ELSE head_id END;
-END;""")
+    # The trigger as migration 0008 made it, read from the migration itself.
+    migration = open(os.path.join(os.path.dirname(__file__), "..", "migrations", "sqlite", "0008_claim_heads.sql")).read()
+    start = migration.index("CREATE TRIGGER inbox_heads_stored")
+    trigger = migration[start:migration.index("END;", start) + len("END;")]
+    c.executescript("DROP TRIGGER inbox_heads_stored;\n" + trigger)
 if variant == "no-customer-index":
     c.execute("DROP INDEX events_customer_key")
 c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
