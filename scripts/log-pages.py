@@ -22,7 +22,7 @@ if variant == "old-heads":
     # The trigger as migration 0008 made it, read from the migration itself.
     migration = open(os.path.join(os.path.dirname(__file__), "..", "migrations", "sqlite", "0008_claim_heads.sql")).read()
     start = migration.index("CREATE TRIGGER inbox_heads_stored")
-    trigger = migration[start:migration.index("END;", start) + len("END;")]
+    trigger = migration[start:migration.index("\nEND;", start) + len("\nEND;")]
     c.executescript("DROP TRIGGER inbox_heads_stored;\n" + trigger)
 if variant == "no-customer-index":
     c.execute("DROP INDEX events_customer_key")
